@@ -1,0 +1,155 @@
+//! Building plugin crates with cargo and finding their `cdylib` artifacts.
+//!
+//! Cargo offers no stable way to depend on a `cdylib`, so the host (for `graft build`),
+//! the end-to-end tests and the benchmarks run `cargo build -p <package>
+//! --message-format=json` and read the artifact's path from the `compiler-artifact`
+//! message. The artifact path is cargo's; callers must not `dlopen` it directly (cargo
+//! hard-links it, and rebuilds replace it) — the loader copies it first.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use thiserror::Error;
+
+/// A plugin crate could not be built.
+#[derive(Debug, Error)]
+pub enum BuildError {
+    /// cargo could not be started.
+    #[error("cannot run {cargo}: {source}")]
+    Spawn {
+        /// The cargo executable.
+        cargo: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// cargo failed.
+    #[error("cargo build of {package} failed:\n{stderr}")]
+    Failed {
+        /// The package.
+        package: String,
+        /// cargo's diagnostics.
+        stderr: String,
+    },
+    /// cargo succeeded but reported no `cdylib` for the package.
+    #[error(
+        "cargo built {package} but reported no cdylib artifact (is `crate-type = [\"cdylib\"]` set?)"
+    )]
+    NoArtifact {
+        /// The package.
+        package: String,
+    },
+}
+
+/// How to build: which cargo, in which workspace, which profile, extra `rustc` flags.
+#[derive(Debug, Clone)]
+pub struct CargoBuild {
+    cargo: String,
+    workspace: PathBuf,
+    release: bool,
+    rustc_flags: Vec<String>,
+}
+
+impl CargoBuild {
+    /// Builds in the workspace at `workspace`, with the cargo that runs us (`$CARGO`) or
+    /// `cargo` from `PATH`, in the dev profile.
+    pub fn new(workspace: impl AsRef<Path>) -> CargoBuild {
+        CargoBuild {
+            cargo: std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()),
+            workspace: workspace.as_ref().to_owned(),
+            release: false,
+            rustc_flags: Vec::new(),
+        }
+    }
+
+    /// Uses the release profile.
+    pub fn release(mut self, release: bool) -> CargoBuild {
+        self.release = release;
+        self
+    }
+
+    /// Passes flags to the final `rustc` invocation of the package only (`cargo rustc`).
+    pub fn rustc_flags(mut self, flags: &[&str]) -> CargoBuild {
+        self.rustc_flags = flags.iter().map(|flag| (*flag).to_owned()).collect();
+        self
+    }
+
+    /// Builds `package` and returns the path of its `cdylib`.
+    pub fn build(&self, package: &str) -> Result<PathBuf, BuildError> {
+        let mut command = Command::new(&self.cargo);
+        if self.rustc_flags.is_empty() {
+            command.args(["build", "-p", package]);
+        } else {
+            command.args(["rustc", "-p", package, "--lib"]);
+        }
+        command.args(["--message-format=json-render-diagnostics"]);
+        if self.release {
+            command.arg("--release");
+        }
+        if !self.rustc_flags.is_empty() {
+            command.arg("--").args(&self.rustc_flags);
+        }
+        let output = command
+            .current_dir(&self.workspace)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| BuildError::Spawn {
+                cargo: self.cargo.clone(),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(BuildError::Failed {
+                package: package.to_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            });
+        }
+        cdylib_from_messages(&String::from_utf8_lossy(&output.stdout), package).ok_or_else(|| {
+            BuildError::NoArtifact {
+                package: package.to_owned(),
+            }
+        })
+    }
+}
+
+/// Finds the `cdylib` of `package` in cargo's JSON messages.
+fn cdylib_from_messages(messages: &str, package: &str) -> Option<PathBuf> {
+    let crate_name = package.replace('-', "_");
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|message| message["reason"] == "compiler-artifact")
+        .filter(|message| {
+            message["target"]["name"] == crate_name.as_str() || message["target"]["name"] == package
+        })
+        .filter(|message| {
+            message["target"]["kind"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|kind| kind == "cdylib"))
+        })
+        .flat_map(|message| {
+            message["filenames"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|name| name.as_str().map(PathBuf::from))
+        })
+        .rfind(|path| path.extension().is_some_and(|extension| extension == "so"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cdylib_among_cargo_messages() {
+        let messages = r#"{"reason":"compiler-artifact","target":{"name":"serde","kind":["lib"]},"filenames":["/t/libserde.rlib"]}
+not json
+{"reason":"compiler-artifact","target":{"name":"counter_1_0_0","kind":["cdylib"]},"filenames":["/t/debug/libcounter_1_0_0.so"]}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(
+            cdylib_from_messages(messages, "counter-1-0-0"),
+            Some(PathBuf::from("/t/debug/libcounter_1_0_0.so"))
+        );
+        assert_eq!(cdylib_from_messages(messages, "kv"), None);
+    }
+}

@@ -1,0 +1,1276 @@
+//! The plugin loader and the safe face of loaded plugin code.
+//!
+//! Loading a plugin ([`Loader::load`]): read the file once (size-capped), SHA-256 the
+//! bytes, compare with the expected digest when one is given, write those same bytes to a
+//! fresh uniquely named file in a private (0700) directory, `dlopen` that copy
+//! (`RTLD_NOW | RTLD_LOCAL`), then read and check the header before calling anything.
+//! The result is an `Arc<LoadedPlugin>`; every [`Instance`] holds one, so a version stays
+//! loaded while any actor uses it and is closed when the last user drops it.
+//!
+//! Invariants:
+//! - A path is never loaded twice, never hard-linked, never overwritten while loaded: each
+//!   load gets its own copy named `<stem>-<sha16>-<sequence>.so` (glibc would otherwise hand
+//!   back the already-loaded object, and overwriting a mapped file crashes).
+//! - A library that fails any check is closed and its copy removed; nothing of it stays
+//!   in use.
+//! - Unloading is best effort and always verified: after `dlclose` the loader looks for the
+//!   copy in `/proc/self/maps` and records an [`UnloadReport`] (unloaded, or still resident
+//!   because, say, a thread-local destructor pins it). Never a crash.
+//!
+//! All raw calls into plugin code are in the `ffi` submodule.
+
+mod ffi;
+
+use graft_plugin::StopReason;
+use graft_plugin::abi;
+use semver::Version;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Default cap on a plugin file's size.
+pub const DEFAULT_MAX_PLUGIN_SIZE: u64 = 256 * 1024 * 1024;
+
+/// A SHA-256 digest, shown and parsed as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sha256Digest(pub [u8; 32]);
+
+impl Sha256Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Sha256Digest {
+        Sha256Digest(Sha256::digest(bytes).into())
+    }
+}
+
+impl fmt::Display for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256Digest({self})")
+    }
+}
+
+/// A digest that is not 64 hex digits.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("expected a SHA-256 digest as 64 hex digits, found {0:?}")]
+pub struct ParseDigestError(String);
+
+impl FromStr for Sha256Digest {
+    type Err = ParseDigestError;
+
+    fn from_str(text: &str) -> Result<Sha256Digest, ParseDigestError> {
+        let error = || ParseDigestError(text.to_owned());
+        if text.len() != 64 || !text.is_ascii() {
+            return Err(error());
+        }
+        let mut digest = [0u8; 32];
+        for (index, byte) in digest.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[index * 2..index * 2 + 2], 16).map_err(|_| error())?;
+        }
+        Ok(Sha256Digest(digest))
+    }
+}
+
+/// A plugin's name and version, as its header declares them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PluginIdentity {
+    /// The plugin's name.
+    pub name: String,
+    /// The plugin's version.
+    pub version: Version,
+}
+
+impl fmt::Display for PluginIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.name, self.version)
+    }
+}
+
+/// What the caller expects of a library; each one set is checked before it is used.
+#[derive(Debug, Clone, Default)]
+pub struct Expectations {
+    /// The SHA-256 of the file's bytes.
+    pub sha256: Option<Sha256Digest>,
+    /// The plugin name the header must declare.
+    pub name: Option<String>,
+    /// The version the header must declare.
+    pub version: Option<Version>,
+}
+
+/// Why a library was refused. Every variant names the file; nothing of it stays loaded.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read plugin {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The path is not a regular file.
+    #[error("plugin {path} is not a regular file")]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The file is larger than the cap.
+    #[error("plugin {path} is {size} bytes, more than the limit of {limit}")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The cap.
+        limit: u64,
+    },
+    /// The file is not an ELF shared object.
+    #[error("plugin {path} is not an ELF shared object (expected the magic bytes 7f 45 4c 46)")]
+    NotElf {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is an ELF object for another machine or class.
+    #[error(
+        "plugin {path} is an ELF object for another machine: expected {expected}, found {found}"
+    )]
+    WrongMachine {
+        /// The file.
+        path: PathBuf,
+        /// What this host runs.
+        expected: &'static str,
+        /// What the file is.
+        found: String,
+    },
+    /// The file is shorter than its own ELF headers say.
+    #[error(
+        "plugin {path} is truncated: its ELF headers need {expected} bytes, the file has {actual}"
+    )]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// The size its headers imply.
+        expected: u64,
+        /// Its size.
+        actual: u64,
+    },
+    /// The bytes' SHA-256 differs from the expected digest.
+    #[error("plugin {path} has SHA-256 {actual}, expected {expected}")]
+    DigestMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The expected digest.
+        expected: Sha256Digest,
+        /// The digest of the bytes read.
+        actual: Sha256Digest,
+    },
+    /// The private copy could not be written.
+    #[error("cannot copy plugin {path} to {copy}: {source}")]
+    Copy {
+        /// The file.
+        path: PathBuf,
+        /// The copy.
+        copy: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// `dlopen` refused the library.
+    #[error("cannot load plugin {path}: {message}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The dynamic loader's message.
+        message: String,
+    },
+    /// The library has no entry symbol for this ABI major.
+    #[error(
+        "plugin {path} does not export `{symbol}`: not a Graft plugin, or built for another ABI major version"
+    )]
+    MissingEntrySymbol {
+        /// The file.
+        path: PathBuf,
+        /// The symbol looked for.
+        symbol: String,
+    },
+    /// The header does not start with the magic.
+    #[error("plugin {path} has a header with magic {found:#018x}, expected {expected:#018x}")]
+    BadMagic {
+        /// The file.
+        path: PathBuf,
+        /// The magic found.
+        found: u64,
+        /// [`abi::MAGIC`].
+        expected: u64,
+    },
+    /// The header, or something it points to, is malformed.
+    #[error("plugin {path} has a malformed header: {detail}")]
+    MalformedHeader {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Built for another ABI major version.
+    #[error("plugin {path} uses ABI major version {found}, this host speaks {expected}")]
+    AbiMajorMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's.
+        found: u16,
+        /// The host's.
+        expected: u16,
+    },
+    /// Built for a newer ABI minor version than the host knows.
+    #[error("plugin {path} uses ABI {major}.{found}, newer than this host's {major}.{supported}")]
+    AbiMinorTooNew {
+        /// The file.
+        path: PathBuf,
+        /// The major version.
+        major: u16,
+        /// The plugin's minor.
+        found: u16,
+        /// The newest minor this host knows.
+        supported: u16,
+    },
+    /// The ABI structs' layout differs.
+    #[error("plugin {path} has layout fingerprint {found:#018x}, this host has {expected:#018x}")]
+    LayoutMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's.
+        found: u64,
+        /// The host's.
+        expected: u64,
+    },
+    /// Built with `panic = "abort"`: a panic in it would abort the host.
+    #[error(
+        "plugin {path} was built with panic = \"abort\"; Graft needs panic = \"unwind\" so a panic cannot abort the host"
+    )]
+    PanicAbort {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Built for another target.
+    #[error("plugin {path} was built for {found}, this host is {expected}")]
+    TargetMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's target.
+        found: String,
+        /// The host's target.
+        expected: &'static str,
+    },
+    /// Declares another name than expected.
+    #[error("plugin {path} is named {found:?}, expected {expected:?}")]
+    NameMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The expected name.
+        expected: String,
+        /// The declared name.
+        found: String,
+    },
+    /// Declares another version than expected.
+    #[error("plugin {path} ({name}) is version {found}, expected {expected}")]
+    VersionMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's name.
+        name: String,
+        /// The expected version.
+        expected: Box<Version>,
+        /// The declared version.
+        found: Box<Version>,
+    },
+    /// The plugin's `initialize` failed.
+    #[error("plugin {path} failed to initialize: {message}")]
+    Initialize {
+        /// The file.
+        path: PathBuf,
+        /// Its message.
+        message: String,
+    },
+}
+
+/// What became of a library after its last user dropped it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnloadOutcome {
+    /// `dlclose` unmapped it.
+    Unloaded,
+    /// Still mapped after `dlclose` (pinned, e.g. by a thread-local destructor).
+    Resident,
+    /// `dlclose` reported an error.
+    CloseFailed(String),
+}
+
+/// The record of one closed library.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnloadReport {
+    /// Which plugin.
+    pub identity: PluginIdentity,
+    /// The private copy that was loaded.
+    pub copy: PathBuf,
+    /// What happened.
+    pub outcome: UnloadOutcome,
+}
+
+struct LoaderShared {
+    directory: tempfile::TempDir,
+    sequence: AtomicU64,
+    reports: Mutex<Vec<UnloadReport>>,
+}
+
+/// Loads plugin libraries into this process. Cheap to share by reference.
+pub struct Loader {
+    shared: Arc<LoaderShared>,
+    max_size: u64,
+}
+
+/// Whether a file is mapped into this process (per `/proc/self/maps`).
+pub fn is_mapped(path: &Path) -> bool {
+    let needle = path.to_string_lossy();
+    fs::read_to_string("/proc/self/maps")
+        .map(|maps| maps.lines().any(|line| line.contains(needle.as_ref())))
+        .unwrap_or(false)
+}
+
+fn level_number() -> u32 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::OFF => 0,
+        LevelFilter::ERROR => 1,
+        LevelFilter::WARN => 2,
+        LevelFilter::INFO => 3,
+        LevelFilter::DEBUG => 4,
+        _ => 5,
+    }
+}
+
+/// Checks the ELF identification and that the file holds all its headers claim.
+fn check_elf(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
+        return Err(LoadError::NotElf {
+            path: path.to_owned(),
+        });
+    }
+    let truncated = |expected: u64| LoadError::Truncated {
+        path: path.to_owned(),
+        expected,
+        actual: bytes.len() as u64,
+    };
+    if bytes.len() < 64 {
+        return Err(truncated(64));
+    }
+    let u16_at = |offset: usize| u64::from(u16::from_le_bytes([bytes[offset], bytes[offset + 1]]));
+    let u64_at = |offset: usize| {
+        u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap_or_default())
+    };
+    let class_and_machine = (bytes[4], bytes[5], u16_at(0x12));
+    if class_and_machine != (2, 1, 0x3e) {
+        return Err(LoadError::WrongMachine {
+            path: path.to_owned(),
+            expected: "ELF64 little-endian x86-64",
+            found: format!(
+                "class {}, data encoding {}, machine {:#x}",
+                class_and_machine.0, class_and_machine.1, class_and_machine.2
+            ),
+        });
+    }
+    let program_end = u64_at(0x20).saturating_add(u16_at(0x36) * u16_at(0x38));
+    let section_end = u64_at(0x28).saturating_add(u16_at(0x3a) * u16_at(0x3c));
+    let expected = program_end.max(section_end);
+    if expected > bytes.len() as u64 {
+        return Err(truncated(expected));
+    }
+    Ok(())
+}
+
+fn copy_stem(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|stem| stem.to_string_lossy())
+        .unwrap_or_default();
+    let cleaned: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if cleaned.is_empty() {
+        "plugin".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+impl Loader {
+    /// A loader with its private directory under the system temporary directory.
+    pub fn new() -> std::io::Result<Loader> {
+        Loader::in_directory(&std::env::temp_dir())
+    }
+
+    /// A loader with its private (0700) directory created under `parent`.
+    pub fn in_directory(parent: &Path) -> std::io::Result<Loader> {
+        use std::os::unix::fs::PermissionsExt;
+        let directory = tempfile::Builder::new()
+            .prefix("graft-plugins-")
+            .tempdir_in(parent)?;
+        fs::set_permissions(directory.path(), fs::Permissions::from_mode(0o700))?;
+        Ok(Loader {
+            shared: Arc::new(LoaderShared {
+                directory,
+                sequence: AtomicU64::new(0),
+                reports: Mutex::new(Vec::new()),
+            }),
+            max_size: DEFAULT_MAX_PLUGIN_SIZE,
+        })
+    }
+
+    /// Sets the file size cap.
+    pub fn with_max_size(mut self, max_size: u64) -> Loader {
+        self.max_size = max_size;
+        self
+    }
+
+    /// The private directory copies are loaded from.
+    pub fn directory(&self) -> &Path {
+        self.shared.directory.path()
+    }
+
+    /// Reads, verifies, copies, loads and checks the library at `path`.
+    pub fn load(&self, path: &Path, expect: &Expectations) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let read_error = |source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let metadata = fs::metadata(path).map_err(read_error)?;
+        if !metadata.is_file() {
+            return Err(LoadError::NotAFile {
+                path: path.to_owned(),
+            });
+        }
+        if metadata.len() > self.max_size {
+            return Err(LoadError::TooLarge {
+                path: path.to_owned(),
+                size: metadata.len(),
+                limit: self.max_size,
+            });
+        }
+        let mut bytes = Vec::with_capacity(metadata.len() as usize);
+        fs::File::open(path)
+            .and_then(|file| file.take(self.max_size + 1).read_to_end(&mut bytes))
+            .map_err(read_error)?;
+        if bytes.len() as u64 > self.max_size {
+            return Err(LoadError::TooLarge {
+                path: path.to_owned(),
+                size: bytes.len() as u64,
+                limit: self.max_size,
+            });
+        }
+        let digest = Sha256Digest::of(&bytes);
+        if let Some(expected) = expect.sha256
+            && expected != digest
+        {
+            return Err(LoadError::DigestMismatch {
+                path: path.to_owned(),
+                expected,
+                actual: digest,
+            });
+        }
+        check_elf(path, &bytes)?;
+        let copy = self.write_copy(path, &bytes, &digest)?;
+        let result = self.open_copy(path, &copy, digest, expect);
+        if result.is_err() {
+            let _ = fs::remove_file(&copy);
+        }
+        result
+    }
+
+    fn write_copy(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        digest: &Sha256Digest,
+    ) -> Result<PathBuf, LoadError> {
+        let sequence = self.shared.sequence.fetch_add(1, Ordering::Relaxed);
+        let name = format!(
+            "{}-{}-{sequence}.so",
+            copy_stem(path),
+            &digest.to_string()[..16]
+        );
+        let copy = self.directory().join(name);
+        let write = || -> std::io::Result<()> {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o500)
+                // A symlink planted in the copy's place is refused, not followed.
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&copy)?;
+            file.write_all(bytes)?;
+            file.sync_all()
+        };
+        write().map_err(|source| LoadError::Copy {
+            path: path.to_owned(),
+            copy: copy.clone(),
+            source,
+        })?;
+        Ok(copy)
+    }
+
+    fn open_copy(
+        &self,
+        path: &Path,
+        copy: &Path,
+        sha256: Sha256Digest,
+        expect: &Expectations,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let library = ffi::open(copy).map_err(|message| LoadError::Open {
+            path: path.to_owned(),
+            message,
+        })?;
+        let (header, vtable) = ffi::read_header(&library, copy).map_err(|error| match error {
+            ffi::HeaderReadError::MissingSymbol(symbol) => LoadError::MissingEntrySymbol {
+                path: path.to_owned(),
+                symbol,
+            },
+            ffi::HeaderReadError::OutOfImage(field) => LoadError::MalformedHeader {
+                path: path.to_owned(),
+                detail: format!("`{field}` points outside the library"),
+            },
+            ffi::HeaderReadError::TooSmall(size) => LoadError::MalformedHeader {
+                path: path.to_owned(),
+                detail: format!(
+                    "header is {size} bytes, expected at least {}",
+                    std::mem::size_of::<abi::PluginHeader>()
+                ),
+            },
+        })?;
+        let identity = check_header(path, &header, expect)?;
+        // SAFETY: `check_header` verified magic, ABI major/minor, layout fingerprint and the
+        // vtable size against this host's, and `vtable` comes from `read_header` on `library`.
+        let code = unsafe { ffi::PluginCode::new(library, vtable) };
+        let mut plugin = LoadedPlugin {
+            identity,
+            api_version: String::from_utf8_lossy(&header.api_version).into_owned(),
+            target: String::from_utf8_lossy(&header.target).into_owned(),
+            sha256,
+            source: path.to_owned(),
+            copy: copy.to_owned(),
+            code,
+            shared: Arc::clone(&self.shared),
+            report: false,
+        };
+        let status = plugin.code.initialize(level_number());
+        if status != abi::STATUS_OK {
+            return Err(LoadError::Initialize {
+                path: path.to_owned(),
+                message: format!("initialize returned status {status}"),
+            });
+        }
+        plugin.report = true;
+        tracing::debug!(plugin = %plugin.identity, copy = %copy.display(), "plugin loaded");
+        Ok(Arc::new(plugin))
+    }
+
+    /// What became of every library closed so far, re-checked against `/proc/self/maps`
+    /// (glibc may unmap a pinned library at a later `dlclose`).
+    pub fn unload_reports(&self) -> Vec<UnloadReport> {
+        let mut reports = self
+            .shared
+            .reports
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for report in reports.iter_mut() {
+            if report.outcome == UnloadOutcome::Resident && !is_mapped(&report.copy) {
+                report.outcome = UnloadOutcome::Unloaded;
+            }
+        }
+        reports.clone()
+    }
+}
+
+fn check_header(
+    path: &Path,
+    header: &ffi::HeaderFields,
+    expect: &Expectations,
+) -> Result<PluginIdentity, LoadError> {
+    let path_buf = || path.to_owned();
+    if header.magic != abi::MAGIC {
+        return Err(LoadError::BadMagic {
+            path: path_buf(),
+            found: header.magic,
+            expected: abi::MAGIC,
+        });
+    }
+    if header.abi_major != abi::ABI_MAJOR {
+        return Err(LoadError::AbiMajorMismatch {
+            path: path_buf(),
+            found: header.abi_major,
+            expected: abi::ABI_MAJOR,
+        });
+    }
+    if header.abi_minor > abi::ABI_MINOR {
+        return Err(LoadError::AbiMinorTooNew {
+            path: path_buf(),
+            major: header.abi_major,
+            found: header.abi_minor,
+            supported: abi::ABI_MINOR,
+        });
+    }
+    if header.layout_fingerprint != abi::LAYOUT_FINGERPRINT {
+        return Err(LoadError::LayoutMismatch {
+            path: path_buf(),
+            found: header.layout_fingerprint,
+            expected: abi::LAYOUT_FINGERPRINT,
+        });
+    }
+    if header.panic_unwind != 1 {
+        return Err(LoadError::PanicAbort { path: path_buf() });
+    }
+    if (header.vtable_size as usize) < abi::PLUGIN_VTABLE_SIZE_1_0 {
+        return Err(LoadError::MalformedHeader {
+            path: path_buf(),
+            detail: format!(
+                "vtable is {} bytes, ABI {}.0 needs {}",
+                header.vtable_size,
+                abi::ABI_MAJOR,
+                abi::PLUGIN_VTABLE_SIZE_1_0
+            ),
+        });
+    }
+    let target = String::from_utf8_lossy(&header.target);
+    if target != abi::TARGET {
+        return Err(LoadError::TargetMismatch {
+            path: path_buf(),
+            found: target.into_owned(),
+            expected: abi::TARGET,
+        });
+    }
+    let name = String::from_utf8(header.name.clone())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .ok_or_else(|| LoadError::MalformedHeader {
+            path: path_buf(),
+            detail: "the plugin name is empty or not UTF-8".to_owned(),
+        })?;
+    let version_text = String::from_utf8_lossy(&header.version);
+    let version = Version::parse(&version_text).map_err(|error| LoadError::MalformedHeader {
+        path: path_buf(),
+        detail: format!("version {version_text:?} is not semver: {error}"),
+    })?;
+    if let Some(expected) = &expect.name
+        && *expected != name
+    {
+        return Err(LoadError::NameMismatch {
+            path: path_buf(),
+            expected: expected.clone(),
+            found: name,
+        });
+    }
+    if let Some(expected) = &expect.version
+        && *expected != version
+    {
+        return Err(LoadError::VersionMismatch {
+            path: path_buf(),
+            name,
+            expected: Box::new(expected.clone()),
+            found: Box::new(version),
+        });
+    }
+    Ok(PluginIdentity { name, version })
+}
+
+/// One loaded plugin version. Closed (and its unloading verified) when the last `Arc` goes.
+pub struct LoadedPlugin {
+    identity: PluginIdentity,
+    api_version: String,
+    target: String,
+    sha256: Sha256Digest,
+    source: PathBuf,
+    copy: PathBuf,
+    code: ffi::PluginCode,
+    shared: Arc<LoaderShared>,
+    /// Whether closing it is worth a report (it passed every check).
+    report: bool,
+}
+
+impl fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("identity", &self.identity)
+            .field("sha256", &self.sha256)
+            .field("copy", &self.copy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedPlugin {
+    /// Name and version.
+    pub fn identity(&self) -> &PluginIdentity {
+        &self.identity
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.identity.name
+    }
+
+    /// The plugin's version.
+    pub fn version(&self) -> &Version {
+        &self.identity.version
+    }
+
+    /// The `graft-plugin` version it was built with.
+    pub fn api_version(&self) -> &str {
+        &self.api_version
+    }
+
+    /// The target it was built for.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The SHA-256 of the file's bytes.
+    pub fn sha256(&self) -> Sha256Digest {
+        self.sha256
+    }
+
+    /// The file it was read from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// The private copy that is mapped.
+    pub fn copy_path(&self) -> &Path {
+        &self.copy
+    }
+}
+
+impl Drop for LoadedPlugin {
+    fn drop(&mut self) {
+        let closed = self.code.close();
+        let _ = fs::remove_file(&self.copy);
+        if !self.report {
+            return;
+        }
+        let outcome = match closed {
+            Err(message) => UnloadOutcome::CloseFailed(message),
+            Ok(()) if is_mapped(&self.copy) => UnloadOutcome::Resident,
+            Ok(()) => UnloadOutcome::Unloaded,
+        };
+        match &outcome {
+            UnloadOutcome::Unloaded => tracing::debug!(plugin = %self.identity, "plugin unloaded"),
+            UnloadOutcome::Resident => tracing::warn!(
+                plugin = %self.identity,
+                copy = %self.copy.display(),
+                "plugin closed but still resident (pinned, e.g. by a thread-local destructor)"
+            ),
+            UnloadOutcome::CloseFailed(message) => {
+                tracing::warn!(plugin = %self.identity, "dlclose failed: {message}")
+            }
+        }
+        let report = UnloadReport {
+            identity: self.identity.clone(),
+            copy: self.copy.clone(),
+            outcome,
+        };
+        self.shared
+            .reports
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push(report);
+    }
+}
+
+/// How a message sent from a plugin is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendKind {
+    /// To `handle_cast`.
+    Cast,
+    /// To `handle_info`.
+    Info,
+}
+
+/// A host service failed (as the plugin's [`graft_plugin::ContextError`] will see it).
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum ServiceError {
+    /// No actor has this name.
+    #[error("no actor named {0:?}")]
+    NotFound(String),
+    /// No reply in time.
+    #[error("call to {0:?} timed out")]
+    Timeout(String),
+    /// The actor exited first.
+    #[error("actor {actor:?} exited: {reason}")]
+    Exited {
+        /// The actor.
+        actor: String,
+        /// Its exit reason.
+        reason: String,
+    },
+    /// The callee refused the message.
+    #[error("actor {actor:?} refused the message: {reason}")]
+    Refused {
+        /// The actor.
+        actor: String,
+        /// Why.
+        reason: String,
+    },
+    /// The service is not available in this context.
+    #[error("{0} is not available here")]
+    Unavailable(&'static str),
+}
+
+impl ServiceError {
+    /// The ABI's `SERVICE_*` code.
+    pub fn code(&self) -> u32 {
+        match self {
+            ServiceError::NotFound(_) => abi::SERVICE_NOT_FOUND,
+            ServiceError::Timeout(_) => abi::SERVICE_TIMEOUT,
+            ServiceError::Exited { .. } => abi::SERVICE_EXITED,
+            ServiceError::Refused { .. } => abi::SERVICE_REFUSED,
+            ServiceError::Unavailable(_) => abi::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// What the host offers a plugin callback: implemented by the actor runtime.
+pub trait HostServices {
+    /// The calling actor's name.
+    fn actor_name(&self) -> &str;
+    /// Sends a cast or info message to a named actor.
+    fn send(&self, to: &str, kind: SendKind, message: Vec<u8>) -> Result<(), ServiceError>;
+    /// Calls a named actor, waiting at most `timeout`; must not starve the runtime.
+    fn call(&self, to: &str, message: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, ServiceError>;
+    /// Sends `message` to the calling actor as an info message after `delay` (repeatedly
+    /// when `repeat`); returns the timer id.
+    fn start_timer(&self, delay: Duration, repeat: bool, message: Vec<u8>) -> Option<u64>;
+    /// Cancels a timer; whether it was pending.
+    fn cancel_timer(&self, timer: u64) -> bool;
+    /// Answers a deferred call.
+    fn reply(&self, token: u64, message: Vec<u8>) -> Result<(), ServiceError>;
+}
+
+/// Services for plugin code that runs outside any actor (migrations, tests): a name, and
+/// every other service unavailable.
+#[derive(Debug, Clone)]
+pub struct Detached {
+    name: String,
+}
+
+impl Detached {
+    /// Detached services answering to `name`.
+    pub fn new(name: impl Into<String>) -> Detached {
+        Detached { name: name.into() }
+    }
+}
+
+impl HostServices for Detached {
+    fn actor_name(&self) -> &str {
+        &self.name
+    }
+
+    fn send(&self, _to: &str, _kind: SendKind, _message: Vec<u8>) -> Result<(), ServiceError> {
+        Err(ServiceError::Unavailable("send"))
+    }
+
+    fn call(
+        &self,
+        _to: &str,
+        _message: Vec<u8>,
+        _timeout: Duration,
+    ) -> Result<Vec<u8>, ServiceError> {
+        Err(ServiceError::Unavailable("call"))
+    }
+
+    fn start_timer(&self, _delay: Duration, _repeat: bool, _message: Vec<u8>) -> Option<u64> {
+        None
+    }
+
+    fn cancel_timer(&self, _timer: u64) -> bool {
+        false
+    }
+
+    fn reply(&self, _token: u64, _message: Vec<u8>) -> Result<(), ServiceError> {
+        Err(ServiceError::Unavailable("reply"))
+    }
+}
+
+/// What one callback produced, copied out of the plugin.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Outputs {
+    /// A reply to the call.
+    pub reply: Option<Vec<u8>>,
+    /// Encoded state.
+    pub state: Option<Vec<u8>>,
+    /// The actor asked to stop.
+    pub stop: Option<StopReason>,
+    /// The actor asked for `handle_continue` with this argument.
+    pub continue_with: Option<Vec<u8>>,
+    /// An error or panic message.
+    pub message: Option<String>,
+}
+
+impl Outputs {
+    fn record(&mut self, kind: u32, data: &[u8]) {
+        match kind {
+            abi::OUTPUT_REPLY => self.reply = Some(data.to_vec()),
+            abi::OUTPUT_STATE => self.state = Some(data.to_vec()),
+            abi::OUTPUT_STOP => {
+                self.stop = Some(StopReason::from_text(&String::from_utf8_lossy(data)))
+            }
+            abi::OUTPUT_CONTINUE => self.continue_with = Some(data.to_vec()),
+            abi::OUTPUT_MESSAGE => self.message = Some(String::from_utf8_lossy(data).into_owned()),
+            other => tracing::warn!("plugin produced an output of unknown kind {other}; ignored"),
+        }
+    }
+}
+
+/// Re-emits a plugin's log record in the host's `tracing`, with plugin, version and actor.
+fn emit_plugin_log(
+    origin: Option<(&PluginIdentity, &str)>,
+    level: u32,
+    target: &str,
+    message: &str,
+) {
+    let (plugin, version, actor) = match origin {
+        Some((identity, actor)) => (identity.name.as_str(), identity.version.to_string(), actor),
+        None => ("", String::new(), ""),
+    };
+    macro_rules! emit {
+        ($level:expr) => {
+            tracing::event!(target: "graft::plugin", $level, plugin, version = %version, actor, plugin_target = target, "{message}")
+        };
+    }
+    match level {
+        1 => emit!(tracing::Level::ERROR),
+        2 => emit!(tracing::Level::WARN),
+        3 => emit!(tracing::Level::INFO),
+        4 => emit!(tracing::Level::DEBUG),
+        _ => emit!(tracing::Level::TRACE),
+    }
+}
+
+/// A plugin callback failed. Names the plugin, its version and the callback.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum CallbackError {
+    /// The callback returned an error.
+    #[error("{plugin}: {callback} failed: {message}")]
+    Failed {
+        /// Which plugin.
+        plugin: PluginIdentity,
+        /// Which callback.
+        callback: &'static str,
+        /// Its message.
+        message: String,
+    },
+    /// The callback panicked (caught inside the plugin).
+    #[error("{plugin}: {callback} panicked: {message}")]
+    Panicked {
+        /// Which plugin.
+        plugin: PluginIdentity,
+        /// Which callback.
+        callback: &'static str,
+        /// The panic message.
+        message: String,
+    },
+    /// The input did not decode as the type the plugin expects; nothing ran.
+    #[error("{plugin}: {callback} refused its input: {message}")]
+    BadInput {
+        /// Which plugin.
+        plugin: PluginIdentity,
+        /// Which callback.
+        callback: &'static str,
+        /// The decode error.
+        message: String,
+    },
+    /// The plugin broke the ABI contract (unknown status, missing output).
+    #[error("{plugin}: {callback} broke the plugin ABI: {message}")]
+    Protocol {
+        /// Which plugin.
+        plugin: PluginIdentity,
+        /// Which callback.
+        callback: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl CallbackError {
+    /// Whether the callback panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, CallbackError::Panicked { .. })
+    }
+
+    /// Whether the input was refused before the callback ran (the actor is unharmed).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, CallbackError::BadInput { .. })
+    }
+}
+
+fn interpret(
+    plugin: &LoadedPlugin,
+    callback: &'static str,
+    status: u32,
+    outputs: Outputs,
+) -> Result<Outputs, CallbackError> {
+    let identity = || plugin.identity.clone();
+    let message = || {
+        outputs
+            .message
+            .clone()
+            .unwrap_or_else(|| "no message".to_owned())
+    };
+    match status {
+        abi::STATUS_OK => Ok(outputs),
+        abi::STATUS_ERROR => Err(CallbackError::Failed {
+            plugin: identity(),
+            callback,
+            message: message(),
+        }),
+        abi::STATUS_PANIC => Err(CallbackError::Panicked {
+            plugin: identity(),
+            callback,
+            message: message(),
+        }),
+        abi::STATUS_BAD_INPUT => Err(CallbackError::BadInput {
+            plugin: identity(),
+            callback,
+            message: message(),
+        }),
+        other => Err(CallbackError::Protocol {
+            plugin: identity(),
+            callback,
+            message: format!("unknown status {other}"),
+        }),
+    }
+}
+
+/// One actor's state inside a loaded plugin. Holds its plugin loaded; dropped inside the
+/// plugin. Callbacks take `&mut self`: one at a time.
+pub struct Instance {
+    plugin: Arc<LoadedPlugin>,
+    handle: Option<ffi::InstanceHandle>,
+}
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instance")
+            .field("plugin", &self.plugin.identity)
+            .finish()
+    }
+}
+
+impl Instance {
+    fn created(
+        plugin: &Arc<LoadedPlugin>,
+        callback: &'static str,
+        status: u32,
+        handle: Option<ffi::InstanceHandle>,
+        outputs: Outputs,
+    ) -> Result<(Instance, Outputs), CallbackError> {
+        let instance = handle.map(|handle| Instance {
+            plugin: Arc::clone(plugin),
+            handle: Some(handle),
+        });
+        let outputs = interpret(plugin, callback, status, outputs)?;
+        match instance {
+            Some(instance) => Ok((instance, outputs)),
+            None => Err(CallbackError::Protocol {
+                plugin: plugin.identity.clone(),
+                callback,
+                message: "returned success without an instance".to_owned(),
+            }),
+        }
+    }
+
+    /// Runs `init` with encoded start arguments.
+    pub fn start(
+        plugin: &Arc<LoadedPlugin>,
+        args: &[u8],
+        services: &dyn HostServices,
+    ) -> Result<(Instance, Outputs), CallbackError> {
+        let mut context = ffi::CallContext::new(services, &plugin.identity);
+        let (status, handle) = plugin.code.init(&mut context, args);
+        Instance::created(plugin, "init", status, handle, context.outputs)
+    }
+
+    /// Creates an instance from state bytes already in this plugin's shape.
+    pub fn restore(
+        plugin: &Arc<LoadedPlugin>,
+        state: &[u8],
+        services: &dyn HostServices,
+    ) -> Result<Instance, CallbackError> {
+        let mut context = ffi::CallContext::new(services, &plugin.identity);
+        let (status, handle) = plugin.code.restore_state(&mut context, state);
+        Instance::created(plugin, "restore_state", status, handle, context.outputs)
+            .map(|(instance, _)| instance)
+    }
+
+    /// Upgrade: creates an instance of `plugin` from an older version's state (its
+    /// `code_change`).
+    pub fn code_change(
+        plugin: &Arc<LoadedPlugin>,
+        from_version: &Version,
+        state: &[u8],
+        extra: &[u8],
+        services: &dyn HostServices,
+    ) -> Result<Instance, CallbackError> {
+        let mut context = ffi::CallContext::new(services, &plugin.identity);
+        let (status, handle) =
+            plugin
+                .code
+                .code_change(&mut context, &from_version.to_string(), state, extra);
+        Instance::created(plugin, "code_change", status, handle, context.outputs)
+            .map(|(instance, _)| instance)
+    }
+
+    /// The plugin this instance runs on.
+    pub fn plugin(&self) -> &Arc<LoadedPlugin> {
+        &self.plugin
+    }
+
+    fn run(
+        &mut self,
+        callback: &'static str,
+        services: &dyn HostServices,
+        body: impl FnOnce(&ffi::PluginCode, &mut ffi::InstanceHandle, &mut ffi::CallContext<'_>) -> u32,
+    ) -> Result<Outputs, CallbackError> {
+        let plugin = Arc::clone(&self.plugin);
+        let Some(handle) = self.handle.as_mut() else {
+            return Err(CallbackError::Protocol {
+                plugin: plugin.identity.clone(),
+                callback,
+                message: "instance already dropped".to_owned(),
+            });
+        };
+        let mut context = ffi::CallContext::new(services, &plugin.identity);
+        let status = body(&plugin.code, handle, &mut context);
+        interpret(&plugin, callback, status, context.outputs)
+    }
+
+    /// Runs `handle_call`; `reply_token` is what a deferred reply will carry.
+    pub fn handle_call(
+        &mut self,
+        request: &[u8],
+        reply_token: u64,
+        services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError> {
+        self.run("handle_call", services, |code, handle, context| {
+            code.handle_call(handle, context, request, reply_token)
+        })
+    }
+
+    /// Runs `handle_cast`.
+    pub fn handle_cast(
+        &mut self,
+        message: &[u8],
+        services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError> {
+        self.run("handle_cast", services, |code, handle, context| {
+            code.handle_cast(handle, context, message)
+        })
+    }
+
+    /// Runs `handle_info` with an `INFO_*` kind.
+    pub fn handle_info(
+        &mut self,
+        kind: u32,
+        message: &[u8],
+        services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError> {
+        self.run("handle_info", services, |code, handle, context| {
+            code.handle_info(handle, context, kind, message)
+        })
+    }
+
+    /// Runs `handle_continue`.
+    pub fn handle_continue(
+        &mut self,
+        argument: &[u8],
+        services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError> {
+        self.run("handle_continue", services, |code, handle, context| {
+            code.handle_continue(handle, context, argument)
+        })
+    }
+
+    /// Runs `terminate`.
+    pub fn terminate(
+        &mut self,
+        reason: &StopReason,
+        services: &dyn HostServices,
+    ) -> Result<(), CallbackError> {
+        let reason = reason.to_string();
+        self.run("terminate", services, |code, handle, context| {
+            code.terminate(handle, context, &reason)
+        })
+        .map(drop)
+    }
+
+    /// The state, encoded.
+    pub fn encode_state(&mut self) -> Result<Vec<u8>, CallbackError> {
+        let services = Detached::new("");
+        let outputs = self.run("encode_state", &services, |code, handle, context| {
+            code.encode_state(handle, context)
+        })?;
+        self.expect_state("encode_state", outputs)
+    }
+
+    /// Downgrade: the state converted to the shape of the older version `to_version`.
+    pub fn downgrade(
+        &mut self,
+        to_version: &Version,
+        extra: &[u8],
+    ) -> Result<Vec<u8>, CallbackError> {
+        let services = Detached::new("");
+        let to = to_version.to_string();
+        let outputs = self.run("downgrade", &services, |code, handle, context| {
+            code.downgrade_state(handle, context, &to, extra)
+        })?;
+        self.expect_state("downgrade", outputs)
+    }
+
+    fn expect_state(
+        &self,
+        callback: &'static str,
+        outputs: Outputs,
+    ) -> Result<Vec<u8>, CallbackError> {
+        outputs.state.ok_or_else(|| CallbackError::Protocol {
+            plugin: self.plugin.identity.clone(),
+            callback,
+            message: "returned success without a state".to_owned(),
+        })
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take()
+            && self.plugin.code.drop_instance(handle) != abi::STATUS_OK
+        {
+            tracing::warn!(plugin = %self.plugin.identity, "the instance's drop panicked inside the plugin");
+        }
+    }
+}

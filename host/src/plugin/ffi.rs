@@ -1,0 +1,574 @@
+//! The host side of the C ABI: `dlopen`, the header read, every call into plugin code, and
+//! the host callbacks plugins call back into.
+//!
+//! **Architecture Invariant:** this is the only module of the host that calls into plugin
+//! code through raw pointers, and the only one with `unsafe`.
+//!
+//! Invariants this module keeps:
+//! - A [`PluginCode`] owns the open library *and* the copy of its vtable; every function
+//!   pointer called comes from that vtable, so the library is open whenever one is called.
+//! - The header is range-checked against the library's own mappings (`/proc/self/maps`)
+//!   before any field is read, and strings are capped, so a corrupt header is an error,
+//!   not a wild read.
+//! - Every host callback catches its own panics (a panic unwinding out of `extern "C"`
+//!   aborts the process) and only copies from the borrowed slices it is given.
+//! - A [`CallContext`] lives on the stack of the call it is passed to; plugins only use
+//!   it during that call.
+
+use super::{HostServices, Outputs, PluginIdentity, SendKind, ServiceError};
+use graft_plugin::abi::{self, Bytes, HostVtable, PluginHeader, PluginVtable, SinkFn};
+use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+use std::ffi::c_void;
+use std::mem::size_of;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::ptr::{self, NonNull};
+use std::time::Duration;
+
+/// Longest string accepted from a header.
+const MAX_HEADER_STRING: usize = 1024;
+
+/// The fixed-size fields of a header, copied out of the image.
+#[derive(Debug, Clone)]
+pub(super) struct HeaderFields {
+    pub magic: u64,
+    pub abi_major: u16,
+    pub abi_minor: u16,
+    pub layout_fingerprint: u64,
+    pub panic_unwind: u32,
+    pub vtable_size: u32,
+    pub name: Vec<u8>,
+    pub version: Vec<u8>,
+    pub api_version: Vec<u8>,
+    pub target: Vec<u8>,
+}
+
+/// Why the header could not be read (before any semantic check).
+#[derive(Debug)]
+pub(super) enum HeaderReadError {
+    MissingSymbol(String),
+    OutOfImage(&'static str),
+    TooSmall(u32),
+}
+
+/// An open plugin library and the vtable copied from its checked header.
+pub(super) struct PluginCode {
+    vtable: PluginVtable,
+    library: Option<Library>,
+}
+
+/// An instance created by the plugin; only its own plugin's vtable may use it.
+pub(super) struct InstanceHandle(NonNull<c_void>);
+
+// SAFETY: the instance is the plugin's `GenServer` value, which the trait requires to be
+// `Send`; the host uses it from one thread at a time (`&mut` access through `Instance`).
+unsafe impl Send for InstanceHandle {}
+
+/// Address ranges the file at `path` is mapped at in this process.
+fn mapped_ranges(path: &Path) -> Vec<(usize, usize)> {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return Vec::new();
+    };
+    let needle = path.to_string_lossy();
+    maps.lines()
+        .filter(|line| line.contains(needle.as_ref()))
+        .filter_map(|line| {
+            let range = line.split_whitespace().next()?;
+            let (start, end) = range.split_once('-')?;
+            Some((
+                usize::from_str_radix(start, 16).ok()?,
+                usize::from_str_radix(end, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+fn inside(ranges: &[(usize, usize)], address: usize, length: usize) -> bool {
+    let Some(end) = address.checked_add(length) else {
+        return false;
+    };
+    ranges
+        .iter()
+        .any(|&(start, stop)| address >= start && end <= stop)
+}
+
+/// Opens the library with `RTLD_NOW | RTLD_LOCAL`.
+pub(super) fn open(path: &Path) -> Result<Library, String> {
+    // SAFETY: loading runs the library's constructors. The bytes were read once, checked
+    // against the expected digest when one was given, and written to a fresh private file
+    // (`path`) that nothing else writes; running its code is the point of a plugin.
+    unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }.map_err(|error| error.to_string())
+}
+
+/// Reads the header of an open library, checking every address against its mappings.
+pub(super) fn read_header(
+    library: &Library,
+    path: &Path,
+) -> Result<(HeaderFields, *const PluginVtable), HeaderReadError> {
+    let symbol_name = String::from_utf8_lossy(&abi::ENTRY_SYMBOL[..abi::ENTRY_SYMBOL.len() - 1]);
+    // SAFETY: we only take the symbol's address (a data symbol); nothing is called, and the
+    // address is range-checked below before it is read.
+    let header: *const PluginHeader =
+        match unsafe { library.get::<*const PluginHeader>(abi::ENTRY_SYMBOL) } {
+            Ok(symbol) => *symbol,
+            Err(_) => return Err(HeaderReadError::MissingSymbol(symbol_name.into_owned())),
+        };
+    let ranges = mapped_ranges(path);
+    let prefix = size_of::<u64>() + size_of::<u32>();
+    if !inside(&ranges, header as usize, prefix) {
+        return Err(HeaderReadError::OutOfImage("header"));
+    }
+    // SAFETY: the first 12 bytes at `header` lie inside the library's mapped image (checked
+    // above); unaligned reads cope with a misplaced symbol.
+    let (magic, header_size) = unsafe {
+        (
+            ptr::read_unaligned(ptr::addr_of!((*header).magic)),
+            ptr::read_unaligned(ptr::addr_of!((*header).header_size)),
+        )
+    };
+    if magic != abi::MAGIC {
+        // Report the magic before anything else: the rest is not a header at all.
+        return Ok((HeaderFields::only_magic(magic), ptr::null()));
+    }
+    if (header_size as usize) < size_of::<PluginHeader>() {
+        return Err(HeaderReadError::TooSmall(header_size));
+    }
+    if !inside(&ranges, header as usize, size_of::<PluginHeader>()) {
+        return Err(HeaderReadError::OutOfImage("header"));
+    }
+    // SAFETY: the whole header lies inside the mapped image (checked above).
+    let raw = unsafe { ptr::read_unaligned(header) };
+    let read_string = |bytes: Bytes, field: &'static str| -> Result<Vec<u8>, HeaderReadError> {
+        if bytes.len > MAX_HEADER_STRING || !inside(&ranges, bytes.ptr as usize, bytes.len) {
+            return Err(HeaderReadError::OutOfImage(field));
+        }
+        // SAFETY: `ptr..ptr+len` lies inside the mapped image (checked above) and is copied
+        // at once into host memory.
+        Ok(unsafe { bytes.as_slice() }.to_vec())
+    };
+    let fields = HeaderFields {
+        magic,
+        abi_major: raw.abi_major,
+        abi_minor: raw.abi_minor,
+        layout_fingerprint: raw.layout_fingerprint,
+        panic_unwind: raw.panic_unwind,
+        vtable_size: raw.vtable_size,
+        name: read_string(raw.name, "name")?,
+        version: read_string(raw.version, "version")?,
+        api_version: read_string(raw.api_version, "api_version")?,
+        target: read_string(raw.target, "target")?,
+    };
+    let vtable_length = (raw.vtable_size as usize).min(size_of::<PluginVtable>());
+    if !inside(&ranges, raw.vtable as usize, vtable_length) {
+        return Err(HeaderReadError::OutOfImage("vtable"));
+    }
+    Ok((fields, raw.vtable))
+}
+
+impl HeaderFields {
+    fn only_magic(magic: u64) -> HeaderFields {
+        HeaderFields {
+            magic,
+            abi_major: 0,
+            abi_minor: 0,
+            layout_fingerprint: 0,
+            panic_unwind: 0,
+            vtable_size: 0,
+            name: Vec::new(),
+            version: Vec::new(),
+            api_version: Vec::new(),
+            target: Vec::new(),
+        }
+    }
+}
+
+impl PluginCode {
+    /// Takes ownership of an open library whose header passed every check.
+    ///
+    /// # Safety
+    /// `vtable` must come from [`read_header`] on this `library`, after the caller checked
+    /// magic, ABI major/minor, layout fingerprint and `vtable_size >= size_of::<PluginVtable>()`.
+    pub(super) unsafe fn new(library: Library, vtable: *const PluginVtable) -> PluginCode {
+        // SAFETY: per the contract, `vtable` points to a complete vtable of the same layout
+        // inside the mapped image (range-checked by `read_header`).
+        let vtable = unsafe { ptr::read_unaligned(vtable) };
+        PluginCode {
+            vtable,
+            library: Some(library),
+        }
+    }
+
+    /// Closes the library (`dlclose`). The vtable must not be used afterwards; `Drop`
+    /// of the owner guarantees that.
+    pub(super) fn close(&mut self) -> Result<(), String> {
+        match self.library.take() {
+            Some(library) => library.close().map_err(|error| error.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn initialize(&self, max_log_level: u32) -> u32 {
+        // SAFETY: the vtable belongs to the open library (see type invariant); HOST_VTABLE
+        // is a static that outlives the library.
+        unsafe { (self.vtable.initialize)(&HOST_VTABLE, max_log_level) }
+    }
+
+    pub(super) fn init(
+        &self,
+        context: &mut CallContext<'_>,
+        args: &[u8],
+    ) -> (u32, Option<InstanceHandle>) {
+        let mut instance: *mut c_void = ptr::null_mut();
+        // SAFETY: the library is open; `context` and `args` outlive the call; `instance` is
+        // a valid place for the plugin to write the handle to.
+        let status =
+            unsafe { (self.vtable.init)(context.as_raw(), Bytes::from_slice(args), &mut instance) };
+        (status, NonNull::new(instance).map(InstanceHandle))
+    }
+
+    pub(super) fn restore_state(
+        &self,
+        context: &mut CallContext<'_>,
+        state: &[u8],
+    ) -> (u32, Option<InstanceHandle>) {
+        let mut instance: *mut c_void = ptr::null_mut();
+        // SAFETY: as in `init`.
+        let status = unsafe {
+            (self.vtable.restore_state)(context.as_raw(), Bytes::from_slice(state), &mut instance)
+        };
+        (status, NonNull::new(instance).map(InstanceHandle))
+    }
+
+    pub(super) fn code_change(
+        &self,
+        context: &mut CallContext<'_>,
+        from_version: &str,
+        state: &[u8],
+        extra: &[u8],
+    ) -> (u32, Option<InstanceHandle>) {
+        let mut instance: *mut c_void = ptr::null_mut();
+        // SAFETY: as in `init`.
+        let status = unsafe {
+            (self.vtable.code_change)(
+                context.as_raw(),
+                Bytes::from_slice(from_version.as_bytes()),
+                Bytes::from_slice(state),
+                Bytes::from_slice(extra),
+                &mut instance,
+            )
+        };
+        (status, NonNull::new(instance).map(InstanceHandle))
+    }
+
+    pub(super) fn handle_call(
+        &self,
+        instance: &mut InstanceHandle,
+        context: &mut CallContext<'_>,
+        request: &[u8],
+        reply_token: u64,
+    ) -> u32 {
+        // SAFETY: `instance` was created by this plugin and is borrowed mutably, so no other
+        // call uses it; the library is open; borrowed inputs outlive the call.
+        unsafe {
+            (self.vtable.handle_call)(
+                instance.0.as_ptr(),
+                context.as_raw(),
+                Bytes::from_slice(request),
+                reply_token,
+            )
+        }
+    }
+
+    pub(super) fn handle_cast(
+        &self,
+        instance: &mut InstanceHandle,
+        context: &mut CallContext<'_>,
+        message: &[u8],
+    ) -> u32 {
+        // SAFETY: as in `handle_call`.
+        unsafe {
+            (self.vtable.handle_cast)(
+                instance.0.as_ptr(),
+                context.as_raw(),
+                Bytes::from_slice(message),
+            )
+        }
+    }
+
+    pub(super) fn handle_info(
+        &self,
+        instance: &mut InstanceHandle,
+        context: &mut CallContext<'_>,
+        kind: u32,
+        message: &[u8],
+    ) -> u32 {
+        // SAFETY: as in `handle_call`.
+        unsafe {
+            (self.vtable.handle_info)(
+                instance.0.as_ptr(),
+                context.as_raw(),
+                kind,
+                Bytes::from_slice(message),
+            )
+        }
+    }
+
+    pub(super) fn handle_continue(
+        &self,
+        instance: &mut InstanceHandle,
+        context: &mut CallContext<'_>,
+        argument: &[u8],
+    ) -> u32 {
+        // SAFETY: as in `handle_call`.
+        unsafe {
+            (self.vtable.handle_continue)(
+                instance.0.as_ptr(),
+                context.as_raw(),
+                Bytes::from_slice(argument),
+            )
+        }
+    }
+
+    pub(super) fn terminate(
+        &self,
+        instance: &mut InstanceHandle,
+        context: &mut CallContext<'_>,
+        reason: &str,
+    ) -> u32 {
+        // SAFETY: as in `handle_call`.
+        unsafe {
+            (self.vtable.terminate)(
+                instance.0.as_ptr(),
+                context.as_raw(),
+                Bytes::from_slice(reason.as_bytes()),
+            )
+        }
+    }
+
+    pub(super) fn encode_state(
+        &self,
+        instance: &mut InstanceHandle,
+        context: &mut CallContext<'_>,
+    ) -> u32 {
+        // SAFETY: as in `handle_call`.
+        unsafe { (self.vtable.encode_state)(instance.0.as_ptr(), context.as_raw()) }
+    }
+
+    pub(super) fn downgrade_state(
+        &self,
+        instance: &mut InstanceHandle,
+        context: &mut CallContext<'_>,
+        to_version: &str,
+        extra: &[u8],
+    ) -> u32 {
+        // SAFETY: as in `handle_call`.
+        unsafe {
+            (self.vtable.downgrade_state)(
+                instance.0.as_ptr(),
+                context.as_raw(),
+                Bytes::from_slice(to_version.as_bytes()),
+                Bytes::from_slice(extra),
+            )
+        }
+    }
+
+    pub(super) fn drop_instance(&self, instance: InstanceHandle) -> u32 {
+        // SAFETY: the handle is consumed, so it is dropped exactly once, by its own plugin,
+        // while the library is open.
+        unsafe { (self.vtable.drop_instance)(instance.0.as_ptr()) }
+    }
+}
+
+/// What a plugin call may reach while it runs: the services, and where outputs go.
+pub(super) struct CallContext<'a> {
+    pub services: &'a dyn HostServices,
+    pub identity: &'a PluginIdentity,
+    pub outputs: Outputs,
+}
+
+impl<'a> CallContext<'a> {
+    pub fn new(services: &'a dyn HostServices, identity: &'a PluginIdentity) -> CallContext<'a> {
+        CallContext {
+            services,
+            identity,
+            outputs: Outputs::default(),
+        }
+    }
+
+    fn as_raw(&mut self) -> *mut c_void {
+        self as *mut CallContext<'a> as *mut c_void
+    }
+}
+
+/// The host vtable handed to every plugin.
+static HOST_VTABLE: HostVtable = HostVtable {
+    size: size_of::<HostVtable>() as u32,
+    abi_minor: abi::ABI_MINOR as u32,
+    output: host_output,
+    log: host_log,
+    send: host_send,
+    call: host_call,
+    send_after: host_send_after,
+    cancel_timer: host_cancel_timer,
+    reply: host_reply,
+    self_name: host_self_name,
+};
+
+/// Runs a callback body with panics caught; a host bug must not abort through the plugin.
+fn guarded<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|_| {
+        tracing::error!("a host callback panicked; the plugin sees a failure");
+        fallback
+    })
+}
+
+/// # Safety
+/// `ctx` must be null or a `CallContext` passed to the plugin call in progress on this thread.
+unsafe fn context<'a>(ctx: *mut c_void) -> Option<&'a mut CallContext<'a>> {
+    // SAFETY: per the contract; the context lives on the stack of the host frame that is
+    // waiting for this plugin call to return, and nothing else touches it meanwhile.
+    unsafe { (ctx as *mut CallContext<'a>).as_mut() }
+}
+
+/// # Safety
+/// `data` must be valid for reads for the duration of the host callback.
+unsafe fn slice<'a>(data: Bytes) -> &'a [u8] {
+    // SAFETY: per the contract (the plugin borrows it to us for this call).
+    unsafe { data.as_slice() }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn service_code(result: Result<(), ServiceError>) -> u32 {
+    match result {
+        Ok(()) => abi::SERVICE_OK,
+        Err(error) => error.code(),
+    }
+}
+
+unsafe extern "C" fn host_output(ctx: *mut c_void, kind: u32, data: Bytes) {
+    guarded((), || {
+        // SAFETY: the plugin passes the ctx of the call in progress and a borrowed slice.
+        let (Some(context), data) = (unsafe { context(ctx) }, unsafe { slice(data) }) else {
+            return;
+        };
+        context.outputs.record(kind, data);
+    })
+}
+
+unsafe extern "C" fn host_log(ctx: *mut c_void, level: u32, target: Bytes, message: Bytes) {
+    guarded((), || {
+        // SAFETY: as in `host_output`; `ctx` may be null outside a call.
+        let (context, target, message) = unsafe { (context(ctx), slice(target), slice(message)) };
+        let origin = context.map(|context| (context.identity, context.services.actor_name()));
+        super::emit_plugin_log(origin, level, &text(target), &text(message));
+    })
+}
+
+unsafe extern "C" fn host_send(ctx: *mut c_void, kind: u32, to: Bytes, message: Bytes) -> u32 {
+    guarded(abi::SERVICE_UNAVAILABLE, || {
+        // SAFETY: as in `host_output`.
+        let (Some(context), to, message) =
+            (unsafe { context(ctx) }, unsafe { slice(to) }, unsafe {
+                slice(message)
+            })
+        else {
+            return abi::SERVICE_UNAVAILABLE;
+        };
+        let kind = if kind == abi::SEND_CAST {
+            SendKind::Cast
+        } else {
+            SendKind::Info
+        };
+        service_code(context.services.send(&text(to), kind, message.to_vec()))
+    })
+}
+
+unsafe extern "C" fn host_call(
+    ctx: *mut c_void,
+    to: Bytes,
+    message: Bytes,
+    timeout_ms: u64,
+    sink: *mut c_void,
+    sink_fn: SinkFn,
+) -> u32 {
+    guarded(abi::SERVICE_UNAVAILABLE, || {
+        // SAFETY: as in `host_output`.
+        let (Some(context), to, message) =
+            (unsafe { context(ctx) }, unsafe { slice(to) }, unsafe {
+                slice(message)
+            })
+        else {
+            return abi::SERVICE_UNAVAILABLE;
+        };
+        let result = context.services.call(
+            &text(to),
+            message.to_vec(),
+            Duration::from_millis(timeout_ms),
+        );
+        let (code, bytes) = match result {
+            Ok(reply) => (abi::SERVICE_OK, reply),
+            Err(error) => (error.code(), error.to_string().into_bytes()),
+        };
+        // SAFETY: `sink_fn` and `sink` are the plugin's own buffer writer, valid for this
+        // call; `bytes` outlives it.
+        unsafe { sink_fn(sink, Bytes::from_slice(&bytes)) };
+        code
+    })
+}
+
+unsafe extern "C" fn host_send_after(
+    ctx: *mut c_void,
+    delay_ms: u64,
+    repeat: u32,
+    message: Bytes,
+) -> u64 {
+    guarded(0, || {
+        // SAFETY: as in `host_output`.
+        let (Some(context), message) = (unsafe { context(ctx) }, unsafe { slice(message) }) else {
+            return 0;
+        };
+        context
+            .services
+            .start_timer(
+                Duration::from_millis(delay_ms),
+                repeat == 1,
+                message.to_vec(),
+            )
+            .unwrap_or(0)
+    })
+}
+
+unsafe extern "C" fn host_cancel_timer(ctx: *mut c_void, timer: u64) -> u32 {
+    guarded(0, || {
+        // SAFETY: as in `host_output`.
+        let Some(context) = (unsafe { context(ctx) }) else {
+            return 0;
+        };
+        u32::from(context.services.cancel_timer(timer))
+    })
+}
+
+unsafe extern "C" fn host_reply(ctx: *mut c_void, token: u64, message: Bytes) -> u32 {
+    guarded(abi::SERVICE_UNAVAILABLE, || {
+        // SAFETY: as in `host_output`.
+        let (Some(context), message) = (unsafe { context(ctx) }, unsafe { slice(message) }) else {
+            return abi::SERVICE_UNAVAILABLE;
+        };
+        service_code(context.services.reply(token, message.to_vec()))
+    })
+}
+
+unsafe extern "C" fn host_self_name(ctx: *mut c_void, sink: *mut c_void, sink_fn: SinkFn) {
+    guarded((), || {
+        // SAFETY: as in `host_output`.
+        let Some(context) = (unsafe { context(ctx) }) else {
+            return;
+        };
+        let name = context.services.actor_name().to_owned();
+        // SAFETY: the plugin's own buffer writer, valid for this call.
+        unsafe { sink_fn(sink, Bytes::from_slice(name.as_bytes())) };
+    })
+}

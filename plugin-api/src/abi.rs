@@ -1,0 +1,373 @@
+//! The C ABI between the Graft host and a plugin: the only types that cross the boundary.
+//!
+//! **Architecture Invariant:** only `#[repr(C)]` structs, `extern "C"` function pointers,
+//! integers and borrowed `(ptr, len)` byte slices ([`Bytes`]) cross. No Rust standard
+//! library type, no trait object and no ownership ever crosses: inputs are borrowed for the
+//! duration of one call, outputs are handed to a host callback ([`HostVtable::output`])
+//! that copies them before returning.
+//!
+//! The plugin exports exactly one symbol, [`ENTRY_SYMBOL`], a static [`PluginHeader`]
+//! whose name carries [`ABI_MAJOR`]. The host reads the header before it calls anything:
+//! magic, ABI version, [`LAYOUT_FINGERPRINT`], panic strategy, name and version. An
+//! incompatible major simply lacks the symbol.
+//!
+//! Evolution rules (what is tricky): both vtables only ever grow at their end, and each
+//! growth bumps [`ABI_MINOR`]. The host accepts plugins built against an older or equal
+//! minor and reads only the prefix of the vtable the plugin declares (`vtable_size`); the
+//! plugin reads only the prefix of the host vtable the host declares (`HostVtable::size`).
+//! The fingerprint covers the header, [`Bytes`] and the ABI 1.0 fields of both vtables, so
+//! appending fields does not change it but reordering or resizing anything does.
+
+use std::ffi::c_void;
+use std::mem::{align_of, offset_of, size_of};
+
+/// The major ABI version. A change here is a new entry symbol name.
+pub const ABI_MAJOR: u16 = 1;
+/// The minor ABI version: bumped whenever a vtable grows at its end.
+pub const ABI_MINOR: u16 = 0;
+/// The first eight bytes of every header: `GRAFTPLG` in little-endian order.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"GRAFTPLG");
+/// The exported symbol (NUL-terminated) whose address is the plugin's [`PluginHeader`].
+pub const ENTRY_SYMBOL: &[u8] = b"graft_plugin_v1\0";
+/// The version of this crate, recorded in every plugin header for diagnostics.
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The target triple this crate (and therefore the plugin) was compiled for.
+pub const TARGET: &str = env!("GRAFT_PLUGIN_TARGET");
+
+/// A borrowed byte slice: valid only for the duration of the call it is passed to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Bytes {
+    /// Start of the slice; may dangle when `len` is zero.
+    pub ptr: *const u8,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+impl Bytes {
+    /// An empty slice.
+    pub const EMPTY: Bytes = Bytes {
+        ptr: std::ptr::NonNull::<u8>::dangling().as_ptr(),
+        len: 0,
+    };
+
+    /// Borrows a slice for the duration of a call.
+    pub const fn from_slice(slice: &[u8]) -> Bytes {
+        Bytes {
+            ptr: slice.as_ptr(),
+            len: slice.len(),
+        }
+    }
+
+    /// Reborrows the slice.
+    ///
+    /// # Safety
+    /// `ptr` must point to `len` readable bytes that stay valid and unchanged for `'a`.
+    pub unsafe fn as_slice<'a>(self) -> &'a [u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: the caller guarantees `ptr..ptr+len` is readable for `'a`; the zero-length
+        // case returned above, so `ptr` is non-null here.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// The header a plugin exports under [`ENTRY_SYMBOL`]; read before anything is called.
+#[repr(C)]
+#[derive(Debug)]
+pub struct PluginHeader {
+    /// Always [`MAGIC`].
+    pub magic: u64,
+    /// `size_of::<PluginHeader>()` as the plugin saw it.
+    pub header_size: u32,
+    /// [`ABI_MAJOR`] the plugin was built with.
+    pub abi_major: u16,
+    /// [`ABI_MINOR`] the plugin was built with.
+    pub abi_minor: u16,
+    /// [`LAYOUT_FINGERPRINT`] the plugin was built with.
+    pub layout_fingerprint: u64,
+    /// 1 when the plugin was built with `panic = "unwind"`, 0 for `panic = "abort"`.
+    pub panic_unwind: u32,
+    /// `size_of::<PluginVtable>()` as the plugin saw it.
+    pub vtable_size: u32,
+    /// The plugin's name (UTF-8).
+    pub name: Bytes,
+    /// The plugin's semver version (UTF-8).
+    pub version: Bytes,
+    /// The `graft-plugin` version it was built with (UTF-8).
+    pub api_version: Bytes,
+    /// The target triple it was built for (UTF-8).
+    pub target: Bytes,
+    /// The plugin's entry points.
+    pub vtable: *const PluginVtable,
+}
+
+// SAFETY: a header is immutable static data; its pointers point to other immutable statics
+// (string literals and the vtable) of the same image, so sharing it between threads is sound.
+unsafe impl Sync for PluginHeader {}
+
+/// Where the host copies bytes that the plugin asked for (a plugin-owned buffer).
+pub type SinkFn = unsafe extern "C" fn(sink: *mut c_void, data: Bytes);
+
+/// What the host offers the plugin. Passed once to [`PluginVtable::initialize`]; a static
+/// of the host, valid for the life of the process.
+///
+/// Every callback takes the `ctx` pointer the host passed to the plugin call in progress;
+/// callbacks are only valid during that call, on that thread.
+#[repr(C)]
+pub struct HostVtable {
+    /// `size_of::<HostVtable>()` as the host saw it.
+    pub size: u32,
+    /// [`ABI_MINOR`] the host was built with.
+    pub abi_minor: u32,
+    /// Hands an output of the current callback (an `OUTPUT_*` kind) to the host, which
+    /// copies it.
+    pub output: unsafe extern "C" fn(ctx: *mut c_void, kind: u32, data: Bytes),
+    /// Emits a log record (`level`: 1 error … 5 trace). `ctx` may be null outside a call.
+    pub log: unsafe extern "C" fn(ctx: *mut c_void, level: u32, target: Bytes, message: Bytes),
+    /// Sends a cast or info message (`SEND_*`) to a named actor; returns a `SERVICE_*` code.
+    pub send: unsafe extern "C" fn(ctx: *mut c_void, kind: u32, to: Bytes, message: Bytes) -> u32,
+    /// Calls a named actor and waits at most `timeout_ms`; the reply (or, on failure, an
+    /// error text) goes to `sink`. Returns a `SERVICE_*` code.
+    pub call: unsafe extern "C" fn(
+        ctx: *mut c_void,
+        to: Bytes,
+        message: Bytes,
+        timeout_ms: u64,
+        sink: *mut c_void,
+        sink_fn: SinkFn,
+    ) -> u32,
+    /// Schedules `message` as an info message to the calling actor after `delay_ms`,
+    /// every `delay_ms` when `repeat` is 1. Returns a timer id (never 0), or 0 on failure.
+    pub send_after:
+        unsafe extern "C" fn(ctx: *mut c_void, delay_ms: u64, repeat: u32, message: Bytes) -> u64,
+    /// Cancels a timer; returns 1 when it was still pending.
+    pub cancel_timer: unsafe extern "C" fn(ctx: *mut c_void, timer: u64) -> u32,
+    /// Replies later to a call (the token from `handle_call`); returns a `SERVICE_*` code.
+    pub reply: unsafe extern "C" fn(ctx: *mut c_void, token: u64, message: Bytes) -> u32,
+    /// Writes the calling actor's name to `sink`.
+    pub self_name: unsafe extern "C" fn(ctx: *mut c_void, sink: *mut c_void, sink_fn: SinkFn),
+}
+
+/// The plugin's entry points. Every one catches panics inside the plugin and returns a
+/// `STATUS_*` code; on failure the message was handed to the host as `OUTPUT_MESSAGE`.
+#[repr(C)]
+pub struct PluginVtable {
+    /// Stores the host vtable, installs logging and the panic hook. Called once per load.
+    pub initialize: unsafe extern "C" fn(host: *const HostVtable, max_log_level: u32) -> u32,
+    /// Creates an instance from encoded start arguments; writes its handle to `instance`.
+    pub init:
+        unsafe extern "C" fn(ctx: *mut c_void, args: Bytes, instance: *mut *mut c_void) -> u32,
+    /// Handles a call. `reply_token` identifies the caller for a deferred reply.
+    pub handle_call: unsafe extern "C" fn(
+        instance: *mut c_void,
+        ctx: *mut c_void,
+        request: Bytes,
+        reply_token: u64,
+    ) -> u32,
+    /// Handles a cast.
+    pub handle_cast:
+        unsafe extern "C" fn(instance: *mut c_void, ctx: *mut c_void, message: Bytes) -> u32,
+    /// Handles an info message of an `INFO_*` kind.
+    pub handle_info: unsafe extern "C" fn(
+        instance: *mut c_void,
+        ctx: *mut c_void,
+        kind: u32,
+        message: Bytes,
+    ) -> u32,
+    /// Handles a continuation requested by the previous callback.
+    pub handle_continue:
+        unsafe extern "C" fn(instance: *mut c_void, ctx: *mut c_void, argument: Bytes) -> u32,
+    /// Runs the terminate callback with a stop reason (UTF-8 text).
+    pub terminate:
+        unsafe extern "C" fn(instance: *mut c_void, ctx: *mut c_void, reason: Bytes) -> u32,
+    /// Outputs the encoded state as `OUTPUT_STATE`.
+    pub encode_state: unsafe extern "C" fn(instance: *mut c_void, ctx: *mut c_void) -> u32,
+    /// Creates an instance by decoding state bytes as this plugin's own state.
+    pub restore_state:
+        unsafe extern "C" fn(ctx: *mut c_void, state: Bytes, instance: *mut *mut c_void) -> u32,
+    /// Creates an instance from an older version's state (upgrade, appup `code_change`).
+    pub code_change: unsafe extern "C" fn(
+        ctx: *mut c_void,
+        from_version: Bytes,
+        state: Bytes,
+        extra: Bytes,
+        instance: *mut *mut c_void,
+    ) -> u32,
+    /// Outputs the state converted to an older version's shape as `OUTPUT_STATE` (downgrade).
+    pub downgrade_state: unsafe extern "C" fn(
+        instance: *mut c_void,
+        ctx: *mut c_void,
+        to_version: Bytes,
+        extra: Bytes,
+    ) -> u32,
+    /// Drops an instance (its `Drop` runs inside the plugin, panics caught).
+    pub drop_instance: unsafe extern "C" fn(instance: *mut c_void) -> u32,
+}
+
+/// The callback succeeded.
+pub const STATUS_OK: u32 = 0;
+/// The callback returned an error; the message is in `OUTPUT_MESSAGE`.
+pub const STATUS_ERROR: u32 = 1;
+/// The callback panicked; the panic message is in `OUTPUT_MESSAGE`.
+pub const STATUS_PANIC: u32 = 2;
+/// The input bytes did not decode as the type the plugin expects; nothing ran.
+pub const STATUS_BAD_INPUT: u32 = 3;
+
+/// A reply to a call.
+pub const OUTPUT_REPLY: u32 = 1;
+/// Encoded state.
+pub const OUTPUT_STATE: u32 = 2;
+/// The actor asked to stop; the data is the reason text.
+pub const OUTPUT_STOP: u32 = 3;
+/// The actor asked for `handle_continue` with this encoded argument.
+pub const OUTPUT_CONTINUE: u32 = 4;
+/// An error or panic message (UTF-8).
+pub const OUTPUT_MESSAGE: u32 = 5;
+
+/// A message of the plugin's own `Info` type.
+pub const INFO_MESSAGE: u32 = 0;
+/// A monitor fired: the data is an encoded [`crate::Down`].
+pub const INFO_DOWN: u32 = 1;
+/// A linked actor exited and this actor traps exits: the data is an encoded [`crate::Exit`].
+pub const INFO_EXIT: u32 = 2;
+
+/// `send` a cast.
+pub const SEND_CAST: u32 = 0;
+/// `send` an info message.
+pub const SEND_INFO: u32 = 1;
+
+/// A host service succeeded.
+pub const SERVICE_OK: u32 = 0;
+/// No actor has that name.
+pub const SERVICE_NOT_FOUND: u32 = 1;
+/// The call timed out.
+pub const SERVICE_TIMEOUT: u32 = 2;
+/// The actor exited before it replied.
+pub const SERVICE_EXITED: u32 = 3;
+/// The service is not available in this context.
+pub const SERVICE_UNAVAILABLE: u32 = 4;
+/// The callee refused the message (it did not decode, or the callback failed).
+pub const SERVICE_REFUSED: u32 = 5;
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+const fn fnv(mut hash: u64, values: &[usize]) -> u64 {
+    let mut index = 0;
+    while index < values.len() {
+        let bytes = (values[index] as u64).to_le_bytes();
+        let mut byte = 0;
+        while byte < 8 {
+            hash ^= bytes[byte] as u64;
+            hash = hash.wrapping_mul(FNV_PRIME);
+            byte += 1;
+        }
+        index += 1;
+    }
+    hash
+}
+
+/// A hash of the sizes, alignments and field offsets of the ABI structs (ABI 1.0 fields
+/// only, so that appending to a vtable keeps it). Host and plugin must agree on it.
+pub const LAYOUT_FINGERPRINT: u64 = {
+    let hash = fnv(
+        FNV_OFFSET,
+        &[
+            size_of::<usize>(),
+            size_of::<Bytes>(),
+            align_of::<Bytes>(),
+            offset_of!(Bytes, ptr),
+            offset_of!(Bytes, len),
+        ],
+    );
+    let hash = fnv(
+        hash,
+        &[
+            size_of::<PluginHeader>(),
+            align_of::<PluginHeader>(),
+            offset_of!(PluginHeader, magic),
+            offset_of!(PluginHeader, header_size),
+            offset_of!(PluginHeader, abi_major),
+            offset_of!(PluginHeader, abi_minor),
+            offset_of!(PluginHeader, layout_fingerprint),
+            offset_of!(PluginHeader, panic_unwind),
+            offset_of!(PluginHeader, vtable_size),
+            offset_of!(PluginHeader, name),
+            offset_of!(PluginHeader, version),
+            offset_of!(PluginHeader, api_version),
+            offset_of!(PluginHeader, target),
+            offset_of!(PluginHeader, vtable),
+        ],
+    );
+    let hash = fnv(
+        hash,
+        &[
+            offset_of!(HostVtable, size),
+            offset_of!(HostVtable, abi_minor),
+            offset_of!(HostVtable, output),
+            offset_of!(HostVtable, log),
+            offset_of!(HostVtable, send),
+            offset_of!(HostVtable, call),
+            offset_of!(HostVtable, send_after),
+            offset_of!(HostVtable, cancel_timer),
+            offset_of!(HostVtable, reply),
+            offset_of!(HostVtable, self_name),
+        ],
+    );
+    fnv(
+        hash,
+        &[
+            offset_of!(PluginVtable, initialize),
+            offset_of!(PluginVtable, init),
+            offset_of!(PluginVtable, handle_call),
+            offset_of!(PluginVtable, handle_cast),
+            offset_of!(PluginVtable, handle_info),
+            offset_of!(PluginVtable, handle_continue),
+            offset_of!(PluginVtable, terminate),
+            offset_of!(PluginVtable, encode_state),
+            offset_of!(PluginVtable, restore_state),
+            offset_of!(PluginVtable, code_change),
+            offset_of!(PluginVtable, downgrade_state),
+            offset_of!(PluginVtable, drop_instance),
+        ],
+    )
+};
+
+/// The size of the ABI 1.0 plugin vtable: the least a plugin may declare.
+pub const PLUGIN_VTABLE_SIZE_1_0: usize = size_of::<PluginVtable>();
+/// The size of the ABI 1.0 host vtable: the least a host may declare.
+pub const HOST_VTABLE_SIZE_1_0: usize = size_of::<HostVtable>();
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deliberate change of the ABI layout must change this constant, and with it
+    /// `ABI_MAJOR` or `ABI_MINOR`: review both before updating the snapshot.
+    #[test]
+    fn layout_fingerprint_matches_the_committed_snapshot() {
+        assert_eq!(LAYOUT_FINGERPRINT, 0x762f_7ee5_a8b0_a7c7_u64);
+    }
+
+    #[test]
+    fn header_and_vtables_have_the_expected_sizes_on_64_bit() {
+        assert_eq!(size_of::<Bytes>(), 16);
+        assert_eq!(size_of::<PluginHeader>(), 104);
+        assert_eq!(PLUGIN_VTABLE_SIZE_1_0, 12 * 8);
+        assert_eq!(HOST_VTABLE_SIZE_1_0, 8 + 8 * 8);
+    }
+
+    #[test]
+    fn entry_symbol_carries_the_abi_major() {
+        let name = std::str::from_utf8(&ENTRY_SYMBOL[..ENTRY_SYMBOL.len() - 1]).unwrap();
+        assert_eq!(name, format!("graft_plugin_v{ABI_MAJOR}"));
+    }
+
+    #[test]
+    fn empty_bytes_read_as_an_empty_slice() {
+        // SAFETY: EMPTY has length zero, which `as_slice` handles without reading.
+        assert!(unsafe { Bytes::EMPTY.as_slice() }.is_empty());
+    }
+}

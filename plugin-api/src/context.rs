@@ -1,0 +1,198 @@
+//! The host services a plugin reaches during a callback: messages, calls, timers,
+//! deferred replies, its own name, and continuations.
+//!
+//! A [`Context`] exists only for the duration of one callback (its lifetime is the
+//! callback's) and is not `Send`: the host's services are valid on that thread, during that
+//! call, and nowhere else. All raw calls into the host live in `export.rs`.
+
+use crate::export::{self, RawContext};
+use crate::{ReplyTo, abi, codec};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+/// The calling actor's handle on the host, valid during one callback.
+pub struct Context<'a> {
+    raw: RawContext,
+    _call: PhantomData<&'a mut ()>,
+}
+
+/// A pending timer, returned by [`Context::send_after`] and [`Context::send_interval`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct TimerRef(pub u64);
+
+/// A host service failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContextError {
+    /// No actor has this name.
+    NotFound(String),
+    /// The call did not get a reply in time.
+    Timeout(String),
+    /// The actor exited before it replied.
+    Exited(String),
+    /// The callee refused the message (it did not decode, or the callback failed).
+    Refused(String),
+    /// The service is not available here (for example outside an actor).
+    Unavailable(String),
+    /// A message or reply could not be encoded or decoded.
+    Codec(String),
+}
+
+impl fmt::Display for ContextError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ContextError::NotFound(detail) => write!(f, "actor not found: {detail}"),
+            ContextError::Timeout(detail) => write!(f, "call timed out: {detail}"),
+            ContextError::Exited(detail) => write!(f, "actor exited: {detail}"),
+            ContextError::Refused(detail) => write!(f, "message refused: {detail}"),
+            ContextError::Unavailable(detail) => write!(f, "service unavailable: {detail}"),
+            ContextError::Codec(detail) => write!(f, "codec error: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for ContextError {}
+
+impl ContextError {
+    fn from_service(code: u32, detail: String) -> ContextError {
+        match code {
+            abi::SERVICE_NOT_FOUND => ContextError::NotFound(detail),
+            abi::SERVICE_TIMEOUT => ContextError::Timeout(detail),
+            abi::SERVICE_EXITED => ContextError::Exited(detail),
+            abi::SERVICE_REFUSED => ContextError::Refused(detail),
+            _ => ContextError::Unavailable(detail),
+        }
+    }
+}
+
+fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, ContextError> {
+    codec::encode(value).map_err(|error| ContextError::Codec(error.to_string()))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl<'a> Context<'a> {
+    pub(crate) fn new(raw: RawContext) -> Context<'a> {
+        Context {
+            raw,
+            _call: PhantomData,
+        }
+    }
+
+    /// The calling actor's registered name.
+    pub fn name(&self) -> String {
+        export::host_self_name(self.raw)
+    }
+
+    /// Sends a cast to a named actor.
+    pub fn cast<M: Serialize + ?Sized>(
+        &mut self,
+        to: &str,
+        message: &M,
+    ) -> Result<(), ContextError> {
+        self.send_kind(abi::SEND_CAST, to, message)
+    }
+
+    /// Sends an info message to a named actor.
+    pub fn send<M: Serialize + ?Sized>(
+        &mut self,
+        to: &str,
+        message: &M,
+    ) -> Result<(), ContextError> {
+        self.send_kind(abi::SEND_INFO, to, message)
+    }
+
+    fn send_kind<M: Serialize + ?Sized>(
+        &mut self,
+        kind: u32,
+        to: &str,
+        message: &M,
+    ) -> Result<(), ContextError> {
+        let bytes = encode(message)?;
+        match export::host_send(self.raw, kind, to, &bytes) {
+            abi::SERVICE_OK => Ok(()),
+            code => Err(ContextError::from_service(code, to.to_owned())),
+        }
+    }
+
+    /// Calls a named actor and waits at most `timeout` for its reply. The host keeps
+    /// running other actors meanwhile; a call cycle ends in a timeout, never a hang.
+    pub fn call<M: Serialize + ?Sized, R: DeserializeOwned>(
+        &mut self,
+        to: &str,
+        request: &M,
+        timeout: Duration,
+    ) -> Result<R, ContextError> {
+        let bytes = encode(request)?;
+        let (code, reply) = export::host_call(self.raw, to, &bytes, millis(timeout));
+        if code != abi::SERVICE_OK {
+            let detail = String::from_utf8_lossy(&reply).into_owned();
+            return Err(ContextError::from_service(code, detail));
+        }
+        codec::decode(&reply).map_err(|error| ContextError::Codec(error.to_string()))
+    }
+
+    /// Sends `message` to this actor as an info message after `delay`.
+    pub fn send_after<M: Serialize + ?Sized>(
+        &mut self,
+        delay: Duration,
+        message: &M,
+    ) -> Result<TimerRef, ContextError> {
+        self.timer(delay, false, message)
+    }
+
+    /// Sends `message` to this actor as an info message every `period` until cancelled.
+    pub fn send_interval<M: Serialize + ?Sized>(
+        &mut self,
+        period: Duration,
+        message: &M,
+    ) -> Result<TimerRef, ContextError> {
+        self.timer(period, true, message)
+    }
+
+    fn timer<M: Serialize + ?Sized>(
+        &mut self,
+        delay: Duration,
+        repeat: bool,
+        message: &M,
+    ) -> Result<TimerRef, ContextError> {
+        let bytes = encode(message)?;
+        match export::host_send_after(self.raw, millis(delay), repeat, &bytes) {
+            0 => Err(ContextError::Unavailable("timers".to_owned())),
+            id => Ok(TimerRef(id)),
+        }
+    }
+
+    /// Cancels a timer. Returns whether it was still pending.
+    pub fn cancel_timer(&mut self, timer: TimerRef) -> bool {
+        export::host_cancel_timer(self.raw, timer.0)
+    }
+
+    /// Replies to a call answered with [`crate::CallResult::NoReply`].
+    pub fn reply<R: Serialize + ?Sized>(
+        &mut self,
+        to: ReplyTo,
+        reply: &R,
+    ) -> Result<(), ContextError> {
+        let bytes = encode(reply)?;
+        match export::host_reply(self.raw, to.0, &bytes) {
+            abi::SERVICE_OK => Ok(()),
+            code => Err(ContextError::from_service(code, format!("reply {}", to.0))),
+        }
+    }
+
+    /// Asks for `handle_continue(argument)` to run right after this callback, before any
+    /// other message (OTP's `{continue, Argument}`).
+    pub fn continue_with<C: Serialize + ?Sized>(
+        &mut self,
+        argument: &C,
+    ) -> Result<(), ContextError> {
+        let bytes = encode(argument)?;
+        export::host_output(self.raw, abi::OUTPUT_CONTINUE, &bytes);
+        Ok(())
+    }
+}
