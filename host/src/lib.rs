@@ -9,3 +9,5 @@
 
 pub mod build;
 pub mod plugin;
+pub mod runtime;
+pub mod supervisor;

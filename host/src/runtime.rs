@@ -1,0 +1,734 @@
+//! The actor runtime: actors as tokio tasks with mailboxes, GenServer semantics, names,
+//! monitors, links, timers and `sys`-style system messages.
+//!
+//! An actor runs one [`Behaviour`] (a loaded plugin's instance, or a host-native one) on
+//! its own task; callbacks are synchronous and run one at a time on that task. Callers
+//! reach it through an [`ActorRef`] or its registered name.
+//!
+//! Invariants (OTP's, kept here):
+//! - A call waits at most its timeout (default [`DEFAULT_CALL_TIMEOUT`]); a reply that
+//!   arrives later is dropped with its one-shot channel, never delivered to a later call.
+//!   A caller sees a distinct error for timeout, not found, and exited (with the reason).
+//! - System messages (`suspend`, `resume`, `get_state`, `status`, `change_code`) are
+//!   handled between callbacks. While suspended, other messages wait in order in a side
+//!   queue and run first after `resume`; none is lost. `change_code` is accepted only while
+//!   suspended, and a failed one leaves the old behaviour and state in place.
+//! - A name is unique and freed when its actor exits; exit notifications (monitors,
+//!   links, supervisors) are delivered exactly once, also to watchers added after the exit.
+//!
+//! What is tricky: a callback that calls another actor blocks its worker thread, so the
+//! wait runs under `block_in_place` (the other tasks of that worker move elsewhere) and is
+//! bounded by the call's timeout: a cycle A → B → A ends in a timeout, never a hang. That
+//! needs the multi-thread runtime; on a current-thread runtime such calls are refused.
+
+mod actor;
+pub mod behaviour;
+
+pub use actor::ActorStatus;
+pub use behaviour::{Behaviour, BehaviourFactory, NativeFactory, PluginFactory, Started};
+
+use crate::plugin::{CallbackError, PluginIdentity};
+use actor::{Envelope, SystemRequest};
+use graft_plugin::{Down, StopReason, abi, codec};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// How long a call waits for its reply unless told otherwise (OTP's 5 s).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A process's unique id (never reused within a host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessId(pub u64);
+
+impl fmt::Display for ProcessId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{}>", self.0)
+    }
+}
+
+/// An exit, as delivered to a supervisor or other channel watcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitNotice {
+    /// Who exited.
+    pub id: ProcessId,
+    /// Why.
+    pub reason: StopReason,
+}
+
+/// Who is told when a process exits.
+pub(crate) enum Watcher {
+    /// A monitor: the watcher gets a `down` info message.
+    Monitor { monitor: u64, watcher: ActorRef },
+    /// A link: the other actor gets an exit signal.
+    Link(ActorRef),
+    /// A channel (supervisors watch their children this way).
+    Channel(mpsc::UnboundedSender<ExitNotice>),
+}
+
+/// The exit of one process: set once, with its watchers.
+pub(crate) struct Lifecycle {
+    id: ProcessId,
+    label: String,
+    exit: OnceLock<StopReason>,
+    watchers: Mutex<Vec<Watcher>>,
+    exited: Notify,
+}
+
+impl Lifecycle {
+    pub(crate) fn new(id: ProcessId, label: String) -> Lifecycle {
+        Lifecycle {
+            id,
+            label,
+            exit: OnceLock::new(),
+            watchers: Mutex::new(Vec::new()),
+            exited: Notify::new(),
+        }
+    }
+
+    pub(crate) fn id(&self) -> ProcessId {
+        self.id
+    }
+
+    pub(crate) fn exit_reason(&self) -> Option<&StopReason> {
+        self.exit.get()
+    }
+
+    /// Records the exit (the first one wins) and tells every watcher. Returns whether this
+    /// call was the one that recorded it.
+    pub(crate) fn finish(&self, reason: StopReason) -> bool {
+        let watchers = {
+            let mut watchers = lock(&self.watchers);
+            if self.exit.set(reason.clone()).is_err() {
+                return false;
+            }
+            std::mem::take(&mut *watchers)
+        };
+        self.exited.notify_waiters();
+        for watcher in watchers {
+            self.deliver(watcher, &reason);
+        }
+        true
+    }
+
+    pub(crate) fn watch(&self, watcher: Watcher) {
+        let mut watchers = lock(&self.watchers);
+        match self.exit.get() {
+            Some(reason) => {
+                let reason = reason.clone();
+                drop(watchers);
+                self.deliver(watcher, &reason);
+            }
+            None => watchers.push(watcher),
+        }
+    }
+
+    fn deliver(&self, watcher: Watcher, reason: &StopReason) {
+        match watcher {
+            Watcher::Monitor { monitor, watcher } => {
+                let down = Down {
+                    monitor,
+                    actor: self.label.clone(),
+                    reason: reason.clone(),
+                };
+                if let Ok(message) = codec::encode(&down) {
+                    watcher.deliver(Envelope::Info {
+                        kind: abi::INFO_DOWN,
+                        message,
+                    });
+                }
+            }
+            Watcher::Link(other) => {
+                other.deliver(Envelope::ExitSignal {
+                    from: self.label.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            Watcher::Channel(sender) => {
+                let _ = sender.send(ExitNotice {
+                    id: self.id,
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+
+    /// Waits until the process has exited and returns its reason.
+    pub(crate) async fn exited(&self) -> StopReason {
+        loop {
+            let notified = self.exited.notified();
+            if let Some(reason) = self.exit.get() {
+                return reason.clone();
+            }
+            notified.await;
+        }
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+pub(crate) struct ActorShared {
+    runtime: std::sync::Weak<RuntimeInner>,
+    pub(crate) name: Option<String>,
+    sender: mpsc::UnboundedSender<Envelope>,
+    mailbox_length: AtomicUsize,
+    pub(crate) lifecycle: Lifecycle,
+    abort: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+/// A handle on an actor: send it messages, call it, watch it. Cheap to clone.
+#[derive(Clone)]
+pub struct ActorRef {
+    shared: Arc<ActorShared>,
+}
+
+impl fmt::Debug for ActorRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ActorRef({})", self.label())
+    }
+}
+
+impl PartialEq for ActorRef {
+    fn eq(&self, other: &ActorRef) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+/// A call failed. Timeout, not found and exited are told apart, as in OTP.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum CallError {
+    /// No actor has this name.
+    #[error("no actor named {0:?}")]
+    NotFound(String),
+    /// No reply within the timeout (the request may still be handled later).
+    #[error("call to {actor} timed out after {timeout:?}")]
+    Timeout {
+        /// The actor.
+        actor: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// The actor exited before replying.
+    #[error("{actor} exited: {reason}")]
+    Exited {
+        /// The actor.
+        actor: String,
+        /// Its exit reason.
+        reason: StopReason,
+    },
+    /// The request did not decode as the actor's call type; the actor is unharmed.
+    #[error("{actor} refused the request: {message}")]
+    BadRequest {
+        /// The actor.
+        actor: String,
+        /// Why.
+        message: String,
+    },
+    /// An actor called itself (it would wait for itself forever).
+    #[error("{0} called itself")]
+    CallingSelf(String),
+}
+
+/// A message could not be sent.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum SendError {
+    /// No actor has this name.
+    #[error("no actor named {0:?}")]
+    NotFound(String),
+}
+
+/// An actor could not be started.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum SpawnError {
+    /// The name is registered to a live actor.
+    #[error("the name {0:?} is already registered")]
+    NameTaken(String),
+    /// `init` failed.
+    #[error("starting {actor}: {error}")]
+    InitFailed {
+        /// The actor.
+        actor: String,
+        /// The callback error.
+        error: Box<CallbackError>,
+    },
+    /// `init` succeeded but its continuation stopped the actor at once.
+    #[error("{actor} stopped during start: {reason}")]
+    Stopped {
+        /// The actor.
+        actor: String,
+        /// Its reason.
+        reason: StopReason,
+    },
+}
+
+/// A system request (`suspend`, `change_code`, …) failed.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum SystemError {
+    /// No actor has this name.
+    #[error("no actor named {0:?}")]
+    NotFound(String),
+    /// The actor did not answer in time (it may be stuck in a long callback).
+    #[error("{actor} did not answer {request} within {timeout:?}")]
+    Timeout {
+        /// The actor.
+        actor: String,
+        /// The request.
+        request: &'static str,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// The actor exited.
+    #[error("{actor} exited: {reason}")]
+    Exited {
+        /// The actor.
+        actor: String,
+        /// Its reason.
+        reason: StopReason,
+    },
+    /// `change_code` needs the actor suspended first.
+    #[error("{0} is not suspended; change_code is only accepted while suspended")]
+    NotSuspended(String),
+    /// The migration failed; the actor keeps its old code and state.
+    #[error("change_code of {actor} failed: {message}")]
+    ChangeCodeFailed {
+        /// The actor.
+        actor: String,
+        /// Why.
+        message: String,
+    },
+    /// The state could not be read.
+    #[error("cannot read the state of {actor}: {message}")]
+    State {
+        /// The actor.
+        actor: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A code change to run inside a suspended actor: receives the current behaviour and
+/// returns its replacement, or an error (the current one then stays).
+pub type Migration =
+    Box<dyn FnOnce(&mut Box<dyn Behaviour>) -> Result<Box<dyn Behaviour>, String> + Send>;
+
+impl ActorRef {
+    /// The process id.
+    pub fn id(&self) -> ProcessId {
+        self.shared.lifecycle.id
+    }
+
+    /// The registered name, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.shared.name.as_deref()
+    }
+
+    /// The name, or the id when unnamed.
+    pub fn label(&self) -> String {
+        self.shared.lifecycle.label.clone()
+    }
+
+    /// Messages waiting in the mailbox.
+    pub fn mailbox_length(&self) -> usize {
+        self.shared.mailbox_length.load(Ordering::Relaxed)
+    }
+
+    /// The exit reason, once exited.
+    pub fn exit_reason(&self) -> Option<StopReason> {
+        self.shared.lifecycle.exit_reason().cloned()
+    }
+
+    /// Whether the actor is still running.
+    pub fn is_alive(&self) -> bool {
+        self.shared.lifecycle.exit_reason().is_none()
+    }
+
+    /// Waits for the actor to exit and returns its reason.
+    pub async fn exited(&self) -> StopReason {
+        self.shared.lifecycle.exited().await
+    }
+
+    pub(crate) fn lifecycle(&self) -> &Lifecycle {
+        &self.shared.lifecycle
+    }
+
+    fn deliver(&self, envelope: Envelope) -> bool {
+        self.shared.mailbox_length.fetch_add(1, Ordering::Relaxed);
+        if self.shared.sender.send(envelope).is_err() {
+            self.shared.mailbox_length.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn received(&self) {
+        self.shared.mailbox_length.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn exited_error(&self) -> CallError {
+        CallError::Exited {
+            actor: self.label(),
+            reason: self
+                .exit_reason()
+                .unwrap_or_else(|| StopReason::Error("noproc".to_owned())),
+        }
+    }
+
+    /// Calls the actor with an encoded request and waits at most `timeout` for the reply.
+    pub async fn call(&self, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
+        let (reply, receiver) = oneshot::channel();
+        if !self.deliver(Envelope::Call { request, reply }) {
+            return Err(self.exited_error());
+        }
+        match tokio::time::timeout(timeout, receiver).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.exited_error()),
+            Err(_) => Err(CallError::Timeout {
+                actor: self.label(),
+                timeout,
+            }),
+        }
+    }
+
+    /// Sends an encoded cast. Like OTP's, it succeeds even if the actor has exited.
+    pub fn cast(&self, message: Vec<u8>) {
+        self.deliver(Envelope::Cast(message));
+    }
+
+    /// Sends an encoded info message of the plugin's own `Info` type.
+    pub fn send_info(&self, message: Vec<u8>) {
+        self.deliver(Envelope::Info {
+            kind: abi::INFO_MESSAGE,
+            message,
+        });
+    }
+
+    async fn system<T>(
+        &self,
+        request: &'static str,
+        timeout: Duration,
+        build: impl FnOnce(oneshot::Sender<T>) -> SystemRequest,
+    ) -> Result<T, SystemError> {
+        let (reply, receiver) = oneshot::channel();
+        let exited = || SystemError::Exited {
+            actor: self.label(),
+            reason: self
+                .exit_reason()
+                .unwrap_or_else(|| StopReason::Error("noproc".to_owned())),
+        };
+        if !self.deliver(Envelope::System(build(reply))) {
+            return Err(exited());
+        }
+        match tokio::time::timeout(timeout, receiver).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_)) => Err(exited()),
+            Err(_) => Err(SystemError::Timeout {
+                actor: self.label(),
+                request,
+                timeout,
+            }),
+        }
+    }
+
+    /// Suspends the actor: after the callback in progress, only system messages run.
+    pub async fn suspend(&self, timeout: Duration) -> Result<(), SystemError> {
+        self.system("suspend", timeout, SystemRequest::Suspend)
+            .await
+    }
+
+    /// Resumes a suspended actor: messages that waited run first, in order.
+    pub async fn resume(&self, timeout: Duration) -> Result<(), SystemError> {
+        self.system("resume", timeout, SystemRequest::Resume).await
+    }
+
+    /// The state as JSON (a debugging view, like `sys:get_state`).
+    pub async fn get_state(&self, timeout: Duration) -> Result<serde_json::Value, SystemError> {
+        self.system("get_state", timeout, SystemRequest::GetState)
+            .await?
+    }
+
+    /// The actor's status (like `sys:get_status`).
+    pub async fn status(&self, timeout: Duration) -> Result<ActorStatus, SystemError> {
+        self.system("status", timeout, SystemRequest::Status).await
+    }
+
+    /// Runs a migration inside the suspended actor (like `sys:change_code`).
+    pub async fn change_code(
+        &self,
+        migration: Migration,
+        timeout: Duration,
+    ) -> Result<(), SystemError> {
+        self.system("change_code", timeout, |reply| SystemRequest::ChangeCode {
+            migration,
+            reply,
+        })
+        .await?
+    }
+
+    /// Asks the actor to stop: `terminate` runs, then it exits with `reason`. Waits at most
+    /// `timeout` for the exit, then kills it (as a supervisor's shutdown timeout does).
+    pub async fn stop(&self, reason: StopReason, timeout: Option<Duration>) -> StopReason {
+        if self.deliver(Envelope::Stop { reason }) {
+            match timeout {
+                Some(timeout) => {
+                    if let Ok(reason) = tokio::time::timeout(timeout, self.exited()).await {
+                        return reason;
+                    }
+                    self.kill();
+                }
+                None => return self.exited().await,
+            }
+        }
+        self.exited().await
+    }
+
+    /// Kills the actor at once, without `terminate` (`brutal_kill`). A callback in progress
+    /// cannot be interrupted; the actor is dead to everyone else immediately.
+    pub fn kill(&self) {
+        if let Some(abort) = lock(&self.shared.abort).take() {
+            abort.abort();
+        }
+        // The name is freed before watchers hear of the exit, so a supervisor restarting
+        // the actor can register it again at once.
+        if let Some(inner) = self.shared.runtime.upgrade() {
+            Runtime { inner }.unregister(self);
+        }
+        self.shared
+            .lifecycle
+            .finish(StopReason::Error("killed".to_owned()));
+    }
+}
+
+/// How to start an actor.
+#[derive(Clone)]
+pub struct ActorOptions {
+    /// A unique name to register, if any.
+    pub name: Option<String>,
+    /// Creates the behaviour.
+    pub factory: Arc<dyn BehaviourFactory>,
+    /// Encoded start arguments.
+    pub args: Vec<u8>,
+    /// Whether exit signals from links arrive as `exit` info messages instead of
+    /// stopping the actor.
+    pub trap_exit: bool,
+    /// How many times this child has been restarted (shown in `status`).
+    pub restarts: u32,
+}
+
+impl ActorOptions {
+    /// Options with just a factory and encoded arguments.
+    pub fn new(factory: Arc<dyn BehaviourFactory>, args: Vec<u8>) -> ActorOptions {
+        ActorOptions {
+            name: None,
+            factory,
+            args,
+            trap_exit: false,
+            restarts: 0,
+        }
+    }
+
+    /// Registers the actor under `name`.
+    pub fn named(mut self, name: impl Into<String>) -> ActorOptions {
+        self.name = Some(name.into());
+        self
+    }
+}
+
+/// Something registered under a name.
+#[derive(Clone)]
+pub(crate) enum Registered {
+    Actor(ActorRef),
+    Supervisor(crate::supervisor::SupervisorRef),
+}
+
+pub(crate) struct RuntimeInner {
+    registry: Mutex<HashMap<String, Registered>>,
+    next_id: AtomicU64,
+    next_monitor: AtomicU64,
+    pub(crate) next_timer: AtomicU64,
+}
+
+/// The actor runtime: spawns actors, keeps the name registry. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<RuntimeInner>,
+}
+
+impl Default for Runtime {
+    fn default() -> Runtime {
+        Runtime::new()
+    }
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// A runtime with an empty registry. Actors run on the current tokio runtime.
+    pub fn new() -> Runtime {
+        Runtime {
+            inner: Arc::new(RuntimeInner {
+                registry: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                next_monitor: AtomicU64::new(1),
+                next_timer: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    pub(crate) fn next_id(&self) -> ProcessId {
+        ProcessId(self.inner.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Starts an actor and waits for its `init` (and any continuation it asked for) to
+    /// finish, as OTP's `start_link` does.
+    pub async fn spawn(&self, options: ActorOptions) -> Result<ActorRef, SpawnError> {
+        let id = self.next_id();
+        let label = options.name.clone().unwrap_or_else(|| id.to_string());
+        let (sender, mailbox) = mpsc::unbounded_channel();
+        let actor = ActorRef {
+            shared: Arc::new(ActorShared {
+                runtime: Arc::downgrade(&self.inner),
+                name: options.name.clone(),
+                sender,
+                mailbox_length: AtomicUsize::new(0),
+                lifecycle: Lifecycle::new(id, label.clone()),
+                abort: Mutex::new(None),
+            }),
+        };
+        if let Some(name) = &options.name {
+            self.register(name, Registered::Actor(actor.clone()))?;
+        }
+        let (started, start_result) = oneshot::channel();
+        let task = tokio::spawn(actor::run(
+            self.clone(),
+            actor.clone(),
+            options,
+            mailbox,
+            started,
+        ));
+        *lock(&actor.shared.abort) = Some(task.abort_handle());
+        match start_result.await {
+            Ok(Ok(())) => Ok(actor),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(SpawnError::Stopped {
+                actor: label,
+                reason: actor
+                    .exit_reason()
+                    .unwrap_or_else(|| StopReason::Error("killed during start".to_owned())),
+            }),
+        }
+    }
+
+    pub(crate) fn register(&self, name: &str, entry: Registered) -> Result<(), SpawnError> {
+        let mut registry = lock(&self.inner.registry);
+        if registry.contains_key(name) {
+            return Err(SpawnError::NameTaken(name.to_owned()));
+        }
+        registry.insert(name.to_owned(), entry);
+        Ok(())
+    }
+
+    pub(crate) fn unregister(&self, actor: &ActorRef) {
+        if let Some(name) = actor.name() {
+            let mut registry = lock(&self.inner.registry);
+            if matches!(registry.get(name), Some(Registered::Actor(registered)) if registered == actor)
+            {
+                registry.remove(name);
+            }
+        }
+    }
+
+    pub(crate) fn unregister_supervisor(&self, name: &str, id: ProcessId) {
+        let mut registry = lock(&self.inner.registry);
+        if matches!(registry.get(name), Some(Registered::Supervisor(registered)) if registered.id() == id)
+        {
+            registry.remove(name);
+        }
+    }
+
+    /// The actor registered under `name`.
+    pub fn whereis(&self, name: &str) -> Option<ActorRef> {
+        match lock(&self.inner.registry).get(name) {
+            Some(Registered::Actor(actor)) => Some(actor.clone()),
+            _ => None,
+        }
+    }
+
+    /// The supervisor registered under `name`.
+    pub fn supervisor(&self, name: &str) -> Option<crate::supervisor::SupervisorRef> {
+        match lock(&self.inner.registry).get(name) {
+            Some(Registered::Supervisor(supervisor)) => Some(supervisor.clone()),
+            _ => None,
+        }
+    }
+
+    /// Every registered actor name, sorted.
+    pub fn registered_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = lock(&self.inner.registry).keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Calls the actor registered under `name`.
+    pub async fn call(
+        &self,
+        name: &str,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let actor = self
+            .whereis(name)
+            .ok_or_else(|| CallError::NotFound(name.to_owned()))?;
+        actor.call(request, timeout).await
+    }
+
+    /// Casts to the actor registered under `name`.
+    pub fn cast(&self, name: &str, message: Vec<u8>) -> Result<(), SendError> {
+        let actor = self
+            .whereis(name)
+            .ok_or_else(|| SendError::NotFound(name.to_owned()))?;
+        actor.cast(message);
+        Ok(())
+    }
+
+    /// Sends an info message to the actor registered under `name`.
+    pub fn send_info(&self, name: &str, message: Vec<u8>) -> Result<(), SendError> {
+        let actor = self
+            .whereis(name)
+            .ok_or_else(|| SendError::NotFound(name.to_owned()))?;
+        actor.send_info(message);
+        Ok(())
+    }
+
+    /// `watcher` gets a `down` info message when `target` exits (at once if it already
+    /// has, with its reason). Returns the monitor id.
+    pub fn monitor(&self, watcher: &ActorRef, target: &ActorRef) -> u64 {
+        let monitor = self.inner.next_monitor.fetch_add(1, Ordering::Relaxed);
+        target.lifecycle().watch(Watcher::Monitor {
+            monitor,
+            watcher: watcher.clone(),
+        });
+        monitor
+    }
+
+    /// Links two actors: when either exits abnormally, the other gets an exit signal
+    /// (which stops it unless it traps exits).
+    pub fn link(&self, first: &ActorRef, second: &ActorRef) {
+        first.lifecycle().watch(Watcher::Link(second.clone()));
+        second.lifecycle().watch(Watcher::Link(first.clone()));
+    }
+}
+
+/// The identity of a plugin behind an actor, for status output.
+pub fn describe(identity: Option<&PluginIdentity>) -> String {
+    identity.map_or_else(|| "native".to_owned(), ToString::to_string)
+}

@@ -1,0 +1,556 @@
+//! One actor's task: its mailbox loop, system messages, exit path, and the host services
+//! its behaviour reaches through the plugin context.
+//!
+//! Invariants:
+//! - One callback at a time; system messages are handled between callbacks.
+//! - While suspended, every non-system message moves, in arrival order, to a side queue
+//!   that is drained before the mailbox after `resume`, so nothing is lost or reordered.
+//! - A pending continuation runs before any other message (OTP's `{continue, _}`).
+//! - On exit: `terminate` (unless killed or after a panic), the behaviour is dropped (so its
+//!   plugin version can be unloaded), the name is freed, and only then are watchers told;
+//!   callers still waiting see "exited" with the reason.
+//!
+//! What is tricky: the reply channel of the call in progress sits in a slot, not the
+//! pending map, so the common "reply now" path costs no map operations; only a call left
+//! unanswered (a deferred reply) moves to the map.
+
+use super::behaviour::Behaviour;
+use super::{ActorOptions, ActorRef, CallError, Migration, Runtime, SpawnError, SystemError, lock};
+use crate::plugin::{CallbackError, HostServices, Outputs, SendKind, ServiceError};
+use graft_plugin::{Exit, StopReason, abi, codec};
+use serde::Serialize;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+
+type ReplySender = oneshot::Sender<Result<Vec<u8>, CallError>>;
+
+/// A message in an actor's mailbox.
+pub(crate) enum Envelope {
+    Call {
+        request: Vec<u8>,
+        reply: ReplySender,
+    },
+    Cast(Vec<u8>),
+    Info {
+        kind: u32,
+        message: Vec<u8>,
+    },
+    System(SystemRequest),
+    ExitSignal {
+        from: String,
+        reason: StopReason,
+    },
+    Stop {
+        reason: StopReason,
+    },
+}
+
+/// A `sys`-style request, handled between callbacks.
+pub(crate) enum SystemRequest {
+    Suspend(oneshot::Sender<()>),
+    Resume(oneshot::Sender<()>),
+    GetState(oneshot::Sender<Result<serde_json::Value, SystemError>>),
+    Status(oneshot::Sender<ActorStatus>),
+    ChangeCode {
+        migration: Migration,
+        reply: oneshot::Sender<Result<(), SystemError>>,
+    },
+}
+
+/// What `status` reports about an actor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActorStatus {
+    /// The process id.
+    pub id: u64,
+    /// The registered name.
+    pub name: Option<String>,
+    /// The plugin, when the behaviour is one.
+    pub plugin: Option<String>,
+    /// The plugin's version.
+    pub version: Option<String>,
+    /// Messages not yet handled (including those waiting while suspended).
+    pub mailbox_length: usize,
+    /// How many times its supervisor restarted it.
+    pub restarts: u32,
+    /// Whether it is suspended.
+    pub suspended: bool,
+}
+
+/// The host services of one actor, handed to its callbacks.
+struct ActorServices {
+    runtime: Runtime,
+    me: ActorRef,
+    label: String,
+    next_token: Cell<u64>,
+    current_call: RefCell<Option<(u64, ReplySender)>>,
+    pending: RefCell<HashMap<u64, ReplySender>>,
+    timers: Arc<Mutex<HashMap<u64, AbortHandle>>>,
+}
+
+impl Drop for ActorServices {
+    fn drop(&mut self) {
+        for (_, timer) in lock(&self.timers).drain() {
+            timer.abort();
+        }
+    }
+}
+
+fn service_error(error: CallError) -> ServiceError {
+    match error {
+        CallError::NotFound(name) => ServiceError::NotFound(name),
+        CallError::Timeout { actor, .. } => ServiceError::Timeout(actor),
+        CallError::Exited { actor, reason } => ServiceError::Exited {
+            actor,
+            reason: reason.to_string(),
+        },
+        CallError::BadRequest { actor, message } => ServiceError::Refused {
+            actor,
+            reason: message,
+        },
+        CallError::CallingSelf(actor) => ServiceError::Refused {
+            actor,
+            reason: "an actor cannot call itself".to_owned(),
+        },
+    }
+}
+
+impl HostServices for ActorServices {
+    fn actor_name(&self) -> &str {
+        &self.label
+    }
+
+    fn send(&self, to: &str, kind: SendKind, message: Vec<u8>) -> Result<(), ServiceError> {
+        let target = self
+            .runtime
+            .whereis(to)
+            .ok_or_else(|| ServiceError::NotFound(to.to_owned()))?;
+        match kind {
+            SendKind::Cast => target.cast(message),
+            SendKind::Info => target.send_info(message),
+        }
+        Ok(())
+    }
+
+    fn call(&self, to: &str, message: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, ServiceError> {
+        let target = self
+            .runtime
+            .whereis(to)
+            .ok_or_else(|| ServiceError::NotFound(to.to_owned()))?;
+        if target == self.me {
+            return Err(service_error(CallError::CallingSelf(self.label.clone())));
+        }
+        let handle = tokio::runtime::Handle::current();
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return Err(ServiceError::Unavailable(
+                "a call from inside a callback on a current-thread runtime",
+            ));
+        }
+        // The callback is synchronous: block this worker, but hand its other tasks to the
+        // rest of the pool first, so waiting for `target` cannot starve it.
+        tokio::task::block_in_place(|| handle.block_on(target.call(message, timeout)))
+            .map_err(service_error)
+    }
+
+    fn start_timer(&self, delay: Duration, repeat: bool, message: Vec<u8>) -> Option<u64> {
+        let id = self
+            .runtime
+            .inner
+            .next_timer
+            .fetch_add(1, Ordering::Relaxed);
+        let me = self.me.clone();
+        let timers = Arc::clone(&self.timers);
+        // Hold the registry lock while spawning, so a timer that fires at once cannot try
+        // to remove its entry before it is inserted.
+        let mut registry = lock(&self.timers);
+        let task = tokio::spawn(async move {
+            if repeat {
+                let period = delay.max(Duration::from_millis(1));
+                let mut interval =
+                    tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    interval.tick().await;
+                    me.send_info(message.clone());
+                }
+            } else {
+                tokio::time::sleep(delay).await;
+                lock(&timers).remove(&id);
+                me.send_info(message);
+            }
+        });
+        registry.insert(id, task.abort_handle());
+        Some(id)
+    }
+
+    fn cancel_timer(&self, timer: u64) -> bool {
+        match lock(&self.timers).remove(&timer) {
+            Some(task) => {
+                task.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn reply(&self, token: u64, message: Vec<u8>) -> Result<(), ServiceError> {
+        let sender = {
+            let mut current = self.current_call.borrow_mut();
+            match current.as_ref() {
+                Some((current_token, _)) if *current_token == token => {
+                    current.take().map(|(_, sender)| sender)
+                }
+                _ => self.pending.borrow_mut().remove(&token),
+            }
+        };
+        match sender {
+            // A caller that gave up dropped its receiver: the late reply is dropped too.
+            Some(sender) => {
+                let _ = sender.send(Ok(message));
+                Ok(())
+            }
+            None => Err(ServiceError::Refused {
+                actor: self.label.clone(),
+                reason: format!("no call is waiting for reply {token}"),
+            }),
+        }
+    }
+}
+
+/// Why the loop ended.
+struct Ending {
+    reason: StopReason,
+    run_terminate: bool,
+}
+
+impl Ending {
+    fn crash(error: &CallbackError) -> Ending {
+        Ending {
+            reason: StopReason::Error(error.to_string()),
+            // A panicked instance is poisoned: no more calls into it.
+            run_terminate: !error.is_panic(),
+        }
+    }
+}
+
+struct Actor {
+    behaviour: Box<dyn Behaviour>,
+    services: ActorServices,
+    mailbox: mpsc::UnboundedReceiver<Envelope>,
+    deferred: VecDeque<Envelope>,
+    suspended: bool,
+    trap_exit: bool,
+    restarts: u32,
+    continue_with: Option<Vec<u8>>,
+}
+
+/// The actor task: `init`, the loop, the exit path.
+pub(crate) async fn run(
+    runtime: Runtime,
+    me: ActorRef,
+    options: ActorOptions,
+    mailbox: mpsc::UnboundedReceiver<Envelope>,
+    started: oneshot::Sender<Result<(), SpawnError>>,
+) {
+    let label = me.label();
+    let services = ActorServices {
+        runtime: runtime.clone(),
+        me: me.clone(),
+        label: label.clone(),
+        next_token: Cell::new(1),
+        current_call: RefCell::new(None),
+        pending: RefCell::new(HashMap::new()),
+        timers: Arc::new(Mutex::new(HashMap::new())),
+    };
+    let (behaviour, outputs) = match options.factory.start(&options.args, &services) {
+        Ok(started) => started,
+        Err(error) => {
+            let reason = StopReason::Error(error.to_string());
+            runtime.unregister(&me);
+            me.lifecycle().finish(reason);
+            let _ = started.send(Err(SpawnError::InitFailed {
+                actor: label,
+                error: Box::new(error),
+            }));
+            return;
+        }
+    };
+    let mut actor = Actor {
+        behaviour,
+        services,
+        mailbox,
+        deferred: VecDeque::new(),
+        suspended: false,
+        trap_exit: options.trap_exit,
+        restarts: options.restarts,
+        continue_with: outputs.continue_with,
+    };
+    let exit = match outputs.stop {
+        Some(reason) => {
+            let _ = started.send(Err(SpawnError::Stopped {
+                actor: label,
+                reason: reason.clone(),
+            }));
+            Ending {
+                reason,
+                run_terminate: true,
+            }
+        }
+        None => {
+            let _ = started.send(Ok(()));
+            actor.run_loop().await
+        }
+    };
+    actor.exit(&runtime, &me, exit);
+}
+
+impl Actor {
+    async fn run_loop(&mut self) -> Ending {
+        loop {
+            if !self.suspended
+                && let Some(argument) = self.continue_with.take()
+            {
+                let result = self.behaviour.handle_continue(&argument, &self.services);
+                if let Some(exit) = self.after(result) {
+                    return exit;
+                }
+                continue;
+            }
+            let envelope = match self.deferred.pop_front() {
+                Some(envelope) if !self.suspended => Some(envelope),
+                Some(envelope) => {
+                    self.deferred.push_front(envelope);
+                    self.next_from_mailbox().await
+                }
+                None => self.next_from_mailbox().await,
+            };
+            let Some(envelope) = envelope else {
+                // Every handle on this actor is gone: nobody can reach it any more.
+                return Ending {
+                    reason: StopReason::Normal,
+                    run_terminate: true,
+                };
+            };
+            if let Some(exit) = self.handle(envelope) {
+                return exit;
+            }
+        }
+    }
+
+    async fn next_from_mailbox(&mut self) -> Option<Envelope> {
+        self.mailbox.recv().await
+    }
+
+    fn handle(&mut self, envelope: Envelope) -> Option<Ending> {
+        match envelope {
+            Envelope::System(request) => {
+                self.services.me.received();
+                self.handle_system(request);
+                None
+            }
+            Envelope::Stop { reason } => {
+                self.services.me.received();
+                Some(Ending {
+                    reason,
+                    run_terminate: true,
+                })
+            }
+            Envelope::ExitSignal { from, reason } if self.trap_exit => {
+                self.services.me.received();
+                let message = codec::encode(&Exit {
+                    actor: from,
+                    reason,
+                })
+                .unwrap_or_default();
+                // Counted again: it is now an ordinary message.
+                self.handle(self.services.me.counted(Envelope::Info {
+                    kind: abi::INFO_EXIT,
+                    message,
+                }))
+            }
+            Envelope::ExitSignal { reason, .. } => {
+                self.services.me.received();
+                // Not trapping: an abnormal exit of a linked actor takes this one down too.
+                (reason != StopReason::Normal).then_some(Ending {
+                    reason,
+                    run_terminate: false,
+                })
+            }
+            other if self.suspended => {
+                self.deferred.push_back(other);
+                None
+            }
+            Envelope::Call { request, reply } => {
+                self.services.me.received();
+                self.handle_call(&request, reply)
+            }
+            Envelope::Cast(message) => {
+                self.services.me.received();
+                let result = self.behaviour.handle_cast(&message, &self.services);
+                self.after(result)
+            }
+            Envelope::Info { kind, message } => {
+                self.services.me.received();
+                let result = self.behaviour.handle_info(kind, &message, &self.services);
+                self.after(result)
+            }
+        }
+    }
+
+    fn handle_call(&mut self, request: &[u8], reply: ReplySender) -> Option<Ending> {
+        let token = self.services.next_token.get();
+        self.services.next_token.set(token + 1);
+        *self.services.current_call.borrow_mut() = Some((token, reply));
+        let result = self.behaviour.handle_call(request, token, &self.services);
+        let waiting = self.services.current_call.borrow_mut().take();
+        match result {
+            Ok(mut outputs) => {
+                if let Some((_, sender)) = waiting {
+                    match outputs.reply.take() {
+                        Some(bytes) => {
+                            let _ = sender.send(Ok(bytes));
+                        }
+                        None => {
+                            self.services.pending.borrow_mut().insert(token, sender);
+                        }
+                    }
+                }
+                self.after(Ok(outputs))
+            }
+            Err(error) if error.is_bad_input() => {
+                if let Some((_, sender)) = waiting {
+                    let _ = sender.send(Err(CallError::BadRequest {
+                        actor: self.services.label.clone(),
+                        message: error.to_string(),
+                    }));
+                }
+                None
+            }
+            Err(error) => {
+                let exit = Ending::crash(&error);
+                if let Some((_, sender)) = waiting {
+                    let _ = sender.send(Err(CallError::Exited {
+                        actor: self.services.label.clone(),
+                        reason: exit.reason.clone(),
+                    }));
+                }
+                Some(exit)
+            }
+        }
+    }
+
+    /// Applies a callback's outputs: a continuation, a stop, or a crash.
+    fn after(&mut self, result: Result<Outputs, CallbackError>) -> Option<Ending> {
+        match result {
+            Ok(outputs) => {
+                if let Some(argument) = outputs.continue_with {
+                    self.continue_with = Some(argument);
+                }
+                outputs.stop.map(|reason| Ending {
+                    reason,
+                    run_terminate: true,
+                })
+            }
+            Err(error) if error.is_bad_input() => {
+                tracing::warn!(actor = %self.services.label, "message dropped: {error}");
+                None
+            }
+            Err(error) => Some(Ending::crash(&error)),
+        }
+    }
+
+    fn handle_system(&mut self, request: SystemRequest) {
+        match request {
+            SystemRequest::Suspend(reply) => {
+                self.suspended = true;
+                let _ = reply.send(());
+            }
+            SystemRequest::Resume(reply) => {
+                self.suspended = false;
+                let _ = reply.send(());
+            }
+            SystemRequest::GetState(reply) => {
+                let state = self
+                    .behaviour
+                    .encode_state()
+                    .map_err(|error| error.to_string())
+                    .and_then(|bytes| {
+                        rmp_serde::from_slice::<serde_json::Value>(&bytes)
+                            .map_err(|error| error.to_string())
+                    })
+                    .map_err(|message| SystemError::State {
+                        actor: self.services.label.clone(),
+                        message,
+                    });
+                let _ = reply.send(state);
+            }
+            SystemRequest::Status(reply) => {
+                let identity = self.behaviour.identity();
+                let _ = reply.send(ActorStatus {
+                    id: self.services.me.id().0,
+                    name: self.services.me.name().map(str::to_owned),
+                    plugin: identity.map(|identity| identity.name.clone()),
+                    version: identity.map(|identity| identity.version.to_string()),
+                    mailbox_length: self.services.me.mailbox_length(),
+                    restarts: self.restarts,
+                    suspended: self.suspended,
+                });
+            }
+            SystemRequest::ChangeCode { migration, reply } => {
+                let result = if !self.suspended {
+                    Err(SystemError::NotSuspended(self.services.label.clone()))
+                } else {
+                    match migration(&mut self.behaviour) {
+                        Ok(replacement) => {
+                            self.behaviour = replacement;
+                            Ok(())
+                        }
+                        Err(message) => Err(SystemError::ChangeCodeFailed {
+                            actor: self.services.label.clone(),
+                            message,
+                        }),
+                    }
+                };
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn exit(self, runtime: &Runtime, me: &ActorRef, exit: Ending) {
+        let Actor {
+            mut behaviour,
+            services,
+            mailbox,
+            deferred,
+            ..
+        } = self;
+        if exit.run_terminate
+            && let Err(error) = behaviour.terminate(&exit.reason, &services)
+        {
+            tracing::error!(actor = %services.label, "terminate failed: {error}");
+        }
+        if !exit.reason.is_clean() {
+            tracing::error!(actor = %services.label, reason = %exit.reason, "actor exited abnormally");
+        }
+        // Release the plugin instance (and with it, possibly, an old library version).
+        drop(behaviour);
+        runtime.unregister(me);
+        me.lifecycle().finish(exit.reason);
+        // Callers waiting on a deferred reply or still queued now see "exited".
+        drop(services);
+        drop(deferred);
+        drop(mailbox);
+    }
+}
+
+impl ActorRef {
+    /// Counts a message the actor made for itself (it was not delivered through the mailbox).
+    fn counted(&self, envelope: Envelope) -> Envelope {
+        self.shared.mailbox_length.fetch_add(1, Ordering::Relaxed);
+        envelope
+    }
+}

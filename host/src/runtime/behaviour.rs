@@ -1,0 +1,190 @@
+//! What an actor runs: the [`Behaviour`] trait, implemented by a loaded plugin's
+//! [`Instance`] and, for the runtime's own tests, by host-native Rust types.
+//!
+//! Everything is bytes in the plugin wire format (MessagePack), so the runtime never knows
+//! which kind of behaviour it drives. A [`BehaviourFactory`] creates a behaviour from
+//! encoded start arguments; child specs and dynamic supervisors hold factories.
+
+use crate::plugin::{CallbackError, HostServices, Instance, LoadedPlugin, Outputs, PluginIdentity};
+use graft_plugin::StopReason;
+use std::fmt;
+use std::sync::Arc;
+
+/// An actor's behaviour. Callbacks run one at a time on the actor's task.
+pub trait Behaviour: Send {
+    /// The plugin and version, when the behaviour is a plugin.
+    fn identity(&self) -> Option<&PluginIdentity>;
+    /// Handles a call; `reply_token` identifies it for a deferred reply.
+    fn handle_call(
+        &mut self,
+        request: &[u8],
+        reply_token: u64,
+        services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError>;
+    /// Handles a cast.
+    fn handle_cast(
+        &mut self,
+        message: &[u8],
+        services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError>;
+    /// Handles an info message of an `INFO_*` kind.
+    fn handle_info(
+        &mut self,
+        kind: u32,
+        message: &[u8],
+        services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError>;
+    /// Handles a continuation.
+    fn handle_continue(
+        &mut self,
+        argument: &[u8],
+        services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError>;
+    /// Runs terminate.
+    fn terminate(
+        &mut self,
+        reason: &StopReason,
+        services: &dyn HostServices,
+    ) -> Result<(), CallbackError>;
+    /// The state, encoded.
+    fn encode_state(&mut self) -> Result<Vec<u8>, CallbackError>;
+    /// The loaded plugin, when the behaviour is a plugin (used by code change).
+    fn plugin(&self) -> Option<&Arc<LoadedPlugin>> {
+        None
+    }
+    /// Downgrade: the state in the shape of an older version.
+    fn downgrade(
+        &mut self,
+        to_version: &semver::Version,
+        extra: &[u8],
+    ) -> Result<Vec<u8>, CallbackError> {
+        let _ = (to_version, extra);
+        self.encode_state()
+    }
+}
+
+impl Behaviour for Instance {
+    fn identity(&self) -> Option<&PluginIdentity> {
+        Some(self.plugin().identity())
+    }
+
+    fn handle_call(
+        &mut self,
+        request: &[u8],
+        reply_token: u64,
+        services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError> {
+        Instance::handle_call(self, request, reply_token, services)
+    }
+
+    fn handle_cast(
+        &mut self,
+        message: &[u8],
+        services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError> {
+        Instance::handle_cast(self, message, services)
+    }
+
+    fn handle_info(
+        &mut self,
+        kind: u32,
+        message: &[u8],
+        services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError> {
+        Instance::handle_info(self, kind, message, services)
+    }
+
+    fn handle_continue(
+        &mut self,
+        argument: &[u8],
+        services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError> {
+        Instance::handle_continue(self, argument, services)
+    }
+
+    fn terminate(
+        &mut self,
+        reason: &StopReason,
+        services: &dyn HostServices,
+    ) -> Result<(), CallbackError> {
+        Instance::terminate(self, reason, services)
+    }
+
+    fn encode_state(&mut self) -> Result<Vec<u8>, CallbackError> {
+        Instance::encode_state(self)
+    }
+
+    fn plugin(&self) -> Option<&Arc<LoadedPlugin>> {
+        Some(Instance::plugin(self))
+    }
+
+    fn downgrade(
+        &mut self,
+        to_version: &semver::Version,
+        extra: &[u8],
+    ) -> Result<Vec<u8>, CallbackError> {
+        Instance::downgrade(self, to_version, extra)
+    }
+}
+
+/// A started behaviour and what its `init` produced (a continuation, say).
+pub type Started = (Box<dyn Behaviour>, Outputs);
+
+/// Creates behaviours from encoded start arguments.
+pub trait BehaviourFactory: Send + Sync {
+    /// Runs `init`.
+    fn start(&self, args: &[u8], services: &dyn HostServices) -> Result<Started, CallbackError>;
+    /// The plugin and version new actors will run, when a plugin.
+    fn identity(&self) -> Option<PluginIdentity>;
+}
+
+/// Starts actors on a loaded plugin version.
+#[derive(Clone)]
+pub struct PluginFactory {
+    plugin: Arc<LoadedPlugin>,
+}
+
+impl PluginFactory {
+    /// A factory for `plugin`.
+    pub fn new(plugin: Arc<LoadedPlugin>) -> PluginFactory {
+        PluginFactory { plugin }
+    }
+
+    /// The plugin.
+    pub fn plugin(&self) -> &Arc<LoadedPlugin> {
+        &self.plugin
+    }
+}
+
+impl fmt::Debug for PluginFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PluginFactory({})", self.plugin.identity())
+    }
+}
+
+impl BehaviourFactory for PluginFactory {
+    fn start(&self, args: &[u8], services: &dyn HostServices) -> Result<Started, CallbackError> {
+        let (instance, outputs) = Instance::start(&self.plugin, args, services)?;
+        Ok((Box::new(instance), outputs))
+    }
+
+    fn identity(&self) -> Option<PluginIdentity> {
+        Some(self.plugin.identity().clone())
+    }
+}
+
+/// Wraps a closure as a factory (host-native behaviours in tests).
+pub struct NativeFactory<F>(pub F);
+
+impl<F> BehaviourFactory for NativeFactory<F>
+where
+    F: Fn(&[u8], &dyn HostServices) -> Result<Started, CallbackError> + Send + Sync,
+{
+    fn start(&self, args: &[u8], services: &dyn HostServices) -> Result<Started, CallbackError> {
+        (self.0)(args, services)
+    }
+
+    fn identity(&self) -> Option<PluginIdentity> {
+        None
+    }
+}
