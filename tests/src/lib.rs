@@ -70,3 +70,199 @@ pub fn find_unique(haystack: &[u8], needle: &[u8]) -> usize {
     );
     positions[0]
 }
+
+/// Host-native behaviours for runtime tests: they go through the same `Behaviour` trait
+/// as plugins and write what happens to them into a shared journal.
+pub mod native {
+    use graft::plugin::{CallbackError, HostServices, Outputs, PluginIdentity};
+    use graft::runtime::{Behaviour, BehaviourFactory, NativeFactory, Started};
+    use graft_plugin::{Down, Exit, StopReason, abi, codec};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// What happened, in order.
+    pub type Journal = Arc<Mutex<Vec<String>>>;
+
+    /// A new, empty journal.
+    pub fn journal() -> Journal {
+        Arc::new(Mutex::new(Vec::new()))
+    }
+
+    /// A copy of the journal's entries.
+    pub fn entries(journal: &Journal) -> Vec<String> {
+        journal.lock().unwrap().clone()
+    }
+
+    fn identity() -> PluginIdentity {
+        PluginIdentity {
+            name: "recorder".to_owned(),
+            version: semver::Version::new(0, 0, 0),
+        }
+    }
+
+    fn failed(callback: &'static str, message: impl Into<String>) -> CallbackError {
+        CallbackError::Failed {
+            plugin: identity(),
+            callback,
+            message: message.into(),
+        }
+    }
+
+    /// Records starts, terminates, casts and infos. Calls (encoded strings): `ping` →
+    /// `pong`, `crash` → an error, `stop` → stops normally replying `bye`, `sleep:<ms>` →
+    /// sleeps in the callback, `call:<name>` → calls that actor with `ping`.
+    pub struct Recorder {
+        label: String,
+        journal: Journal,
+    }
+
+    impl Recorder {
+        fn write(&self, entry: String) {
+            self.journal.lock().unwrap().push(entry);
+        }
+    }
+
+    fn reply(text: &str) -> Outputs {
+        Outputs {
+            reply: Some(codec::encode(text).unwrap()),
+            ..Outputs::default()
+        }
+    }
+
+    impl Behaviour for Recorder {
+        fn identity(&self) -> Option<&PluginIdentity> {
+            None
+        }
+
+        fn handle_call(
+            &mut self,
+            request: &[u8],
+            _reply_token: u64,
+            services: &dyn HostServices,
+        ) -> Result<Outputs, CallbackError> {
+            let request: String =
+                codec::decode(request).map_err(|error| CallbackError::BadInput {
+                    plugin: identity(),
+                    callback: "handle_call",
+                    message: error.to_string(),
+                })?;
+            match request.as_str() {
+                "ping" => Ok(reply("pong")),
+                "crash" => Err(failed(
+                    "handle_call",
+                    format!("{} crashed on purpose", self.label),
+                )),
+                "stop" => Ok(Outputs {
+                    stop: Some(StopReason::Normal),
+                    ..reply("bye")
+                }),
+                other if other.starts_with("sleep:") => {
+                    let millis: u64 = other[6..].parse().unwrap();
+                    std::thread::sleep(Duration::from_millis(millis));
+                    Ok(reply("slept"))
+                }
+                other if other.starts_with("call:") => {
+                    let answer = services.call(
+                        &other[5..],
+                        codec::encode("ping").unwrap(),
+                        Duration::from_secs(1),
+                    );
+                    match answer {
+                        Ok(bytes) => Ok(reply(&codec::decode::<String>(&bytes).unwrap())),
+                        Err(error) => Ok(reply(&format!("error: {error}"))),
+                    }
+                }
+                other => Err(failed("handle_call", format!("unknown request {other}"))),
+            }
+        }
+
+        fn handle_cast(
+            &mut self,
+            message: &[u8],
+            _services: &dyn HostServices,
+        ) -> Result<Outputs, CallbackError> {
+            let message: String = codec::decode(message).unwrap_or_default();
+            self.write(format!("cast {} {message}", self.label));
+            Ok(Outputs::default())
+        }
+
+        fn handle_info(
+            &mut self,
+            kind: u32,
+            message: &[u8],
+            _services: &dyn HostServices,
+        ) -> Result<Outputs, CallbackError> {
+            let entry = match kind {
+                abi::INFO_DOWN => {
+                    let down: Down = codec::decode(message).unwrap();
+                    format!("down {} {}", down.actor, down.reason)
+                }
+                abi::INFO_EXIT => {
+                    let exit: Exit = codec::decode(message).unwrap();
+                    format!("exit {} {}", exit.actor, exit.reason)
+                }
+                _ => format!(
+                    "info {}",
+                    codec::decode::<String>(message).unwrap_or_default()
+                ),
+            };
+            self.write(format!("{} got {entry}", self.label));
+            Ok(Outputs::default())
+        }
+
+        fn handle_continue(
+            &mut self,
+            _argument: &[u8],
+            _services: &dyn HostServices,
+        ) -> Result<Outputs, CallbackError> {
+            Ok(Outputs::default())
+        }
+
+        fn terminate(
+            &mut self,
+            reason: &StopReason,
+            _services: &dyn HostServices,
+        ) -> Result<(), CallbackError> {
+            self.write(format!("terminate {} {reason}", self.label));
+            Ok(())
+        }
+
+        fn encode_state(&mut self) -> Result<Vec<u8>, CallbackError> {
+            Ok(codec::encode(&self.label).unwrap())
+        }
+    }
+
+    /// A factory of recorders; the start argument (an encoded string) is the label.
+    pub fn recorder(journal: &Journal) -> Arc<dyn BehaviourFactory> {
+        let journal = Arc::clone(journal);
+        Arc::new(NativeFactory(
+            move |args: &[u8], _services: &dyn HostServices| -> Result<Started, CallbackError> {
+                let label: String =
+                    codec::decode(args).map_err(|error| failed("init", error.to_string()))?;
+                journal.lock().unwrap().push(format!("start {label}"));
+                let recorder = Recorder {
+                    label,
+                    journal: Arc::clone(&journal),
+                };
+                Ok((Box::new(recorder), Outputs::default()))
+            },
+        ))
+    }
+}
+
+/// Polls `condition` every 5 ms until it holds or `deadline` passes; returns whether it held.
+pub async fn eventually(
+    deadline: std::time::Duration,
+    mut condition: impl FnMut() -> bool,
+) -> bool {
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if condition() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
