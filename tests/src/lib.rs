@@ -266,3 +266,21 @@ pub async fn eventually(
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+/// Like [`eventually`], for a condition that has to await (a call, a supervisor query).
+pub async fn eventually_async<F, Fut>(deadline: std::time::Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
