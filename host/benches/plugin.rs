@@ -14,7 +14,9 @@
 //! Tricky parts:
 //! - Criterion reports means and intervals but hands no medians back to the program, so
 //!   after the groups `main` times every case again itself (31 samples of calibrated
-//!   batches, median per iteration) and prints one `summary:` block with the ratios.
+//!   batches, or of single iterations for the millisecond-scale load cases; median per
+//!   iteration) and prints one `summary:` block with the ratios. The cases of a ratio are
+//!   sampled in interleaved rounds, so load from elsewhere on the machine skews both sides.
 //! - `dlopen` of a path that is already loaded returns the loaded object, so the bare
 //!   baseline opens a fresh uniquely named copy each time; the copy is written outside the
 //!   timed section and removed when criterion drops the routine's output (also untimed).
@@ -30,6 +32,7 @@ use graft_plugin::codec;
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -334,20 +337,46 @@ impl Sampling {
         samples: 1,
         batch_target: Duration::ZERO,
     };
+
+    /// One iteration per sample, for cases that take far longer than reading the clock
+    /// (and whose setup, a 5 MB copy, should not run thousands of times).
+    fn single_iterations(self) -> Sampling {
+        Sampling {
+            batch_target: Duration::ZERO,
+            ..self
+        }
+    }
 }
 
-/// Median time of one iteration, in nanoseconds. `measure(iterations)` runs the case that
-/// many times and returns the time spent in the part that counts.
-fn median_nanoseconds(sampling: Sampling, mut measure: impl FnMut(u64) -> Duration) -> f64 {
-    let mut iterations = 1_u64;
-    while measure(iterations) < sampling.batch_target && iterations < 1 << 30 {
-        iterations *= 2;
+/// One case of the summary: `measure(iterations)` runs the case that many times and
+/// returns the time spent in the part that counts.
+type Measure<'a> = &'a mut dyn FnMut(u64) -> Duration;
+
+/// Median time of one iteration of each case, in nanoseconds. Each case first finds its
+/// batch size; then the samples are taken in rounds, one of every case per round, so a load
+/// spike from elsewhere on the machine hits all of them alike instead of skewing a ratio.
+fn interleaved_medians<const CASES: usize>(
+    sampling: Sampling,
+    mut cases: [Measure<'_>; CASES],
+) -> [f64; CASES] {
+    let batch_sizes = cases.each_mut().map(|measure| {
+        let mut iterations = 1_u64;
+        while measure(iterations) < sampling.batch_target && iterations < 1 << 30 {
+            iterations *= 2;
+        }
+        iterations
+    });
+    let mut samples: [Vec<f64>; CASES] = std::array::from_fn(|_| Vec::new());
+    for _ in 0..sampling.samples {
+        for (index, measure) in cases.iter_mut().enumerate() {
+            let iterations = batch_sizes[index];
+            samples[index].push(measure(iterations).as_nanos() as f64 / iterations as f64);
+        }
     }
-    let mut per_iteration: Vec<f64> = (0..sampling.samples)
-        .map(|_| measure(iterations).as_nanos() as f64 / iterations as f64)
-        .collect();
-    per_iteration.sort_by(f64::total_cmp);
-    per_iteration[per_iteration.len() / 2]
+    samples.map(|mut per_iteration| {
+        per_iteration.sort_by(f64::total_cmp);
+        per_iteration[per_iteration.len() / 2]
+    })
 }
 
 /// Times `routine` over whole batches.
@@ -374,46 +403,55 @@ fn human(nanoseconds: f64) -> String {
 
 fn print_summary(fixture: &mut Fixture, sampling: Sampling) {
     let services = fixture.services.clone();
-    let instance = &mut fixture.instance;
-    let call = median_nanoseconds(
-        sampling,
-        batched(|| {
-            black_box(plugin_call(instance, &services, black_box(Request::Add(1))));
-        }),
-    );
-    let cast = median_nanoseconds(
-        sampling,
-        batched(|| plugin_cast(instance, &services, black_box(Command::Add(1)))),
-    );
+    let instance = RefCell::new(&mut fixture.instance);
     let reply = codec::encode(&42_i64).expect("encoding a reply");
-    let host_side = median_nanoseconds(
-        sampling,
-        batched(|| {
-            black_box(codec_host_side(
-                black_box(Request::Add(1)),
-                black_box(&reply),
-            ));
-        }),
-    );
-    let mut counter = NativeCounter { count: 0 };
-    let both_sides = median_nanoseconds(
-        sampling,
-        batched(|| {
-            black_box(codec_both_sides(&mut counter, black_box(Request::Add(1))));
-        }),
-    );
+    let counter = RefCell::new(NativeCounter { count: 0 });
     let handle = black_box(native_handle_call as fn(&mut NativeCounter, Request) -> i64);
-    let native = median_nanoseconds(
+    let [call, cast, host_side, both_sides, native] = interleaved_medians(
         sampling,
-        batched(|| {
-            black_box(handle(&mut counter, black_box(Request::Add(1))));
-        }),
+        [
+            &mut batched(|| {
+                let instance = &mut **instance.borrow_mut();
+                black_box(plugin_call(instance, &services, black_box(Request::Add(1))));
+            }),
+            &mut batched(|| {
+                let instance = &mut **instance.borrow_mut();
+                plugin_cast(instance, &services, black_box(Command::Add(1)));
+            }),
+            &mut batched(|| {
+                black_box(codec_host_side(
+                    black_box(Request::Add(1)),
+                    black_box(&reply),
+                ));
+            }),
+            &mut batched(|| {
+                let counter = &mut *counter.borrow_mut();
+                black_box(codec_both_sides(counter, black_box(Request::Add(1))));
+            }),
+            &mut batched(|| {
+                let counter = &mut *counter.borrow_mut();
+                black_box(handle(counter, black_box(Request::Add(1))));
+            }),
+        ],
     );
 
     let reports_before = fixture.loader.unload_reports().len();
-    let load = median_nanoseconds(
-        sampling,
-        batched(|| checked_load_and_unload(&fixture.loader, &fixture.library)),
+    let copies = &fixture.copies;
+    let [load, bare] = interleaved_medians(
+        sampling.single_iterations(),
+        [
+            &mut batched(|| checked_load_and_unload(&fixture.loader, &fixture.library)),
+            &mut |iterations| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iterations {
+                    let copy = copies.fresh_copy();
+                    let start = Instant::now();
+                    bare_open_and_close(&copy);
+                    spent += start.elapsed();
+                }
+                spent
+            },
+        ],
     );
     let reports = fixture.loader.unload_reports();
     let unloaded = reports[reports_before..]
@@ -421,46 +459,28 @@ fn print_summary(fixture: &mut Fixture, sampling: Sampling) {
         .filter(|report| report.outcome == UnloadOutcome::Unloaded)
         .count();
     let loads = reports.len() - reports_before;
-    let copies = &fixture.copies;
-    let bare = median_nanoseconds(sampling, |iterations| {
-        let mut spent = Duration::ZERO;
-        for _ in 0..iterations {
-            let copy = copies.fresh_copy();
-            let start = Instant::now();
-            bare_open_and_close(&copy);
-            spent += start.elapsed();
-        }
-        spent
-    });
     let library_size = std::fs::metadata(&fixture.library)
         .map(|metadata| metadata.len())
         .unwrap_or(0);
 
     let message = typical_message();
     let state = typical_state();
-    let message_msgpack = median_nanoseconds(
+    let [message_msgpack, message_json, state_msgpack, state_json] = interleaved_medians(
         sampling,
-        batched(|| {
-            black_box(msgpack_round_trip(black_box(&message)));
-        }),
-    );
-    let message_json = median_nanoseconds(
-        sampling,
-        batched(|| {
-            black_box(json_round_trip(black_box(&message)));
-        }),
-    );
-    let state_msgpack = median_nanoseconds(
-        sampling,
-        batched(|| {
-            black_box(msgpack_round_trip(black_box(&state)));
-        }),
-    );
-    let state_json = median_nanoseconds(
-        sampling,
-        batched(|| {
-            black_box(json_round_trip(black_box(&state)));
-        }),
+        [
+            &mut batched(|| {
+                black_box(msgpack_round_trip(black_box(&message)));
+            }),
+            &mut batched(|| {
+                black_box(json_round_trip(black_box(&message)));
+            }),
+            &mut batched(|| {
+                black_box(msgpack_round_trip(black_box(&state)));
+            }),
+            &mut batched(|| {
+                black_box(json_round_trip(black_box(&state)));
+            }),
+        ],
     );
     let size = |bytes: Vec<u8>| bytes.len();
     let message_sizes = (

@@ -7,6 +7,7 @@
 //! hard-links it, and rebuilds replace it) — the loader copies it first.
 
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use thiserror::Error;
@@ -75,11 +76,25 @@ impl CargoBuild {
 
     /// Builds `package` and returns the path of its `cdylib`.
     pub fn build(&self, package: &str) -> Result<PathBuf, BuildError> {
+        let mut built = self.build_all(&[package])?;
+        Ok(built
+            .remove(package)
+            .expect("build_all returns every package"))
+    }
+
+    /// Builds several packages in one cargo run and returns each one's `cdylib`.
+    pub fn build_all(&self, packages: &[&str]) -> Result<HashMap<String, PathBuf>, BuildError> {
         let mut command = Command::new(&self.cargo);
         if self.rustc_flags.is_empty() {
-            command.args(["build", "-p", package]);
+            command.arg("build");
+            for package in packages {
+                command.args(["-p", package]);
+            }
         } else {
-            command.args(["rustc", "-p", package, "--lib"]);
+            command.args(["rustc", "--lib"]);
+            for package in packages {
+                command.args(["-p", package]);
+            }
         }
         command.args(["--message-format=json-render-diagnostics"]);
         if self.release {
@@ -88,6 +103,7 @@ impl CargoBuild {
         if !self.rustc_flags.is_empty() {
             command.arg("--").args(&self.rustc_flags);
         }
+        let described = packages.join(", ");
         let output = command
             .current_dir(&self.workspace)
             .stdin(Stdio::null())
@@ -98,15 +114,21 @@ impl CargoBuild {
             })?;
         if !output.status.success() {
             return Err(BuildError::Failed {
-                package: package.to_owned(),
+                package: described,
                 stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
             });
         }
-        cdylib_from_messages(&String::from_utf8_lossy(&output.stdout), package).ok_or_else(|| {
-            BuildError::NoArtifact {
-                package: package.to_owned(),
-            }
-        })
+        let messages = String::from_utf8_lossy(&output.stdout);
+        packages
+            .iter()
+            .map(|package| {
+                cdylib_from_messages(&messages, package)
+                    .map(|path| ((*package).to_owned(), path))
+                    .ok_or_else(|| BuildError::NoArtifact {
+                        package: (*package).to_owned(),
+                    })
+            })
+            .collect()
     }
 }
 

@@ -9,5 +9,6 @@
 
 pub mod build;
 pub mod plugin;
+pub mod release;
 pub mod runtime;
 pub mod supervisor;

@@ -313,9 +313,9 @@ pub enum SystemError {
 }
 
 /// A code change to run inside a suspended actor: receives the current behaviour and
-/// returns its replacement, or an error (the current one then stays).
+/// returns its replacement (`None`: keep it), or an error (the current one then stays).
 pub type Migration =
-    Box<dyn FnOnce(&mut Box<dyn Behaviour>) -> Result<Box<dyn Behaviour>, String> + Send>;
+    Box<dyn FnOnce(&mut Box<dyn Behaviour>) -> Result<Option<Box<dyn Behaviour>>, String> + Send>;
 
 impl ActorRef {
     /// The process id.

@@ -362,15 +362,33 @@ enum Control {
     TerminateChild(ChildKey, oneshot::Sender<Result<(), SupervisorError>>),
     RestartChild(String, oneshot::Sender<Result<ChildRef, SupervisorError>>),
     DeleteChild(String, oneshot::Sender<Result<(), SupervisorError>>),
+    Update(
+        SupervisorUpdate,
+        oneshot::Sender<Result<(), SupervisorError>>,
+    ),
     Shutdown {
         brutal: bool,
     },
     TryAgainRestart,
 }
 
+/// New flags and child specs for a running supervisor, as OTP's supervisor `code_change`
+/// applies them: specs are merged by id keeping live children; new specs are added without
+/// being started; specs whose ids vanished are kept.
+#[derive(Clone, Debug)]
+pub struct SupervisorUpdate {
+    /// The new strategy (a static supervisor cannot become dynamic or back).
+    pub strategy: Strategy,
+    /// The new intensity.
+    pub max_restarts: u32,
+    /// The new intensity window.
+    pub max_seconds: u64,
+    /// The new child specs (for a dynamic supervisor: its template).
+    pub children: Vec<ChildSpec>,
+}
+
 struct SupervisorShared {
     name: Option<String>,
-    strategy: Strategy,
     sender: mpsc::UnboundedSender<Control>,
     lifecycle: Lifecycle,
 }
@@ -407,11 +425,6 @@ impl SupervisorRef {
     /// The registered name.
     pub fn name(&self) -> Option<&str> {
         self.shared.name.as_deref()
-    }
-
-    /// The strategy.
-    pub fn strategy(&self) -> Strategy {
-        self.shared.strategy
     }
 
     /// The exit reason, once exited.
@@ -484,6 +497,11 @@ impl SupervisorRef {
             .await?
     }
 
+    /// Applies new flags and child specs (see [`SupervisorUpdate`]).
+    pub async fn update(&self, update: SupervisorUpdate) -> Result<(), SupervisorError> {
+        self.request(|reply| Control::Update(update, reply)).await?
+    }
+
     /// Stops every child in reverse order, then the supervisor; returns its exit reason.
     pub async fn shutdown(&self) -> StopReason {
         let _ = self.shared.sender.send(Control::Shutdown { brutal: false });
@@ -524,7 +542,6 @@ pub async fn start_supervisor(
     let me = SupervisorRef {
         shared: Arc::new(SupervisorShared {
             name: spec.name.clone(),
-            strategy: spec.strategy,
             sender,
             lifecycle: Lifecycle::new(id, label.clone()),
         }),
@@ -865,9 +882,43 @@ impl Supervisor {
                     return self.restart_from(index).await;
                 }
             }
+            Control::Update(update, reply) => {
+                let _ = reply.send(self.update(update));
+            }
             Control::Shutdown { .. } => unreachable!("handled by the loop"),
         }
         None
+    }
+
+    fn update(&mut self, update: SupervisorUpdate) -> Result<(), SupervisorError> {
+        if (self.spec.strategy == Strategy::Dynamic) != (update.strategy == Strategy::Dynamic) {
+            return Err(SupervisorError::Unsupported {
+                operation: "changing between a dynamic and a static strategy",
+                strategy: self.spec.strategy,
+            });
+        }
+        self.spec.strategy = update.strategy;
+        self.spec.max_restarts = update.max_restarts;
+        self.spec.max_seconds = update.max_seconds;
+        if self.spec.strategy == Strategy::Dynamic {
+            self.spec.children = update.children;
+            return Ok(());
+        }
+        for spec in update.children {
+            match self
+                .children
+                .iter_mut()
+                .find(|child| child.spec.id == spec.id)
+            {
+                Some(child) => child.spec = spec,
+                None => self.children.push(Child {
+                    spec,
+                    running: None,
+                    restarts: 0,
+                }),
+            }
+        }
+        Ok(())
     }
 
     fn which_children(&self) -> Vec<ChildInfo> {

@@ -52,7 +52,10 @@ fn plugin_log_records_reach_the_host_subscriber_with_their_origin() {
     let _new = Instance::start(&new, &args, &Detached::new("new-counter")).unwrap();
 
     let faulty = loader
-        .load(&plugin_library("graft-fixture-faulty"), &Expectations::default())
+        .load(
+            &plugin_library("graft-fixture-faulty"),
+            &Expectations::default(),
+        )
         .unwrap();
     let panicking = codec::encode(&json!({"panic_in": ["init"]})).unwrap();
     assert!(Instance::start(&faulty, &panicking, &Detached::new("faulty")).is_err());
@@ -66,16 +69,28 @@ fn plugin_log_records_reach_the_host_subscriber_with_their_origin() {
     };
     let old_line = line("counter 1.0.0 starting as old-counter at 5");
     assert!(old_line.contains("INFO"), "{old_line}");
-    assert!(old_line.contains("plugin=\"counter\"") || old_line.contains("plugin=counter"), "{old_line}");
+    assert!(
+        old_line.contains("plugin=\"counter\"") || old_line.contains("plugin=counter"),
+        "{old_line}"
+    );
     assert!(old_line.contains("version=1.0.0"), "{old_line}");
     assert!(old_line.contains("old-counter"), "{old_line}");
 
     let new_line = line("counter 1.1.0 starting as new-counter");
     assert!(new_line.contains("version=1.1.0"), "{new_line}");
-    assert!(new_line.contains("start=5"), "tracing fields are kept: {new_line}");
+    assert!(
+        new_line.contains("start=5"),
+        "tracing fields are kept: {new_line}"
+    );
 
     let panic_line = line("plugin panicked at");
     assert!(panic_line.contains("ERROR"), "{panic_line}");
-    assert!(panic_line.contains("faulty panics in init on purpose"), "{panic_line}");
-    assert!(panic_line.contains("tests/fixtures/faulty/src/lib.rs"), "{panic_line}");
+    assert!(
+        panic_line.contains("faulty panics in init on purpose"),
+        "{panic_line}"
+    );
+    assert!(
+        panic_line.contains("tests/fixtures/faulty/src/lib.rs"),
+        "{panic_line}"
+    );
 }

@@ -285,7 +285,7 @@ async fn change_code_is_accepted_only_while_suspended_and_keeps_state() {
             let instance =
                 Instance::code_change(&new, &from, &state, &[], &Detached::new("upgraded"))
                     .map_err(|error| error.to_string())?;
-            Ok(Box::new(instance) as Box<dyn Behaviour>)
+            Ok(Some(Box::new(instance) as Box<dyn Behaviour>))
         })
     };
 

@@ -506,7 +506,9 @@ impl Actor {
                 } else {
                     match migration(&mut self.behaviour) {
                         Ok(replacement) => {
-                            self.behaviour = replacement;
+                            if let Some(replacement) = replacement {
+                                self.behaviour = replacement;
+                            }
                             Ok(())
                         }
                         Err(message) => Err(SystemError::ChangeCodeFailed {

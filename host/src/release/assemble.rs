@@ -1,0 +1,223 @@
+//! Assembling a release (the analogue of `mix release`): build its plugin crates with cargo
+//! and produce an installable directory — the manifest resolved to library files with
+//! their SHA-256, and the libraries.
+//!
+//! Layout: `<root>/releases/<version>/release.toml` and
+//! `<root>/releases/<version>/lib/<plugin>-<version>.so`.
+//!
+//! Invariant: an assembled release directory appears whole or not at all — it is written
+//! under a temporary name in the same directory and renamed into place. Running hosts load
+//! libraries by copying them first, so replacing an assembled release never touches code
+//! that is running.
+
+use super::{Manifest, ManifestError, resolve_inside};
+use crate::build::{BuildError, CargoBuild};
+use crate::plugin::Sha256Digest;
+use semver::Version;
+use std::fs;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// A release could not be assembled.
+#[derive(Debug, Error)]
+pub enum AssembleError {
+    /// The source manifest is invalid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// A plugin crate is not where the manifest says, or its Cargo.toml does not match.
+    #[error("manifest {manifest}: plugins.{plugin}.crate: {message}")]
+    Crate {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The plugin.
+        plugin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// cargo failed.
+    #[error("building plugins {plugins} for release {version}: {source}")]
+    Build {
+        /// The plugins.
+        plugins: String,
+        /// The release.
+        version: Version,
+        /// cargo's error.
+        source: BuildError,
+    },
+    /// Writing the release directory failed.
+    #[error("writing release {version} to {path}: {source}")]
+    Write {
+        /// The release.
+        version: Version,
+        /// Where.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// An assembled release on disk.
+#[derive(Debug, Clone)]
+pub struct AssembledRelease {
+    /// Its version.
+    pub version: Version,
+    /// Its directory.
+    pub directory: PathBuf,
+    /// The resolved manifest.
+    pub manifest: Manifest,
+}
+
+/// The directory holding a root's assembled releases.
+pub fn releases_directory(root: &Path) -> PathBuf {
+    root.join("releases")
+}
+
+/// Reads a plugin crate's package name and version from its Cargo.toml.
+fn package_of(crate_directory: &Path) -> Result<(String, Version), String> {
+    let manifest_path = crate_directory.join("Cargo.toml");
+    let text = fs::read_to_string(&manifest_path)
+        .map_err(|error| format!("cannot read {}: {error}", manifest_path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|error| format!("{}: {error}", manifest_path.display()))?;
+    let package = table
+        .get("package")
+        .and_then(toml::Value::as_table)
+        .ok_or_else(|| format!("{} has no [package]", manifest_path.display()))?;
+    let name = package
+        .get("name")
+        .and_then(toml::Value::as_str)
+        .ok_or_else(|| format!("{} has no package.name", manifest_path.display()))?;
+    let version = package
+        .get("version")
+        .and_then(toml::Value::as_str)
+        .ok_or_else(|| format!("{} has no package.version", manifest_path.display()))?;
+    let version = Version::parse(version)
+        .map_err(|error| format!("{}: package.version: {error}", manifest_path.display()))?;
+    Ok((name.to_owned(), version))
+}
+
+/// Assembles the source release at `manifest_path` into `root`. Plugin crate paths are
+/// relative to `workspace` (the directory that holds `plugins/` and `releases/`).
+pub fn assemble(
+    manifest_path: &Path,
+    workspace: &Path,
+    root: &Path,
+    release_profile: bool,
+) -> Result<AssembledRelease, AssembleError> {
+    let mut manifest = Manifest::read(manifest_path)?;
+    manifest.validate(manifest_path, false)?;
+    let version = manifest.release.version.clone();
+    let write_error = |path: &Path| {
+        let version = version.clone();
+        let path = path.to_owned();
+        move |source| AssembleError::Write {
+            version,
+            path,
+            source,
+        }
+    };
+    let releases = releases_directory(root);
+    fs::create_dir_all(&releases).map_err(write_error(&releases))?;
+    let staging = releases.join(format!(".assembling-{version}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(staging.join("lib")).map_err(write_error(&staging))?;
+
+    // Resolve every crate first, then build them all in one cargo run.
+    let mut packages = Vec::new();
+    for (name, entry) in manifest.plugins.iter_mut() {
+        let crate_error = |message: String| AssembleError::Crate {
+            manifest: manifest_path.to_owned(),
+            plugin: name.clone(),
+            message,
+        };
+        let relative = entry.crate_path.take().unwrap_or_default();
+        let crate_directory = resolve_inside(workspace, &relative).map_err(crate_error)?;
+        let (package, package_version) = package_of(&crate_directory).map_err(crate_error)?;
+        if package_version != entry.version {
+            return Err(crate_error(format!(
+                "the crate is version {package_version}, the manifest expects {}",
+                entry.version
+            )));
+        }
+        packages.push((name.clone(), package));
+    }
+    let package_names: Vec<&str> = packages
+        .iter()
+        .map(|(_, package)| package.as_str())
+        .collect();
+    let built = CargoBuild::new(workspace)
+        .release(release_profile)
+        .build_all(&package_names)
+        .map_err(|source| AssembleError::Build {
+            plugins: packages
+                .iter()
+                .map(|(name, _)| name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+            version: version.clone(),
+            source,
+        })?;
+    for (name, package) in &packages {
+        let entry = manifest.plugins.get_mut(name).expect("resolved above");
+        let artifact = &built[package];
+        let bytes = fs::read(artifact).map_err(write_error(artifact))?;
+        let library = PathBuf::from("lib").join(format!("{name}-{}.so", entry.version));
+        let destination = staging.join(&library);
+        fs::write(&destination, &bytes).map_err(write_error(&destination))?;
+        entry.library = Some(library);
+        entry.sha256 = Some(Sha256Digest::of(&bytes).to_string());
+    }
+    let resolved = staging.join("release.toml");
+    fs::write(&resolved, manifest.to_toml()).map_err(write_error(&resolved))?;
+
+    let directory = releases.join(version.to_string());
+    let retired = releases.join(format!(".retired-{version}-{}", std::process::id()));
+    if directory.exists() {
+        fs::rename(&directory, &retired).map_err(write_error(&directory))?;
+    }
+    fs::rename(&staging, &directory).map_err(write_error(&directory))?;
+    let _ = fs::remove_dir_all(&retired);
+    Ok(AssembledRelease {
+        version,
+        directory,
+        manifest,
+    })
+}
+
+/// Reads an assembled release's manifest and validates it.
+pub fn read_assembled(root: &Path, version: &Version) -> Result<AssembledRelease, ManifestError> {
+    let directory = releases_directory(root).join(version.to_string());
+    let path = directory.join("release.toml");
+    let manifest = Manifest::read(&path)?;
+    manifest.validate(&path, true)?;
+    if manifest.release.version != *version {
+        return Err(ManifestError::Invalid {
+            path,
+            field: "release.version".to_owned(),
+            message: format!(
+                "expected {version} (the directory's name), found {}",
+                manifest.release.version
+            ),
+        });
+    }
+    Ok(AssembledRelease {
+        version: version.clone(),
+        directory,
+        manifest,
+    })
+}
+
+/// The versions assembled under `root`, oldest first.
+pub fn assembled_versions(root: &Path) -> Vec<Version> {
+    let mut versions: Vec<Version> = fs::read_dir(releases_directory(root))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.path().join("release.toml").is_file())
+                .filter_map(|entry| Version::parse(&entry.file_name().to_string_lossy()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions
+}

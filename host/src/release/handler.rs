@@ -1,0 +1,1480 @@
+//! The release handler: boots the permanent release, installs newer and older releases into
+//! the running host, makes one permanent, removes old ones — OTP's `release_handler`, with
+//! an atomic install.
+//!
+//! Statuses, as in OTP: *unpacked* (assembled on disk), *current* (running; in memory
+//! only), *permanent* (booted on restart; recorded on disk), *old* (was installed before).
+//! The record (`releases/RELEASES.json`) is written only by `make_permanent` and `remove`,
+//! atomically (temporary file, fsync, rename, fsync of the directory). A host that stops —
+//! or is killed — before `make_permanent` boots the permanent release again.
+//!
+//! An install runs in three phases:
+//! 1. **Check and load**: the script is found (the target's `[[upgrade]]` matching the
+//!    running version, or the running release's `[[downgrade]]` to the target) and checked
+//!    against both trees; every new library is loaded and verified.
+//! 2. **Migrate, atomically**: every actor touched by an `update` (and its `suspend_with`
+//!    companions) is suspended concurrently under one deadline, its state is snapshotted,
+//!    and it is moved to the new code. If anything fails — a suspend timeout, a migration
+//!    error or panic — every migrated actor is restored from its snapshot onto its old
+//!    code, all are resumed, and the new libraries are dropped. Messages sent meanwhile
+//!    wait in the mailboxes and are handled afterwards, in order, by whichever version runs.
+//! 3. **Commit**: the plugin table switches (restarts and new children start on the new
+//!    code), the actors resume, stragglers started during the window are migrated, the
+//!    purge policy applies to anything left on the old code, and the script's other
+//!    instructions (`add_child`, `remove_child`, `restart_child`, `update_supervisor`,
+//!    `apply`) run in order. A failure there is reported; the target stays current, and
+//!    the permanent release is still what a restart boots.
+
+use super::assemble::{AssembledRelease, assembled_versions, read_assembled, releases_directory};
+use super::{
+    ChildManifest, Instruction, Manifest, ManifestError, PurgePolicy, ROOT_SUPERVISOR,
+    SupervisorManifest, UpdateMode, encode_value, resolve_inside,
+};
+use crate::plugin::{
+    CallbackError, Detached, Expectations, HostServices, Instance, LoadError, LoadedPlugin, Loader,
+    PluginIdentity, Sha256Digest, UnloadReport,
+};
+use crate::runtime::{ActorRef, BehaviourFactory, Migration, ProcessId, Runtime, Started, lock};
+use crate::supervisor::{
+    ChildKey, ChildRef, ChildSpec, ChildStart, Restart, Shutdown, SupervisorError, SupervisorRef,
+    SupervisorSpec, SupervisorUpdate, WorkerSpec, start_supervisor,
+};
+use semver::Version;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// The file recording the permanent release and the old ones.
+pub const RECORD_FILE: &str = "RELEASES.json";
+
+/// A release's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseStatus {
+    /// Assembled, never installed here.
+    Unpacked,
+    /// Running, not yet permanent.
+    Current,
+    /// Booted on restart (and running, unless another release is current).
+    Permanent,
+    /// Installed before, now replaced.
+    Old,
+}
+
+/// One line of `which_releases`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseInfo {
+    /// The release's name.
+    pub name: String,
+    /// Its version.
+    pub version: Version,
+    /// Its status.
+    pub status: ReleaseStatus,
+    /// Whether it is running now.
+    pub running: bool,
+}
+
+/// A loaded plugin version and how many handles keep it loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResidentLibrary {
+    /// The plugin.
+    pub plugin: String,
+    /// Its version.
+    pub version: String,
+    /// Handles (actors, factories) keeping it loaded.
+    pub users: usize,
+}
+
+/// What an install did.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallReport {
+    /// The version installed from.
+    pub from: Version,
+    /// The version installed.
+    pub to: Version,
+    /// Actors moved to new code (including stragglers).
+    pub actors_migrated: usize,
+    /// Actors suspended (migrated ones and their companions).
+    pub actors_suspended: usize,
+    /// The longest time any one actor was suspended.
+    pub longest_pause: Duration,
+    /// The whole install.
+    pub total: Duration,
+    /// Plugin versions loaded after the install.
+    pub resident: Vec<ResidentLibrary>,
+}
+
+/// The phases an install reports as it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstallPhase {
+    /// Loading and verifying this many libraries.
+    Loading(usize),
+    /// Suspending this many actors.
+    Suspending(usize),
+    /// Migrating this many actors.
+    Migrating(usize),
+    /// Resuming this many actors.
+    Resuming(usize),
+    /// Rolled back: every actor is on its old code.
+    RolledBack,
+    /// Running instruction `index` of `total` after the commit.
+    Instruction {
+        /// Which.
+        index: usize,
+        /// Of how many.
+        total: usize,
+    },
+}
+
+/// Called with each phase of an install.
+pub type ProgressFn = Arc<dyn Fn(InstallPhase) + Send + Sync>;
+
+/// A release operation failed. Names the manifest, plugin or actor, and the reason.
+#[derive(Debug, Error)]
+pub enum ReleaseError {
+    /// Another install is running.
+    #[error("an install is already in progress")]
+    InstallInProgress,
+    /// No assembled releases under the root.
+    #[error("no assembled release under {0} (run `graft build` first)")]
+    NothingToBoot(PathBuf),
+    /// The release is already the current one.
+    #[error("release {0} is already current")]
+    AlreadyCurrent(Version),
+    /// The version is not assembled under the root.
+    #[error("release {version} is not assembled under {root}")]
+    UnknownRelease {
+        /// The version.
+        version: Version,
+        /// The root.
+        root: PathBuf,
+    },
+    /// A manifest is invalid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// No script leads from the running version to the target.
+    #[error("manifest {manifest}: no {direction} path from {from} to {to} ({expected})")]
+    NoPath {
+        /// The manifest searched.
+        manifest: PathBuf,
+        /// `upgrade` or `downgrade`.
+        direction: &'static str,
+        /// The running version.
+        from: String,
+        /// The target.
+        to: String,
+        /// What was looked for.
+        expected: String,
+    },
+    /// The script does not fit the releases.
+    #[error("manifest {manifest}: {field}: {message}")]
+    Plan {
+        /// The manifest holding the script.
+        manifest: PathBuf,
+        /// The instruction's field.
+        field: String,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+    /// A library was refused.
+    #[error("manifest {manifest}: plugin {plugin}: {source}")]
+    Load {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The plugin.
+        plugin: String,
+        /// The loader's error.
+        source: Box<LoadError>,
+    },
+    /// An actor did not suspend in time (it may be stuck in a long callback); nothing changed.
+    #[error(
+        "upgrade aborted, every actor is back on its old code: actor {actor} (plugin {plugin}) did not suspend: {reason}"
+    )]
+    Suspend {
+        /// The actor.
+        actor: String,
+        /// Its plugin.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// A migration failed; nothing changed.
+    #[error(
+        "upgrade aborted, every actor is back on its old code: actor {actor} (plugin {plugin}): {reason}"
+    )]
+    Migration {
+        /// The actor.
+        actor: String,
+        /// Its plugin.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// A supervisor operation failed while booting.
+    #[error("starting release {version}: {source}")]
+    Boot {
+        /// The release.
+        version: Version,
+        /// The supervisor's error.
+        source: SupervisorError,
+    },
+    /// A step after the commit failed; the target release is current.
+    #[error(
+        "release {version} is current, but instruction {index} ({instruction}) failed: {message}"
+    )]
+    AfterCommit {
+        /// The release.
+        version: Version,
+        /// The instruction's index in the script.
+        index: usize,
+        /// Its `op`.
+        instruction: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// `make_permanent` of a release that is not current.
+    #[error("release {version} is {status:?}; only the current release can be made permanent")]
+    BadStatus {
+        /// The release.
+        version: Version,
+        /// Its status.
+        status: ReleaseStatus,
+    },
+    /// `remove` of the permanent or current release.
+    #[error("release {version} is {status}; it cannot be removed")]
+    InUse {
+        /// The release.
+        version: Version,
+        /// `permanent` or `current`.
+        status: &'static str,
+    },
+    /// The record or a release directory could not be written.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The record is unreadable.
+    #[error("the release record {path} is corrupt: {message}")]
+    Record {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    permanent: Option<Version>,
+    #[serde(default)]
+    old: BTreeSet<Version>,
+}
+
+fn record_path(root: &Path) -> PathBuf {
+    releases_directory(root).join(RECORD_FILE)
+}
+
+fn read_record(root: &Path) -> Result<Record, ReleaseError> {
+    let path = record_path(root);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|error| ReleaseError::Record {
+            path,
+            message: error.to_string(),
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
+        Err(error) => Err(ReleaseError::Record {
+            path,
+            message: error.to_string(),
+        }),
+    }
+}
+
+/// Writes the record atomically: a temporary file, fsync, rename over, fsync the directory.
+fn write_record(root: &Path, record: &Record) -> Result<(), ReleaseError> {
+    let path = record_path(root);
+    let directory = releases_directory(root);
+    let write = || -> std::io::Result<()> {
+        let mut temporary = tempfile::NamedTempFile::new_in(&directory)?;
+        temporary.write_all(
+            serde_json::to_string_pretty(record)
+                .map_err(std::io::Error::other)?
+                .as_bytes(),
+        )?;
+        temporary.as_file().sync_all()?;
+        temporary.persist(&path).map_err(|error| error.error)?;
+        std::fs::File::open(&directory)?.sync_all()
+    };
+    write().map_err(|source| ReleaseError::Write { path, source })
+}
+
+/// The version of each plugin new actors start on; switched at an install's commit.
+#[derive(Default)]
+struct PluginTable {
+    current: Mutex<HashMap<String, Arc<LoadedPlugin>>>,
+}
+
+impl PluginTable {
+    fn get(&self, plugin: &str) -> Option<Arc<LoadedPlugin>> {
+        lock(&self.current).get(plugin).cloned()
+    }
+}
+
+/// Starts actors of a plugin on whatever version is current when they start.
+struct ReleaseFactory {
+    plugin: String,
+    table: Arc<PluginTable>,
+}
+
+impl BehaviourFactory for ReleaseFactory {
+    fn start(&self, args: &[u8], services: &dyn HostServices) -> Result<Started, CallbackError> {
+        let Some(plugin) = self.table.get(&self.plugin) else {
+            return Err(CallbackError::Protocol {
+                plugin: PluginIdentity {
+                    name: self.plugin.clone(),
+                    version: Version::new(0, 0, 0),
+                },
+                callback: "init",
+                message: "the plugin is not part of the current release".to_owned(),
+            });
+        };
+        let (instance, outputs) = Instance::start(&plugin, args, services)?;
+        Ok((Box::new(instance), outputs))
+    }
+
+    fn identity(&self) -> Option<PluginIdentity> {
+        self.table
+            .get(&self.plugin)
+            .map(|plugin| plugin.identity().clone())
+    }
+}
+
+struct State {
+    current: AssembledRelease,
+    record: Record,
+    root_supervisor: SupervisorRef,
+    /// Every version loaded so far, to report which are still resident.
+    loaded: Vec<Weak<LoadedPlugin>>,
+}
+
+/// The release handler of one host.
+pub struct ReleaseHandler {
+    root: PathBuf,
+    runtime: Runtime,
+    loader: Loader,
+    table: Arc<PluginTable>,
+    state: tokio::sync::Mutex<State>,
+}
+
+impl fmt::Debug for ReleaseHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReleaseHandler")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+fn child_spec(child: &ChildManifest, table: &Arc<PluginTable>) -> Result<ChildSpec, String> {
+    let restart = child
+        .restart
+        .map(Restart::from)
+        .unwrap_or(Restart::Permanent);
+    if let Some(nested) = child.as_supervisor() {
+        let spec = supervisor_spec(&nested, &child.id, table)?;
+        return Ok(ChildSpec {
+            id: child.id.clone(),
+            start: ChildStart::Supervisor(spec),
+            restart,
+            shutdown: child
+                .shutdown
+                .map(Shutdown::from)
+                .unwrap_or(Shutdown::Infinity),
+        });
+    }
+    let plugin = child.plugin.clone().unwrap_or_default();
+    let args = encode_value(child.args.as_ref())
+        .map_err(|error| format!("child {}: args: {error}", child.id))?;
+    Ok(ChildSpec {
+        id: child.id.clone(),
+        start: ChildStart::Worker(WorkerSpec {
+            factory: Arc::new(ReleaseFactory {
+                plugin,
+                table: Arc::clone(table),
+            }),
+            args,
+            name: Some(child.registered_name().to_owned()),
+            trap_exit: child.trap_exit.unwrap_or(false),
+        }),
+        restart,
+        shutdown: child
+            .shutdown
+            .map(Shutdown::from)
+            .unwrap_or(Shutdown::Timeout(Duration::from_secs(5))),
+    })
+}
+
+fn supervisor_spec(
+    manifest: &SupervisorManifest,
+    id: &str,
+    table: &Arc<PluginTable>,
+) -> Result<SupervisorSpec, String> {
+    let children = manifest
+        .children
+        .iter()
+        .map(|child| child_spec(child, table))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SupervisorSpec {
+        name: Some(id.to_owned()),
+        strategy: manifest.strategy.into(),
+        max_restarts: manifest.max_restarts,
+        max_seconds: manifest.max_seconds,
+        children,
+    })
+}
+
+/// A worker and the plugin its spec starts.
+type Worker = (ActorRef, Option<String>);
+
+/// Every worker in the tree under `supervisor`, with the plugin its spec starts.
+fn workers(
+    supervisor: SupervisorRef,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Worker>> + Send>> {
+    Box::pin(async move {
+        let mut found = Vec::new();
+        let Ok(children) = supervisor.which_children().await else {
+            return found;
+        };
+        for child in children {
+            match child.child {
+                Some(ChildRef::Worker(actor)) => {
+                    found.push((actor, child.plugin.map(|plugin| plugin.name)))
+                }
+                Some(ChildRef::Supervisor(nested)) => found.extend(workers(nested).await),
+                None => {}
+            }
+        }
+        found
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Up,
+    Down,
+}
+
+/// One planned `update`.
+struct PlannedUpdate {
+    plugin: String,
+    target: Arc<LoadedPlugin>,
+    mode: UpdateMode,
+    extra: Vec<u8>,
+    suspend_timeout: Duration,
+    purge: PurgePolicy,
+}
+
+/// What an actor looked like before its migration, to restore it.
+struct Snapshot {
+    plugin: Arc<LoadedPlugin>,
+    state: Vec<u8>,
+}
+
+type Snapshots = Arc<Mutex<HashMap<ProcessId, Snapshot>>>;
+
+fn migration(
+    update: &PlannedUpdate,
+    direction: Direction,
+    snapshots: &Snapshots,
+    actor: &ActorRef,
+) -> Migration {
+    let target = Arc::clone(&update.target);
+    let mode = update.mode;
+    let extra = update.extra.clone();
+    let snapshots = Arc::clone(snapshots);
+    let id = actor.id();
+    let label = actor.label();
+    Box::new(move |current| {
+        let Some(old) = current.plugin().cloned() else {
+            return Ok(None);
+        };
+        if old.identity() == target.identity() {
+            return Ok(None);
+        }
+        let state = current.encode_state().map_err(|error| error.to_string())?;
+        lock(&snapshots).insert(
+            id,
+            Snapshot {
+                plugin: Arc::clone(&old),
+                state: state.clone(),
+            },
+        );
+        let services = Detached::new(label);
+        let instance = match (direction, mode) {
+            (_, UpdateMode::Soft) => Instance::restore(&target, &state, &services),
+            (Direction::Up, UpdateMode::Advanced) => {
+                Instance::code_change(&target, old.version(), &state, &extra, &services)
+            }
+            (Direction::Down, UpdateMode::Advanced) => current
+                .downgrade(target.version(), &extra)
+                .and_then(|converted| Instance::restore(&target, &converted, &services)),
+        };
+        let instance = instance.map_err(|error| error.to_string())?;
+        Ok(Some(Box::new(instance)))
+    })
+}
+
+fn restoration(snapshot: Snapshot, label: String) -> Migration {
+    Box::new(move |_current| {
+        let instance = Instance::restore(&snapshot.plugin, &snapshot.state, &Detached::new(label))
+            .map_err(|error| error.to_string())?;
+        Ok(Some(Box::new(instance)))
+    })
+}
+
+impl ReleaseHandler {
+    /// Boots the permanent release under `root` (the first boot makes the oldest assembled
+    /// release permanent) and starts its supervision tree.
+    pub async fn boot(root: &Path, runtime: Runtime) -> Result<ReleaseHandler, ReleaseError> {
+        let mut record = read_record(root)?;
+        let permanent = match &record.permanent {
+            Some(version) => version.clone(),
+            None => {
+                let oldest = assembled_versions(root)
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| ReleaseError::NothingToBoot(root.to_owned()))?;
+                record.permanent = Some(oldest.clone());
+                write_record(root, &record)?;
+                oldest
+            }
+        };
+        let release = Self::read_release(root, &permanent)?;
+        let loader = Loader::new().map_err(|source| ReleaseError::Write {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+        let table = Arc::new(PluginTable::default());
+        let mut loaded = Vec::new();
+        for (name, plugin) in Self::load_plugins(&loader, &release, &HashMap::new())? {
+            loaded.push(Arc::downgrade(&plugin));
+            lock(&table.current).insert(name, plugin);
+        }
+        let manifest_path = release.directory.join("release.toml");
+        let spec = supervisor_spec(&release.manifest.supervisor, ROOT_SUPERVISOR, &table).map_err(
+            |message| ReleaseError::Plan {
+                manifest: manifest_path.clone(),
+                field: "supervisor".to_owned(),
+                message,
+            },
+        )?;
+        let root_supervisor =
+            start_supervisor(&runtime, spec)
+                .await
+                .map_err(|source| ReleaseError::Boot {
+                    version: permanent.clone(),
+                    source,
+                })?;
+        tracing::info!(release = %permanent, "release booted");
+        Ok(ReleaseHandler {
+            root: root.to_owned(),
+            runtime,
+            loader,
+            table,
+            state: tokio::sync::Mutex::new(State {
+                current: release,
+                record,
+                root_supervisor,
+                loaded,
+            }),
+        })
+    }
+
+    fn read_release(root: &Path, version: &Version) -> Result<AssembledRelease, ReleaseError> {
+        if !releases_directory(root)
+            .join(version.to_string())
+            .join("release.toml")
+            .is_file()
+        {
+            return Err(ReleaseError::UnknownRelease {
+                version: version.clone(),
+                root: root.to_owned(),
+            });
+        }
+        Ok(read_assembled(root, version)?)
+    }
+
+    /// Loads every plugin of a release, reusing versions already loaded.
+    fn load_plugins(
+        loader: &Loader,
+        release: &AssembledRelease,
+        already: &HashMap<String, Arc<LoadedPlugin>>,
+    ) -> Result<HashMap<String, Arc<LoadedPlugin>>, ReleaseError> {
+        let manifest = release.directory.join("release.toml");
+        let mut plugins = HashMap::new();
+        for (name, entry) in &release.manifest.plugins {
+            let same_library = |loaded: &&Arc<LoadedPlugin>| {
+                *loaded.version() == entry.version
+                    && entry.sha256.as_deref() == Some(loaded.sha256().to_string().as_str())
+            };
+            if let Some(loaded) = already.get(name).filter(same_library) {
+                plugins.insert(name.clone(), Arc::clone(loaded));
+                continue;
+            }
+            let plan_error = |message: String| ReleaseError::Plan {
+                manifest: manifest.clone(),
+                field: format!("plugins.{name}.library"),
+                message,
+            };
+            let library = resolve_inside(
+                &release.directory,
+                entry.library.as_deref().unwrap_or(Path::new("")),
+            )
+            .map_err(plan_error)?;
+            let sha256 = entry
+                .sha256
+                .as_deref()
+                .unwrap_or_default()
+                .parse::<Sha256Digest>()
+                .map_err(|error| plan_error(error.to_string()))?;
+            let expect = Expectations {
+                sha256: Some(sha256),
+                name: Some(name.clone()),
+                version: Some(entry.version.clone()),
+            };
+            let plugin = loader
+                .load(&library, &expect)
+                .map_err(|source| ReleaseError::Load {
+                    manifest: manifest.clone(),
+                    plugin: name.clone(),
+                    source: Box::new(source),
+                })?;
+            plugins.insert(name.clone(), plugin);
+        }
+        Ok(plugins)
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The runtime the release runs in.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The running release's version.
+    pub async fn current_version(&self) -> Version {
+        self.state.lock().await.current.version.clone()
+    }
+
+    /// The root supervisor of the running release.
+    pub async fn root_supervisor(&self) -> SupervisorRef {
+        self.state.lock().await.root_supervisor.clone()
+    }
+
+    /// Every assembled release with its status, oldest first.
+    pub async fn which_releases(&self) -> Vec<ReleaseInfo> {
+        let state = self.state.lock().await;
+        self.releases_with(&state)
+    }
+
+    fn releases_with(&self, state: &State) -> Vec<ReleaseInfo> {
+        assembled_versions(&self.root)
+            .into_iter()
+            .map(|version| {
+                let running = version == state.current.version;
+                let status = if state.record.permanent.as_ref() == Some(&version) {
+                    ReleaseStatus::Permanent
+                } else if running {
+                    ReleaseStatus::Current
+                } else if state.record.old.contains(&version) {
+                    ReleaseStatus::Old
+                } else {
+                    ReleaseStatus::Unpacked
+                };
+                let name = read_assembled(&self.root, &version)
+                    .map(|release| release.manifest.release.name)
+                    .unwrap_or_default();
+                ReleaseInfo {
+                    name,
+                    version,
+                    status,
+                    running,
+                }
+            })
+            .collect()
+    }
+
+    /// Plugin versions still loaded, and what became of those closed.
+    pub async fn resident(&self) -> (Vec<ResidentLibrary>, Vec<UnloadReport>) {
+        let state = self.state.lock().await;
+        (Self::resident_with(&state), self.loader.unload_reports())
+    }
+
+    fn resident_with(state: &State) -> Vec<ResidentLibrary> {
+        let mut resident: Vec<ResidentLibrary> = state
+            .loaded
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|plugin| ResidentLibrary {
+                plugin: plugin.name().to_owned(),
+                version: plugin.version().to_string(),
+                // Not counting the handle taken just here.
+                users: Arc::strong_count(&plugin) - 1,
+            })
+            .collect();
+        resident.sort_by(|a, b| (&a.plugin, &a.version).cmp(&(&b.plugin, &b.version)));
+        resident
+    }
+
+    /// Makes the current release permanent (recorded on disk; booted on restart).
+    pub async fn make_permanent(&self, version: &Version) -> Result<(), ReleaseError> {
+        let mut state = self.state.lock().await;
+        if state.record.permanent.as_ref() == Some(version) {
+            return Ok(());
+        }
+        if state.current.version != *version {
+            let status = self
+                .releases_with(&state)
+                .into_iter()
+                .find(|release| release.version == *version)
+                .map(|release| release.status)
+                .ok_or_else(|| ReleaseError::UnknownRelease {
+                    version: version.clone(),
+                    root: self.root.clone(),
+                })?;
+            return Err(ReleaseError::BadStatus {
+                version: version.clone(),
+                status,
+            });
+        }
+        let mut record = state.record.clone();
+        if let Some(previous) = record.permanent.replace(version.clone()) {
+            record.old.insert(previous);
+        }
+        record.old.remove(version);
+        write_record(&self.root, &record)?;
+        state.record = record;
+        tracing::info!(release = %version, "release made permanent");
+        Ok(())
+    }
+
+    /// Removes an assembled release (not the permanent one, not the running one).
+    pub async fn remove(&self, version: &Version) -> Result<(), ReleaseError> {
+        let mut state = self.state.lock().await;
+        if state.record.permanent.as_ref() == Some(version) {
+            return Err(ReleaseError::InUse {
+                version: version.clone(),
+                status: "permanent",
+            });
+        }
+        if state.current.version == *version {
+            return Err(ReleaseError::InUse {
+                version: version.clone(),
+                status: "current",
+            });
+        }
+        let directory = releases_directory(&self.root).join(version.to_string());
+        if !directory.is_dir() {
+            return Err(ReleaseError::UnknownRelease {
+                version: version.clone(),
+                root: self.root.clone(),
+            });
+        }
+        if state.record.old.contains(version) {
+            let mut record = state.record.clone();
+            record.old.remove(version);
+            write_record(&self.root, &record)?;
+            state.record = record;
+        }
+        std::fs::remove_dir_all(&directory).map_err(|source| ReleaseError::Write {
+            path: directory,
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Installs `target` into the running host: an upgrade when it is newer than the
+    /// current release, a downgrade when older. See the module documentation.
+    pub async fn install(
+        &self,
+        target: &Version,
+        progress: Option<ProgressFn>,
+    ) -> Result<InstallReport, ReleaseError> {
+        let started = Instant::now();
+        let report = |phase: InstallPhase| {
+            if let Some(progress) = &progress {
+                progress(phase);
+            }
+        };
+        let mut state = self
+            .state
+            .try_lock()
+            .map_err(|_| ReleaseError::InstallInProgress)?;
+        let from = state.current.version.clone();
+        if *target == from {
+            return Err(ReleaseError::AlreadyCurrent(from));
+        }
+        let target_release = Self::read_release(&self.root, target)?;
+        let (direction, script_manifest, instructions) =
+            self.find_script(&state.current, &target_release)?;
+        self.check_plan(
+            &state.current,
+            &target_release,
+            &script_manifest,
+            &instructions,
+        )?;
+
+        // Phase 1: load and verify every library of the target.
+        let current_plugins = lock(&self.table.current).clone();
+        report(InstallPhase::Loading(target_release.manifest.plugins.len()));
+        let target_plugins = Self::load_plugins(&self.loader, &target_release, &current_plugins)?;
+
+        let updates: Vec<PlannedUpdate> = instructions
+            .iter()
+            .filter_map(|instruction| match instruction {
+                Instruction::Update {
+                    plugin,
+                    mode,
+                    extra,
+                    suspend_timeout_ms,
+                    purge,
+                    ..
+                } => Some(PlannedUpdate {
+                    plugin: plugin.clone(),
+                    target: Arc::clone(&target_plugins[plugin]),
+                    mode: *mode,
+                    extra: encode_value(extra.as_ref()).unwrap_or_default(),
+                    suspend_timeout: Duration::from_millis(*suspend_timeout_ms),
+                    purge: *purge,
+                }),
+                _ => None,
+            })
+            .collect();
+        let companions: HashSet<String> = instructions
+            .iter()
+            .flat_map(|instruction| match instruction {
+                Instruction::Update { suspend_with, .. } => suspend_with.clone(),
+                _ => Vec::new(),
+            })
+            .collect();
+
+        // Phase 2: suspend, snapshot, migrate — or undo all of it.
+        let all_workers = workers(state.root_supervisor.clone()).await;
+        let updated: HashMap<&str, &PlannedUpdate> = updates
+            .iter()
+            .map(|update| (update.plugin.as_str(), update))
+            .collect();
+        let mut to_migrate: Vec<(ActorRef, &PlannedUpdate)> = Vec::new();
+        let mut to_suspend: Vec<(ActorRef, String, Duration)> = Vec::new();
+        for (actor, plugin) in &all_workers {
+            let Some(plugin) = plugin else { continue };
+            if let Some(update) = updated.get(plugin.as_str()) {
+                to_migrate.push((actor.clone(), update));
+                to_suspend.push((actor.clone(), plugin.clone(), update.suspend_timeout));
+            } else if companions.contains(plugin) {
+                let timeout = updates
+                    .iter()
+                    .map(|update| update.suspend_timeout)
+                    .max()
+                    .unwrap_or_default();
+                to_suspend.push((actor.clone(), plugin.clone(), timeout));
+            }
+        }
+        report(InstallPhase::Suspending(to_suspend.len()));
+        let suspended_at = Instant::now();
+        if let Err(error) = suspend_all(&to_suspend).await {
+            report(InstallPhase::RolledBack);
+            return Err(error);
+        }
+        report(InstallPhase::Migrating(to_migrate.len()));
+        let snapshots: Snapshots = Arc::new(Mutex::new(HashMap::new()));
+        if let Err(error) = migrate_all(&to_migrate, direction, &snapshots).await {
+            rollback(&to_migrate, &snapshots).await;
+            resume_all(&to_suspend).await;
+            report(InstallPhase::RolledBack);
+            tracing::warn!(from = %from, to = %target, "install rolled back: {error}");
+            return Err(error);
+        }
+
+        // Phase 3: commit.
+        *lock(&self.table.current) = target_plugins.clone();
+        report(InstallPhase::Resuming(to_suspend.len()));
+        resume_all(&to_suspend).await;
+        let longest_pause = suspended_at.elapsed();
+        for plugin in target_plugins.values() {
+            if !state
+                .loaded
+                .iter()
+                .any(|loaded| loaded.as_ptr() == Arc::as_ptr(plugin))
+            {
+                state.loaded.push(Arc::downgrade(plugin));
+            }
+        }
+        state.loaded.retain(|loaded| loaded.strong_count() > 0);
+        let previous = std::mem::replace(&mut state.current, target_release);
+        if state.record.permanent.as_ref() != Some(&previous.version) {
+            state.record.old.insert(previous.version.clone());
+        }
+        state.record.old.remove(target);
+
+        let stragglers = self
+            .migrate_stragglers(&state.root_supervisor, &updates, direction)
+            .await;
+        self.purge(&updates, &state.root_supervisor).await;
+        let total_instructions = instructions.len();
+        for (index, instruction) in instructions.iter().enumerate() {
+            if matches!(instruction, Instruction::Update { .. }) {
+                continue;
+            }
+            report(InstallPhase::Instruction {
+                index,
+                total: total_instructions,
+            });
+            self.run_instruction(&state, instruction)
+                .await
+                .map_err(|message| ReleaseError::AfterCommit {
+                    version: target.clone(),
+                    index,
+                    instruction: instruction_name(instruction),
+                    message,
+                })?;
+        }
+        // Let go of the old versions (snapshots and the old table hold them) before
+        // reporting what stays resident.
+        let migrated = lock(&snapshots).len() + stragglers;
+        drop(snapshots);
+        drop(current_plugins);
+        drop(to_migrate);
+        let suspended_count = to_suspend.len();
+        drop(to_suspend);
+        let report = InstallReport {
+            from: from.clone(),
+            to: target.clone(),
+            actors_migrated: migrated,
+            actors_suspended: suspended_count,
+            longest_pause,
+            total: started.elapsed(),
+            resident: Self::resident_with(&state),
+        };
+        tracing::info!(
+            from = %from,
+            to = %target,
+            migrated = report.actors_migrated,
+            longest_pause_us = report.longest_pause.as_micros() as u64,
+            "release installed"
+        );
+        Ok(report)
+    }
+
+    fn find_script(
+        &self,
+        current: &AssembledRelease,
+        target: &AssembledRelease,
+    ) -> Result<(Direction, PathBuf, Vec<Instruction>), ReleaseError> {
+        if target.version > current.version {
+            let manifest = target.directory.join("release.toml");
+            let section = target
+                .manifest
+                .upgrade
+                .iter()
+                .find(|section| section.from.matches(&current.version))
+                .ok_or_else(|| ReleaseError::NoPath {
+                    manifest: manifest.clone(),
+                    direction: "upgrade",
+                    from: current.version.to_string(),
+                    to: target.version.to_string(),
+                    expected: format!(
+                        "expected an [[upgrade]] whose `from` matches {}; found {}",
+                        current.version,
+                        describe_list(
+                            target
+                                .manifest
+                                .upgrade
+                                .iter()
+                                .map(|section| section.from.to_string())
+                        )
+                    ),
+                })?;
+            Ok((Direction::Up, manifest, section.instructions.clone()))
+        } else {
+            let manifest = current.directory.join("release.toml");
+            let section = current
+                .manifest
+                .downgrade
+                .iter()
+                .find(|section| section.to == target.version)
+                .ok_or_else(|| ReleaseError::NoPath {
+                    manifest: manifest.clone(),
+                    direction: "downgrade",
+                    from: current.version.to_string(),
+                    to: target.version.to_string(),
+                    expected: format!(
+                        "expected a [[downgrade]] with `to = \"{}\"`; found {}",
+                        target.version,
+                        describe_list(
+                            current
+                                .manifest
+                                .downgrade
+                                .iter()
+                                .map(|section| section.to.to_string())
+                        )
+                    ),
+                })?;
+            Ok((Direction::Down, manifest, section.instructions.clone()))
+        }
+    }
+
+    /// Checks a script against both releases before anything runs.
+    fn check_plan(
+        &self,
+        current: &AssembledRelease,
+        target: &AssembledRelease,
+        manifest: &Path,
+        instructions: &[Instruction],
+    ) -> Result<(), ReleaseError> {
+        let plan_error = |index: usize, field: &str, message: String| ReleaseError::Plan {
+            manifest: manifest.to_owned(),
+            field: format!("instructions[{index}].{field}"),
+            message,
+        };
+        let (old, new) = (&current.manifest, &target.manifest);
+        let mut updated = HashSet::new();
+        for (index, instruction) in instructions.iter().enumerate() {
+            match instruction {
+                Instruction::Update {
+                    plugin,
+                    suspend_with,
+                    ..
+                } => {
+                    let (Some(before), Some(after)) =
+                        (old.plugins.get(plugin), new.plugins.get(plugin))
+                    else {
+                        return Err(plan_error(
+                            index,
+                            "plugin",
+                            format!(
+                                "unknown plugin {plugin:?}: expected a plugin of both {} and {}",
+                                current.version, target.version
+                            ),
+                        ));
+                    };
+                    if before.version == after.version {
+                        return Err(plan_error(
+                            index,
+                            "plugin",
+                            format!(
+                                "plugin {plugin:?} is {} in both releases; expected a version change to update",
+                                after.version
+                            ),
+                        ));
+                    }
+                    if !updated.insert(plugin.clone()) {
+                        return Err(plan_error(
+                            index,
+                            "plugin",
+                            format!("plugin {plugin:?} is updated twice"),
+                        ));
+                    }
+                    for companion in suspend_with {
+                        if !old.plugins.contains_key(companion) {
+                            return Err(plan_error(
+                                index,
+                                "suspend_with",
+                                format!(
+                                    "unknown plugin {companion:?} in release {}",
+                                    current.version
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Instruction::AddChild { supervisor, id } => {
+                    check_child(new, supervisor, id, &target.version)
+                        .map_err(|message| plan_error(index, "id", message))?;
+                    if old.find_child(id).is_some() {
+                        return Err(plan_error(
+                            index,
+                            "id",
+                            format!("child {id:?} already exists in {}", current.version),
+                        ));
+                    }
+                }
+                Instruction::RemoveChild { supervisor, id } => {
+                    check_child(old, supervisor, id, &current.version)
+                        .map_err(|message| plan_error(index, "id", message))?;
+                }
+                Instruction::RestartChild { supervisor, id } => {
+                    check_child(old, supervisor, id, &current.version)
+                        .map_err(|message| plan_error(index, "id", message))?;
+                    check_child(new, supervisor, id, &target.version)
+                        .map_err(|message| plan_error(index, "id", message))?;
+                }
+                Instruction::UpdateSupervisor { supervisor } => {
+                    for (manifest, version) in [(old, &current.version), (new, &target.version)] {
+                        if manifest.find_supervisor(supervisor).is_none() {
+                            return Err(plan_error(
+                                index,
+                                "supervisor",
+                                format!("unknown supervisor {supervisor:?} in release {version}"),
+                            ));
+                        }
+                    }
+                }
+                Instruction::Apply { .. } => {}
+            }
+        }
+        for (plugin, entry) in &new.plugins {
+            if let Some(before) = old.plugins.get(plugin)
+                && before.version != entry.version
+                && !updated.contains(plugin)
+            {
+                return Err(ReleaseError::Plan {
+                    manifest: manifest.to_owned(),
+                    field: "instructions".to_owned(),
+                    message: format!(
+                        "plugin {plugin:?} changes from {} to {} but the script has no `update` for it",
+                        before.version, entry.version
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Actors of updated plugins still on the old code (started during the window):
+    /// moved now, one by one.
+    async fn migrate_stragglers(
+        &self,
+        root: &SupervisorRef,
+        updates: &[PlannedUpdate],
+        direction: Direction,
+    ) -> usize {
+        let mut migrated = 0;
+        for (actor, plugin) in workers(root.clone()).await {
+            let Some(update) =
+                plugin.and_then(|plugin| updates.iter().find(|update| update.plugin == plugin))
+            else {
+                continue;
+            };
+            let Ok(status) = actor.status(update.suspend_timeout).await else {
+                continue;
+            };
+            if status.version.as_deref() == Some(&update.target.version().to_string()) {
+                continue;
+            }
+            let snapshots: Snapshots = Arc::default();
+            if actor.suspend(update.suspend_timeout).await.is_ok() {
+                let result = actor
+                    .change_code(
+                        migration(update, direction, &snapshots, &actor),
+                        update.suspend_timeout,
+                    )
+                    .await;
+                let _ = actor.resume(update.suspend_timeout).await;
+                match result {
+                    Ok(()) => migrated += 1,
+                    Err(error) => {
+                        tracing::warn!(actor = %actor.label(), "straggler not migrated: {error}")
+                    }
+                }
+            }
+        }
+        migrated
+    }
+
+    /// Applies each update's purge policy to actors still on an old version.
+    async fn purge(&self, updates: &[PlannedUpdate], root: &SupervisorRef) {
+        let brutal: Vec<&PlannedUpdate> = updates
+            .iter()
+            .filter(|update| update.purge == PurgePolicy::Brutal)
+            .collect();
+        if brutal.is_empty() {
+            return;
+        }
+        let mut candidates: Vec<ActorRef> = workers(root.clone())
+            .await
+            .into_iter()
+            .map(|(actor, _)| actor)
+            .collect();
+        candidates.extend(
+            self.runtime
+                .registered_names()
+                .iter()
+                .filter_map(|name| self.runtime.whereis(name)),
+        );
+        let mut seen = HashSet::new();
+        for actor in candidates {
+            if !seen.insert(actor.id()) {
+                continue;
+            }
+            let Ok(status) = actor.status(Duration::from_secs(1)).await else {
+                continue;
+            };
+            let lingering = brutal.iter().any(|update| {
+                status.plugin.as_deref() == Some(update.plugin.as_str())
+                    && status.version.as_deref() != Some(&update.target.version().to_string())
+            });
+            if lingering {
+                tracing::warn!(actor = %actor.label(), "brutal purge: stopping an actor still on old code");
+                actor.kill();
+            }
+        }
+    }
+
+    async fn run_instruction(
+        &self,
+        state: &State,
+        instruction: &Instruction,
+    ) -> Result<(), String> {
+        let manifest = &state.current.manifest;
+        let supervisor_of = |id: &str| {
+            self.runtime
+                .supervisor(id)
+                .ok_or_else(|| format!("supervisor {id:?} is not running"))
+        };
+        match instruction {
+            Instruction::Update { .. } => Ok(()),
+            Instruction::AddChild { supervisor, id } => {
+                let (_, child) = manifest
+                    .find_child(id)
+                    .ok_or_else(|| format!("no child {id:?}"))?;
+                let spec = child_spec(child, &self.table)?;
+                supervisor_of(supervisor)?
+                    .start_child(spec)
+                    .await
+                    .map(drop)
+                    .map_err(|error| error.to_string())
+            }
+            Instruction::RemoveChild { supervisor, id } => {
+                let supervisor = supervisor_of(supervisor)?;
+                supervisor
+                    .terminate_child(ChildKey::Id(id.clone()))
+                    .await
+                    .map_err(|error| error.to_string())?;
+                match supervisor.delete_child(id).await {
+                    Ok(()) | Err(SupervisorError::NotFound(_)) => Ok(()),
+                    Err(error) => Err(error.to_string()),
+                }
+            }
+            Instruction::RestartChild { supervisor, id } => {
+                let supervisor = supervisor_of(supervisor)?;
+                let (_, child) = manifest
+                    .find_child(id)
+                    .ok_or_else(|| format!("no child {id:?}"))?;
+                let spec = child_spec(child, &self.table)?;
+                supervisor
+                    .terminate_child(ChildKey::Id(id.clone()))
+                    .await
+                    .map_err(|error| error.to_string())?;
+                let _ = supervisor.delete_child(id).await;
+                supervisor
+                    .start_child(spec)
+                    .await
+                    .map(drop)
+                    .map_err(|error| error.to_string())
+            }
+            Instruction::UpdateSupervisor { supervisor } => {
+                let target = manifest
+                    .find_supervisor(supervisor)
+                    .ok_or_else(|| format!("no supervisor {supervisor:?}"))?;
+                let spec = supervisor_spec(&target, supervisor, &self.table)?;
+                supervisor_of(supervisor)?
+                    .update(SupervisorUpdate {
+                        strategy: spec.strategy,
+                        max_restarts: spec.max_restarts,
+                        max_seconds: spec.max_seconds,
+                        children: spec.children,
+                    })
+                    .await
+                    .map_err(|error| error.to_string())
+            }
+            Instruction::Apply {
+                actor,
+                message,
+                timeout_ms,
+            } => {
+                let request = encode_value(Some(message))?;
+                self.runtime
+                    .call(actor, request, Duration::from_millis(*timeout_ms))
+                    .await
+                    .map(drop)
+                    .map_err(|error| error.to_string())
+            }
+        }
+    }
+
+    /// Stops the running release's tree (children in reverse order; terminate callbacks
+    /// run) and returns the root's exit reason.
+    pub async fn shutdown(&self) -> graft_plugin::StopReason {
+        let root = self.state.lock().await.root_supervisor.clone();
+        root.shutdown().await
+    }
+}
+
+fn instruction_name(instruction: &Instruction) -> &'static str {
+    match instruction {
+        Instruction::Update { .. } => "update",
+        Instruction::AddChild { .. } => "add_child",
+        Instruction::RemoveChild { .. } => "remove_child",
+        Instruction::RestartChild { .. } => "restart_child",
+        Instruction::UpdateSupervisor { .. } => "update_supervisor",
+        Instruction::Apply { .. } => "apply",
+    }
+}
+
+fn describe_list(items: impl Iterator<Item = String>) -> String {
+    let items: Vec<String> = items.collect();
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn check_child(
+    manifest: &Manifest,
+    supervisor: &str,
+    id: &str,
+    version: &Version,
+) -> Result<(), String> {
+    match manifest.find_child(id) {
+        Some((parent, _)) if parent == supervisor => Ok(()),
+        Some((parent, _)) => Err(format!(
+            "child {id:?} of release {version} is under supervisor {parent:?}, not {supervisor:?}"
+        )),
+        None => Err(format!(
+            "unknown child {id:?}: release {version} has no such child"
+        )),
+    }
+}
+
+/// Suspends every actor concurrently; on any failure resumes the ones that did and fails.
+async fn suspend_all(actors: &[(ActorRef, String, Duration)]) -> Result<(), ReleaseError> {
+    let mut suspending = tokio::task::JoinSet::new();
+    for (actor, plugin, timeout) in actors {
+        let (actor, plugin, timeout) = (actor.clone(), plugin.clone(), *timeout);
+        suspending.spawn(async move {
+            let asked = Instant::now();
+            let result = actor.suspend(timeout).await;
+            (actor, plugin, timeout, result, asked.elapsed())
+        });
+    }
+    let mut first_error = None;
+    let mut suspended = Vec::new();
+    let mut late = Vec::new();
+    while let Some(joined) = suspending.join_next().await {
+        let Ok((actor, plugin, timeout, result, took)) = joined else {
+            continue;
+        };
+        // The deadline is strict: an answer that arrives after it (a timer served late on
+        // a loaded machine) counts as a timeout too; that actor is suspended, so it is
+        // resumed with the others.
+        let result = match result {
+            Ok(()) if took > timeout => {
+                suspended.push((actor.clone(), plugin.clone(), timeout));
+                Err(format!(
+                    "did not answer suspend within {timeout:?} (answered after {took:?})"
+                ))
+            }
+            Ok(()) => Ok(()),
+            Err(error) => Err(error.to_string()),
+        };
+        match result {
+            Ok(()) => suspended.push((actor, plugin, timeout)),
+            Err(reason) => {
+                if first_error.is_none() {
+                    first_error = Some(ReleaseError::Suspend {
+                        actor: actor.label(),
+                        plugin,
+                        reason,
+                    });
+                }
+                late.push(actor);
+            }
+        }
+    }
+    match first_error {
+        None => Ok(()),
+        Some(error) => {
+            resume_all(&suspended).await;
+            // An actor that did not answer in time still has the suspend in its mailbox;
+            // a resume queued behind it undoes it when it gets there (OTP sends this
+            // defensive resume too). Nobody waits for it.
+            for actor in late {
+                tokio::spawn(async move {
+                    let _ = actor.resume(Duration::from_secs(3600)).await;
+                });
+            }
+            Err(error)
+        }
+    }
+}
+
+async fn resume_all(actors: &[(ActorRef, String, Duration)]) {
+    let mut resuming = tokio::task::JoinSet::new();
+    for (actor, _, _) in actors {
+        let actor = actor.clone();
+        resuming.spawn(async move {
+            // A stuck actor answers late; the resume waits in its mailbox regardless.
+            let _ = actor.resume(Duration::from_secs(5)).await;
+        });
+    }
+    while resuming.join_next().await.is_some() {}
+}
+
+async fn migrate_all(
+    actors: &[(ActorRef, &PlannedUpdate)],
+    direction: Direction,
+    snapshots: &Snapshots,
+) -> Result<(), ReleaseError> {
+    let mut migrating = tokio::task::JoinSet::new();
+    for (actor, update) in actors {
+        let change = migration(update, direction, snapshots, actor);
+        let (actor, plugin, timeout) =
+            (actor.clone(), update.plugin.clone(), update.suspend_timeout);
+        migrating.spawn(async move {
+            let result = actor.change_code(change, timeout).await;
+            (actor, plugin, result)
+        });
+    }
+    let mut first_error = None;
+    while let Some(joined) = migrating.join_next().await {
+        let Ok((actor, plugin, result)) = joined else {
+            continue;
+        };
+        if let Err(error) = result
+            && first_error.is_none()
+        {
+            first_error = Some(ReleaseError::Migration {
+                actor: actor.label(),
+                plugin,
+                reason: error.to_string(),
+            });
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Puts every migrated actor back on its old code, from its snapshot.
+async fn rollback(actors: &[(ActorRef, &PlannedUpdate)], snapshots: &Snapshots) {
+    for (actor, _) in actors {
+        let Some(snapshot) = lock(snapshots).remove(&actor.id()) else {
+            continue;
+        };
+        if let Err(error) = actor
+            .change_code(restoration(snapshot, actor.label()), Duration::from_secs(5))
+            .await
+        {
+            tracing::error!(actor = %actor.label(), "rollback could not restore the old code: {error}");
+        }
+    }
+}
