@@ -561,7 +561,8 @@ fn main() {
         json_round_trip(&typical_state())
     );
 
-    let mut criterion = Criterion::default().configure_from_args();
+    // Plots are off: drawing them took about ten seconds per case, more than measuring it.
+    let mut criterion = Criterion::default().without_plots().configure_from_args();
     bench_plugin_call(&mut criterion, &mut fixture);
     bench_plugin_load(&mut criterion, &fixture);
     bench_codec(&mut criterion);

@@ -8,7 +8,9 @@
 //! - [`build`]: builds plugin crates with cargo and finds their `cdylib` artifacts.
 
 pub mod build;
+pub mod control;
 pub mod plugin;
 pub mod release;
 pub mod runtime;
 pub mod supervisor;
+pub mod watch;

@@ -1,7 +1,10 @@
-//! The `graft` binary: the operator's command line. Library errors are mapped to exit codes
-//! here and only here.
+//! The `graft` binary: the operator's and plugin author's command line.
+//!
+//! This is the edge where library errors become messages and exit codes: 0 done, 1 the
+//! operation failed (the message says why), 2 a usage error or no host running.
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    println!("graft {}", env!("CARGO_PKG_VERSION"));
-    std::process::ExitCode::SUCCESS
+    cli::main()
 }

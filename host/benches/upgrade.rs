@@ -1,0 +1,734 @@
+//! Benchmark of a live release upgrade through the real release handler: N = 1, 100 and
+//! 10,000 `counter` actors move from counter 1.0.0 to 1.1.0 in advanced mode (1.1.0's
+//! `code_change` migrates each state from `{ count }` to `{ count, history, limit }`) while
+//! a client keeps casting `{"Add": 1}` to them, and nothing it sent may be lost.
+//!
+//! Per N, two source releases are written into a temporary directory and assembled with
+//! the release profile (as `faulty_releases` in `tests/tests/releases.rs` does): 1.0.0 with
+//! counter 1.0.0, and 2.0.0 with counter 1.1.0, an `[[upgrade]]` from 1.0.0 and a
+//! `[[downgrade]]` back to it, each one `update` of `counter` in advanced mode. For N = 1
+//! the actor is a static child of the root supervisor; for more, the root has one
+//! `dynamic` supervisor child whose N children are started at run time with
+//! `start_dynamic_child` (the release handler finds them by walking the tree).
+//!
+//! Each round, under the client's load:
+//! 1. `install(2.0.0)`: the upgrade measured ([`InstallReport::total`] and
+//!    [`InstallReport::longest_pause`], plus where the time went, from the install's
+//!    progress callback);
+//! 2. the baseline: every actor suspended and resumed concurrently with
+//!    [`ActorRef::suspend`]/[`ActorRef::resume`], one task per actor as the release handler
+//!    does it, with no tree walk, no library load and no migration, so the ratio shows what
+//!    everything else in an upgrade costs;
+//! 3. `install(1.0.0)`: the downgrade (1.1.0's `downgrade`), which readies the next round.
+//!
+//! After each of the three the client stops and every actor is called with `Get`; the sum of
+//! the counts must equal everything cast so far: "lost" is that difference (a negative value
+//! would mean a message was handled twice).
+//!
+//! The N = 1 upgrade is also a criterion case (`upgrade/1_actor_under_load`, downgrade
+//! untimed); the `summary:` lines at the end take medians of rounds timed by this program
+//! (11 rounds for N = 1 and 100, 5 for 10,000, after one warm-up round) and say whether the
+//! targets are met: 10,000 actors upgraded in at most 25 ms in total, no actor suspended
+//! longer than 25 ms, no message lost. For reference, Erlang/OTP 25 upgrades 10,001
+//! gen_servers in 80–93 ms.
+//!
+//! Tricky parts:
+//! - The client is a plain OS thread, not a task on the tokio runtime: it paces itself
+//!   ([`CLIENT_BATCH`] casts, then a sleep of [`CLIENT_PAUSE`]) so the mailboxes stay short
+//!   and a suspend request is not queued behind a backlog the client piled up, and it does
+//!   not take one of the two workers away from the actors and the install.
+//! - [`ActorRef::cast`] takes ownership of its bytes, so every cast clones the encoded
+//!   message, as a caller would.
+//! - Casts that arrive while an actor is suspended wait in its side queue and run after the
+//!   resume, before the `Get` sent after the client stopped (mailboxes are FIFO), so a `Get`
+//!   per actor is enough to know every cast was handled.
+//! - `longest_pause` is the handler's figure: from the first suspend request to the last
+//!   resume's answer, so it bounds every single actor's pause from above.
+//! - The machine may have only two cores for the two workers, the client thread and the
+//!   `block_on` thread that drives the install, so absolute times include some contention.
+//! - Run without `--bench` (as `cargo test --benches` does), criterion runs its case once
+//!   and the summary runs one round for 1, 100 and 1,000 actors: a smoke test, not a
+//!   measurement.
+
+use criterion::Criterion;
+use graft::release::assemble::assemble;
+use graft::release::handler::{InstallPhase, InstallReport, ProgressFn, ReleaseHandler};
+use graft::runtime::{ActorRef, Runtime};
+use graft_plugin::codec;
+use semver::Version;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+/// Worker threads of the tokio runtime.
+const WORKER_THREADS: usize = 2;
+
+/// The id of the dynamic supervisor that holds the actors when there is more than one.
+const DYNAMIC_SUPERVISOR: &str = "counters";
+
+/// `suspend_timeout_ms` of the `update` instructions.
+const SUSPEND_TIMEOUT_MILLISECONDS: u64 = 5_000;
+
+/// The timeout of the benchmark's own calls, suspends and resumes (never reached).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The casts that give every actor its initial state.
+const INITIAL_ADDS: [i64; 3] = [40, 2, 7];
+
+/// Casts the client sends between two pauses.
+const CLIENT_BATCH: usize = 10;
+
+/// The client's pause between two batches.
+const CLIENT_PAUSE: Duration = Duration::from_micros(100);
+
+/// How long the client runs before each measured operation.
+const CLIENT_LEAD: Duration = Duration::from_millis(5);
+
+/// The target for upgrading [`TARGET_ACTORS`] actors, and for any one actor's pause.
+const TARGET_TIME: Duration = Duration::from_millis(25);
+
+/// The fleet size the targets are about.
+const TARGET_ACTORS: usize = 10_000;
+
+/// The `update` instruction of both scripts.
+fn update_counter() -> String {
+    format!(
+        "op = \"update\"\nplugin = \"counter\"\nmode = \"advanced\"\nsuspend_timeout_ms = {SUSPEND_TIMEOUT_MILLISECONDS}\n"
+    )
+}
+
+fn initial_version() -> Version {
+    Version::new(1, 0, 0)
+}
+
+fn upgraded_version() -> Version {
+    Version::new(2, 0, 0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Messages of `counter` (the same shapes in 1.0.0 and 1.1.0).
+
+/// Its start arguments (`Args`).
+#[derive(Serialize)]
+struct StartArguments {
+    start: i64,
+}
+
+/// The calls the benchmark makes (`Request`).
+#[derive(Serialize)]
+enum Request {
+    Get,
+}
+
+/// The casts the benchmark sends (`Command`): `{"Add": n}`.
+#[derive(Serialize)]
+enum Command {
+    Add(i64),
+}
+
+fn encode(value: &impl Serialize) -> Vec<u8> {
+    codec::encode(value).expect("encoding a counter message")
+}
+
+async fn count_of(actor: &ActorRef) -> i64 {
+    let reply = actor
+        .call(encode(&Request::Get), CALL_TIMEOUT)
+        .await
+        .unwrap_or_else(|error| panic!("Get from {}: {error}", actor.label()));
+    codec::decode(&reply).expect("a count")
+}
+
+/// The sum of every actor's count, asked concurrently.
+async fn total_count(actors: &[ActorRef]) -> i64 {
+    let mut calls = JoinSet::new();
+    for actor in actors {
+        let actor = actor.clone();
+        calls.spawn(async move { count_of(&actor).await });
+    }
+    let mut total = 0;
+    while let Some(count) = calls.join_next().await {
+        total += count.expect("the Get task finished");
+    }
+    total
+}
+
+// ---------------------------------------------------------------------------------------
+// Releases.
+
+fn actor_name(index: usize) -> String {
+    format!("counter-{index}")
+}
+
+/// A source manifest: counter `counter_version`, the tree for `actor_count` actors, then
+/// `scripts`.
+fn release_manifest(
+    version: &Version,
+    counter_version: &str,
+    actor_count: usize,
+    scripts: &str,
+) -> String {
+    let mut text = format!(
+        "[release]\nname = \"upgrade-bench\"\nversion = \"{version}\"\n\n\
+         [plugins.counter]\nversion = \"{counter_version}\"\ncrate = \"plugins/counter/{counter_version}\"\n\n\
+         [supervisor]\nstrategy = \"one_for_one\"\n\n"
+    );
+    if actor_count == 1 {
+        text.push_str(&format!(
+            "[[supervisor.children]]\nid = \"{}\"\nplugin = \"counter\"\nargs = {{ start = 0 }}\n",
+            actor_name(0)
+        ));
+    } else {
+        text.push_str(&format!(
+            "[[supervisor.children]]\nid = \"{DYNAMIC_SUPERVISOR}\"\nstrategy = \"dynamic\"\n\n\
+             [[supervisor.children.children]]\nid = \"counter\"\nplugin = \"counter\"\n"
+        ));
+    }
+    text.push_str(scripts);
+    text
+}
+
+/// Writes and assembles releases 1.0.0 and 2.0.0 for `actor_count` actors.
+fn assemble_releases(actor_count: usize) -> tempfile::TempDir {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the host crate is inside the workspace");
+    let root = tempfile::tempdir().expect("creating the release root");
+    let update = update_counter();
+    let scripts = format!(
+        "\n[[upgrade]]\nfrom = \"1.0.0\"\n\n[[upgrade.instructions]]\n{update}\n\
+         [[downgrade]]\nto = \"1.0.0\"\n\n[[downgrade.instructions]]\n{update}"
+    );
+    for (version, counter_version, scripts) in [
+        (initial_version(), "1.0.0", ""),
+        (upgraded_version(), "1.1.0", scripts.as_str()),
+    ] {
+        let directory = root.path().join("sources").join(version.to_string());
+        std::fs::create_dir_all(&directory).expect("creating the source directory");
+        let manifest = directory.join("release.toml");
+        std::fs::write(
+            &manifest,
+            release_manifest(&version, counter_version, actor_count, scripts),
+        )
+        .expect("writing the manifest");
+        assemble(&manifest, workspace, root.path(), true)
+            .unwrap_or_else(|error| panic!("assembling release {version}: {error}"));
+    }
+    root
+}
+
+// ---------------------------------------------------------------------------------------
+// The client.
+
+/// A thread casting `{"Add": 1}` round-robin to every actor until stopped.
+struct Client {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<u64>,
+    started: Instant,
+}
+
+impl Client {
+    fn start(actors: Arc<[ActorRef]>) -> Client {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let message = encode(&Command::Add(1));
+            let mut sent = 0_u64;
+            let mut next = 0;
+            while !stopping.load(Ordering::Relaxed) {
+                for _ in 0..CLIENT_BATCH {
+                    actors[next].cast(message.clone());
+                    next = (next + 1) % actors.len();
+                    sent += 1;
+                }
+                std::thread::sleep(CLIENT_PAUSE);
+            }
+            sent
+        });
+        Client {
+            stop,
+            thread,
+            started: Instant::now(),
+        }
+    }
+
+    /// Stops the client; returns how many casts it sent and for how long.
+    fn stop(self) -> (u64, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        let sent = self.thread.join().expect("the client thread finished");
+        (sent, self.started.elapsed())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// One install, measured.
+
+/// Where an install's time went, from its progress callback.
+#[derive(Debug, Clone, Copy, Default)]
+struct Phases {
+    /// Reading the target, finding and checking the script.
+    plan: Duration,
+    /// Loading the new library and walking the tree.
+    load_and_walk: Duration,
+    /// Suspending every actor.
+    suspend: Duration,
+    /// Migrating every actor.
+    migrate: Duration,
+    /// Switching the plugin table and resuming every actor.
+    resume: Duration,
+    /// After the resume: stragglers, purge, other instructions, the report.
+    after_resume: Duration,
+}
+
+/// One install's figures.
+#[derive(Debug, Clone, Copy)]
+struct Install {
+    total: Duration,
+    longest_pause: Duration,
+    phases: Phases,
+}
+
+impl Install {
+    fn from_report(
+        report: &InstallReport,
+        marks: &[(InstallPhase, Instant)],
+        started: Instant,
+        returned: Instant,
+    ) -> Install {
+        let mark = |wanted: fn(&InstallPhase) -> bool| {
+            marks
+                .iter()
+                .find(|(phase, _)| wanted(phase))
+                .map(|(_, at)| *at)
+                .expect("the install reported every phase")
+        };
+        let loading = mark(|phase| matches!(phase, InstallPhase::Loading(_)));
+        let suspending = mark(|phase| matches!(phase, InstallPhase::Suspending(_)));
+        let migrating = mark(|phase| matches!(phase, InstallPhase::Migrating(_)));
+        let resuming = mark(|phase| matches!(phase, InstallPhase::Resuming(_)));
+        // The handler's pause starts right after it reports `Suspending`.
+        let resumed = suspending + report.longest_pause;
+        Install {
+            total: report.total,
+            longest_pause: report.longest_pause,
+            phases: Phases {
+                plan: loading - started,
+                load_and_walk: suspending - loading,
+                suspend: migrating - suspending,
+                migrate: resuming - migrating,
+                resume: resumed.saturating_duration_since(resuming),
+                after_resume: returned.saturating_duration_since(resumed),
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A fleet of counters under one release handler.
+
+/// One measured round.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    upgrade: Install,
+    downgrade: Install,
+    /// Suspending and resuming every actor, nothing else.
+    baseline: Duration,
+}
+
+struct Fleet {
+    handler: ReleaseHandler,
+    actors: Arc<[ActorRef]>,
+    /// The sum of the counts the actors should report.
+    expected_total: i64,
+    /// The sum of |expected − reported| over every check.
+    lost: u64,
+    /// Casts the client sent, and for how long it ran.
+    casts_sent: u64,
+    client_time: Duration,
+    _root: tempfile::TempDir,
+}
+
+impl Fleet {
+    /// Assembles the releases, boots 1.0.0, starts the actors and gives them state.
+    async fn start(actor_count: usize) -> Fleet {
+        let root = assemble_releases(actor_count);
+        let runtime = Runtime::new();
+        let handler = ReleaseHandler::boot(root.path(), runtime.clone())
+            .await
+            .unwrap_or_else(|error| panic!("booting release 1.0.0: {error}"));
+        let actors: Vec<ActorRef> = if actor_count == 1 {
+            vec![runtime.whereis(&actor_name(0)).expect("the static counter")]
+        } else {
+            let supervisor = runtime
+                .supervisor(DYNAMIC_SUPERVISOR)
+                .expect("the dynamic supervisor runs");
+            let arguments = encode(&StartArguments { start: 0 });
+            let mut actors = Vec::with_capacity(actor_count);
+            for index in 0..actor_count {
+                let child = supervisor
+                    .start_dynamic_child(arguments.clone(), Some(actor_name(index)))
+                    .await
+                    .unwrap_or_else(|error| panic!("starting {}: {error}", actor_name(index)));
+                actors.push(child.actor().expect("a worker").clone());
+            }
+            actors
+        };
+        let mut expected_total = 0;
+        for actor in &actors {
+            for amount in INITIAL_ADDS {
+                actor.cast(encode(&Command::Add(amount)));
+                expected_total += amount;
+            }
+        }
+        let mut fleet = Fleet {
+            handler,
+            actors: actors.into(),
+            expected_total,
+            lost: 0,
+            casts_sent: 0,
+            client_time: Duration::ZERO,
+            _root: root,
+        };
+        fleet.check(0, Duration::ZERO).await;
+        fleet
+    }
+
+    fn start_client(&self) -> Client {
+        Client::start(Arc::clone(&self.actors))
+    }
+
+    /// Stops the client and checks that every message sent so far was handled once.
+    async fn stop_client_and_check(&mut self, client: Client) {
+        let (sent, ran) = client.stop();
+        self.check(sent, ran).await;
+    }
+
+    async fn check(&mut self, sent: u64, ran: Duration) {
+        self.casts_sent += sent;
+        self.client_time += ran;
+        self.expected_total += sent as i64;
+        let reported = total_count(&self.actors).await;
+        self.lost += self.expected_total.abs_diff(reported);
+        // Later checks measure only what goes wrong after this one.
+        self.expected_total = reported;
+    }
+
+    async fn install(&self, target: &Version) -> Install {
+        let marks = Arc::new(Mutex::new(Vec::with_capacity(8)));
+        let recorder = Arc::clone(&marks);
+        let progress: ProgressFn = Arc::new(move |phase| {
+            recorder
+                .lock()
+                .expect("the marks")
+                .push((phase, Instant::now()))
+        });
+        let started = Instant::now();
+        let report = self
+            .handler
+            .install(target, Some(progress))
+            .await
+            .unwrap_or_else(|error| panic!("installing {target}: {error}"));
+        let returned = Instant::now();
+        assert_eq!(
+            (report.actors_migrated, report.actors_suspended),
+            (self.actors.len(), self.actors.len()),
+            "every actor was suspended and migrated once"
+        );
+        let marks = marks.lock().expect("the marks");
+        Install::from_report(&report, &marks, started, returned)
+    }
+
+    /// Suspends every actor concurrently, then resumes them all: the pause without a
+    /// migration.
+    async fn suspend_and_resume_all(&self) -> Duration {
+        let started = Instant::now();
+        let mut suspending = JoinSet::new();
+        for actor in self.actors.iter() {
+            let actor = actor.clone();
+            suspending.spawn(async move { actor.suspend(CALL_TIMEOUT).await });
+        }
+        while let Some(joined) = suspending.join_next().await {
+            joined
+                .expect("the suspend task finished")
+                .expect("the actor suspended");
+        }
+        let mut resuming = JoinSet::new();
+        for actor in self.actors.iter() {
+            let actor = actor.clone();
+            resuming.spawn(async move { actor.resume(CALL_TIMEOUT).await });
+        }
+        while let Some(joined) = resuming.join_next().await {
+            joined
+                .expect("the resume task finished")
+                .expect("the actor resumed");
+        }
+        started.elapsed()
+    }
+
+    /// Upgrade, baseline, downgrade, each under the client's load and checked after.
+    async fn round(&mut self) -> Round {
+        let client = self.start_client();
+        tokio::time::sleep(CLIENT_LEAD).await;
+        let upgrade = self.install(&upgraded_version()).await;
+        self.stop_client_and_check(client).await;
+
+        let client = self.start_client();
+        tokio::time::sleep(CLIENT_LEAD).await;
+        let baseline = self.suspend_and_resume_all().await;
+        self.stop_client_and_check(client).await;
+
+        let client = self.start_client();
+        tokio::time::sleep(CLIENT_LEAD).await;
+        let downgrade = self.install(&initial_version()).await;
+        self.stop_client_and_check(client).await;
+        Round {
+            upgrade,
+            downgrade,
+            baseline,
+        }
+    }
+
+    /// `iterations` upgrades under load (each followed by an untimed downgrade); the time
+    /// of the upgrades.
+    async fn timed_upgrades(&mut self, iterations: u64) -> Duration {
+        let client = self.start_client();
+        tokio::time::sleep(CLIENT_LEAD).await;
+        let mut upgrading = Duration::ZERO;
+        for _ in 0..iterations {
+            let started = Instant::now();
+            self.handler
+                .install(&upgraded_version(), None)
+                .await
+                .unwrap_or_else(|error| panic!("upgrading: {error}"));
+            upgrading += started.elapsed();
+            self.handler
+                .install(&initial_version(), None)
+                .await
+                .unwrap_or_else(|error| panic!("downgrading: {error}"));
+        }
+        self.stop_client_and_check(client).await;
+        upgrading
+    }
+
+    async fn shutdown(self) {
+        self.handler.shutdown().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Summary.
+
+/// How thoroughly the summary measures.
+#[derive(Debug, Clone, Copy)]
+struct Sampling {
+    /// Fleet sizes and the measured rounds for each (after one warm-up round).
+    fleets: [(usize, usize); 3],
+}
+
+impl Sampling {
+    const MEASURE: Sampling = Sampling {
+        fleets: [(1, 11), (100, 11), (10_000, 5)],
+    };
+    const SMOKE: Sampling = Sampling {
+        fleets: [(1, 1), (100, 1), (1_000, 1)],
+    };
+}
+
+/// The median of some durations.
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+/// A duration in milliseconds (microseconds below one).
+fn human_time(duration: Duration) -> String {
+    let milliseconds = duration.as_secs_f64() * 1e3;
+    if milliseconds >= 1.0 {
+        format!("{milliseconds:.1} ms")
+    } else {
+        format!("{:.0} µs", milliseconds * 1e3)
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
+}
+
+/// Medians of one fleet's rounds.
+struct FleetSummary {
+    actors: usize,
+    rounds: usize,
+    upgrade_total: Duration,
+    upgrade_pause: Duration,
+    worst_upgrade_pause: Duration,
+    downgrade_total: Duration,
+    downgrade_pause: Duration,
+    baseline: Duration,
+    phases: Phases,
+    lost: u64,
+    casts_per_second: f64,
+}
+
+impl FleetSummary {
+    fn new(fleet: &Fleet, rounds: &[Round]) -> FleetSummary {
+        let of = |pick: fn(&Round) -> Duration| median(rounds.iter().map(pick).collect());
+        FleetSummary {
+            actors: fleet.actors.len(),
+            rounds: rounds.len(),
+            upgrade_total: of(|round| round.upgrade.total),
+            upgrade_pause: of(|round| round.upgrade.longest_pause),
+            worst_upgrade_pause: rounds
+                .iter()
+                .map(|round| round.upgrade.longest_pause)
+                .max()
+                .unwrap_or_default(),
+            downgrade_total: of(|round| round.downgrade.total),
+            downgrade_pause: of(|round| round.downgrade.longest_pause),
+            baseline: of(|round| round.baseline),
+            phases: Phases {
+                plan: of(|round| round.upgrade.phases.plan),
+                load_and_walk: of(|round| round.upgrade.phases.load_and_walk),
+                suspend: of(|round| round.upgrade.phases.suspend),
+                migrate: of(|round| round.upgrade.phases.migrate),
+                resume: of(|round| round.upgrade.phases.resume),
+                after_resume: of(|round| round.upgrade.phases.after_resume),
+            },
+            lost: fleet.lost,
+            casts_per_second: fleet.casts_sent as f64 / fleet.client_time.as_secs_f64(),
+        }
+    }
+
+    fn print(&self) {
+        let ratio = |time: Duration| time.as_secs_f64() / self.baseline.as_secs_f64();
+        println!(
+            "summary: upgrade {} actors: median total {}, longest pause {}, lost {}; suspend/resume only {} ({:.1}x)",
+            self.actors,
+            human_time(self.upgrade_total),
+            human_time(self.upgrade_pause),
+            self.lost,
+            human_time(self.baseline),
+            ratio(self.upgrade_total),
+        );
+        println!(
+            "summary:   {} rounds; pause {:.1}x suspend/resume only; worst round's pause {}; downgrade median total {}, pause {}; client {:.0} casts/s",
+            self.rounds,
+            ratio(self.upgrade_pause),
+            human_time(self.worst_upgrade_pause),
+            human_time(self.downgrade_total),
+            human_time(self.downgrade_pause),
+            self.casts_per_second,
+        );
+        let phases = self.phases;
+        println!(
+            "summary:   upgrade phases (medians): plan {}, load library + walk tree {}, suspend {}, migrate {}, resume {}, after resume (stragglers, report) {}",
+            human_time(phases.plan),
+            human_time(phases.load_and_walk),
+            human_time(phases.suspend),
+            human_time(phases.migrate),
+            human_time(phases.resume),
+            human_time(phases.after_resume),
+        );
+    }
+}
+
+fn print_targets(summaries: &[FleetSummary], smoke: bool) {
+    let lost: u64 = summaries.iter().map(|summary| summary.lost).sum();
+    match summaries
+        .iter()
+        .find(|summary| summary.actors == TARGET_ACTORS)
+    {
+        Some(largest) => {
+            println!(
+                "summary: target {TARGET_ACTORS} actors upgraded in <= {}: median {}, {}",
+                human_time(TARGET_TIME),
+                human_time(largest.upgrade_total),
+                verdict(largest.upgrade_total <= TARGET_TIME)
+            );
+            println!(
+                "summary: target no actor suspended longer than {}: median longest pause {} ({}), worst of {} rounds {} ({})",
+                human_time(TARGET_TIME),
+                human_time(largest.upgrade_pause),
+                verdict(largest.upgrade_pause <= TARGET_TIME),
+                largest.rounds,
+                human_time(largest.worst_upgrade_pause),
+                verdict(largest.worst_upgrade_pause <= TARGET_TIME),
+            );
+        }
+        None if smoke => println!("summary: no {TARGET_ACTORS}-actor fleet in a smoke run"),
+        None => {}
+    }
+    println!(
+        "summary: target zero messages lost: {lost} over every check of every fleet, {}",
+        verdict(lost == 0)
+    );
+    println!("summary: reference: Erlang/OTP 25 upgrades 10,001 gen_servers in 80–93 ms");
+}
+
+fn main() {
+    let arguments: Vec<String> = std::env::args().collect();
+    let has = |flag: &str| arguments.iter().any(|argument| argument == flag);
+    let tokio_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKER_THREADS)
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+
+    // The N = 1 fleet serves criterion first, then the summary.
+    let mut single = tokio_runtime.block_on(Fleet::start(1));
+    let mut criterion = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    criterion.bench_function("upgrade/1_actor_under_load", |bencher| {
+        bencher.iter_custom(|iterations| tokio_runtime.block_on(single.timed_upgrades(iterations)))
+    });
+    criterion.final_summary();
+    if has("--list") {
+        tokio_runtime.block_on(single.shutdown());
+        return;
+    }
+
+    let smoke = !has("--bench");
+    let sampling = if smoke {
+        Sampling::SMOKE
+    } else {
+        Sampling::MEASURE
+    };
+    let mut single = Some(single);
+    let mut summaries = Vec::new();
+    for (actor_count, rounds) in sampling.fleets {
+        let summary = tokio_runtime.block_on(async {
+            let mut fleet = match single.take() {
+                Some(fleet) if actor_count == 1 => fleet,
+                _ => Fleet::start(actor_count).await,
+            };
+            fleet.round().await; // warm-up
+            let mut measured = Vec::with_capacity(rounds);
+            for _ in 0..rounds {
+                measured.push(fleet.round().await);
+            }
+            let summary = FleetSummary::new(&fleet, &measured);
+            fleet.shutdown().await;
+            summary
+        });
+        summaries.push(summary);
+    }
+
+    println!();
+    println!(
+        "summary: release upgrade counter 1.0.0 -> 1.1.0 (advanced) under a client's casts, on a {WORKER_THREADS}-worker tokio runtime{}",
+        if smoke {
+            " (smoke run, not a measurement: pass --bench)"
+        } else {
+            ""
+        }
+    );
+    for summary in &summaries {
+        summary.print();
+    }
+    print_targets(&summaries, smoke);
+}

@@ -1,0 +1,142 @@
+//! Watch mode: install newly assembled releases as they appear, with an optional health
+//! gate that makes them permanent or rolls them back.
+//!
+//! `notify` watches `<root>/releases`. Assembling renames a complete release directory into
+//! place, so a directory event there means a whole release (or a removal). Each release
+//! newer than the running one is installed once; with `auto_permanent`, the host watches the
+//! new release for that long: if no actor crashed (no supervisor restarted anything, no
+//! supervisor gave up), it becomes permanent; otherwise the host rolls back to the release
+//! it came from — a health-gated upgrade, which OTP leaves to the operator.
+
+use crate::release::assemble::{assembled_versions, releases_directory};
+use crate::release::handler::ReleaseHandler;
+use crate::supervisor::{ChildRef, SupervisorRef};
+use notify::{RecursiveMode, Watcher};
+use semver::Version;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Watch mode could not start.
+#[derive(Debug, Error)]
+#[error("cannot watch {path}: {source}")]
+pub struct WatchError {
+    path: std::path::PathBuf,
+    source: notify::Error,
+}
+
+/// What watch mode did with one release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// Installed.
+    Installed(Version),
+    /// Refused by the install (the error's text).
+    Refused(Version, String),
+    /// Made permanent after a healthy window.
+    MadePermanent(Version),
+    /// Rolled back to `to` after crashes in the window.
+    RolledBack {
+        /// The release that crashed.
+        from: Version,
+        /// The release it went back to.
+        to: Version,
+    },
+}
+
+/// Total restarts and stopped children across a tree: a crash shows up in one of them.
+fn crash_indicator(
+    supervisor: SupervisorRef,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>> {
+    Box::pin(async move {
+        let mut total = 0;
+        for child in supervisor.which_children().await.unwrap_or_default() {
+            total += u64::from(child.restarts);
+            if let Some(ChildRef::Supervisor(nested)) = child.child {
+                total += crash_indicator(nested).await;
+            }
+        }
+        total
+    })
+}
+
+/// Watches the root's releases directory and installs new releases until the task ends.
+/// Each event is also sent to `events` (for logs and tests).
+pub async fn watch(
+    handler: Arc<ReleaseHandler>,
+    auto_permanent: Option<Duration>,
+    events: Option<tokio::sync::mpsc::UnboundedSender<WatchEvent>>,
+) -> Result<(), WatchError> {
+    let directory = releases_directory(handler.root());
+    let (notices, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = notices.send(());
+        }
+    })
+    .map_err(|source| WatchError {
+        path: directory.clone(),
+        source,
+    })?;
+    watcher
+        .watch(&directory, RecursiveMode::NonRecursive)
+        .map_err(|source| WatchError {
+            path: directory.clone(),
+            source,
+        })?;
+    let mut attempted: HashSet<Version> = assembled_versions(handler.root()).into_iter().collect();
+    let report = |event: WatchEvent| {
+        if let Some(events) = &events {
+            let _ = events.send(event);
+        }
+    };
+    while changes.recv().await.is_some() {
+        // Let a burst of events settle before looking.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while changes.try_recv().is_ok() {}
+        let current = handler.current_version().await;
+        let candidates: Vec<Version> = assembled_versions(handler.root())
+            .into_iter()
+            .filter(|version| *version > current && !attempted.contains(version))
+            .collect();
+        let Some(target) = candidates.into_iter().max() else {
+            continue;
+        };
+        attempted.insert(target.clone());
+        tracing::info!(release = %target, "watch: new release, installing");
+        let before = crash_indicator(handler.root_supervisor().await).await;
+        match handler.install(&target, None).await {
+            Ok(_) => report(WatchEvent::Installed(target.clone())),
+            Err(error) => {
+                tracing::error!(release = %target, "watch: install refused: {error}");
+                report(WatchEvent::Refused(target, error.to_string()));
+                continue;
+            }
+        }
+        let Some(window) = auto_permanent else {
+            continue;
+        };
+        tokio::time::sleep(window).await;
+        let root = handler.root_supervisor().await;
+        let after = crash_indicator(root.clone()).await;
+        let healthy = after == before && root.exit_reason().is_none();
+        if healthy {
+            match handler.make_permanent(&target).await {
+                Ok(()) => report(WatchEvent::MadePermanent(target)),
+                Err(error) => {
+                    tracing::error!(release = %target, "watch: make_permanent failed: {error}")
+                }
+            }
+        } else {
+            tracing::warn!(release = %target, "watch: actors crashed in the health window; rolling back to {current}");
+            match handler.install(&current, None).await {
+                Ok(_) => report(WatchEvent::RolledBack {
+                    from: target,
+                    to: current,
+                }),
+                Err(error) => tracing::error!("watch: rollback to {current} failed: {error}"),
+            }
+        }
+    }
+    Ok(())
+}
