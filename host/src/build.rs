@@ -132,6 +132,48 @@ impl CargoBuild {
     }
 }
 
+impl CargoBuild {
+    /// Builds the binary `name` of `package` and returns its path.
+    pub fn build_binary(&self, package: &str, name: &str) -> Result<PathBuf, BuildError> {
+        let mut command = Command::new(&self.cargo);
+        command.args([
+            "build",
+            "-p",
+            package,
+            "--bin",
+            name,
+            "--message-format=json-render-diagnostics",
+        ]);
+        if self.release {
+            command.arg("--release");
+        }
+        let output = command
+            .current_dir(&self.workspace)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| BuildError::Spawn {
+                cargo: self.cargo.clone(),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(BuildError::Failed {
+                package: package.to_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            });
+        }
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|message| {
+                message["reason"] == "compiler-artifact" && message["target"]["name"] == name
+            })
+            .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+            .ok_or_else(|| BuildError::NoArtifact {
+                package: format!("{package} (binary {name})"),
+            })
+    }
+}
+
 /// Finds the `cdylib` of `package` in cargo's JSON messages.
 fn cdylib_from_messages(messages: &str, package: &str) -> Option<PathBuf> {
     let crate_name = package.replace('-', "_");

@@ -284,3 +284,15 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+/// Builds the `graft` binary (once per process) and returns its path.
+pub fn graft_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            CargoBuild::new(workspace_root())
+                .build_binary("graft", "graft")
+                .unwrap_or_else(|error| panic!("building graft: {error}"))
+        })
+        .clone()
+}

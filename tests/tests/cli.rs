@@ -1,0 +1,595 @@
+//! The `graft` binary end to end: a host started as a child process, driven through every
+//! subcommand; kill -9 and restart; watch mode; the health gate's automatic rollback;
+//! malformed requests and many clients on the control socket; its permissions; usage
+//! errors; `graft new` output that builds and passes its test.
+
+use graft_tests::{graft_binary, workspace_root};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The example releases assembled once by `graft build`; each test gets a copy.
+fn assembled() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = workspace_root()
+            .join("target")
+            .join("graft-test-artifacts")
+            .join(format!("cli-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let output = Command::new(graft_binary())
+            .args(["build", "--debug", "--workspace"])
+            .arg(workspace_root())
+            .arg("--root")
+            .arg(&root)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "graft build: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("assembled graft-demo 1.0.0"), "{stdout}");
+        root
+    })
+}
+
+fn fresh_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    copy_tree(&assembled().join("releases"), &root.path().join("releases"));
+    root
+}
+
+fn graft(root: &Path, args: &[&str]) -> Output {
+    Command::new(graft_binary())
+        .env("GRAFT_ROOT", root)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn succeed(root: &Path, args: &[&str]) -> String {
+    let output = graft(root, args);
+    assert!(
+        output.status.success(),
+        "graft {args:?} failed: {}",
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+fn json(root: &Path, args: &[&str]) -> Value {
+    serde_json::from_str(&succeed(root, args)).unwrap()
+}
+
+/// Polls `condition` every 20 ms until it holds or `deadline` passes.
+fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
+
+struct Host {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Host {
+    fn start(root: &Path, extra: &[&str]) -> Host {
+        let log = root.join("host.log");
+        let child = Command::new(graft_binary())
+            .env("GRAFT_ROOT", root)
+            .env("RUST_LOG", "info")
+            .arg("start")
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let socket = root.join("run").join("control.sock");
+        let host = Host { child, log };
+        assert!(
+            eventually(Duration::from_secs(20), || socket.exists()
+                && UnixStream::connect(&socket).is_ok()),
+            "the host did not start: {}",
+            host.log()
+        );
+        host
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(&mut self) -> i32 {
+        self.child.wait().unwrap().code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn every_subcommand_against_a_running_host() {
+    let root = fresh_root();
+    let root = root.path();
+    let mut host = Host::start(root, &[]);
+
+    let status = succeed(root, &["status"]);
+    assert!(status.contains("release 1.0.0"), "{status}");
+    assert!(
+        status.contains("counter 1.0.0") && status.contains("characters (supervisor)"),
+        "{status}"
+    );
+    let status = json(root, &["status", "--json"]);
+    assert_eq!(status["release"], "1.0.0");
+    let releases = json(root, &["releases", "--json"]);
+    assert_eq!(releases[0]["status"], "permanent");
+    assert_eq!(releases[1]["status"], "unpacked");
+
+    assert_eq!(
+        succeed(root, &["call", "counter", r#"{"Add": 2}"#]).trim(),
+        "2"
+    );
+    succeed(root, &["cast", "counter", r#"{"Add": 3}"#]);
+    assert_eq!(
+        succeed(root, &["call", "counter", r#""Get""#, "--timeout", "2000"]).trim(),
+        "5"
+    );
+    assert_eq!(
+        json(root, &["state", "counter", "--json"]),
+        serde_json::json!({"count": 5})
+    );
+
+    assert!(succeed(root, &["suspend", "counter"]).contains("counter suspended"));
+    succeed(root, &["cast", "counter", r#"{"Add": 1}"#]);
+    let status = json(root, &["status", "--json"]);
+    let counter = &status["tree"]["children"][0];
+    assert_eq!(
+        (counter["id"].as_str(), counter["state"].as_str()),
+        (Some("counter"), Some("suspended"))
+    );
+    assert_eq!(counter["mailbox"], 1);
+    succeed(root, &["resume", "counter"]);
+    assert_eq!(succeed(root, &["call", "counter", r#""Get""#]).trim(), "6");
+
+    let install = graft(root, &["install", "1.1.0"]);
+    assert!(install.status.success(), "{}", stderr(&install));
+    assert!(
+        stdout(&install)
+            .starts_with("installed 1.1.0 (from 1.0.0): 2 actors migrated, longest pause")
+    );
+    assert!(
+        stderr(&install).contains("suspending 2 actors"),
+        "progress: {}",
+        stderr(&install)
+    );
+    assert_eq!(
+        succeed(root, &["call", "counter", r#""History""#]).trim(),
+        "[]"
+    );
+    succeed(root, &["make-permanent", "1.1.0"]);
+    let releases = json(root, &["releases", "--json"]);
+    assert_eq!(releases[1]["status"], "permanent");
+
+    // Rollback from a permanent release goes to the newest old one.
+    let rollback = succeed(root, &["rollback"]);
+    assert!(
+        rollback.starts_with("installed 1.0.0 (from 1.1.0)"),
+        "{rollback}"
+    );
+    assert_eq!(succeed(root, &["call", "counter", r#""Get""#]).trim(), "6");
+    assert!(succeed(root, &["remove", "1.2.0"]).contains("removed 1.2.0"));
+
+    // Failures: exit 1 with the reason.
+    let removed = graft(root, &["remove", "1.1.0"]);
+    assert_eq!(removed.status.code(), Some(1));
+    assert!(
+        stderr(&removed).contains("release 1.1.0 is permanent; it cannot be removed"),
+        "{}",
+        stderr(&removed)
+    );
+    let unknown = graft(root, &["call", "nobody", r#""Get""#]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(stderr(&unknown).contains("no actor named \"nobody\""));
+    let refused = graft(root, &["call", "counter", r#""History""#]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("unknown variant `History`"),
+        "{}",
+        stderr(&refused)
+    );
+
+    host.signal("TERM");
+    assert_eq!(host.wait(), 0, "{}", host.log());
+    let log = host.log();
+    assert!(
+        log.contains("stopping: shutting the supervision tree down") && log.contains("stopped"),
+        "{log}"
+    );
+    assert!(
+        !root.join("run/control.sock").exists(),
+        "the socket is removed on a clean stop"
+    );
+}
+
+#[test]
+fn usage_errors_name_the_argument_and_no_host_is_exit_2() {
+    let root = tempfile::tempdir().unwrap();
+    let missing = graft(root.path(), &["call", "kv"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        stderr(&missing).contains("<MESSAGE>"),
+        "{}",
+        stderr(&missing)
+    );
+    let not_json = graft(root.path(), &["cast", "kv", "{oops"]);
+    assert_eq!(not_json.status.code(), Some(2));
+    assert!(
+        stderr(&not_json).contains("invalid value '{oops' for '<MESSAGE>'"),
+        "{}",
+        stderr(&not_json)
+    );
+    let not_semver = graft(root.path(), &["install", "latest"]);
+    assert_eq!(not_semver.status.code(), Some(2));
+    assert!(
+        stderr(&not_semver).contains("'<VERSION>'"),
+        "{}",
+        stderr(&not_semver)
+    );
+    let unknown = graft(root.path(), &["launch"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let no_host = graft(root.path(), &["status"]);
+    assert_eq!(no_host.status.code(), Some(2));
+    assert!(
+        stderr(&no_host).contains("no host is running at"),
+        "{}",
+        stderr(&no_host)
+    );
+    let help = graft(root.path(), &["install", "--help"]);
+    assert!(help.status.success() && stdout(&help).contains("--permanent"));
+    let nothing = graft(root.path(), &["start"]);
+    assert_eq!(nothing.status.code(), Some(1));
+    assert!(
+        stderr(&nothing).contains("no assembled release"),
+        "{}",
+        stderr(&nothing)
+    );
+}
+
+#[test]
+fn a_host_killed_with_sigkill_restarts_on_the_permanent_release() {
+    let root = fresh_root();
+    let root = root.path();
+    let mut host = Host::start(root, &[]);
+    succeed(root, &["call", "counter", r#"{"Add": 9}"#]);
+    succeed(root, &["install", "1.1.0"]);
+    host.signal("KILL");
+    host.wait();
+    let record = std::fs::read_to_string(root.join("releases/RELEASES.json")).unwrap();
+    assert!(record.contains("\"permanent\": \"1.0.0\""), "{record}");
+
+    // The stale socket is replaced; the permanent release boots.
+    let _host = Host::start(root, &[]);
+    assert_eq!(json(root, &["status", "--json"])["release"], "1.0.0");
+    let releases = json(root, &["releases", "--json"]);
+    assert_eq!(
+        releases[1]["status"], "unpacked",
+        "1.1.0 was never made permanent"
+    );
+}
+
+fn send_raw(stream: &mut UnixStream, bytes: &[u8]) -> Value {
+    stream.write_all(bytes).unwrap();
+    let mut line = String::new();
+    BufReader::new(stream.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|error| panic!("{error}: {line:?}"))
+}
+
+#[test]
+fn malformed_oversized_and_unknown_requests_get_errors_and_the_host_carries_on() {
+    let root = fresh_root();
+    let root = root.path();
+    let _host = Host::start(root, &[]);
+    let socket = root.join("run/control.sock");
+    let mut stream = UnixStream::connect(&socket).unwrap();
+
+    let response = send_raw(&mut stream, b"this is not json\n");
+    assert_eq!(response["ok"], false);
+    assert!(
+        response["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid request"),
+        "{response}"
+    );
+    let response = send_raw(&mut stream, b"{\"command\":\"launch\"}\n");
+    assert!(
+        response["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown variant `launch`"),
+        "{response}"
+    );
+    let response = send_raw(
+        &mut stream,
+        b"{\"command\":\"call\",\"actor\":\"counter\"}\n",
+    );
+    assert!(
+        response["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `message`"),
+        "{response}"
+    );
+    let response = send_raw(
+        &mut stream,
+        b"{\"command\":\"call\",\"actor\":\"counter\",\"message\":\"Get\"}\n",
+    );
+    assert_eq!(
+        response,
+        serde_json::json!({"ok": true, "result": 0}),
+        "the same connection still works"
+    );
+
+    let big = UnixStream::connect(&socket).unwrap();
+    let oversized = vec![b'x'; 2 * 1024 * 1024];
+    let writer = std::thread::spawn({
+        let mut big = big.try_clone().unwrap();
+        move || {
+            let _ = big.write_all(&oversized);
+        }
+    });
+    let mut response = String::new();
+    BufReader::new(big.try_clone().unwrap())
+        .read_line(&mut response)
+        .unwrap();
+    assert!(response.contains("request too large"), "{response}");
+    let _ = big.shutdown(std::net::Shutdown::Both);
+    let _ = writer.join();
+
+    // A client that disconnects mid-request.
+    let mut rude = UnixStream::connect(&socket).unwrap();
+    rude.write_all(b"{\"command\":\"call\",\"actor\":\"counter\",\"mess")
+        .unwrap();
+    drop(rude);
+    let mut rude = UnixStream::connect(&socket).unwrap();
+    rude.write_all(b"{\"command\":\"status\"}\n").unwrap();
+    drop(rude);
+
+    assert_eq!(
+        json(root, &["status", "--json"])["release"],
+        "1.0.0",
+        "the host carries on"
+    );
+}
+
+#[test]
+fn a_hundred_clients_at_once() {
+    let root = fresh_root();
+    let root = root.path().to_owned();
+    let _host = Host::start(&root, &[]);
+    let socket = root.join("run/control.sock");
+    let clients: Vec<_> = (0..100)
+        .map(|_| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut stream = UnixStream::connect(&socket).unwrap();
+                let response = send_raw(
+                    &mut stream,
+                    b"{\"command\":\"call\",\"actor\":\"counter\",\"message\":{\"Add\":1}}\n",
+                );
+                assert_eq!(response["ok"], true, "{response}");
+                let response = send_raw(&mut stream, b"{\"command\":\"status\"}\n");
+                assert_eq!(response["ok"], true);
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    assert_eq!(
+        succeed(&root, &["call", "counter", r#""Get""#]).trim(),
+        "100"
+    );
+}
+
+#[test]
+fn only_the_owner_can_reach_the_control_socket() {
+    let root = fresh_root();
+    // The socket's directory must be reachable for another user to even try.
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _host = Host::start(root.path(), &[]);
+    let socket = root.path().join("run/control.sock");
+    let directory_mode = std::fs::metadata(root.path().join("run"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    let socket_mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!((directory_mode, socket_mode), (0o700, 0o600));
+
+    // As `nobody`, the host is out of reach.
+    let binary = graft_binary();
+    let mut binary_copy = std::env::temp_dir().join(format!("graft-nobody-{}", std::process::id()));
+    std::fs::copy(&binary, &binary_copy).unwrap();
+    std::fs::set_permissions(&binary_copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&binary_copy)
+        .arg("--root")
+        .arg(root.path())
+        .arg("status")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&mut binary_copy);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("Permission denied"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// Drops an assembled release into a root the way assembling does: whole, by rename.
+fn drop_in_release(root: &Path, version: &str) {
+    let staging = root.join("releases").join(format!(".incoming-{version}"));
+    copy_tree(&assembled().join("releases").join(version), &staging);
+    std::fs::rename(&staging, root.join("releases").join(version)).unwrap();
+}
+
+fn root_with_only_1_0_0() -> tempfile::TempDir {
+    let root = fresh_root();
+    std::fs::remove_dir_all(root.path().join("releases/1.1.0")).unwrap();
+    std::fs::remove_dir_all(root.path().join("releases/1.2.0")).unwrap();
+    root
+}
+
+fn release_status(root: &Path, version: &str) -> (String, bool) {
+    let releases = json(root, &["releases", "--json"]);
+    releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|release| release["version"] == version)
+        .map(|release| {
+            (
+                release["status"].as_str().unwrap().to_owned(),
+                release["running"] == true,
+            )
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn watch_mode_installs_a_dropped_in_release_and_makes_it_permanent_when_healthy() {
+    let root = root_with_only_1_0_0();
+    let root = root.path();
+    let host = Host::start(root, &["--watch", "--auto-permanent", "1"]);
+    succeed(root, &["call", "counter", r#"{"Add": 4}"#]);
+    drop_in_release(root, "1.1.0");
+    assert!(
+        eventually(Duration::from_secs(20), || release_status(root, "1.1.0")
+            == ("permanent".to_owned(), true)),
+        "1.1.0 was not installed and made permanent: {:?}\n{}",
+        release_status(root, "1.1.0"),
+        host.log()
+    );
+    assert_eq!(
+        succeed(root, &["call", "counter", r#""Get""#]).trim(),
+        "4",
+        "state kept"
+    );
+}
+
+#[test]
+fn a_crash_inside_the_health_window_rolls_the_release_back() {
+    let root = root_with_only_1_0_0();
+    let root = root.path();
+    let host = Host::start(root, &["--watch", "--auto-permanent", "3"]);
+    drop_in_release(root, "1.1.0");
+    assert!(
+        eventually(Duration::from_secs(20), || release_status(root, "1.1.0").1),
+        "1.1.0 was not installed: {}",
+        host.log()
+    );
+    // Crash an actor of the new release inside the window.
+    let crash = graft(root, &["call", "calculator", r#"{"Divide": 0}"#]);
+    assert_eq!(crash.status.code(), Some(1));
+    assert!(
+        eventually(Duration::from_secs(20), || release_status(root, "1.0.0")
+            == ("permanent".to_owned(), true)),
+        "no automatic rollback: {}",
+        host.log()
+    );
+    assert_ne!(release_status(root, "1.1.0").0, "permanent");
+    assert!(
+        host.log().contains("actors crashed in the health window"),
+        "{}",
+        host.log()
+    );
+}
+
+#[test]
+fn graft_new_scaffolds_a_plugin_that_builds_and_passes_its_own_test() {
+    let directory = tempfile::tempdir().unwrap();
+    let crate_path = directory.path().join("hello");
+    let output = Command::new(graft_binary())
+        .args(["new", "hello", "--path"])
+        .arg(&crate_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let invalid = Command::new(graft_binary())
+        .args(["new", "9lives"])
+        .output()
+        .unwrap();
+    assert_eq!(invalid.status.code(), Some(1));
+    assert!(stderr(&invalid).contains("invalid plugin name"));
+
+    // Share the workspace's target directory so the dependencies are already built.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let test = Command::new(&cargo)
+        .args(["test", "--quiet"])
+        .current_dir(&crate_path)
+        .env("CARGO_TARGET_DIR", workspace_root().join("target"))
+        .output()
+        .unwrap();
+    assert!(
+        test.status.success(),
+        "cargo test in the scaffold: {}",
+        stderr(&test)
+    );
+    let mut text = String::new();
+    std::fs::File::open(crate_path.join("src/lib.rs"))
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(text.contains("export_plugin!(State, name = \"hello\")"));
+}
