@@ -34,7 +34,9 @@ use crate::plugin::{
     CallbackError, Detached, Expectations, HostServices, Instance, LoadError, LoadedPlugin, Loader,
     PluginIdentity, Sha256Digest, UnloadReport,
 };
-use crate::runtime::{ActorRef, BehaviourFactory, Migration, ProcessId, Runtime, Started, lock};
+use crate::runtime::{
+    ActorRef, BehaviourFactory, Migration, ProcessId, Runtime, Started, SystemError, lock,
+};
 use crate::supervisor::{
     ChildKey, ChildRef, ChildSpec, ChildStart, Restart, Shutdown, SupervisorError, SupervisorRef,
     SupervisorSpec, SupervisorUpdate, WorkerSpec, start_supervisor,
@@ -1379,6 +1381,9 @@ async fn suspend_all(actors: &[(ActorRef, String, Duration)]) -> Result<(), Rele
         // a loaded machine) counts as a timeout too; that actor is suspended, so it is
         // resumed with the others.
         let result = match result {
+            // An actor that exited meanwhile is not in the way: its supervisor restarts it,
+            // and the sweep after the commit moves it to the new code.
+            Err(SystemError::Exited { .. }) => continue,
             Ok(()) if took > timeout => {
                 suspended.push((actor.clone(), plugin.clone(), timeout));
                 Err(format!(
@@ -1452,6 +1457,7 @@ async fn migrate_all(
             continue;
         };
         if let Err(error) = result
+            && !matches!(error, SystemError::Exited { .. })
             && first_error.is_none()
         {
             first_error = Some(ReleaseError::Migration {
