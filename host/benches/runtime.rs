@@ -29,13 +29,17 @@
 //! - Memory per actor comes from a counting `#[global_allocator]` that wraps `System`. It
 //!   counts only while switched on, around the spawns: the change of live bytes between two
 //!   points needs only the allocations and frees in between, and leaving it off keeps a
-//!   contended atomic out of the timed message paths. It sees requested sizes (malloc's
-//!   per-chunk overhead comes on top, so live allocations per actor are printed too) and
-//!   only the host's heap: the plugin is a `cdylib` with its own Rust std, whose global
-//!   allocator is `System` itself, so an actor's state inside the plugin is not counted.
-//!   The resident set size growth (`/proc/self/statm`) is printed as a second figure that
-//!   includes it; it means something on the first round only, as later rounds reuse the
-//!   pages that earlier ones freed.
+//!   contended atomic out of the timed message paths. Because frees inside a window count
+//!   too, each round first waits for the heap to be quiet: a stopped supervisor drops its
+//!   child list, and with it its actors' last handles, only after its exit is reported,
+//!   and that teardown would otherwise be subtracted from the next round's actors. The
+//!   counter sees requested sizes (malloc's per-chunk overhead comes on top, so live
+//!   allocations per actor are printed too) and only the host's heap: the plugin is a
+//!   `cdylib` with its own Rust std, whose global allocator is `System` itself, so an
+//!   actor's state inside the plugin is not counted. The resident set size growth
+//!   (`/proc/self/statm`) is printed as a second figure that includes it; it means
+//!   something on the first round only, as later rounds reuse the pages that earlier ones
+//!   freed.
 //! - A graft cast carries a fresh `Vec<u8>` ([`ActorRef::cast`] takes ownership), so each
 //!   one encodes its message, as a caller would; the bare and ractor actors get a plain
 //!   `i64` in an enum, which is the point of comparing against them.
@@ -449,6 +453,21 @@ struct Spawned<T> {
     resident: i64,
 }
 
+/// Waits until the host heap stops changing: the teardown of an earlier round (a stopped
+/// supervisor drops its child list and the actors' last handles after its exit has been
+/// reported; finished tasks are freed after that) must not free memory inside the next
+/// round's window, where it would be subtracted from that round's actors.
+async fn settle() {
+    const QUIET_BYTES: isize = 64 * 1024;
+    for _ in 0..100 {
+        let window = HeapWindow::open();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if window.close().bytes.abs() < QUIET_BYTES {
+            return;
+        }
+    }
+}
+
 /// Runs `start_one` `count` times, one after the other, counting the host heap and the
 /// resident set around the whole. The handles are kept in a `Vec` grown as it goes (graft's
 /// supervisor keeps its children the same way), and counted.
@@ -456,6 +475,7 @@ async fn spawn_many<T, F: Future<Output = T>>(
     count: usize,
     mut start_one: impl FnMut() -> F,
 ) -> Spawned<T> {
+    settle().await;
     let resident_before = resident_bytes();
     let window = HeapWindow::open();
     let start = Instant::now();
@@ -1054,7 +1074,7 @@ fn main() {
     let fixture = Fixture::new();
     fixture.check();
 
-    let mut criterion = Criterion::default().configure_from_args();
+    let mut criterion = Criterion::default().without_plots().configure_from_args();
     bench_call_round_trip(&mut criterion, &fixture);
     bench_cast_throughput(&mut criterion, &fixture);
     criterion.final_summary();

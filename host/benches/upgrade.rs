@@ -22,8 +22,9 @@
 //! 3. `install(1.0.0)`: the downgrade (1.1.0's `downgrade`), which readies the next round.
 //!
 //! After each of the three the client stops and every actor is called with `Get`; the sum of
-//! the counts must equal everything cast so far: "lost" is that difference (a negative value
-//! would mean a message was handled twice).
+//! the counts must equal the initial state plus everything cast since. "Lost" is the size of
+//! that difference, summed over every check of a fleet (the N = 1 fleet's include the
+//! criterion run's), so a message handled twice would count too.
 //!
 //! The N = 1 upgrade is also a criterion case (`upgrade/1_actor_under_load`, downgrade
 //! untimed); the `summary:` lines at the end take medians of rounds timed by this program
@@ -42,10 +43,19 @@
 //! - Casts that arrive while an actor is suspended wait in its side queue and run after the
 //!   resume, before the `Get` sent after the client stopped (mailboxes are FIFO), so a `Get`
 //!   per actor is enough to know every cast was handled.
+//! - Every install loads its target library from disk again (read, SHA-256, private copy,
+//!   `dlopen`): the version left behind is unloaded as soon as no actor uses it, so the
+//!   upgrade and the downgrade of every round pay for it. It happens before any actor is
+//!   suspended: it counts in the total, not in the pause.
+//! - Installs (and the baseline) run in a task spawned on the runtime, as the host's control
+//!   server runs them, not on the `block_on` thread: their awaits resume on a worker as in
+//!   a host, and whatever an install does synchronously (hashing and copying the library,
+//!   unloading the old one) occupies a worker as it would there.
 //! - `longest_pause` is the handler's figure: from the first suspend request to the last
 //!   resume's answer, so it bounds every single actor's pause from above.
-//! - The machine may have only two cores for the two workers, the client thread and the
-//!   `block_on` thread that drives the install, so absolute times include some contention.
+//! - The machine may have only two cores for the two workers and the client thread, so
+//!   absolute times include some contention; the phases printed per fleet show where an
+//!   install's time went.
 //! - Run without `--bench` (as `cargo test --benches` does), criterion runs its case once
 //!   and the summary runs one round for 1, 100 and 1,000 actors: a smoke test, not a
 //!   measurement.
@@ -54,6 +64,7 @@ use criterion::Criterion;
 use graft::release::assemble::assemble;
 use graft::release::handler::{InstallPhase, InstallReport, ProgressFn, ReleaseHandler};
 use graft::runtime::{ActorRef, Runtime};
+use graft::supervisor::ChildRef;
 use graft_plugin::codec;
 use semver::Version;
 use serde::Serialize;
@@ -326,6 +337,26 @@ impl Install {
     }
 }
 
+/// Runs `install(target)` in a task on the runtime, as the host's control server does;
+/// returns the report, and when the install started and returned as that task saw it.
+async fn install_in_task(
+    handler: &Arc<ReleaseHandler>,
+    target: Version,
+    progress: Option<ProgressFn>,
+) -> (InstallReport, Instant, Instant) {
+    let handler = Arc::clone(handler);
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let report = handler
+            .install(&target, progress)
+            .await
+            .unwrap_or_else(|error| panic!("installing {target}: {error}"));
+        (report, started, Instant::now())
+    })
+    .await
+    .expect("the install task finished")
+}
+
 // ---------------------------------------------------------------------------------------
 // A fleet of counters under one release handler.
 
@@ -336,10 +367,13 @@ struct Round {
     downgrade: Install,
     /// Suspending and resuming every actor, nothing else.
     baseline: Duration,
+    /// One walk of the supervision tree (`which_children` of every supervisor), as an
+    /// install makes to find the actors (and makes again to look for stragglers).
+    walk: Duration,
 }
 
 struct Fleet {
-    handler: ReleaseHandler,
+    handler: Arc<ReleaseHandler>,
     actors: Arc<[ActorRef]>,
     /// The sum of the counts the actors should report.
     expected_total: i64,
@@ -384,7 +418,7 @@ impl Fleet {
             }
         }
         let mut fleet = Fleet {
-            handler,
+            handler: Arc::new(handler),
             actors: actors.into(),
             expected_total,
             lost: 0,
@@ -416,7 +450,7 @@ impl Fleet {
         self.expected_total = reported;
     }
 
-    async fn install(&self, target: &Version) -> Install {
+    async fn install(&self, target: Version) -> Install {
         let marks = Arc::new(Mutex::new(Vec::with_capacity(8)));
         let recorder = Arc::clone(&marks);
         let progress: ProgressFn = Arc::new(move |phase| {
@@ -425,13 +459,8 @@ impl Fleet {
                 .expect("the marks")
                 .push((phase, Instant::now()))
         });
-        let started = Instant::now();
-        let report = self
-            .handler
-            .install(target, Some(progress))
-            .await
-            .unwrap_or_else(|error| panic!("installing {target}: {error}"));
-        let returned = Instant::now();
+        let (report, started, returned) =
+            install_in_task(&self.handler, target, Some(progress)).await;
         assert_eq!(
             (report.actors_migrated, report.actors_suspended),
             (self.actors.len(), self.actors.len()),
@@ -441,53 +470,89 @@ impl Fleet {
         Install::from_report(&report, &marks, started, returned)
     }
 
-    /// Suspends every actor concurrently, then resumes them all: the pause without a
-    /// migration.
+    /// Suspends every actor concurrently, then resumes them all, from a task on the
+    /// runtime like an install: the pause without a migration.
     async fn suspend_and_resume_all(&self) -> Duration {
-        let started = Instant::now();
-        let mut suspending = JoinSet::new();
-        for actor in self.actors.iter() {
-            let actor = actor.clone();
-            suspending.spawn(async move { actor.suspend(CALL_TIMEOUT).await });
-        }
-        while let Some(joined) = suspending.join_next().await {
-            joined
-                .expect("the suspend task finished")
-                .expect("the actor suspended");
-        }
-        let mut resuming = JoinSet::new();
-        for actor in self.actors.iter() {
-            let actor = actor.clone();
-            resuming.spawn(async move { actor.resume(CALL_TIMEOUT).await });
-        }
-        while let Some(joined) = resuming.join_next().await {
-            joined
-                .expect("the resume task finished")
-                .expect("the actor resumed");
-        }
-        started.elapsed()
+        let actors = Arc::clone(&self.actors);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut suspending = JoinSet::new();
+            for actor in actors.iter() {
+                let actor = actor.clone();
+                suspending.spawn(async move { actor.suspend(CALL_TIMEOUT).await });
+            }
+            while let Some(joined) = suspending.join_next().await {
+                joined
+                    .expect("the suspend task finished")
+                    .expect("the actor suspended");
+            }
+            let mut resuming = JoinSet::new();
+            for actor in actors.iter() {
+                let actor = actor.clone();
+                resuming.spawn(async move { actor.resume(CALL_TIMEOUT).await });
+            }
+            while let Some(joined) = resuming.join_next().await {
+                joined
+                    .expect("the resume task finished")
+                    .expect("the actor resumed");
+            }
+            started.elapsed()
+        })
+        .await
+        .expect("the baseline task finished")
+    }
+
+    /// Walks the supervision tree from a task on the runtime; the time it took.
+    async fn walk_tree(&self) -> Duration {
+        let root = self.handler.root_supervisor().await;
+        let actor_count = self.actors.len();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut pending = vec![root];
+            let mut workers = 0;
+            while let Some(supervisor) = pending.pop() {
+                let children = supervisor
+                    .which_children()
+                    .await
+                    .expect("the supervisor answers");
+                for child in children {
+                    match child.child {
+                        Some(ChildRef::Worker(_)) => workers += 1,
+                        Some(ChildRef::Supervisor(nested)) => pending.push(nested),
+                        None => {}
+                    }
+                }
+            }
+            let took = started.elapsed();
+            assert_eq!(workers, actor_count, "the walk found every actor");
+            took
+        })
+        .await
+        .expect("the walk task finished")
     }
 
     /// Upgrade, baseline, downgrade, each under the client's load and checked after.
     async fn round(&mut self) -> Round {
         let client = self.start_client();
         tokio::time::sleep(CLIENT_LEAD).await;
-        let upgrade = self.install(&upgraded_version()).await;
+        let upgrade = self.install(upgraded_version()).await;
         self.stop_client_and_check(client).await;
 
         let client = self.start_client();
         tokio::time::sleep(CLIENT_LEAD).await;
         let baseline = self.suspend_and_resume_all().await;
+        let walk = self.walk_tree().await;
         self.stop_client_and_check(client).await;
 
         let client = self.start_client();
         tokio::time::sleep(CLIENT_LEAD).await;
-        let downgrade = self.install(&initial_version()).await;
+        let downgrade = self.install(initial_version()).await;
         self.stop_client_and_check(client).await;
         Round {
             upgrade,
             downgrade,
             baseline,
+            walk,
         }
     }
 
@@ -498,16 +563,10 @@ impl Fleet {
         tokio::time::sleep(CLIENT_LEAD).await;
         let mut upgrading = Duration::ZERO;
         for _ in 0..iterations {
-            let started = Instant::now();
-            self.handler
-                .install(&upgraded_version(), None)
-                .await
-                .unwrap_or_else(|error| panic!("upgrading: {error}"));
-            upgrading += started.elapsed();
-            self.handler
-                .install(&initial_version(), None)
-                .await
-                .unwrap_or_else(|error| panic!("downgrading: {error}"));
+            let (_, started, returned) =
+                install_in_task(&self.handler, upgraded_version(), None).await;
+            upgrading += returned - started;
+            install_in_task(&self.handler, initial_version(), None).await;
         }
         self.stop_client_and_check(client).await;
         upgrading
@@ -567,6 +626,7 @@ struct FleetSummary {
     downgrade_total: Duration,
     downgrade_pause: Duration,
     baseline: Duration,
+    walk: Duration,
     phases: Phases,
     lost: u64,
     casts_per_second: f64,
@@ -588,6 +648,7 @@ impl FleetSummary {
             downgrade_total: of(|round| round.downgrade.total),
             downgrade_pause: of(|round| round.downgrade.longest_pause),
             baseline: of(|round| round.baseline),
+            walk: of(|round| round.walk),
             phases: Phases {
                 plan: of(|round| round.upgrade.phases.plan),
                 load_and_walk: of(|round| round.upgrade.phases.load_and_walk),
@@ -623,9 +684,10 @@ impl FleetSummary {
         );
         let phases = self.phases;
         println!(
-            "summary:   upgrade phases (medians): plan {}, load library + walk tree {}, suspend {}, migrate {}, resume {}, after resume (stragglers, report) {}",
+            "summary:   upgrade phases (medians): plan {}, load library + walk tree {} (a walk alone: {}), suspend {}, migrate {}, resume {}, after resume (stragglers, report) {}",
             human_time(phases.plan),
             human_time(phases.load_and_walk),
+            human_time(self.walk),
             human_time(phases.suspend),
             human_time(phases.migrate),
             human_time(phases.resume),

@@ -131,6 +131,16 @@ enum Command {
         /// The actor's name.
         actor: String,
     },
+    /// For plugin authors: run a release and, each time one of its plugin crates is rebuilt
+    /// (`cargo build`), hot-swap its actors to the new build with their state kept; a build
+    /// whose migration fails is rejected and the old code keeps running.
+    Dev {
+        /// The release (default: the newest under releases/).
+        version: Option<Version>,
+        /// The workspace holding releases/ and the plugin crates.
+        #[arg(long, default_value = ".")]
+        workspace: PathBuf,
+    },
     /// From a fresh clone: build, start, upgrade under traffic, roll back, report.
     Demo {
         /// Build plugins in the dev profile instead of release.
@@ -317,6 +327,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             println!("{actor} resumed");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dev { version, workspace } => dev(&root, &workspace, version).await,
         Command::Demo { debug } => demo(!debug).await.map(|()| ExitCode::SUCCESS),
         Command::New { name, path } => new_plugin(&name, path).map(|()| ExitCode::SUCCESS),
     }
@@ -544,6 +555,112 @@ async fn start(
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// `graft dev`: a release whose plugins are hot-swapped on every rebuild.
+async fn dev(root: &Path, workspace: &Path, version: Option<Version>) -> Result<ExitCode, Failure> {
+    use graft::release::Manifest;
+    use graft::release::assemble::package_of;
+    use notify::Watcher;
+    init_tracing();
+    let workspace = workspace
+        .canonicalize()
+        .with_context(|| format!("resolving the workspace {}", workspace.display()))?;
+    let version = match version {
+        Some(version) => version,
+        None => std::fs::read_dir(workspace.join("releases"))
+            .with_context(|| format!("reading {}", workspace.join("releases").display()))?
+            .filter_map(Result::ok)
+            .filter_map(|entry| Version::parse(&entry.file_name().to_string_lossy()).ok())
+            .max()
+            .ok_or_else(|| anyhow!("no releases under {}", workspace.join("releases").display()))?,
+    };
+    let manifest_path = workspace
+        .join("releases")
+        .join(version.to_string())
+        .join("release.toml");
+    // A dev root holds just this release, so it is what boots.
+    let _ = std::fs::remove_dir_all(root.join("releases"));
+    assemble(&manifest_path, &workspace, root, false)?;
+    let source = Manifest::read(&manifest_path)?;
+    let mut packages = Vec::new();
+    for (plugin, entry) in &source.plugins {
+        let directory = graft::release::resolve_inside(
+            &workspace,
+            entry.crate_path.as_deref().unwrap_or(Path::new(".")),
+        )
+        .map_err(|message| anyhow!("plugins.{plugin}.crate: {message}"))?;
+        let (package, _) = package_of(&directory).map_err(|message| anyhow!(message))?;
+        packages.push((plugin.clone(), package));
+    }
+    let names: Vec<&str> = packages
+        .iter()
+        .map(|(_, package)| package.as_str())
+        .collect();
+    let built = graft::build::CargoBuild::new(&workspace).build_all(&names)?;
+    let mut watched: Vec<(String, PathBuf, graft::plugin::Sha256Digest)> = Vec::new();
+    for (plugin, package) in &packages {
+        let artifact = built[package].clone();
+        let digest = graft::plugin::Sha256Digest::of(&std::fs::read(&artifact)?);
+        watched.push((plugin.clone(), artifact, digest));
+    }
+
+    let handler = Arc::new(ReleaseHandler::boot(root, Runtime::new()).await?);
+    let server = ControlServer::bind(root).await?;
+    tracing::info!(release = %version, socket = %server.path().display(), "dev host started; rebuild a plugin with cargo build to hot-swap it");
+    let serving = tokio::spawn(server.serve(Arc::clone(&handler)));
+
+    let (notices, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = notices.send(());
+        }
+    })?;
+    let directories: std::collections::BTreeSet<PathBuf> = watched
+        .iter()
+        .filter_map(|(_, artifact, _)| artifact.parent().map(Path::to_owned))
+        .collect();
+    for directory in &directories {
+        watcher.watch(directory, notify::RecursiveMode::NonRecursive)?;
+    }
+    // One signal stream for the whole loop: a SIGINT that arrives while a swap runs waits
+    // in it instead of being missed.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+            Some(()) = changes.recv() => {
+                // Let cargo finish writing, and the burst of events settle.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                while changes.try_recv().is_ok() {}
+                for (plugin, artifact, digest) in &mut watched {
+                    let Ok(bytes) = std::fs::read(&*artifact) else { continue };
+                    let current = graft::plugin::Sha256Digest::of(&bytes);
+                    if current == *digest {
+                        continue;
+                    }
+                    *digest = current;
+                    match handler.hot_swap(plugin, artifact).await {
+                        Ok(report) => tracing::info!(
+                            plugin = %plugin,
+                            migrated = report.actors_migrated,
+                            longest_pause_us = report.longest_pause.as_micros() as u64,
+                            "hot-swapped to the new build"
+                        ),
+                        Err(error) => tracing::error!(plugin = %plugin, "new build rejected, the old code keeps running: {error}"),
+                    }
+                }
+            }
+        }
+    }
+    serving.abort();
+    let _ = serving.await;
+    handler.shutdown().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The workspace this binary was built from (for the demo and `graft new`).

@@ -73,7 +73,7 @@ pub fn releases_directory(root: &Path) -> PathBuf {
 }
 
 /// Reads a plugin crate's package name and version from its Cargo.toml.
-fn package_of(crate_directory: &Path) -> Result<(String, Version), String> {
+pub fn package_of(crate_directory: &Path) -> Result<(String, Version), String> {
     let manifest_path = crate_directory.join("Cargo.toml");
     let text = fs::read_to_string(&manifest_path)
         .map_err(|error| format!("cannot read {}: {error}", manifest_path.display()))?;

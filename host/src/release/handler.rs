@@ -482,6 +482,13 @@ struct PlannedUpdate {
     purge: PurgePolicy,
 }
 
+/// What a swap did.
+struct Swapped {
+    migrated: usize,
+    suspended: usize,
+    longest_pause: Duration,
+}
+
 /// What an actor looked like before its migration, to restore it.
 struct Snapshot {
     plugin: Arc<LoadedPlugin>,
@@ -506,7 +513,7 @@ fn migration(
         let Some(old) = current.plugin().cloned() else {
             return Ok(None);
         };
-        if old.identity() == target.identity() {
+        if Arc::ptr_eq(&old, &target) {
             return Ok(None);
         }
         let state = current.encode_state().map_err(|error| error.to_string())?;
@@ -869,7 +876,77 @@ impl ReleaseHandler {
             })
             .collect();
 
-        // Phase 2: suspend, snapshot, migrate — or undo all of it.
+        let swapped = self
+            .swap(
+                &mut state,
+                &updates,
+                &companions,
+                direction,
+                &target_plugins,
+                &report,
+            )
+            .await
+            .inspect_err(
+                |error| tracing::warn!(from = %from, to = %target, "install rolled back: {error}"),
+            )?;
+        // Plugins the target release does not have leave the table.
+        lock(&self.table.current).retain(|name, _| target_plugins.contains_key(name));
+        let previous = std::mem::replace(&mut state.current, target_release);
+        if state.record.permanent.as_ref() != Some(&previous.version) {
+            state.record.old.insert(previous.version.clone());
+        }
+        state.record.old.remove(target);
+        let total_instructions = instructions.len();
+        for (index, instruction) in instructions.iter().enumerate() {
+            if matches!(instruction, Instruction::Update { .. }) {
+                continue;
+            }
+            report(InstallPhase::Instruction {
+                index,
+                total: total_instructions,
+            });
+            self.run_instruction(&state, instruction)
+                .await
+                .map_err(|message| ReleaseError::AfterCommit {
+                    version: target.clone(),
+                    index,
+                    instruction: instruction_name(instruction),
+                    message,
+                })?;
+        }
+        // Let go of the old versions (the old table holds them) before reporting what
+        // stays resident.
+        drop(current_plugins);
+        let report = InstallReport {
+            from: from.clone(),
+            to: target.clone(),
+            actors_migrated: swapped.migrated,
+            actors_suspended: swapped.suspended,
+            longest_pause: swapped.longest_pause,
+            total: started.elapsed(),
+            resident: Self::resident_with(&state),
+        };
+        tracing::info!(
+            from = %from,
+            to = %target,
+            migrated = report.actors_migrated,
+            longest_pause_us = report.longest_pause.as_micros() as u64,
+            "release installed"
+        );
+        Ok(report)
+    }
+
+    /// Phases 2 and 3 of an install for the given updates: suspend, snapshot and migrate
+    /// (or undo all of it), then switch the plugin table, resume, move stragglers, purge.
+    async fn swap(
+        &self,
+        state: &mut State,
+        updates: &[PlannedUpdate],
+        companions: &HashSet<String>,
+        direction: Direction,
+        target_plugins: &HashMap<String, Arc<LoadedPlugin>>,
+        report: &(dyn Fn(InstallPhase) + Send + Sync),
+    ) -> Result<Swapped, ReleaseError> {
         let all_workers = workers(state.root_supervisor.clone()).await;
         let updated: HashMap<&str, &PlannedUpdate> = updates
             .iter()
@@ -903,12 +980,15 @@ impl ReleaseHandler {
             rollback(&to_migrate, &snapshots).await;
             resume_all(&to_suspend).await;
             report(InstallPhase::RolledBack);
-            tracing::warn!(from = %from, to = %target, "install rolled back: {error}");
             return Err(error);
         }
 
-        // Phase 3: commit.
-        *lock(&self.table.current) = target_plugins.clone();
+        // Commit.
+        lock(&self.table.current).extend(
+            target_plugins
+                .iter()
+                .map(|(name, plugin)| (name.clone(), Arc::clone(plugin))),
+        );
         report(InstallPhase::Resuming(to_suspend.len()));
         resume_all(&to_suspend).await;
         let longest_pause = suspended_at.elapsed();
@@ -922,59 +1002,76 @@ impl ReleaseHandler {
             }
         }
         state.loaded.retain(|loaded| loaded.strong_count() > 0);
-        let previous = std::mem::replace(&mut state.current, target_release);
-        if state.record.permanent.as_ref() != Some(&previous.version) {
-            state.record.old.insert(previous.version.clone());
-        }
-        state.record.old.remove(target);
-
-        let stragglers = self
-            .migrate_stragglers(&state.root_supervisor, &updates, direction)
-            .await;
-        self.purge(&updates, &state.root_supervisor).await;
-        let total_instructions = instructions.len();
-        for (index, instruction) in instructions.iter().enumerate() {
-            if matches!(instruction, Instruction::Update { .. }) {
-                continue;
-            }
-            report(InstallPhase::Instruction {
-                index,
-                total: total_instructions,
-            });
-            self.run_instruction(&state, instruction)
-                .await
-                .map_err(|message| ReleaseError::AfterCommit {
-                    version: target.clone(),
-                    index,
-                    instruction: instruction_name(instruction),
-                    message,
-                })?;
-        }
-        // Let go of the old versions (snapshots and the old table hold them) before
-        // reporting what stays resident.
-        let migrated = lock(&snapshots).len() + stragglers;
+        let migrated = lock(&snapshots).len();
         drop(snapshots);
-        drop(current_plugins);
-        drop(to_migrate);
-        let suspended_count = to_suspend.len();
-        drop(to_suspend);
-        let report = InstallReport {
-            from: from.clone(),
-            to: target.clone(),
-            actors_migrated: migrated,
-            actors_suspended: suspended_count,
+        let stragglers = self
+            .migrate_stragglers(&state.root_supervisor, updates, direction)
+            .await;
+        self.purge(updates, &state.root_supervisor).await;
+        Ok(Swapped {
+            migrated: migrated + stragglers,
+            suspended: to_suspend.len(),
             longest_pause,
+        })
+    }
+
+    /// Hot-swaps every actor of `plugin` to the library at `path` (a fresh build of the
+    /// same plugin: `graft dev`), keeping their state through the plugin's `code_change`
+    /// (by default: decode the old bytes). A build that fails to load or migrate is
+    /// rejected and the old code keeps running.
+    pub async fn hot_swap(&self, plugin: &str, path: &Path) -> Result<InstallReport, ReleaseError> {
+        let started = Instant::now();
+        let mut state = self
+            .state
+            .try_lock()
+            .map_err(|_| ReleaseError::InstallInProgress)?;
+        let manifest = state.current.directory.join("release.toml");
+        let expect = Expectations {
+            name: Some(plugin.to_owned()),
+            ..Expectations::default()
+        };
+        let loaded = self
+            .loader
+            .load(path, &expect)
+            .map_err(|source| ReleaseError::Load {
+                manifest,
+                plugin: plugin.to_owned(),
+                source: Box::new(source),
+            })?;
+        let from = self
+            .table
+            .get(plugin)
+            .map(|current| current.version().clone())
+            .unwrap_or_else(|| loaded.version().clone());
+        let update = PlannedUpdate {
+            plugin: plugin.to_owned(),
+            target: Arc::clone(&loaded),
+            mode: UpdateMode::Advanced,
+            extra: encode_value(None).unwrap_or_default(),
+            suspend_timeout: Duration::from_secs(5),
+            purge: PurgePolicy::Soft,
+        };
+        let targets = HashMap::from([(plugin.to_owned(), Arc::clone(&loaded))]);
+        let swapped = self
+            .swap(
+                &mut state,
+                &[update],
+                &HashSet::new(),
+                Direction::Up,
+                &targets,
+                &|_| {},
+            )
+            .await?;
+        drop(targets);
+        Ok(InstallReport {
+            from,
+            to: loaded.version().clone(),
+            actors_migrated: swapped.migrated,
+            actors_suspended: swapped.suspended,
+            longest_pause: swapped.longest_pause,
             total: started.elapsed(),
             resident: Self::resident_with(&state),
-        };
-        tracing::info!(
-            from = %from,
-            to = %target,
-            migrated = report.actors_migrated,
-            longest_pause_us = report.longest_pause.as_micros() as u64,
-            "release installed"
-        );
-        Ok(report)
+        })
     }
 
     fn find_script(
