@@ -527,8 +527,8 @@ impl Loader {
                 // A symlink planted in the copy's place is refused, not followed.
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&copy)?;
-            file.write_all(bytes)?;
-            file.sync_all()
+            // No fsync: the copy is private and rewritten on every load; a crash loses nothing.
+            file.write_all(bytes)
         };
         write().map_err(|source| LoadError::Copy {
             path: path.to_owned(),

@@ -435,6 +435,15 @@ impl ActorRef {
         }
     }
 
+    fn exited_system_error(&self) -> SystemError {
+        SystemError::Exited {
+            actor: self.label(),
+            reason: self
+                .exit_reason()
+                .unwrap_or_else(|| StopReason::Error("noproc".to_owned())),
+        }
+    }
+
     /// Suspends the actor: after the callback in progress, only system messages run.
     pub async fn suspend(&self, timeout: Duration) -> Result<(), SystemError> {
         self.system("suspend", timeout, SystemRequest::Suspend)
@@ -502,6 +511,96 @@ impl ActorRef {
             .lifecycle
             .finish(StopReason::Error("killed".to_owned()));
     }
+}
+
+/// Sends one system request to every actor at once, then collects the answers under one
+/// shared deadline: one timer for the whole batch instead of a task and a timer per actor.
+/// An answer that has not arrived by the deadline is a timeout.
+async fn system_all<T>(
+    actors: &[ActorRef],
+    request: &'static str,
+    timeout: Duration,
+    mut build: impl FnMut(usize, oneshot::Sender<T>) -> SystemRequest,
+) -> Vec<Result<T, SystemError>> {
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let receivers: Vec<Option<oneshot::Receiver<T>>> = actors
+        .iter()
+        .enumerate()
+        .map(|(index, actor)| {
+            let (reply, receiver) = oneshot::channel();
+            actor
+                .deliver(Envelope::System(build(index, reply)))
+                .then_some(receiver)
+        })
+        .collect();
+    let mut results = Vec::with_capacity(actors.len());
+    for (actor, receiver) in actors.iter().zip(receivers) {
+        let timed_out = || SystemError::Timeout {
+            actor: actor.label(),
+            request,
+            timeout,
+        };
+        let Some(mut receiver) = receiver else {
+            results.push(Err(actor.exited_system_error()));
+            continue;
+        };
+        let result = if deadline.is_elapsed() {
+            match receiver.try_recv() {
+                Ok(value) => Ok(value),
+                Err(oneshot::error::TryRecvError::Empty) => Err(timed_out()),
+                Err(oneshot::error::TryRecvError::Closed) => Err(actor.exited_system_error()),
+            }
+        } else {
+            tokio::select! {
+                biased;
+                value = &mut receiver => value.map_err(|_| actor.exited_system_error()),
+                _ = &mut deadline => match receiver.try_recv() {
+                    Ok(value) => Ok(value),
+                    Err(_) => Err(timed_out()),
+                },
+            }
+        };
+        results.push(result);
+    }
+    results
+}
+
+/// Suspends many actors at once under one deadline; one result per actor, in order.
+pub async fn suspend_all(actors: &[ActorRef], timeout: Duration) -> Vec<Result<(), SystemError>> {
+    system_all(actors, "suspend", timeout, |_, reply| {
+        SystemRequest::Suspend(reply)
+    })
+    .await
+}
+
+/// Resumes many actors at once under one deadline; one result per actor, in order.
+pub async fn resume_all(actors: &[ActorRef], timeout: Duration) -> Vec<Result<(), SystemError>> {
+    system_all(actors, "resume", timeout, |_, reply| {
+        SystemRequest::Resume(reply)
+    })
+    .await
+}
+
+/// Runs a migration in each (suspended) actor at once under one deadline; one result per
+/// actor, in order.
+pub async fn change_code_all(
+    actors: &[ActorRef],
+    migrations: Vec<Migration>,
+    timeout: Duration,
+) -> Vec<Result<(), SystemError>> {
+    let mut migrations: Vec<Option<Migration>> = migrations.into_iter().map(Some).collect();
+    let results = system_all(actors, "change_code", timeout, |index, reply| {
+        SystemRequest::ChangeCode {
+            migration: migrations[index].take().expect("one migration per actor"),
+            reply,
+        }
+    })
+    .await;
+    results
+        .into_iter()
+        .map(|result| result.and_then(|inner| inner))
+        .collect()
 }
 
 /// How to start an actor.

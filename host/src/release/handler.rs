@@ -35,7 +35,7 @@ use crate::plugin::{
     PluginIdentity, Sha256Digest, UnloadReport,
 };
 use crate::runtime::{
-    ActorRef, BehaviourFactory, Migration, ProcessId, Runtime, Started, SystemError, lock,
+    self, ActorRef, BehaviourFactory, Migration, ProcessId, Runtime, Started, SystemError, lock,
 };
 use crate::supervisor::{
     ChildKey, ChildRef, ChildSpec, ChildStart, Restart, Shutdown, SupervisorError, SupervisorRef,
@@ -1004,8 +1004,10 @@ impl ReleaseHandler {
         state.loaded.retain(|loaded| loaded.strong_count() > 0);
         let migrated = lock(&snapshots).len();
         drop(snapshots);
+        let handled: HashSet<ProcessId> =
+            to_suspend.iter().map(|(actor, _, _)| actor.id()).collect();
         let stragglers = self
-            .migrate_stragglers(&state.root_supervisor, updates, direction)
+            .migrate_stragglers(&state.root_supervisor, updates, direction, &handled)
             .await;
         self.purge(updates, &state.root_supervisor).await;
         Ok(Swapped {
@@ -1256,9 +1258,13 @@ impl ReleaseHandler {
         root: &SupervisorRef,
         updates: &[PlannedUpdate],
         direction: Direction,
+        handled: &HashSet<ProcessId>,
     ) -> usize {
         let mut migrated = 0;
         for (actor, plugin) in workers(root.clone()).await {
+            if handled.contains(&actor.id()) {
+                continue;
+            }
             let Some(update) =
                 plugin.and_then(|plugin| updates.iter().find(|update| update.plugin == plugin))
             else {
@@ -1456,81 +1462,65 @@ fn check_child(
     }
 }
 
-/// Suspends every actor concurrently; on any failure resumes the ones that did and fails.
+/// Suspends every actor at once under one deadline (the longest of their timeouts); on any
+/// failure resumes the ones that did and fails.
 async fn suspend_all(actors: &[(ActorRef, String, Duration)]) -> Result<(), ReleaseError> {
-    let mut suspending = tokio::task::JoinSet::new();
-    for (actor, plugin, timeout) in actors {
-        let (actor, plugin, timeout) = (actor.clone(), plugin.clone(), *timeout);
-        suspending.spawn(async move {
-            let asked = Instant::now();
-            let result = actor.suspend(timeout).await;
-            (actor, plugin, timeout, result, asked.elapsed())
-        });
-    }
+    let timeout = actors
+        .iter()
+        .map(|(_, _, timeout)| *timeout)
+        .max()
+        .unwrap_or_default();
+    let refs: Vec<ActorRef> = actors.iter().map(|(actor, _, _)| actor.clone()).collect();
+    let results = runtime::suspend_all(&refs, timeout).await;
     let mut first_error = None;
-    let mut suspended = Vec::new();
     let mut late = Vec::new();
-    while let Some(joined) = suspending.join_next().await {
-        let Ok((actor, plugin, timeout, result, took)) = joined else {
-            continue;
-        };
-        // The deadline is strict: an answer that arrives after it (a timer served late on
-        // a loaded machine) counts as a timeout too; that actor is suspended, so it is
-        // resumed with the others.
-        let result = match result {
+    for ((actor, plugin, _), result) in actors.iter().zip(results) {
+        match result {
             // An actor that exited meanwhile is not in the way: its supervisor restarts it,
             // and the sweep after the commit moves it to the new code.
-            Err(SystemError::Exited { .. }) => continue,
-            Ok(()) if took > timeout => {
-                suspended.push((actor.clone(), plugin.clone(), timeout));
-                Err(format!(
-                    "did not answer suspend within {timeout:?} (answered after {took:?})"
-                ))
-            }
-            Ok(()) => Ok(()),
-            Err(error) => Err(error.to_string()),
-        };
-        match result {
-            Ok(()) => suspended.push((actor, plugin, timeout)),
-            Err(reason) => {
+            Ok(()) | Err(SystemError::Exited { .. }) => {}
+            Err(error) => {
                 if first_error.is_none() {
                     first_error = Some(ReleaseError::Suspend {
                         actor: actor.label(),
-                        plugin,
-                        reason,
+                        plugin: plugin.clone(),
+                        reason: error.to_string(),
                     });
                 }
-                late.push(actor);
+                late.push(actor.clone());
             }
         }
     }
-    match first_error {
-        None => Ok(()),
-        Some(error) => {
-            resume_all(&suspended).await;
-            // An actor that did not answer in time still has the suspend in its mailbox;
-            // a resume queued behind it undoes it when it gets there (OTP sends this
-            // defensive resume too). Nobody waits for it.
-            for actor in late {
-                tokio::spawn(async move {
-                    let _ = actor.resume(Duration::from_secs(3600)).await;
-                });
-            }
-            Err(error)
-        }
-    }
+    let Some(error) = first_error else {
+        return Ok(());
+    };
+    // Resume everyone. An actor that did not answer in time still has the suspend in its
+    // mailbox; the resume queued behind it undoes it when it gets there (OTP sends this
+    // defensive resume too). Nobody waits for those.
+    let answered: Vec<ActorRef> = refs
+        .iter()
+        .filter(|actor| !late.contains(actor))
+        .cloned()
+        .collect();
+    runtime::resume_all(&answered, Duration::from_secs(5)).await;
+    tokio::spawn(async move {
+        runtime::resume_all(&late, Duration::from_secs(3600)).await;
+    });
+    Err(error)
 }
 
 async fn resume_all(actors: &[(ActorRef, String, Duration)]) {
-    let mut resuming = tokio::task::JoinSet::new();
-    for (actor, _, _) in actors {
-        let actor = actor.clone();
-        resuming.spawn(async move {
-            // A stuck actor answers late; the resume waits in its mailbox regardless.
-            let _ = actor.resume(Duration::from_secs(5)).await;
-        });
+    let refs: Vec<ActorRef> = actors.iter().map(|(actor, _, _)| actor.clone()).collect();
+    for (actor, result) in refs
+        .iter()
+        .zip(runtime::resume_all(&refs, Duration::from_secs(5)).await)
+    {
+        if let Err(error) = result
+            && !matches!(error, SystemError::Exited { .. })
+        {
+            tracing::warn!(actor = %actor.label(), "resume: {error}");
+        }
     }
-    while resuming.join_next().await.is_some() {}
 }
 
 async fn migrate_all(
@@ -1538,45 +1528,45 @@ async fn migrate_all(
     direction: Direction,
     snapshots: &Snapshots,
 ) -> Result<(), ReleaseError> {
-    let mut migrating = tokio::task::JoinSet::new();
-    for (actor, update) in actors {
-        let change = migration(update, direction, snapshots, actor);
-        let (actor, plugin, timeout) =
-            (actor.clone(), update.plugin.clone(), update.suspend_timeout);
-        migrating.spawn(async move {
-            let result = actor.change_code(change, timeout).await;
-            (actor, plugin, result)
-        });
-    }
-    let mut first_error = None;
-    while let Some(joined) = migrating.join_next().await {
-        let Ok((actor, plugin, result)) = joined else {
-            continue;
-        };
-        if let Err(error) = result
-            && !matches!(error, SystemError::Exited { .. })
-            && first_error.is_none()
-        {
-            first_error = Some(ReleaseError::Migration {
-                actor: actor.label(),
-                plugin,
-                reason: error.to_string(),
-            });
+    let timeout = actors
+        .iter()
+        .map(|(_, update)| update.suspend_timeout)
+        .max()
+        .unwrap_or_default();
+    let refs: Vec<ActorRef> = actors.iter().map(|(actor, _)| actor.clone()).collect();
+    let migrations = actors
+        .iter()
+        .map(|(actor, update)| migration(update, direction, snapshots, actor))
+        .collect();
+    let results = runtime::change_code_all(&refs, migrations, timeout).await;
+    for ((actor, update), result) in actors.iter().zip(results) {
+        match result {
+            Ok(()) | Err(SystemError::Exited { .. }) => {}
+            Err(error) => {
+                return Err(ReleaseError::Migration {
+                    actor: actor.label(),
+                    plugin: update.plugin.clone(),
+                    reason: error.to_string(),
+                });
+            }
         }
     }
-    first_error.map_or(Ok(()), Err)
+    Ok(())
 }
 
 /// Puts every migrated actor back on its old code, from its snapshot.
 async fn rollback(actors: &[(ActorRef, &PlannedUpdate)], snapshots: &Snapshots) {
+    let mut restoring = Vec::new();
+    let mut restorations = Vec::new();
     for (actor, _) in actors {
-        let Some(snapshot) = lock(snapshots).remove(&actor.id()) else {
-            continue;
-        };
-        if let Err(error) = actor
-            .change_code(restoration(snapshot, actor.label()), Duration::from_secs(5))
-            .await
-        {
+        if let Some(snapshot) = lock(snapshots).remove(&actor.id()) {
+            restorations.push(restoration(snapshot, actor.label()));
+            restoring.push(actor.clone());
+        }
+    }
+    let results = runtime::change_code_all(&restoring, restorations, Duration::from_secs(5)).await;
+    for (actor, result) in restoring.iter().zip(results) {
+        if let Err(error) = result {
             tracing::error!(actor = %actor.label(), "rollback could not restore the old code: {error}");
         }
     }
