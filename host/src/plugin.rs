@@ -36,6 +36,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
 
+/// The largest single output (reply, state, message) the host copies out of a plugin.
+pub const MAX_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
+
 /// Default cap on a plugin file's size.
 pub const DEFAULT_MAX_PLUGIN_SIZE: u64 = 256 * 1024 * 1024;
 
@@ -930,10 +933,17 @@ pub struct Outputs {
     pub continue_with: Option<Vec<u8>>,
     /// An error or panic message.
     pub message: Option<String>,
+    /// The size of an output refused for exceeding [`MAX_OUTPUT_BYTES`].
+    pub oversized: Option<usize>,
 }
 
 impl Outputs {
     fn record(&mut self, kind: u32, data: &[u8]) {
+        if data.len() > MAX_OUTPUT_BYTES {
+            // Not copied: the callback fails with a protocol error instead.
+            self.oversized = Some(data.len());
+            return;
+        }
         match kind {
             abi::OUTPUT_REPLY => self.reply = Some(data.to_vec()),
             abi::OUTPUT_STATE => self.state = Some(data.to_vec()),
@@ -1042,6 +1052,15 @@ fn interpret(
             .clone()
             .unwrap_or_else(|| "no message".to_owned())
     };
+    if let Some(size) = outputs.oversized {
+        return Err(CallbackError::Protocol {
+            plugin: identity(),
+            callback,
+            message: format!(
+                "an output of {size} bytes exceeds the cap of {MAX_OUTPUT_BYTES} bytes"
+            ),
+        });
+    }
     match status {
         abi::STATUS_OK => Ok(outputs),
         abi::STATUS_ERROR => Err(CallbackError::Failed {

@@ -5,59 +5,20 @@
 //! release; bad plans are refused with errors naming the manifest and field.
 
 use graft::plugin::LoadError;
-use graft::release::assemble::assemble;
 use graft::release::handler::{InstallPhase, ReleaseError, ReleaseHandler, ReleaseStatus};
 use graft::runtime::{ActorRef, CallError, Runtime};
 use graft_plugin::codec;
-use graft_tests::workspace_root;
+use graft_tests::{example_root, faulty_releases};
 use semver::Version;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const SECOND: Duration = Duration::from_secs(1);
 
 fn version(text: &str) -> Version {
     Version::parse(text).unwrap()
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-/// The example releases, assembled once per test process; each test gets its own copy.
-fn example_root() -> tempfile::TempDir {
-    static ASSEMBLED: OnceLock<PathBuf> = OnceLock::new();
-    let assembled = ASSEMBLED.get_or_init(|| {
-        let workspace = workspace_root();
-        let root = workspace
-            .join("target")
-            .join("graft-test-artifacts")
-            .join(format!("releases-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        for release in ["1.0.0", "1.1.0", "1.2.0"] {
-            let manifest = workspace
-                .join("releases")
-                .join(release)
-                .join("release.toml");
-            assemble(&manifest, &workspace, &root, false)
-                .unwrap_or_else(|error| panic!("assembling {release}: {error}"));
-        }
-        root
-    });
-    let root = tempfile::tempdir().unwrap();
-    copy_tree(assembled, root.path());
-    root
 }
 
 fn encode(value: &Value) -> Vec<u8> {
@@ -381,44 +342,6 @@ async fn an_upgrade_under_load_loses_nothing_and_keeps_per_sender_order() {
 
 // ---------------------------------------------------------------------------------------
 // Releases written by the tests: the faulty fixture in many actors.
-
-/// Writes and assembles releases of `faulty` 0.3.0 and 0.4.0 with `actors` children; the
-/// child `f{index}` gets `args_for(index)`; `upgrade` is the 0.4.0 release's script.
-fn faulty_releases(
-    actors: usize,
-    args_for: impl Fn(usize) -> &'static str,
-    upgrade: &str,
-) -> tempfile::TempDir {
-    let workspace = workspace_root();
-    let root = tempfile::tempdir().unwrap();
-    let sources = root.path().join("sources");
-    for (release, plugin_version, crate_path, script) in [
-        ("1.0.0", "0.3.0", "tests/fixtures/faulty", ""),
-        ("2.0.0", "0.4.0", "tests/fixtures/faulty-v2", upgrade),
-    ] {
-        let mut text = format!(
-            "[release]\nname = \"faulty-fleet\"\nversion = \"{release}\"\n\n[plugins.faulty]\nversion = \"{plugin_version}\"\ncrate = \"{crate_path}\"\n\n[supervisor]\nstrategy = \"one_for_one\"\nmax_restarts = 0\n"
-        );
-        for index in 1..=actors {
-            text.push_str(&format!(
-                "\n[[supervisor.children]]\nid = \"f{index}\"\nplugin = \"faulty\"\nargs = {}\n",
-                args_for(index)
-            ));
-        }
-        text.push_str(script);
-        let directory = sources.join(release);
-        std::fs::create_dir_all(&directory).unwrap();
-        std::fs::write(directory.join("release.toml"), text).unwrap();
-        assemble(
-            &directory.join("release.toml"),
-            &workspace,
-            root.path(),
-            false,
-        )
-        .unwrap();
-    }
-    root
-}
 
 const UPGRADE_FAULTY: &str = "\n[[upgrade]]\nfrom = \"1.0.0\"\n\n[[upgrade.instructions]]\nop = \"update\"\nplugin = \"faulty\"\nsuspend_timeout_ms = 200\n";
 

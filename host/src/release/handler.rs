@@ -976,9 +976,22 @@ impl ReleaseHandler {
         }
         report(InstallPhase::Migrating(to_migrate.len()));
         let snapshots: Snapshots = Arc::new(Mutex::new(HashMap::new()));
-        if let Err(error) = migrate_all(&to_migrate, direction, &snapshots).await {
-            rollback(&to_migrate, &snapshots).await;
-            resume_all(&to_suspend).await;
+        if let Some((error, busy)) = migrate_all(&to_migrate, direction, &snapshots).await {
+            rollback(&to_migrate, &snapshots, &busy).await;
+            let answering: Vec<(ActorRef, String, Duration)> = to_suspend
+                .iter()
+                .filter(|(actor, _, _)| !busy.contains(&actor.id()))
+                .cloned()
+                .collect();
+            resume_all(&answering).await;
+            let still_busy: Vec<ActorRef> = to_suspend
+                .iter()
+                .filter(|(actor, _, _)| busy.contains(&actor.id()))
+                .map(|(actor, _, _)| actor.clone())
+                .collect();
+            tokio::spawn(async move {
+                runtime::resume_all(&still_busy, Duration::from_secs(3600)).await;
+            });
             report(InstallPhase::RolledBack);
             return Err(error);
         }
@@ -1523,11 +1536,13 @@ async fn resume_all(actors: &[(ActorRef, String, Duration)]) {
     }
 }
 
+/// Migrates every actor at once under one deadline. On failure returns the first error and
+/// the actors still busy migrating at the deadline (a `code_change` that does not return).
 async fn migrate_all(
     actors: &[(ActorRef, &PlannedUpdate)],
     direction: Direction,
     snapshots: &Snapshots,
-) -> Result<(), ReleaseError> {
+) -> Option<(ReleaseError, HashSet<ProcessId>)> {
     let timeout = actors
         .iter()
         .map(|(_, update)| update.suspend_timeout)
@@ -1539,28 +1554,54 @@ async fn migrate_all(
         .map(|(actor, update)| migration(update, direction, snapshots, actor))
         .collect();
     let results = runtime::change_code_all(&refs, migrations, timeout).await;
+    let mut first_error = None;
+    let mut busy = HashSet::new();
     for ((actor, update), result) in actors.iter().zip(results) {
         match result {
             Ok(()) | Err(SystemError::Exited { .. }) => {}
             Err(error) => {
-                return Err(ReleaseError::Migration {
-                    actor: actor.label(),
-                    plugin: update.plugin.clone(),
-                    reason: error.to_string(),
-                });
+                if matches!(error, SystemError::Timeout { .. }) {
+                    busy.insert(actor.id());
+                }
+                if first_error.is_none() {
+                    first_error = Some(ReleaseError::Migration {
+                        actor: actor.label(),
+                        plugin: update.plugin.clone(),
+                        reason: error.to_string(),
+                    });
+                }
             }
         }
     }
-    Ok(())
+    first_error.map(|error| (error, busy))
 }
 
 /// Puts every migrated actor back on its old code, from its snapshot.
-async fn rollback(actors: &[(ActorRef, &PlannedUpdate)], snapshots: &Snapshots) {
+///
+/// A restoration queues behind the migration in the actor's mailbox, so it runs after it
+/// even when the migration is still running (a `code_change` that has not returned):
+/// those are not waited for.
+async fn rollback(
+    actors: &[(ActorRef, &PlannedUpdate)],
+    snapshots: &Snapshots,
+    busy: &HashSet<ProcessId>,
+) {
     let mut restoring = Vec::new();
     let mut restorations = Vec::new();
     for (actor, _) in actors {
-        if let Some(snapshot) = lock(snapshots).remove(&actor.id()) {
-            restorations.push(restoration(snapshot, actor.label()));
+        let Some(snapshot) = lock(snapshots).remove(&actor.id()) else {
+            continue;
+        };
+        let restore = restoration(snapshot, actor.label());
+        if busy.contains(&actor.id()) {
+            let actor = actor.clone();
+            tokio::spawn(async move {
+                if let Err(error) = actor.change_code(restore, Duration::from_secs(3600)).await {
+                    tracing::error!(actor = %actor.label(), "rollback could not restore the old code: {error}");
+                }
+            });
+        } else {
+            restorations.push(restore);
             restoring.push(actor.clone());
         }
     }
