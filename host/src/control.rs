@@ -560,3 +560,29 @@ mod tests {
         assert!(serde_json::from_str::<Request>(r#"{"command":"status","extra":1}"#).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! The request decoder never panics, whatever the line.
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_decode_to_a_request_or_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = serde_json::from_slice::<Request>(&bytes);
+        }
+
+        #[test]
+        fn json_shaped_lines_decode_to_a_request_or_an_error(
+            command in "(status|releases|install|make_permanent|rollback|remove|call|cast|state|suspend|resume|[a-z]{1,8})",
+            field in "(version|actor|message|timeout_ms|permanent|[a-z]{1,6})",
+            value in "(\"1.0.0\"|\"x\"|1|-1|true|null|\\{\\}|\\[\\]|\"[a-z]{0,5}\")",
+        ) {
+            let line = format!("{{\"command\":\"{command}\",\"{field}\":{value}}}");
+            let _ = serde_json::from_str::<Request>(&line);
+        }
+    }
+}

@@ -798,3 +798,42 @@ args = { start = 1 }
         assert!(error.contains("outside"), "{error}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! The manifest parser and validator never panic, whatever the text.
+    use super::*;
+    use proptest::prelude::*;
+
+    const VALID: &str = include_str!("../../releases/1.1.0/release.toml");
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn arbitrary_text_is_an_error_or_a_manifest_never_a_panic(text in "\\PC{0,400}") {
+            if let Ok(manifest) = Manifest::parse(Path::new("fuzz.toml"), &text) {
+                let _ = manifest.validate(Path::new("fuzz.toml"), false);
+                let _ = manifest.validate(Path::new("fuzz.toml"), true);
+            }
+        }
+
+        #[test]
+        fn a_mutated_real_manifest_is_an_error_or_a_manifest_never_a_panic(
+            edits in proptest::collection::vec((0usize..VALID.len(), any::<u8>()), 1..8)
+        ) {
+            let mut bytes = VALID.as_bytes().to_vec();
+            for (position, byte) in edits {
+                bytes[position] = byte;
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(manifest) = Manifest::parse(Path::new("fuzz.toml"), &text) {
+                let _ = manifest.validate(Path::new("fuzz.toml"), false);
+                for child in ["counter", "tally", "characters", "nothing"] {
+                    let _ = manifest.find_child(child);
+                    let _ = manifest.find_supervisor(child);
+                }
+            }
+        }
+    }
+}

@@ -25,7 +25,11 @@ fn resident_bytes() -> u64 {
 
 async fn call(runtime: &Runtime, actor: &str, request: Value) -> Value {
     let reply = runtime
-        .call(actor, codec::encode(&request).unwrap(), Duration::from_secs(10))
+        .call(
+            actor,
+            codec::encode(&request).unwrap(),
+            Duration::from_secs(10),
+        )
         .await
         .unwrap_or_else(|error| panic!("call {actor} {request}: {error}"));
     codec::decode(&reply).unwrap()
@@ -33,10 +37,15 @@ async fn call(runtime: &Runtime, actor: &str, request: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_cycles_releases_under_traffic_and_stays_bounded() {
-    let rounds: usize = std::env::var("GRAFT_SOAK_ROUNDS").ok().and_then(|text| text.parse().ok()).unwrap_or(3);
+    let rounds: usize = std::env::var("GRAFT_SOAK_ROUNDS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(3);
     let root = example_root();
     let runtime = Runtime::new();
-    let handler = ReleaseHandler::boot(root.path(), runtime.clone()).await.unwrap();
+    let handler = ReleaseHandler::boot(root.path(), runtime.clone())
+        .await
+        .unwrap();
 
     // The client: numbered casts to counter, numbered calls to kv whose replies prove the
     // order; it pauses when asked so each round can be checked at rest.
@@ -45,8 +54,13 @@ async fn soak_cycles_releases_under_traffic_and_stays_bounded() {
     let paused = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let client = {
-        let (runtime, casts, pause, paused, stop) =
-            (runtime.clone(), casts.clone(), pause.clone(), paused.clone(), stop.clone());
+        let (runtime, casts, pause, paused, stop) = (
+            runtime.clone(),
+            casts.clone(),
+            pause.clone(),
+            paused.clone(),
+            stop.clone(),
+        );
         tokio::spawn(async move {
             let mut calls: u64 = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -56,16 +70,24 @@ async fn soak_cycles_releases_under_traffic_and_stays_bounded() {
                     continue;
                 }
                 paused.store(false, Ordering::Release);
-                runtime.cast("counter", codec::encode(&json!({"Add": 1})).unwrap()).unwrap();
+                runtime
+                    .cast("counter", codec::encode(&json!({"Add": 1})).unwrap())
+                    .unwrap();
                 casts.fetch_add(1, Ordering::Relaxed);
                 calls += 1;
                 let put = json!({"Put": {"key": "sequence", "value": calls.to_string()}});
                 let previous: Option<String> = codec::decode(
-                    &runtime.call("kv", codec::encode(&put).unwrap(), Duration::from_secs(10)).await.unwrap(),
+                    &runtime
+                        .call("kv", codec::encode(&put).unwrap(), Duration::from_secs(10))
+                        .await
+                        .unwrap(),
                 )
                 .unwrap();
                 let expected = (calls > 1).then(|| (calls - 1).to_string());
-                assert_eq!(previous, expected, "a call was lost, duplicated or reordered");
+                assert_eq!(
+                    previous, expected,
+                    "a call was lost, duplicated or reordered"
+                );
             }
             calls
         })
@@ -91,12 +113,22 @@ async fn soak_cycles_releases_under_traffic_and_stays_bounded() {
         while !paused.load(Ordering::Acquire) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let counted = call(&runtime, "counter", json!("Get")).await.as_u64().unwrap();
-        assert_eq!(counted, casts.load(Ordering::Relaxed), "round {round}: casts lost or duplicated");
+        let counted = call(&runtime, "counter", json!("Get"))
+            .await
+            .as_u64()
+            .unwrap();
+        assert_eq!(
+            counted,
+            casts.load(Ordering::Relaxed),
+            "round {round}: casts lost or duplicated"
+        );
         pause.store(false, Ordering::Release);
 
         let (resident, _) = handler.resident().await;
-        assert!(resident.len() <= 6, "round {round}: old versions still loaded: {resident:?}");
+        assert!(
+            resident.len() <= 6,
+            "round {round}: old versions still loaded: {resident:?}"
+        );
         let rss = resident_bytes();
         let start = *baseline.get_or_insert(rss);
         if round == rounds || round % 100 == 0 {
@@ -112,8 +144,14 @@ async fn soak_cycles_releases_under_traffic_and_stays_bounded() {
     let calls = client.await.unwrap();
 
     let (_, reports) = handler.resident().await;
-    let unloaded = reports.iter().filter(|report| report.outcome == UnloadOutcome::Unloaded).count();
-    let pinned = reports.iter().filter(|report| report.outcome == UnloadOutcome::Resident).count();
+    let unloaded = reports
+        .iter()
+        .filter(|report| report.outcome == UnloadOutcome::Unloaded)
+        .count();
+    let pinned = reports
+        .iter()
+        .filter(|report| report.outcome == UnloadOutcome::Resident)
+        .count();
     let rss_growth = resident_bytes().saturating_sub(baseline.unwrap());
     install_times.sort();
     let median = install_times[install_times.len() / 2];
@@ -127,7 +165,10 @@ async fn soak_cycles_releases_under_traffic_and_stays_bounded() {
         rss_growth as f64 / 1048576.0
     );
     assert_eq!(pinned, 0, "every closed library was unmapped");
-    assert!(unloaded >= 2 * rounds, "old versions are closed every round ({unloaded})");
+    assert!(
+        unloaded >= 2 * rounds,
+        "old versions are closed every round ({unloaded})"
+    );
     assert!(
         rss_growth < 64 * 1024 * 1024,
         "resident memory grew by {:.1} MiB",
