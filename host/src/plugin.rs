@@ -39,6 +39,9 @@ use thiserror::Error;
 /// The largest single output (reply, state, message) the host copies out of a plugin.
 pub const MAX_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
 
+/// How many unload reports a loader keeps (the most recent ones).
+pub const KEPT_UNLOAD_REPORTS: usize = 256;
+
 /// Default cap on a plugin file's size.
 pub const DEFAULT_MAX_PLUGIN_SIZE: u64 = 256 * 1024 * 1024;
 
@@ -335,7 +338,9 @@ pub struct UnloadReport {
 struct LoaderShared {
     directory: tempfile::TempDir,
     sequence: AtomicU64,
-    reports: Mutex<Vec<UnloadReport>>,
+    /// The most recent reports (at most [`KEPT_UNLOAD_REPORTS`]), and how many libraries
+    /// were closed in all: a long-running host must not grow with every upgrade.
+    reports: Mutex<(std::collections::VecDeque<UnloadReport>, u64)>,
 }
 
 /// Loads plugin libraries into this process. Cheap to share by reference.
@@ -443,7 +448,7 @@ impl Loader {
             shared: Arc::new(LoaderShared {
                 directory,
                 sequence: AtomicU64::new(0),
-                reports: Mutex::new(Vec::new()),
+                reports: Mutex::new((std::collections::VecDeque::new(), 0)),
             }),
             max_size: DEFAULT_MAX_PLUGIN_SIZE,
         })
@@ -596,20 +601,30 @@ impl Loader {
         Ok(Arc::new(plugin))
     }
 
-    /// What became of every library closed so far, re-checked against `/proc/self/maps`
-    /// (glibc may unmap a pinned library at a later `dlclose`).
+    /// What became of the most recently closed libraries (the last
+    /// [`KEPT_UNLOAD_REPORTS`]), re-checked against `/proc/self/maps` (glibc may unmap a
+    /// pinned library at a later `dlclose`).
     pub fn unload_reports(&self) -> Vec<UnloadReport> {
         let mut reports = self
             .shared
             .reports
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        for report in reports.iter_mut() {
+        for report in reports.0.iter_mut() {
             if report.outcome == UnloadOutcome::Resident && !is_mapped(&report.copy) {
                 report.outcome = UnloadOutcome::Unloaded;
             }
         }
-        reports.clone()
+        reports.0.iter().cloned().collect()
+    }
+
+    /// How many libraries this loader has closed in all.
+    pub fn closed_count(&self) -> u64 {
+        self.shared
+            .reports
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .1
     }
 }
 
@@ -798,11 +813,16 @@ impl Drop for LoadedPlugin {
             copy: self.copy.clone(),
             outcome,
         };
-        self.shared
+        let mut reports = self
+            .shared
             .reports
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .push(report);
+            .unwrap_or_else(|poison| poison.into_inner());
+        if reports.0.len() == KEPT_UNLOAD_REPORTS {
+            reports.0.pop_front();
+        }
+        reports.0.push_back(report);
+        reports.1 += 1;
     }
 }
 

@@ -157,11 +157,12 @@ async fn soak_cycles_releases_under_traffic_and_stays_bounded() {
     let median = install_times[install_times.len() / 2];
     println!(
         "soak: {rounds} rounds, {} installs (median {:.1} ms), {} casts and {calls} calls, 0 lost; \
-         libraries loaded at once: at most {most_libraries}; closed: {unloaded} unloaded, {pinned} still mapped; \
+         libraries loaded at once: at most {most_libraries}; closed: {unloaded}, of the last {} {pinned} still mapped; \
          rss growth since round 1: {:.1} MiB",
         install_times.len(),
         median.as_secs_f64() * 1000.0,
         casts.load(Ordering::Relaxed),
+        reports.len(),
         rss_growth as f64 / 1048576.0
     );
     assert_eq!(pinned, 0, "every closed library was unmapped");

@@ -722,7 +722,12 @@ impl ReleaseHandler {
             .collect()
     }
 
-    /// Plugin versions still loaded, and what became of those closed.
+    /// How many plugin libraries this host has closed in all.
+    pub fn closed_libraries(&self) -> u64 {
+        self.loader.closed_count()
+    }
+
+    /// Plugin versions still loaded, and what became of those closed (the most recent).
     pub async fn resident(&self) -> (Vec<ResidentLibrary>, Vec<UnloadReport>) {
         let state = self.state.lock().await;
         (Self::resident_with(&state), self.loader.unload_reports())
