@@ -329,7 +329,9 @@ impl Actor {
                 None => self.next_from_mailbox().await,
             };
             let Some(envelope) = envelope else {
-                // Every handle on this actor is gone: nobody can reach it any more.
+                // Every sender is gone. The actor's own services hold a handle on it (for
+                // timers and replies), so this does not happen while it runs; an actor
+                // nobody can reach lives on, as an unregistered process does in OTP.
                 return Ending {
                     reason: StopReason::Normal,
                     run_terminate: true,
