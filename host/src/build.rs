@@ -87,14 +87,11 @@ impl CargoBuild {
         let mut command = Command::new(&self.cargo);
         if self.rustc_flags.is_empty() {
             command.arg("build");
-            for package in packages {
-                command.args(["-p", package]);
-            }
         } else {
             command.args(["rustc", "--lib"]);
-            for package in packages {
-                command.args(["-p", package]);
-            }
+        }
+        for package in packages {
+            command.args(["-p", package]);
         }
         command.args(["--message-format=json-render-diagnostics"]);
         if self.release {
@@ -103,22 +100,7 @@ impl CargoBuild {
         if !self.rustc_flags.is_empty() {
             command.arg("--").args(&self.rustc_flags);
         }
-        let described = packages.join(", ");
-        let output = command
-            .current_dir(&self.workspace)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| BuildError::Spawn {
-                cargo: self.cargo.clone(),
-                source,
-            })?;
-        if !output.status.success() {
-            return Err(BuildError::Failed {
-                package: described,
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            });
-        }
-        let messages = String::from_utf8_lossy(&output.stdout);
+        let messages = self.run(command, &packages.join(", "))?;
         packages
             .iter()
             .map(|package| {
@@ -133,6 +115,26 @@ impl CargoBuild {
 }
 
 impl CargoBuild {
+    /// Runs a cargo command in the workspace; its standard output, or its diagnostics as
+    /// the error.
+    fn run(&self, mut command: Command, packages: &str) -> Result<String, BuildError> {
+        let output = command
+            .current_dir(&self.workspace)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| BuildError::Spawn {
+                cargo: self.cargo.clone(),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(BuildError::Failed {
+                package: packages.to_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// Builds the binary `name` of `package` and returns its path.
     pub fn build_binary(&self, package: &str, name: &str) -> Result<PathBuf, BuildError> {
         let mut command = Command::new(&self.cargo);
@@ -147,21 +149,8 @@ impl CargoBuild {
         if self.release {
             command.arg("--release");
         }
-        let output = command
-            .current_dir(&self.workspace)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| BuildError::Spawn {
-                cargo: self.cargo.clone(),
-                source,
-            })?;
-        if !output.status.success() {
-            return Err(BuildError::Failed {
-                package: package.to_owned(),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            });
-        }
-        String::from_utf8_lossy(&output.stdout)
+        let stdout = self.run(command, package)?;
+        stdout
             .lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
             .filter(|message| {

@@ -1036,10 +1036,8 @@ impl Supervisor {
         Ok(())
     }
 
-    async fn restart_child(&mut self, id: &str) -> Result<ChildRef, SupervisorError> {
-        if self.spec.strategy == Strategy::Dynamic {
-            return self.refuse_dynamic("restart_child");
-        }
+    /// The index of the static child `id`, which must exist and be stopped.
+    fn stopped_static_child(&self, id: &str) -> Result<usize, SupervisorError> {
         let index = self
             .children
             .iter()
@@ -1048,6 +1046,14 @@ impl Supervisor {
         if self.children[index].running.is_some() {
             return Err(SupervisorError::Running(id.to_owned()));
         }
+        Ok(index)
+    }
+
+    async fn restart_child(&mut self, id: &str) -> Result<ChildRef, SupervisorError> {
+        if self.spec.strategy == Strategy::Dynamic {
+            return self.refuse_dynamic("restart_child");
+        }
+        let index = self.stopped_static_child(id)?;
         let spec = self.children[index].spec.clone();
         let running = self
             .start(&spec, self.children[index].restarts)
@@ -1064,14 +1070,7 @@ impl Supervisor {
         if self.spec.strategy == Strategy::Dynamic {
             return self.refuse_dynamic("delete_child");
         }
-        let index = self
-            .children
-            .iter()
-            .position(|child| child.spec.id == id)
-            .ok_or_else(|| SupervisorError::NotFound(format!("{id:?}")))?;
-        if self.children[index].running.is_some() {
-            return Err(SupervisorError::Running(id.to_owned()));
-        }
+        let index = self.stopped_static_child(id)?;
         self.children.remove(index);
         Ok(())
     }

@@ -374,3 +374,54 @@ pub fn faulty_releases(
     }
     root
 }
+
+/// A loader shared by the tests of one process.
+pub fn shared_loader() -> &'static graft::plugin::Loader {
+    static LOADER: OnceLock<graft::plugin::Loader> = OnceLock::new();
+    LOADER.get_or_init(|| {
+        graft::plugin::Loader::new().expect("a private directory for plugin copies")
+    })
+}
+
+/// Builds (once) and loads a plugin package with the shared loader.
+pub fn load_plugin(package: &str) -> std::sync::Arc<graft::plugin::LoadedPlugin> {
+    shared_loader()
+        .load(
+            &plugin_library(package),
+            &graft::plugin::Expectations::default(),
+        )
+        .unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// A semver version from text.
+pub fn version(text: &str) -> semver::Version {
+    semver::Version::parse(text).unwrap()
+}
+
+/// Calls the actor registered as `actor` with a JSON request; the reply as JSON.
+pub async fn call_by_name(
+    runtime: &graft::runtime::Runtime,
+    actor: &str,
+    request: serde_json::Value,
+) -> serde_json::Value {
+    let reply = runtime
+        .call(
+            actor,
+            graft_plugin::codec::encode(&request).unwrap(),
+            std::time::Duration::from_secs(1),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("call {actor} {request}: {error}"));
+    graft_plugin::codec::decode(&reply).unwrap()
+}
+
+/// The plugin version the actor registered as `actor` runs.
+pub async fn version_of(runtime: &graft::runtime::Runtime, actor: &str) -> String {
+    let status = runtime
+        .whereis(actor)
+        .unwrap_or_else(|| panic!("no actor {actor}"))
+        .status(std::time::Duration::from_secs(1))
+        .await
+        .unwrap();
+    status.version.unwrap_or_default()
+}

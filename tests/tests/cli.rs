@@ -3,7 +3,7 @@
 //! malformed requests and many clients on the control socket; its permissions; usage
 //! errors; `graft new` output that builds and passes its test.
 
-use graft_tests::{graft_binary, workspace_root};
+use graft_tests::{copy_tree, graft_binary, workspace_root};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -12,19 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
 
 /// The example releases assembled once by `graft build`; each test gets a copy.
 fn assembled() -> &'static Path {

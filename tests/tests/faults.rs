@@ -8,37 +8,13 @@
 use graft::release::handler::{InstallPhase, ReleaseError, ReleaseHandler};
 use graft::runtime::{CallError, Runtime};
 use graft_plugin::codec;
-use graft_tests::{example_root, faulty_releases};
-use semver::Version;
+use graft_tests::{call_by_name as call, example_root, faulty_releases, version, version_of};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn version(text: &str) -> Version {
-    Version::parse(text).unwrap()
-}
-
-async fn call(runtime: &Runtime, actor: &str, request: Value) -> Value {
-    let reply = runtime
-        .call(actor, codec::encode(&request).unwrap(), SECOND)
-        .await
-        .unwrap_or_else(|error| panic!("call {actor} {request}: {error}"));
-    codec::decode(&reply).unwrap()
-}
-
-async fn version_of(runtime: &Runtime, actor: &str) -> String {
-    runtime
-        .whereis(actor)
-        .unwrap()
-        .status(SECOND)
-        .await
-        .unwrap()
-        .version
-        .unwrap()
-}
 
 const UPGRADE: &str = "\n[[upgrade]]\nfrom = \"1.0.0\"\n\n[[upgrade.instructions]]\nop = \"update\"\nplugin = \"faulty\"\nsuspend_timeout_ms = 300\n\n[[downgrade]]\nto = \"1.0.0\"\n\n[[downgrade.instructions]]\nop = \"update\"\nplugin = \"faulty\"\nsuspend_timeout_ms = 300\n";
 

@@ -8,8 +8,9 @@ use graft::plugin::LoadError;
 use graft::release::handler::{InstallPhase, ReleaseError, ReleaseHandler, ReleaseStatus};
 use graft::runtime::{ActorRef, CallError, Runtime};
 use graft_plugin::codec;
-use graft_tests::{example_root, faulty_releases};
-use semver::Version;
+use graft_tests::{
+    call_by_name as call, example_root, faulty_releases, version, version_of as status_version,
+};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -17,31 +18,8 @@ use std::time::Duration;
 
 const SECOND: Duration = Duration::from_secs(1);
 
-fn version(text: &str) -> Version {
-    Version::parse(text).unwrap()
-}
-
 fn encode(value: &Value) -> Vec<u8> {
     codec::encode(value).unwrap()
-}
-
-async fn call(runtime: &Runtime, actor: &str, request: Value) -> Value {
-    let reply = runtime
-        .call(actor, encode(&request), SECOND)
-        .await
-        .unwrap_or_else(|error| panic!("call {actor} {request}: {error}"));
-    codec::decode(&reply).unwrap()
-}
-
-async fn status_version(runtime: &Runtime, actor: &str) -> String {
-    runtime
-        .whereis(actor)
-        .unwrap()
-        .status(SECOND)
-        .await
-        .unwrap()
-        .version
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,29 +3,18 @@
 //! deferred replies, continuations, stop and terminate, suspend/resume with queued
 //! messages, change_code, names, monitors, links, timers, and calls between actors.
 
-use graft::plugin::{Detached, Expectations, Instance, LoadedPlugin, Loader};
+use graft::plugin::{Detached, Instance, LoadedPlugin};
 use graft::runtime::{
     ActorOptions, ActorRef, Behaviour, CallError, PluginFactory, Runtime, SpawnError, SystemError,
 };
 use graft_plugin::{StopReason, codec};
 use graft_tests::native::{Journal, entries, journal, recorder};
-use graft_tests::{eventually, plugin_library};
+use graft_tests::{eventually, load_plugin as plugin};
 use serde_json::{Value, json};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn loader() -> &'static Loader {
-    static LOADER: OnceLock<Loader> = OnceLock::new();
-    LOADER.get_or_init(|| Loader::new().unwrap())
-}
-
-fn plugin(package: &str) -> Arc<LoadedPlugin> {
-    loader()
-        .load(&plugin_library(package), &Expectations::default())
-        .unwrap_or_else(|error| panic!("{error}"))
-}
 
 fn encode(value: &Value) -> Vec<u8> {
     codec::encode(value).unwrap()

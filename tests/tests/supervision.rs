@@ -2,7 +2,6 @@
 //! recorders: each strategy, restart type and shutdown mode, restart intensity and
 //! escalation, start and stop order, and the child operations.
 
-use graft::plugin::{Expectations, LoadedPlugin, Loader};
 use graft::runtime::{ActorRef, BehaviourFactory, PluginFactory, Runtime};
 use graft::supervisor::{
     ChildKey, ChildSpec, Restart, Shutdown, Strategy, SupervisorError, SupervisorSpec,
@@ -10,23 +9,12 @@ use graft::supervisor::{
 };
 use graft_plugin::{StopReason, codec};
 use graft_tests::native::{Journal, entries, journal, recorder};
-use graft_tests::{eventually, eventually_async, plugin_library};
+use graft_tests::{eventually, eventually_async, load_plugin as plugin};
 use serde_json::{Value, json};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 const SECOND: Duration = Duration::from_secs(1);
-
-fn loader() -> &'static Loader {
-    static LOADER: OnceLock<Loader> = OnceLock::new();
-    LOADER.get_or_init(|| Loader::new().unwrap())
-}
-
-fn plugin(package: &str) -> Arc<LoadedPlugin> {
-    loader()
-        .load(&plugin_library(package), &Expectations::default())
-        .unwrap_or_else(|error| panic!("{error}"))
-}
 
 fn factory(package: &str) -> Arc<dyn BehaviourFactory> {
     Arc::new(PluginFactory::new(plugin(package)))
