@@ -226,12 +226,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             auto_permanent,
         } => start(&root, watch, auto_permanent.map(Duration::from_secs)).await,
         Command::Status { json } => {
-            let status = request(&root, &Request::Status).await?;
+            let status = request(&root, &Request::Status {}).await?;
             print_status(&status, json);
             Ok(ExitCode::SUCCESS)
         }
         Command::Releases { json } => {
-            let releases = request(&root, &Request::Releases).await?;
+            let releases = request(&root, &Request::Releases {}).await?;
             print_releases(&releases, json);
             Ok(ExitCode::SUCCESS)
         }
@@ -257,7 +257,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Rollback => {
-            let report = request_with_progress(&root, &Request::Rollback).await?;
+            let report = request_with_progress(&root, &Request::Rollback {}).await?;
             print_install(&report, false);
             Ok(ExitCode::SUCCESS)
         }

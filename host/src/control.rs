@@ -42,9 +42,9 @@ pub fn socket_path(root: &Path) -> PathBuf {
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// The supervision tree, resident libraries and releases.
-    Status,
+    Status {},
     /// Every release and its status.
-    Releases,
+    Releases {},
     /// Installs a release (upgrade or downgrade), optionally making it permanent.
     Install {
         /// The version.
@@ -60,7 +60,7 @@ pub enum Request {
     },
     /// Back to the permanent release, or (when the current one is permanent) to the
     /// newest old one.
-    Rollback,
+    Rollback {},
     /// Removes a release.
     Remove {
         /// The version.
@@ -269,8 +269,8 @@ async fn execute(
     progress: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> Result<Value, String> {
     match request {
-        Request::Status => Ok(status(handler).await),
-        Request::Releases => {
+        Request::Status {} => Ok(status(handler).await),
+        Request::Releases {} => {
             Ok(serde_json::to_value(handler.which_releases().await).unwrap_or_default())
         }
         Request::Install { version, permanent } => {
@@ -283,7 +283,7 @@ async fn execute(
                 .map_err(|error| error.to_string())?;
             Ok(json!({"permanent": version}))
         }
-        Request::Rollback => {
+        Request::Rollback {} => {
             let target = rollback_target(&handler.which_releases().await)?;
             install(handler, &target, false, progress).await
         }

@@ -676,7 +676,7 @@ version = "1.0.0"
 
 [plugins.counter]
 version = "1.0.0"
-crate = "../../plugins/counter/1.0.0"
+crate = "plugins/counter/1.0.0"
 
 [supervisor]
 strategy = "one_for_one"
@@ -765,7 +765,7 @@ args = { start = 1 }
             .to_string();
         assert!(error.contains("unknown plugin \"kv\""), "{error}");
 
-        let absolute = MINIMAL.replace("../../plugins/counter/1.0.0", "/etc");
+        let absolute = MINIMAL.replace("plugins/counter/1.0.0", "/etc");
         let error = parse(&absolute)
             .unwrap()
             .validate(path, false)
