@@ -620,18 +620,7 @@ impl Supervisor {
             return Ok(());
         }
         for spec in self.spec.children.clone() {
-            let running =
-                self.start(&spec, 0)
-                    .await
-                    .map_err(|reason| SupervisorError::StartFailed {
-                        id: spec.id.clone(),
-                        reason,
-                    })?;
-            self.children.push(Child {
-                spec,
-                running: Some(running),
-                restarts: 0,
-            });
+            self.start_and_add(spec).await?;
         }
         Ok(())
     }
@@ -957,6 +946,11 @@ impl Supervisor {
         if self.children.iter().any(|child| child.spec.id == spec.id) {
             return Err(SupervisorError::AlreadyPresent(spec.id));
         }
+        self.start_and_add(spec).await
+    }
+
+    /// Starts a child and appends it to the children, in start order.
+    async fn start_and_add(&mut self, spec: ChildSpec) -> Result<ChildRef, SupervisorError> {
         let running =
             self.start(&spec, 0)
                 .await

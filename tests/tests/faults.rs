@@ -16,21 +16,16 @@ use std::time::{Duration, Instant};
 
 const SECOND: Duration = Duration::from_secs(1);
 
+/// Start arguments: `special` for the actor `f{index}`, `{}` for the others.
+fn only(index: usize, special: &'static str) -> impl Fn(usize) -> &'static str {
+    move |candidate| if candidate == index { special } else { "{}" }
+}
+
 const UPGRADE: &str = "\n[[upgrade]]\nfrom = \"1.0.0\"\n\n[[upgrade.instructions]]\nop = \"update\"\nplugin = \"faulty\"\nsuspend_timeout_ms = 300\n\n[[downgrade]]\nto = \"1.0.0\"\n\n[[downgrade.instructions]]\nop = \"update\"\nplugin = \"faulty\"\nsuspend_timeout_ms = 300\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_a_panic_in_the_downgrade_conversion_the_downgrade_aborts() {
-    let root = faulty_releases(
-        3,
-        |index| {
-            if index == 2 {
-                "{ panic_in = [\"downgrade\"] }"
-            } else {
-                "{}"
-            }
-        },
-        UPGRADE,
-    );
+    let root = faulty_releases(3, only(2, "{ panic_in = [\"downgrade\"] }"), UPGRADE);
     let runtime = Runtime::new();
     let handler = ReleaseHandler::boot(root.path(), runtime.clone())
         .await
@@ -56,17 +51,7 @@ async fn injected_a_panic_in_the_downgrade_conversion_the_downgrade_aborts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn injected_a_code_change_that_does_not_return_the_upgrade_aborts_at_its_deadline() {
-    let root = faulty_releases(
-        4,
-        |index| {
-            if index == 3 {
-                "{ hang_in = [\"code_change\"] }"
-            } else {
-                "{}"
-            }
-        },
-        UPGRADE,
-    );
+    let root = faulty_releases(4, only(3, "{ hang_in = [\"code_change\"] }"), UPGRADE);
     let runtime = Runtime::new();
     let handler = ReleaseHandler::boot(root.path(), runtime.clone())
         .await
@@ -110,17 +95,7 @@ async fn injected_a_code_change_that_does_not_return_the_upgrade_aborts_at_its_d
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn injected_a_second_install_while_one_runs_it_is_refused() {
-    let root = faulty_releases(
-        2,
-        |index| {
-            if index == 1 {
-                "{ hang_in = [\"code_change\"] }"
-            } else {
-                "{}"
-            }
-        },
-        UPGRADE,
-    );
+    let root = faulty_releases(2, only(1, "{ hang_in = [\"code_change\"] }"), UPGRADE);
     let runtime = Runtime::new();
     let handler = Arc::new(
         ReleaseHandler::boot(root.path(), runtime.clone())
@@ -223,17 +198,7 @@ async fn injected_a_reply_over_the_cap_the_actor_crashes_and_the_host_runs_on() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_a_panic_in_terminate_the_stop_completes_with_the_reason() {
-    let root = faulty_releases(
-        2,
-        |index| {
-            if index == 1 {
-                "{ panic_in = [\"terminate\"] }"
-            } else {
-                "{}"
-            }
-        },
-        UPGRADE,
-    );
+    let root = faulty_releases(2, only(1, "{ panic_in = [\"terminate\"] }"), UPGRADE);
     let runtime = Runtime::new();
     let handler = ReleaseHandler::boot(root.path(), runtime.clone())
         .await
