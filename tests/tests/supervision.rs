@@ -658,3 +658,46 @@ async fn a_failing_child_start_fails_the_supervisor_start_and_stops_the_started_
         SupervisorError::InvalidSpec(_)
     ));
 }
+
+#[tokio::test]
+async fn a_dynamic_supervisor_keeps_track_of_many_children_exiting_in_any_order() {
+    let runtime = Runtime::new();
+    let journal = journal();
+    let template =
+        ChildSpec::worker("worker", recorder(&journal), Vec::new()).restart(Restart::Temporary);
+    let spec = SupervisorSpec::new(Strategy::Dynamic, vec![template]).intensity(0, 5);
+    let supervisor = start_supervisor(&runtime, spec).await.unwrap();
+    let mut children = Vec::new();
+    for index in 0..300 {
+        let child = supervisor
+            .start_dynamic_child(codec::encode(&format!("w{index}")).unwrap(), None)
+            .await
+            .unwrap();
+        children.push(child.actor().unwrap().clone());
+    }
+    // Every third exits on its own (temporary: removed), in a scrambled order.
+    let mut leaving: Vec<ActorRef> = children.iter().step_by(3).cloned().collect();
+    leaving.reverse();
+    leaving.swap(0, 50);
+    for actor in &leaving {
+        call(actor, json!("stop")).await;
+        actor.exited().await;
+    }
+    let remaining = 300 - leaving.len();
+    assert!(
+        eventually_async(SECOND, || async {
+            supervisor.count_children().await.unwrap().specs == remaining
+        })
+        .await
+    );
+    // Every remaining child is still found by its process.
+    for actor in children.iter().filter(|actor| !leaving.contains(actor)) {
+        supervisor
+            .terminate_child(ChildKey::Process(actor.id()))
+            .await
+            .unwrap();
+        assert!(!actor.is_alive());
+    }
+    assert_eq!(supervisor.count_children().await.unwrap().specs, 0);
+    supervisor.shutdown().await;
+}
