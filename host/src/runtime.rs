@@ -683,6 +683,11 @@ impl Runtime {
         }
     }
 
+    /// How many processes (actors and supervisors) this runtime has started so far.
+    pub fn processes_started(&self) -> u64 {
+        self.inner.next_id.load(Ordering::Relaxed) - 1
+    }
+
     pub(crate) fn next_id(&self) -> ProcessId {
         ProcessId(self.inner.next_id.fetch_add(1, Ordering::Relaxed))
     }

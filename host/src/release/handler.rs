@@ -356,6 +356,10 @@ impl BehaviourFactory for ReleaseFactory {
             .get(&self.plugin)
             .map(|plugin| plugin.identity().clone())
     }
+
+    fn plugin_name(&self) -> Option<String> {
+        Some(self.plugin.clone())
+    }
 }
 
 struct State {
@@ -450,16 +454,10 @@ fn workers(
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Worker>> + Send>> {
     Box::pin(async move {
         let mut found = Vec::new();
-        let Ok(children) = supervisor.which_children().await else {
-            return found;
-        };
-        for child in children {
-            match child.child {
-                Some(ChildRef::Worker(actor)) => {
-                    found.push((actor, child.plugin.map(|plugin| plugin.name)))
-                }
-                Some(ChildRef::Supervisor(nested)) => found.extend(workers(nested).await),
-                None => {}
+        for (child, plugin) in supervisor.running_children().await.unwrap_or_default() {
+            match child {
+                ChildRef::Worker(actor) => found.push((actor, plugin)),
+                ChildRef::Supervisor(nested) => found.extend(workers(nested).await),
             }
         }
         found
@@ -952,6 +950,7 @@ impl ReleaseHandler {
         target_plugins: &HashMap<String, Arc<LoadedPlugin>>,
         report: &(dyn Fn(InstallPhase) + Send + Sync),
     ) -> Result<Swapped, ReleaseError> {
+        let started_before = self.runtime.processes_started();
         let all_workers = workers(state.root_supervisor.clone()).await;
         let updated: HashMap<&str, &PlannedUpdate> = updates
             .iter()
@@ -1022,11 +1021,15 @@ impl ReleaseHandler {
         state.loaded.retain(|loaded| loaded.strong_count() > 0);
         let migrated = lock(&snapshots).len();
         drop(snapshots);
-        let handled: HashSet<ProcessId> =
-            to_suspend.iter().map(|(actor, _, _)| actor.id()).collect();
-        let stragglers = self
-            .migrate_stragglers(&state.root_supervisor, updates, direction, &handled)
-            .await;
+        // Only actors started since the walk can still be on the old code.
+        let stragglers = if self.runtime.processes_started() == started_before {
+            0
+        } else {
+            let handled: HashSet<ProcessId> =
+                to_suspend.iter().map(|(actor, _, _)| actor.id()).collect();
+            self.migrate_stragglers(&state.root_supervisor, updates, direction, &handled)
+                .await
+        };
         self.purge(updates, &state.root_supervisor).await;
         Ok(Swapped {
             migrated: migrated + stragglers,

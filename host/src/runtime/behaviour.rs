@@ -136,6 +136,11 @@ pub trait BehaviourFactory: Send + Sync {
     fn start(&self, args: &[u8], services: &dyn HostServices) -> Result<Started, CallbackError>;
     /// The plugin and version new actors will run, when a plugin.
     fn identity(&self) -> Option<PluginIdentity>;
+
+    /// The plugin's name alone (cheaper than `identity` for some factories).
+    fn plugin_name(&self) -> Option<String> {
+        self.identity().map(|identity| identity.name)
+    }
 }
 
 /// Starts actors on a loaded plugin version.
