@@ -1,11 +1,20 @@
-//! `graft`: the host. Loads actor behaviour from `cdylib` plugins and (in later modules)
-//! supervises actors and upgrades them while they run.
+//! `graft`: the host. Loads actor behaviour from `cdylib` plugins, supervises the actors,
+//! and upgrades them while they run, driven by versioned release manifests.
 //!
 //! Modules:
 //! - [`plugin`]: the loader — read, verify, copy, `dlopen`, check the header — and the
 //!   typed, safe face of a loaded plugin ([`plugin::LoadedPlugin`], [`plugin::Instance`]).
 //!   Its `ffi` submodule is the only code that calls into plugin code through raw pointers.
-//! - [`build`]: builds plugin crates with cargo and finds their `cdylib` artifacts.
+//! - [`runtime`]: actors as tokio tasks with GenServer semantics, names, monitors, links,
+//!   timers and `sys`-style system messages.
+//! - [`supervisor`]: OTP's supervisors — strategies, restart types, intensity, shutdown.
+//! - [`release`]: release manifests, assembling them, and the release handler (install,
+//!   rollback, make permanent).
+//! - [`control`]: the control socket's protocol, server and client.
+//! - [`watch`]: installing newly assembled releases as they appear, with a health gate.
+//! - [`build`]: builds plugin crates (and binaries, for tests) with cargo.
+//!
+//! The `graft` binary (`main.rs`, `cli.rs`) is the only place that maps errors to exit codes.
 
 pub mod build;
 pub mod control;
