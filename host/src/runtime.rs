@@ -143,10 +143,10 @@ impl Lifecycle {
                 }
             }
             Watcher::Link(other) => {
-                other.deliver(Envelope::ExitSignal {
-                    from: self.label.clone(),
+                other.deliver(Envelope::ExitSignal(Box::new(graft_plugin::Exit {
+                    actor: self.label.clone(),
                     reason: reason.clone(),
-                });
+                })));
             }
             Watcher::Channel(sender) => {
                 let _ = sender.send(ExitNotice {

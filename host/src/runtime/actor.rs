@@ -41,10 +41,8 @@ pub(crate) enum Envelope {
         message: Vec<u8>,
     },
     System(SystemRequest),
-    ExitSignal {
-        from: String,
-        reason: StopReason,
-    },
+    /// Boxed: links are rare, and every mailbox slot is as large as the largest variant.
+    ExitSignal(Box<Exit>),
     Stop {
         reason: StopReason,
     },
@@ -361,21 +359,18 @@ impl Actor {
                     run_terminate: true,
                 })
             }
-            Envelope::ExitSignal { from, reason } if self.trap_exit => {
+            Envelope::ExitSignal(signal) if self.trap_exit => {
                 self.services.me.received();
-                let message = codec::encode(&Exit {
-                    actor: from,
-                    reason,
-                })
-                .unwrap_or_default();
+                let message = codec::encode(&*signal).unwrap_or_default();
                 // Counted again: it is now an ordinary message.
                 self.handle(self.services.me.counted(Envelope::Info {
                     kind: abi::INFO_EXIT,
                     message,
                 }))
             }
-            Envelope::ExitSignal { reason, .. } => {
+            Envelope::ExitSignal(signal) => {
                 self.services.me.received();
+                let reason = signal.reason;
                 // Not trapping: an abnormal exit of a linked actor takes this one down too.
                 (reason != StopReason::Normal).then_some(Ending {
                     reason,
@@ -556,5 +551,20 @@ impl ActorRef {
     fn counted(&self, envelope: Envelope) -> Envelope {
         self.shared.mailbox_length.fetch_add(1, Ordering::Relaxed);
         envelope
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tokio's mailbox allocates slots of the largest message: keep it small.
+    #[test]
+    fn a_mailbox_slot_stays_small() {
+        assert!(
+            size_of::<Envelope>() <= 40,
+            "{} bytes",
+            size_of::<Envelope>()
+        );
     }
 }
