@@ -27,7 +27,7 @@ pub mod behaviour;
 pub use actor::ActorStatus;
 pub use behaviour::{Behaviour, BehaviourFactory, NativeFactory, PluginFactory, Started};
 
-use crate::plugin::{CallbackError, PluginIdentity};
+use crate::plugin::CallbackError;
 use actor::{Envelope, SystemRequest};
 use graft_plugin::{Down, StopReason, abi, codec};
 use std::collections::HashMap;
@@ -830,9 +830,4 @@ impl Runtime {
         first.lifecycle().watch(Watcher::Link(second.clone()));
         second.lifecycle().watch(Watcher::Link(first.clone()));
     }
-}
-
-/// The identity of a plugin behind an actor, for status output.
-pub fn describe(identity: Option<&PluginIdentity>) -> String {
-    identity.map_or_else(|| "native".to_owned(), ToString::to_string)
 }
