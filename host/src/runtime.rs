@@ -513,73 +513,107 @@ impl ActorRef {
     }
 }
 
-/// Sends one system request to every actor at once, then collects the answers under one
-/// shared deadline: one timer for the whole batch instead of a task and a timer per actor.
-/// An answer that has not arrived by the deadline is a timeout.
-async fn system_all<T>(
-    actors: &[ActorRef],
+/// System requests sent to many actors, whose answers are still to be collected.
+struct PendingReplies<T> {
+    actors: Vec<ActorRef>,
+    receivers: Vec<Option<oneshot::Receiver<T>>>,
     request: &'static str,
-    timeout: Duration,
-    mut build: impl FnMut(usize, oneshot::Sender<T>) -> SystemRequest,
-) -> Vec<Result<T, SystemError>> {
-    let deadline = tokio::time::sleep(timeout);
-    tokio::pin!(deadline);
-    let receivers: Vec<Option<oneshot::Receiver<T>>> = actors
-        .iter()
-        .enumerate()
-        .map(|(index, actor)| {
-            let (reply, receiver) = oneshot::channel();
-            actor
-                .deliver(Envelope::System(build(index, reply)))
-                .then_some(receiver)
-        })
-        .collect();
-    let mut results = Vec::with_capacity(actors.len());
-    for (actor, receiver) in actors.iter().zip(receivers) {
-        let timed_out = || SystemError::Timeout {
-            actor: actor.label(),
+}
+
+impl<T> PendingReplies<T> {
+    fn send(
+        actors: &[ActorRef],
+        request: &'static str,
+        mut build: impl FnMut(usize, oneshot::Sender<T>) -> SystemRequest,
+    ) -> PendingReplies<T> {
+        let receivers = actors
+            .iter()
+            .enumerate()
+            .map(|(index, actor)| {
+                let (reply, receiver) = oneshot::channel();
+                actor
+                    .deliver(Envelope::System(build(index, reply)))
+                    .then_some(receiver)
+            })
+            .collect();
+        PendingReplies {
+            actors: actors.to_vec(),
+            receivers,
             request,
-            timeout,
-        };
-        let Some(mut receiver) = receiver else {
-            results.push(Err(actor.exited_system_error()));
-            continue;
-        };
-        let result = if deadline.is_elapsed() {
-            match receiver.try_recv() {
-                Ok(value) => Ok(value),
-                Err(oneshot::error::TryRecvError::Empty) => Err(timed_out()),
-                Err(oneshot::error::TryRecvError::Closed) => Err(actor.exited_system_error()),
-            }
-        } else {
-            tokio::select! {
-                biased;
-                value = &mut receiver => value.map_err(|_| actor.exited_system_error()),
-                _ = &mut deadline => match receiver.try_recv() {
-                    Ok(value) => Ok(value),
-                    Err(_) => Err(timed_out()),
-                },
-            }
-        };
-        results.push(result);
+        }
     }
-    results
+
+    /// Collects every answer within `timeout` (one timer for the whole batch); an answer
+    /// that has not arrived by then is a timeout. One result per actor, in order.
+    async fn collect(self, timeout: Duration) -> Vec<Result<T, SystemError>> {
+        let sleep = tokio::time::sleep(timeout);
+        tokio::pin!(sleep);
+        let mut results = Vec::with_capacity(self.actors.len());
+        for (actor, receiver) in self.actors.iter().zip(self.receivers) {
+            let timed_out = || SystemError::Timeout {
+                actor: actor.label(),
+                request: self.request,
+                timeout,
+            };
+            let Some(mut receiver) = receiver else {
+                results.push(Err(actor.exited_system_error()));
+                continue;
+            };
+            let result = if sleep.is_elapsed() {
+                match receiver.try_recv() {
+                    Ok(value) => Ok(value),
+                    Err(oneshot::error::TryRecvError::Empty) => Err(timed_out()),
+                    Err(oneshot::error::TryRecvError::Closed) => Err(actor.exited_system_error()),
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    value = &mut receiver => value.map_err(|_| actor.exited_system_error()),
+                    _ = &mut sleep => match receiver.try_recv() {
+                        Ok(value) => Ok(value),
+                        Err(_) => Err(timed_out()),
+                    },
+                }
+            };
+            results.push(result);
+        }
+        results
+    }
+}
+
+/// Sends `suspend` to every actor at once; collect the answers later.
+fn send_suspend_all(actors: &[ActorRef]) -> PendingReplies<()> {
+    PendingReplies::send(actors, "suspend", |_, reply| SystemRequest::Suspend(reply))
+}
+
+/// Sends `resume` to every actor at once; collect the answers later.
+fn send_resume_all(actors: &[ActorRef]) -> PendingReplies<()> {
+    PendingReplies::send(actors, "resume", |_, reply| SystemRequest::Resume(reply))
+}
+
+/// Sends `change_code` with one migration per actor at once; collect the answers later.
+/// Sent right behind a `suspend`, it runs as soon as that actor is suspended.
+fn send_change_code_all(
+    actors: &[ActorRef],
+    migrations: Vec<Migration>,
+) -> PendingReplies<Result<(), SystemError>> {
+    let mut migrations: Vec<Option<Migration>> = migrations.into_iter().map(Some).collect();
+    PendingReplies::send(actors, "change_code", |index, reply| {
+        SystemRequest::ChangeCode {
+            migration: migrations[index].take().expect("one migration per actor"),
+            reply,
+        }
+    })
 }
 
 /// Suspends many actors at once under one deadline; one result per actor, in order.
 pub async fn suspend_all(actors: &[ActorRef], timeout: Duration) -> Vec<Result<(), SystemError>> {
-    system_all(actors, "suspend", timeout, |_, reply| {
-        SystemRequest::Suspend(reply)
-    })
-    .await
+    send_suspend_all(actors).collect(timeout).await
 }
 
 /// Resumes many actors at once under one deadline; one result per actor, in order.
 pub async fn resume_all(actors: &[ActorRef], timeout: Duration) -> Vec<Result<(), SystemError>> {
-    system_all(actors, "resume", timeout, |_, reply| {
-        SystemRequest::Resume(reply)
-    })
-    .await
+    send_resume_all(actors).collect(timeout).await
 }
 
 /// Runs a migration in each (suspended) actor at once under one deadline; one result per
@@ -589,14 +623,17 @@ pub async fn change_code_all(
     migrations: Vec<Migration>,
     timeout: Duration,
 ) -> Vec<Result<(), SystemError>> {
-    let mut migrations: Vec<Option<Migration>> = migrations.into_iter().map(Some).collect();
-    let results = system_all(actors, "change_code", timeout, |index, reply| {
-        SystemRequest::ChangeCode {
-            migration: migrations[index].take().expect("one migration per actor"),
-            reply,
-        }
-    })
-    .await;
+    flatten(
+        send_change_code_all(actors, migrations)
+            .collect(timeout)
+            .await,
+    )
+}
+
+/// Merges a change_code's own result into the request's.
+fn flatten(
+    results: Vec<Result<Result<(), SystemError>, SystemError>>,
+) -> Vec<Result<(), SystemError>> {
     results
         .into_iter()
         .map(|result| result.and_then(|inner| inner))

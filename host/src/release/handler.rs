@@ -493,7 +493,16 @@ struct Snapshot {
     state: Vec<u8>,
 }
 
-type Snapshots = Arc<Mutex<HashMap<ProcessId, Snapshot>>>;
+/// The snapshots of one install, and whether it was abandoned. Both live under one lock:
+/// a migration either sees the abort (and changes nothing) or files its snapshot before
+/// the rollback collects them.
+#[derive(Default)]
+struct SnapshotBook {
+    taken: HashMap<ProcessId, Snapshot>,
+    aborted: bool,
+}
+
+type Snapshots = Arc<Mutex<SnapshotBook>>;
 
 fn migration(
     update: &PlannedUpdate,
@@ -515,13 +524,19 @@ fn migration(
             return Ok(None);
         }
         let state = current.encode_state().map_err(|error| error.to_string())?;
-        lock(&snapshots).insert(
-            id,
-            Snapshot {
-                plugin: Arc::clone(&old),
-                state: state.clone(),
-            },
-        );
+        {
+            let mut book = lock(&snapshots);
+            if book.aborted {
+                return Ok(None);
+            }
+            book.taken.insert(
+                id,
+                Snapshot {
+                    plugin: Arc::clone(&old),
+                    state: state.clone(),
+                },
+            );
+        }
         let services = Detached::new(label);
         let instance = match (direction, mode) {
             (_, UpdateMode::Soft) => Instance::restore(&target, &state, &services),
@@ -972,15 +987,41 @@ impl ReleaseHandler {
                 to_suspend.push((actor.clone(), plugin.clone(), timeout));
             }
         }
+        // Suspend everyone, then migrate everyone: each phase one batch under one deadline.
+        // (Sending change_code right behind suspend would save a round trip, but a long
+        // migration would then hold hostage the task the suspend answer just woke: tokio
+        // puts it in the worker's LIFO slot, which other workers cannot steal.)
         report(InstallPhase::Suspending(to_suspend.len()));
+        let snapshots: Snapshots = Arc::default();
         let suspended_at = Instant::now();
-        if let Err(error) = suspend_all(&to_suspend).await {
-            report(InstallPhase::RolledBack);
-            return Err(error);
-        }
-        report(InstallPhase::Migrating(to_migrate.len()));
-        let snapshots: Snapshots = Arc::new(Mutex::new(HashMap::new()));
-        if let Some((error, busy)) = migrate_all(&to_migrate, direction, &snapshots).await {
+        let timeout = updates
+            .iter()
+            .map(|update| update.suspend_timeout)
+            .max()
+            .unwrap_or_default();
+        let suspend_refs: Vec<ActorRef> = to_suspend
+            .iter()
+            .map(|(actor, _, _)| actor.clone())
+            .collect();
+        let migrate_refs: Vec<ActorRef> =
+            to_migrate.iter().map(|(actor, _)| actor.clone()).collect();
+        let suspended = runtime::suspend_all(&suspend_refs, timeout).await;
+        let failure = match check_suspended(&to_suspend, suspended) {
+            Err(failure) => Some(failure),
+            Ok(()) => {
+                report(InstallPhase::Migrating(to_migrate.len()));
+                let migrations = to_migrate
+                    .iter()
+                    .map(|(actor, update)| migration(update, direction, &snapshots, actor))
+                    .collect();
+                check_migrated(
+                    &to_migrate,
+                    runtime::change_code_all(&migrate_refs, migrations, timeout).await,
+                )
+            }
+        };
+        if let Some(failure) = failure {
+            let (error, busy) = *failure;
             rollback(&to_migrate, &snapshots, &busy).await;
             let answering: Vec<(ActorRef, String, Duration)> = to_suspend
                 .iter()
@@ -988,6 +1029,9 @@ impl ReleaseHandler {
                 .cloned()
                 .collect();
             resume_all(&answering).await;
+            // An actor that did not answer in time still has the suspend (and the abandoned
+            // change_code) in its mailbox; the resume queued behind them undoes it when it
+            // gets there (OTP sends this defensive resume too). Nobody waits for those.
             let still_busy: Vec<ActorRef> = to_suspend
                 .iter()
                 .filter(|(actor, _, _)| busy.contains(&actor.id()))
@@ -1019,7 +1063,7 @@ impl ReleaseHandler {
             }
         }
         state.loaded.retain(|loaded| loaded.strong_count() > 0);
-        let migrated = lock(&snapshots).len();
+        let migrated = lock(&snapshots).taken.len();
         drop(snapshots);
         // Only actors started since the walk can still be on the old code.
         let stragglers = if self.runtime.processes_started() == started_before {
@@ -1483,51 +1527,34 @@ fn check_child(
     }
 }
 
-/// Suspends every actor at once under one deadline (the longest of their timeouts); on any
-/// failure resumes the ones that did and fails.
-async fn suspend_all(actors: &[(ActorRef, String, Duration)]) -> Result<(), ReleaseError> {
-    let timeout = actors
-        .iter()
-        .map(|(_, _, timeout)| *timeout)
-        .max()
-        .unwrap_or_default();
-    let refs: Vec<ActorRef> = actors.iter().map(|(actor, _, _)| actor.clone()).collect();
-    let results = runtime::suspend_all(&refs, timeout).await;
+/// A failed phase: the first error, and the actors that did not answer in time.
+type Failure = Box<(ReleaseError, HashSet<ProcessId>)>;
+
+/// Checks the suspend answers. An actor that exited meanwhile is not in the way: its
+/// supervisor restarts it, and the sweep after the commit moves it to the new code.
+fn check_suspended(
+    actors: &[(ActorRef, String, Duration)],
+    results: Vec<Result<(), SystemError>>,
+) -> Result<(), Failure> {
     let mut first_error = None;
-    let mut late = Vec::new();
+    let mut late = HashSet::new();
     for ((actor, plugin, _), result) in actors.iter().zip(results) {
         match result {
-            // An actor that exited meanwhile is not in the way: its supervisor restarts it,
-            // and the sweep after the commit moves it to the new code.
             Ok(()) | Err(SystemError::Exited { .. }) => {}
             Err(error) => {
-                if first_error.is_none() {
-                    first_error = Some(ReleaseError::Suspend {
-                        actor: actor.label(),
-                        plugin: plugin.clone(),
-                        reason: error.to_string(),
-                    });
-                }
-                late.push(actor.clone());
+                late.insert(actor.id());
+                first_error.get_or_insert_with(|| ReleaseError::Suspend {
+                    actor: actor.label(),
+                    plugin: plugin.clone(),
+                    reason: error.to_string(),
+                });
             }
         }
     }
-    let Some(error) = first_error else {
-        return Ok(());
-    };
-    // Resume everyone. An actor that did not answer in time still has the suspend in its
-    // mailbox; the resume queued behind it undoes it when it gets there (OTP sends this
-    // defensive resume too). Nobody waits for those.
-    let answered: Vec<ActorRef> = refs
-        .iter()
-        .filter(|actor| !late.contains(actor))
-        .cloned()
-        .collect();
-    runtime::resume_all(&answered, Duration::from_secs(5)).await;
-    tokio::spawn(async move {
-        runtime::resume_all(&late, Duration::from_secs(3600)).await;
-    });
-    Err(error)
+    match first_error {
+        None => Ok(()),
+        Some(error) => Err(Box::new((error, late))),
+    }
 }
 
 async fn resume_all(actors: &[(ActorRef, String, Duration)]) {
@@ -1544,24 +1571,12 @@ async fn resume_all(actors: &[(ActorRef, String, Duration)]) {
     }
 }
 
-/// Migrates every actor at once under one deadline. On failure returns the first error and
-/// the actors still busy migrating at the deadline (a `code_change` that does not return).
-async fn migrate_all(
+/// Checks the change_code answers: the first error and the actors still busy migrating at
+/// the deadline (a `code_change` that does not return), if any failed.
+fn check_migrated(
     actors: &[(ActorRef, &PlannedUpdate)],
-    direction: Direction,
-    snapshots: &Snapshots,
-) -> Option<(ReleaseError, HashSet<ProcessId>)> {
-    let timeout = actors
-        .iter()
-        .map(|(_, update)| update.suspend_timeout)
-        .max()
-        .unwrap_or_default();
-    let refs: Vec<ActorRef> = actors.iter().map(|(actor, _)| actor.clone()).collect();
-    let migrations = actors
-        .iter()
-        .map(|(actor, update)| migration(update, direction, snapshots, actor))
-        .collect();
-    let results = runtime::change_code_all(&refs, migrations, timeout).await;
+    results: Vec<Result<(), SystemError>>,
+) -> Option<Failure> {
     let mut first_error = None;
     let mut busy = HashSet::new();
     for ((actor, update), result) in actors.iter().zip(results) {
@@ -1571,17 +1586,15 @@ async fn migrate_all(
                 if matches!(error, SystemError::Timeout { .. }) {
                     busy.insert(actor.id());
                 }
-                if first_error.is_none() {
-                    first_error = Some(ReleaseError::Migration {
-                        actor: actor.label(),
-                        plugin: update.plugin.clone(),
-                        reason: error.to_string(),
-                    });
-                }
+                first_error.get_or_insert_with(|| ReleaseError::Migration {
+                    actor: actor.label(),
+                    plugin: update.plugin.clone(),
+                    reason: error.to_string(),
+                });
             }
         }
     }
-    first_error.map(|error| (error, busy))
+    first_error.map(|error| Box::new((error, busy)))
 }
 
 /// Puts every migrated actor back on its old code, from its snapshot.
@@ -1594,10 +1607,15 @@ async fn rollback(
     snapshots: &Snapshots,
     busy: &HashSet<ProcessId>,
 ) {
+    let mut taken = {
+        let mut book = lock(snapshots);
+        book.aborted = true;
+        std::mem::take(&mut book.taken)
+    };
     let mut restoring = Vec::new();
     let mut restorations = Vec::new();
     for (actor, _) in actors {
-        let Some(snapshot) = lock(snapshots).remove(&actor.id()) else {
+        let Some(snapshot) = taken.remove(&actor.id()) else {
             continue;
         };
         let restore = restoration(snapshot, actor.label());

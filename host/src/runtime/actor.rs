@@ -12,7 +12,10 @@
 //!
 //! What is tricky: the reply channel of the call in progress sits in a slot, not the
 //! pending map, so the common "reply now" path costs no map operations; only a call left
-//! unanswered (a deferred reply) moves to the map.
+//! unanswered (a deferred reply) moves to the map. A long callback can also delay the
+//! task its previous reply woke: tokio puts that task in this worker's LIFO slot, which no
+//! other worker can steal (installs therefore never queue a migration right behind a
+//! suspend).
 
 use super::behaviour::Behaviour;
 use super::{ActorOptions, ActorRef, CallError, Migration, Runtime, SpawnError, SystemError, lock};
