@@ -333,7 +333,8 @@ impl ActorRef {
         self.shared.lifecycle.label.clone()
     }
 
-    /// Messages waiting in the mailbox.
+    /// Messages waiting in the mailbox, as the actor last counted them (after each message
+    /// it takes; `status` counts afresh).
     pub fn mailbox_length(&self) -> usize {
         self.shared.mailbox_length.load(Ordering::Relaxed)
     }
@@ -358,16 +359,13 @@ impl ActorRef {
     }
 
     fn deliver(&self, envelope: Envelope) -> bool {
-        self.shared.mailbox_length.fetch_add(1, Ordering::Relaxed);
-        if self.shared.sender.send(envelope).is_err() {
-            self.shared.mailbox_length.fetch_sub(1, Ordering::Relaxed);
-            return false;
-        }
-        true
+        self.shared.sender.send(envelope).is_ok()
     }
 
-    pub(crate) fn received(&self) {
-        self.shared.mailbox_length.fetch_sub(1, Ordering::Relaxed);
+    /// Records the mailbox length the actor sees (only the actor writes it, so senders
+    /// share no counter: a cast costs one channel push and nothing else).
+    pub(crate) fn record_mailbox_length(&self, length: usize) {
+        self.shared.mailbox_length.store(length, Ordering::Relaxed);
     }
 
     fn exited_error(&self) -> CallError {

@@ -390,8 +390,12 @@ async fn shutdown_modes_brutal_kill_timeout_and_infinity() {
         _ = std::future::ready(()) => {}
     }
     let busy = tokio::spawn(busy);
+    // Busy means: a system request gets no answer, because a callback is running.
     assert!(
-        eventually(SECOND, || stuck.mailbox_length() == 0).await,
+        eventually_async(SECOND, || async {
+            stuck.status(Duration::from_millis(20)).await.is_err()
+        })
+        .await,
         "the callback began"
     );
     let started = std::time::Instant::now();

@@ -341,6 +341,9 @@ impl Actor {
             if let Some(exit) = self.handle(envelope) {
                 return exit;
             }
+            self.services
+                .me
+                .record_mailbox_length(self.mailbox.len() + self.deferred.len());
         }
     }
 
@@ -351,28 +354,22 @@ impl Actor {
     fn handle(&mut self, envelope: Envelope) -> Option<Ending> {
         match envelope {
             Envelope::System(request) => {
-                self.services.me.received();
                 self.handle_system(request);
                 None
             }
-            Envelope::Stop { reason } => {
-                self.services.me.received();
-                Some(Ending {
-                    reason,
-                    run_terminate: true,
-                })
-            }
+            Envelope::Stop { reason } => Some(Ending {
+                reason,
+                run_terminate: true,
+            }),
             Envelope::ExitSignal(signal) if self.trap_exit => {
-                self.services.me.received();
                 let message = codec::encode(&*signal).unwrap_or_default();
                 // Counted again: it is now an ordinary message.
-                self.handle(self.services.me.counted(Envelope::Info {
+                self.handle(Envelope::Info {
                     kind: abi::INFO_EXIT,
                     message,
-                }))
+                })
             }
             Envelope::ExitSignal(signal) => {
-                self.services.me.received();
                 let reason = signal.reason;
                 // Not trapping: an abnormal exit of a linked actor takes this one down too.
                 (reason != StopReason::Normal).then_some(Ending {
@@ -384,17 +381,12 @@ impl Actor {
                 self.deferred.push_back(other);
                 None
             }
-            Envelope::Call { request, reply } => {
-                self.services.me.received();
-                self.handle_call(&request, reply)
-            }
+            Envelope::Call { request, reply } => self.handle_call(&request, reply),
             Envelope::Cast(message) => {
-                self.services.me.received();
                 let result = self.behaviour.handle_cast(&message, &self.services);
                 self.after(result)
             }
             Envelope::Info { kind, message } => {
-                self.services.me.received();
                 let result = self.behaviour.handle_info(kind, &message, &self.services);
                 self.after(result)
             }
@@ -495,7 +487,7 @@ impl Actor {
                     name: self.services.me.name().map(str::to_owned),
                     plugin: identity.map(|identity| identity.name.clone()),
                     version: identity.map(|identity| identity.version.to_string()),
-                    mailbox_length: self.services.me.mailbox_length(),
+                    mailbox_length: self.mailbox.len() + self.deferred.len(),
                     restarts: self.restarts,
                     suspended: self.suspended,
                 });
@@ -546,14 +538,6 @@ impl Actor {
         drop(services);
         drop(deferred);
         drop(mailbox);
-    }
-}
-
-impl ActorRef {
-    /// Counts a message the actor made for itself (it was not delivered through the mailbox).
-    fn counted(&self, envelope: Envelope) -> Envelope {
-        self.shared.mailbox_length.fetch_add(1, Ordering::Relaxed);
-        envelope
     }
 }
 
