@@ -333,8 +333,8 @@ impl ActorRef {
         self.shared.lifecycle.label.clone()
     }
 
-    /// Messages waiting in the mailbox, as the actor last counted them (after each message
-    /// it takes; `status` counts afresh).
+    /// Messages waiting in the mailbox, as the actor last counted them (when its mailbox
+    /// ran dry, and after each message while suspended); `status` counts afresh.
     pub fn mailbox_length(&self) -> usize {
         self.shared.mailbox_length.load(Ordering::Relaxed)
     }

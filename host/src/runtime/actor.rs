@@ -341,9 +341,13 @@ impl Actor {
             if let Some(exit) = self.handle(envelope) {
                 return exit;
             }
-            self.services
-                .me
-                .record_mailbox_length(self.mailbox.len() + self.deferred.len());
+            // Recorded when it is cheap and telling (the mailbox ran dry, or messages pile
+            // up while suspended), not on every message of a flood.
+            if self.suspended || self.mailbox.is_empty() {
+                self.services
+                    .me
+                    .record_mailbox_length(self.mailbox.len() + self.deferred.len());
+            }
         }
     }
 
