@@ -368,12 +368,16 @@ impl ActorRef {
         self.shared.mailbox_length.store(length, Ordering::Relaxed);
     }
 
+    /// The exit reason, or OTP's `noproc` when the actor is gone without one recorded yet.
+    fn exit_reason_or_noproc(&self) -> StopReason {
+        self.exit_reason()
+            .unwrap_or_else(|| StopReason::Error("noproc".to_owned()))
+    }
+
     fn exited_error(&self) -> CallError {
         CallError::Exited {
             actor: self.label(),
-            reason: self
-                .exit_reason()
-                .unwrap_or_else(|| StopReason::Error("noproc".to_owned())),
+            reason: self.exit_reason_or_noproc(),
         }
     }
 
@@ -413,18 +417,12 @@ impl ActorRef {
         build: impl FnOnce(oneshot::Sender<T>) -> SystemRequest,
     ) -> Result<T, SystemError> {
         let (reply, receiver) = oneshot::channel();
-        let exited = || SystemError::Exited {
-            actor: self.label(),
-            reason: self
-                .exit_reason()
-                .unwrap_or_else(|| StopReason::Error("noproc".to_owned())),
-        };
         if !self.deliver(Envelope::System(build(reply))) {
-            return Err(exited());
+            return Err(self.exited_system_error());
         }
         match tokio::time::timeout(timeout, receiver).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(_)) => Err(exited()),
+            Ok(Err(_)) => Err(self.exited_system_error()),
             Err(_) => Err(SystemError::Timeout {
                 actor: self.label(),
                 request,
@@ -436,9 +434,7 @@ impl ActorRef {
     fn exited_system_error(&self) -> SystemError {
         SystemError::Exited {
             actor: self.label(),
-            reason: self
-                .exit_reason()
-                .unwrap_or_else(|| StopReason::Error("noproc".to_owned())),
+            reason: self.exit_reason_or_noproc(),
         }
     }
 

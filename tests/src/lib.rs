@@ -425,3 +425,17 @@ pub async fn version_of(runtime: &graft::runtime::Runtime, actor: &str) -> Strin
         .unwrap();
     status.version.unwrap_or_default()
 }
+
+/// Boots the permanent release under `root` on a fresh runtime.
+pub async fn boot(
+    root: &Path,
+) -> (
+    graft::runtime::Runtime,
+    graft::release::handler::ReleaseHandler,
+) {
+    let runtime = graft::runtime::Runtime::new();
+    let handler = graft::release::handler::ReleaseHandler::boot(root, runtime.clone())
+        .await
+        .unwrap_or_else(|error| panic!("booting {}: {error}", root.display()));
+    (runtime, handler)
+}

@@ -543,16 +543,22 @@ fn a_crash_inside_the_health_window_rolls_the_release_back() {
     );
 }
 
-#[test]
-fn graft_new_scaffolds_a_plugin_that_builds_and_passes_its_own_test() {
-    let directory = tempfile::tempdir().unwrap();
-    let crate_path = directory.path().join("hello");
+/// Runs `graft new NAME --path <directory>/NAME` and returns the crate's path.
+fn scaffold(directory: &Path, name: &str) -> PathBuf {
+    let crate_path = directory.join(name);
     let output = Command::new(graft_binary())
-        .args(["new", "hello", "--path"])
+        .args(["new", name, "--path"])
         .arg(&crate_path)
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
+    crate_path
+}
+
+#[test]
+fn graft_new_scaffolds_a_plugin_that_builds_and_passes_its_own_test() {
+    let directory = tempfile::tempdir().unwrap();
+    let crate_path = scaffold(directory.path(), "hello");
     let invalid = Command::new(graft_binary())
         .args(["new", "9lives"])
         .output()
@@ -584,13 +590,7 @@ fn graft_new_scaffolds_a_plugin_that_builds_and_passes_its_own_test() {
 #[test]
 fn graft_dev_hot_swaps_a_rebuilt_plugin_and_rejects_a_build_whose_migration_fails() {
     let directory = tempfile::tempdir().unwrap();
-    let crate_path = directory.path().join("hello");
-    let output = Command::new(graft_binary())
-        .args(["new", "hello", "--path"])
-        .arg(&crate_path)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", stderr(&output));
+    let crate_path = scaffold(directory.path(), "hello");
     std::fs::create_dir_all(crate_path.join("releases/0.1.0")).unwrap();
     std::fs::write(
         crate_path.join("releases/0.1.0/release.toml"),

@@ -8,7 +8,7 @@
 use graft::release::handler::{InstallPhase, ReleaseError, ReleaseHandler};
 use graft::runtime::{CallError, Runtime};
 use graft_plugin::codec;
-use graft_tests::{call_by_name as call, example_root, faulty_releases, version, version_of};
+use graft_tests::{boot, call_by_name as call, example_root, faulty_releases, version, version_of};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
@@ -26,10 +26,7 @@ const UPGRADE: &str = "\n[[upgrade]]\nfrom = \"1.0.0\"\n\n[[upgrade.instructions
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_a_panic_in_the_downgrade_conversion_the_downgrade_aborts() {
     let root = faulty_releases(3, only(2, "{ panic_in = [\"downgrade\"] }"), UPGRADE);
-    let runtime = Runtime::new();
-    let handler = ReleaseHandler::boot(root.path(), runtime.clone())
-        .await
-        .unwrap();
+    let (runtime, handler) = boot(root.path()).await;
     handler.install(&version("2.0.0"), None).await.unwrap();
     assert_eq!(version_of(&runtime, "f2").await, "0.4.0");
     let error = handler.install(&version("1.0.0"), None).await.unwrap_err();
@@ -52,10 +49,7 @@ async fn injected_a_panic_in_the_downgrade_conversion_the_downgrade_aborts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn injected_a_code_change_that_does_not_return_the_upgrade_aborts_at_its_deadline() {
     let root = faulty_releases(4, only(3, "{ hang_in = [\"code_change\"] }"), UPGRADE);
-    let runtime = Runtime::new();
-    let handler = ReleaseHandler::boot(root.path(), runtime.clone())
-        .await
-        .unwrap();
+    let (runtime, handler) = boot(root.path()).await;
     let started = Instant::now();
     let error = handler.install(&version("2.0.0"), None).await.unwrap_err();
     assert!(
@@ -128,10 +122,7 @@ async fn injected_a_second_install_while_one_runs_it_is_refused() {
 async fn injected_an_actor_exit_between_suspend_and_change_code_the_upgrade_goes_on() {
     // The example releases: the root supervisor tolerates 5 restarts in 10 s.
     let root = example_root();
-    let runtime = Runtime::new();
-    let handler = ReleaseHandler::boot(root.path(), runtime.clone())
-        .await
-        .unwrap();
+    let (runtime, handler) = boot(root.path()).await;
     call(&runtime, "counter", json!({"Add": 3})).await;
     let victim = runtime.whereis("counter").unwrap();
     let killer = victim.clone();
@@ -168,10 +159,7 @@ async fn injected_an_actor_exit_between_suspend_and_change_code_the_upgrade_goes
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_a_reply_over_the_cap_the_actor_crashes_and_the_host_runs_on() {
     let root = faulty_releases(1, |_| "{}", UPGRADE);
-    let runtime = Runtime::new();
-    let handler = ReleaseHandler::boot(root.path(), runtime.clone())
-        .await
-        .unwrap();
+    let (runtime, handler) = boot(root.path()).await;
     let f1 = runtime.whereis("f1").unwrap();
     let error = f1
         .call(
@@ -187,10 +175,7 @@ async fn injected_a_reply_over_the_cap_the_actor_crashes_and_the_host_runs_on() 
     // A reply under the cap is fine (on the restarted actor, if any; here intensity 0 took
     // the root down, so check on a fresh host).
     handler.shutdown().await;
-    let runtime = Runtime::new();
-    let handler = ReleaseHandler::boot(root.path(), runtime.clone())
-        .await
-        .unwrap();
+    let (runtime, handler) = boot(root.path()).await;
     let reply = call(&runtime, "f1", json!({"Big": 1024})).await;
     assert_eq!(reply.as_str().unwrap().len(), 1024);
     handler.shutdown().await;
@@ -199,10 +184,7 @@ async fn injected_a_reply_over_the_cap_the_actor_crashes_and_the_host_runs_on() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_a_panic_in_terminate_the_stop_completes_with_the_reason() {
     let root = faulty_releases(2, only(1, "{ panic_in = [\"terminate\"] }"), UPGRADE);
-    let runtime = Runtime::new();
-    let handler = ReleaseHandler::boot(root.path(), runtime.clone())
-        .await
-        .unwrap();
+    let (runtime, handler) = boot(root.path()).await;
     let f1 = runtime.whereis("f1").unwrap();
     let f2 = runtime.whereis("f2").unwrap();
     assert_eq!(handler.shutdown().await, graft_plugin::StopReason::Shutdown);
@@ -291,10 +273,7 @@ async fn injected_sigkill_at_each_phase_the_restart_boots_a_consistent_release()
             .unwrap_or_else(|error| panic!("killed at {phase}: the record is torn: {error}"));
         let permanent = record["permanent"].as_str().unwrap().to_owned();
         assert!(["1.0.0", "1.1.0"].contains(&permanent.as_str()), "{record}");
-        let runtime = Runtime::new();
-        let handler = ReleaseHandler::boot(root.path(), runtime.clone())
-            .await
-            .unwrap();
+        let (runtime, handler) = boot(root.path()).await;
         assert_eq!(
             handler.current_version().await.to_string(),
             permanent,

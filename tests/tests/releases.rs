@@ -9,7 +9,8 @@ use graft::release::handler::{InstallPhase, ReleaseError, ReleaseHandler, Releas
 use graft::runtime::{ActorRef, CallError, Runtime};
 use graft_plugin::codec;
 use graft_tests::{
-    call_by_name as call, example_root, faulty_releases, version, version_of as status_version,
+    boot, call_by_name as call, example_root, faulty_releases, version,
+    version_of as status_version,
 };
 use serde_json::{Value, json};
 use std::path::Path;
@@ -25,10 +26,7 @@ fn encode(value: &Value) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_through_every_release_and_back_down_keeping_state() {
     let root = example_root();
-    let runtime = Runtime::new();
-    let handler = ReleaseHandler::boot(root.path(), runtime.clone())
-        .await
-        .unwrap();
+    let (runtime, handler) = boot(root.path()).await;
     assert_eq!(handler.current_version().await, version("1.0.0"));
     let releases = handler.which_releases().await;
     let statuses: Vec<ReleaseStatus> = releases.iter().map(|release| release.status).collect();
@@ -199,10 +197,7 @@ async fn wait_for_new(runtime: &Runtime, name: &str, old: &ActorRef) -> ActorRef
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn make_permanent_remove_and_boot_follow_the_release_record() {
     let root = example_root();
-    let runtime = Runtime::new();
-    let handler = ReleaseHandler::boot(root.path(), runtime.clone())
-        .await
-        .unwrap();
+    let (_runtime, handler) = boot(root.path()).await;
     handler.install(&version("1.1.0"), None).await.unwrap();
 
     let error = handler.make_permanent(&version("1.2.0")).await.unwrap_err();
@@ -271,10 +266,7 @@ async fn make_permanent_remove_and_boot_follow_the_release_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upgrade_under_load_loses_nothing_and_keeps_per_sender_order() {
     let root = example_root();
-    let runtime = Runtime::new();
-    let handler = ReleaseHandler::boot(root.path(), runtime.clone())
-        .await
-        .unwrap();
+    let (runtime, handler) = boot(root.path()).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut clients = Vec::new();
     for client in 0..4 {
@@ -336,10 +328,7 @@ async fn a_code_change_failing_on_the_57th_of_100_actors_leaves_all_on_the_old_v
         },
         UPGRADE_FAULTY,
     );
-    let runtime = Runtime::new();
-    let handler = ReleaseHandler::boot(root.path(), runtime.clone())
-        .await
-        .unwrap();
+    let (runtime, handler) = boot(root.path()).await;
     for index in 1..=100 {
         call(&runtime, &format!("f{index}"), json!({"Echo": "x"})).await;
     }
@@ -383,10 +372,7 @@ async fn a_code_change_failing_on_the_57th_of_100_actors_leaves_all_on_the_old_v
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_actor_makes_the_upgrade_time_out_cleanly() {
     let root = faulty_releases(5, |_| "{}", UPGRADE_FAULTY);
-    let runtime = Runtime::new();
-    let handler = ReleaseHandler::boot(root.path(), runtime.clone())
-        .await
-        .unwrap();
+    let (runtime, handler) = boot(root.path()).await;
     let busy = runtime.whereis("f3").unwrap();
     let mut sleeping = Box::pin(async move {
         busy.call(
@@ -472,10 +458,7 @@ async fn bad_plans_are_refused_before_anything_runs() {
     ];
     for (script, expected) in cases {
         let root = faulty_releases(2, |_| "{}", script);
-        let runtime = Runtime::new();
-        let handler = ReleaseHandler::boot(root.path(), runtime.clone())
-            .await
-            .unwrap();
+        let (runtime, handler) = boot(root.path()).await;
         let error = handler.install(&version("2.0.0"), None).await.unwrap_err();
         let text = error.to_string();
         assert!(text.contains(expected), "expected {expected:?} in: {text}");
@@ -498,10 +481,7 @@ async fn an_update_of_a_plugin_whose_version_does_not_change_is_refused() {
         "[[upgrade.instructions]]\nop = \"update\"\nplugin = \"calculator\"\n\n[[upgrade.instructions]]\nop = \"update_supervisor\"",
     );
     std::fs::write(&manifest, text).unwrap();
-    let runtime = Runtime::new();
-    let handler = ReleaseHandler::boot(root.path(), runtime.clone())
-        .await
-        .unwrap();
+    let (_runtime, handler) = boot(root.path()).await;
     handler.install(&version("1.1.0"), None).await.unwrap();
     let error = handler.install(&version("1.2.0"), None).await.unwrap_err();
     let text = error.to_string();
@@ -519,10 +499,7 @@ async fn an_update_of_a_plugin_whose_version_does_not_change_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_library_swapped_or_mislabelled_after_assembly_is_refused() {
     let root = example_root();
-    let runtime = Runtime::new();
-    let handler = ReleaseHandler::boot(root.path(), runtime.clone())
-        .await
-        .unwrap();
+    let (runtime, handler) = boot(root.path()).await;
 
     // Swapped on disk: the digest no longer matches.
     let library = root.path().join("releases/1.1.0/lib/counter-1.1.0.so");
@@ -612,10 +589,7 @@ async fn a_host_killed_before_make_permanent_boots_the_permanent_release() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
-    let runtime = Runtime::new();
-    let handler = ReleaseHandler::boot(root.path(), runtime.clone())
-        .await
-        .unwrap();
+    let (runtime, handler) = boot(root.path()).await;
     assert_eq!(handler.current_version().await, version("1.0.0"));
     assert_eq!(status_version(&runtime, "counter").await, "1.0.0");
     let statuses: Vec<ReleaseStatus> = handler

@@ -7,10 +7,9 @@
 //! graft-tests --test soak -- --nocapture`.
 
 use graft::plugin::UnloadOutcome;
-use graft::release::handler::ReleaseHandler;
 use graft::runtime::Runtime;
 use graft_plugin::codec;
-use graft_tests::example_root;
+use graft_tests::{boot, example_root};
 use semver::Version;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -42,10 +41,7 @@ async fn soak_cycles_releases_under_traffic_and_stays_bounded() {
         .and_then(|text| text.parse().ok())
         .unwrap_or(3);
     let root = example_root();
-    let runtime = Runtime::new();
-    let handler = ReleaseHandler::boot(root.path(), runtime.clone())
-        .await
-        .unwrap();
+    let (runtime, handler) = boot(root.path()).await;
 
     // The client: numbered casts to counter, numbered calls to kv whose replies prove the
     // order; it pauses when asked so each round can be checked at rest.
