@@ -72,6 +72,67 @@ pub struct PluginEntry {
     /// Assembled manifests: the library's SHA-256 (64 hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// How long one callback may run before its actor is killed (default 5000 ms;
+    /// `"infinity"` for no deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_timeout_ms: Option<CallbackTimeout>,
+    /// Where the plugin's code runs: in the host (default) or in a worker process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<Isolation>,
+    /// Process isolation only: a worker whose resident memory exceeds this is killed and
+    /// its actors restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_mb: Option<u64>,
+}
+
+impl PluginEntry {
+    /// The callback deadline: `None` is no deadline (`"infinity"`).
+    pub fn callback_timeout(&self) -> Option<Duration> {
+        match self.callback_timeout_ms {
+            None => Some(DEFAULT_CALLBACK_TIMEOUT),
+            Some(CallbackTimeout::Milliseconds(milliseconds)) => {
+                Some(Duration::from_millis(milliseconds))
+            }
+            Some(CallbackTimeout::Word(InfinityWord::Infinity)) => None,
+        }
+    }
+
+    /// The isolation, defaulting to in-process.
+    pub fn isolation(&self) -> Isolation {
+        self.isolation.unwrap_or_default()
+    }
+}
+
+/// How long one plugin callback may run unless a release says otherwise.
+pub const DEFAULT_CALLBACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `callback_timeout_ms`: milliseconds or `"infinity"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CallbackTimeout {
+    /// A deadline in milliseconds.
+    Milliseconds(u64),
+    /// No deadline.
+    Word(InfinityWord),
+}
+
+/// The word `infinity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InfinityWord {
+    /// No limit.
+    Infinity,
+}
+
+/// Where a plugin's callbacks run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// In the host process, on the actor executor's threads.
+    #[default]
+    InProcess,
+    /// In a worker process per plugin, reached over a Unix socket.
+    Process,
 }
 
 /// A supervisor's flags and children.
@@ -446,6 +507,24 @@ impl Manifest {
                     )
                 })?;
                 check_relative(crate_path).map_err(|message| invalid(field("crate"), message))?;
+            }
+            if entry.callback_timeout_ms == Some(CallbackTimeout::Milliseconds(0)) {
+                return Err(invalid(
+                    field("callback_timeout_ms"),
+                    "expected a positive number of milliseconds or \"infinity\"".into(),
+                ));
+            }
+            if entry.memory_limit_mb.is_some() && entry.isolation() != Isolation::Process {
+                return Err(invalid(
+                    field("memory_limit_mb"),
+                    "a memory limit needs isolation = \"process\"".into(),
+                ));
+            }
+            if entry.memory_limit_mb == Some(0) {
+                return Err(invalid(
+                    field("memory_limit_mb"),
+                    "expected a positive number of MiB".into(),
+                ));
             }
         }
         let mut ids = HashSet::from([ROOT_SUPERVISOR.to_owned()]);

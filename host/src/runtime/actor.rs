@@ -267,7 +267,7 @@ pub(crate) async fn run(
         pending: RefCell::new(HashMap::new()),
         timers: Arc::new(Mutex::new(HashMap::new())),
     };
-    let (behaviour, outputs) = match options.factory.start(&options.args, &services) {
+    let (mut behaviour, outputs) = match options.factory.start(&options.args, &services) {
         Ok(started) => started,
         Err(error) => {
             let reason = StopReason::Error(error.to_string());
@@ -280,6 +280,7 @@ pub(crate) async fn run(
             return;
         }
     };
+    behaviour.attach(&me);
     let mut actor = Actor {
         behaviour,
         services,
@@ -502,7 +503,8 @@ impl Actor {
                 } else {
                     match migration(&mut self.behaviour) {
                         Ok(replacement) => {
-                            if let Some(replacement) = replacement {
+                            if let Some(mut replacement) = replacement {
+                                replacement.attach(&self.services.me);
                                 self.behaviour = replacement;
                             }
                             Ok(())

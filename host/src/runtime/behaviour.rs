@@ -52,6 +52,12 @@ pub trait Behaviour: Send {
     fn plugin(&self) -> Option<&Arc<LoadedPlugin>> {
         None
     }
+    /// Tells the behaviour which actor runs it: after `init`, and after a `change_code`
+    /// installs it. Process-isolated behaviours use it to end their actor when the worker
+    /// dies; others ignore it.
+    fn attach(&mut self, actor: &super::ActorRef) {
+        let _ = actor;
+    }
     /// Downgrade: the state in the shape of an older version.
     fn downgrade(
         &mut self,
