@@ -493,6 +493,13 @@ impl ActorRef {
     /// Kills the actor at once, without `terminate` (`brutal_kill`). A callback in progress
     /// cannot be interrupted; the actor is dead to everyone else immediately.
     pub fn kill(&self) {
+        self.kill_with(StopReason::Error("killed".to_owned()));
+    }
+
+    /// Kills the actor at once with `reason`, without `terminate`: how a callback past its
+    /// deadline or a crashed worker process ends an actor. Returns whether this call was
+    /// the one that ended it.
+    pub fn kill_with(&self, reason: StopReason) -> bool {
         if let Some(abort) = lock(&self.shared.abort).take() {
             abort.abort();
         }
@@ -501,9 +508,7 @@ impl ActorRef {
         if let Some(inner) = self.shared.runtime.upgrade() {
             Runtime { inner }.unregister(self);
         }
-        self.shared
-            .lifecycle
-            .finish(StopReason::Error("killed".to_owned()));
+        self.shared.lifecycle.finish(reason)
     }
 }
 
