@@ -103,8 +103,7 @@ impl PluginEntry {
     }
 }
 
-/// How long one plugin callback may run unless a release says otherwise.
-pub const DEFAULT_CALLBACK_TIMEOUT: Duration = Duration::from_secs(5);
+pub use crate::runtime::DEFAULT_CALLBACK_TIMEOUT;
 
 /// `callback_timeout_ms`: milliseconds or `"infinity"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

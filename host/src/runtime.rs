@@ -23,6 +23,7 @@
 
 mod actor;
 pub mod behaviour;
+pub mod executor;
 
 pub use actor::ActorStatus;
 pub use behaviour::{Behaviour, BehaviourFactory, NativeFactory, PluginFactory, Started};
@@ -40,6 +41,17 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 /// How long a call waits for its reply unless told otherwise (OTP's 5 s).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one callback may run before its actor is killed, unless its factory says
+/// otherwise (a release's `callback_timeout_ms`).
+pub const DEFAULT_CALLBACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `callback_timeout_ms` as stored: milliseconds, `u64::MAX` for none.
+fn timeout_millis(timeout: Option<Duration>) -> u64 {
+    timeout.map_or(u64::MAX, |timeout| {
+        u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX - 1)
+    })
+}
 
 /// A process's unique id (never reused within a host).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -179,7 +191,12 @@ pub(crate) struct ActorShared {
     sender: mpsc::UnboundedSender<Envelope>,
     mailbox_length: AtomicUsize,
     pub(crate) lifecycle: Lifecycle,
-    abort: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The actor's task on the executor; dropping it cancels the task.
+    task: Mutex<Option<async_executor::Task<()>>>,
+    /// The deadline of each callback, in milliseconds (`u64::MAX`: none).
+    callback_timeout_ms: AtomicU64,
+    /// "plugin version" of the code the actor runs, for timeout reasons and reports.
+    code_label: Mutex<String>,
 }
 
 /// A handle on an actor: send it messages, call it, watch it. Cheap to clone.
@@ -358,6 +375,31 @@ impl ActorRef {
         &self.shared.lifecycle
     }
 
+    /// The deadline of each of its callbacks (`None`: no deadline).
+    pub fn callback_timeout(&self) -> Option<Duration> {
+        match self.shared.callback_timeout_ms.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            milliseconds => Some(Duration::from_millis(milliseconds)),
+        }
+    }
+
+    /// Changes the deadline of its callbacks (an install does, for the new release's
+    /// `callback_timeout_ms`); the callback in progress keeps the deadline it began with.
+    pub fn set_callback_timeout(&self, timeout: Option<Duration>) {
+        self.shared
+            .callback_timeout_ms
+            .store(timeout_millis(timeout), Ordering::Relaxed);
+    }
+
+    /// The plugin and version it runs (`native` for host-native behaviours).
+    pub fn code_label(&self) -> String {
+        lock(&self.shared.code_label).clone()
+    }
+
+    pub(crate) fn set_code_label(&self, label: String) {
+        *lock(&self.shared.code_label) = label;
+    }
+
     fn deliver(&self, envelope: Envelope) -> bool {
         self.shared.sender.send(envelope).is_ok()
     }
@@ -500,9 +542,9 @@ impl ActorRef {
     /// deadline or a crashed worker process ends an actor. Returns whether this call was
     /// the one that ended it.
     pub fn kill_with(&self, reason: StopReason) -> bool {
-        if let Some(abort) = lock(&self.shared.abort).take() {
-            abort.abort();
-        }
+        // Dropping the task cancels it: at its next await, or, when a callback is
+        // running, as soon as that callback returns (a stuck one keeps its thread).
+        drop(lock(&self.shared.task).take());
         // The name is freed before watchers hear of the exit, so a supervisor restarting
         // the actor can register it again at once.
         if let Some(inner) = self.shared.runtime.upgrade() {
@@ -741,22 +783,40 @@ impl Runtime {
                 sender,
                 mailbox_length: AtomicUsize::new(0),
                 lifecycle: Lifecycle::new(id, label.clone()),
-                abort: Mutex::new(None),
+                task: Mutex::new(None),
+                callback_timeout_ms: AtomicU64::new(timeout_millis(
+                    options.factory.callback_timeout(),
+                )),
+                code_label: Mutex::new(
+                    options
+                        .factory
+                        .identity()
+                        .map_or_else(|| "native code".to_owned(), |identity| identity.to_string()),
+                ),
             }),
         };
         if let Some(name) = &options.name {
             self.register(name, Registered::Actor(actor.clone()))?;
         }
-        let (started, start_result) = oneshot::channel();
-        let task = tokio::spawn(actor::run(
+        let (started, mut start_result) = oneshot::channel();
+        let task = executor::spawn(actor::run(
             self.clone(),
             actor.clone(),
             options,
             mailbox,
             started,
         ));
-        *lock(&actor.shared.abort) = Some(task.abort_handle());
-        match start_result.await {
+        *lock(&actor.shared.task) = Some(task);
+        let start_result = tokio::select! {
+            biased;
+            result = &mut start_result => result,
+            // Killed during `init` (its deadline): the stuck thread still holds the sender.
+            reason = actor.exited() => match start_result.try_recv() {
+                Ok(result) => Ok(result),
+                Err(_) => Ok(Err(SpawnError::Stopped { actor: label.clone(), reason })),
+            },
+        };
+        match start_result {
             Ok(Ok(())) => Ok(actor),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(SpawnError::Stopped {

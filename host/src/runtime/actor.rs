@@ -18,6 +18,7 @@
 //! suspend).
 
 use super::behaviour::Behaviour;
+use super::executor::{self, CallbackGuard};
 use super::{ActorOptions, ActorRef, CallError, Migration, Runtime, SpawnError, SystemError, lock};
 use crate::plugin::{CallbackError, HostServices, Outputs, SendKind, ServiceError};
 use graft_plugin::{Exit, StopReason, abi, codec};
@@ -29,6 +30,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
+
+/// Records `callback` of `actor` on the executor's watchdog until the guard drops.
+fn guard(actor: &ActorRef, callback: &'static str) -> CallbackGuard {
+    executor::enter_callback(actor, callback, actor.callback_timeout())
+}
+
+/// "plugin version" of a behaviour, for reports.
+fn code_label(behaviour: &dyn Behaviour) -> String {
+    behaviour
+        .identity()
+        .map_or_else(|| "native code".to_owned(), |identity| identity.to_string())
+}
 
 type ReplySender = oneshot::Sender<Result<Vec<u8>, CallError>>;
 
@@ -145,16 +158,10 @@ impl HostServices for ActorServices {
         if target == self.me {
             return Err(service_error(CallError::CallingSelf(self.label.clone())));
         }
-        let handle = tokio::runtime::Handle::current();
-        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
-            return Err(ServiceError::Unavailable(
-                "a call from inside a callback on a current-thread runtime",
-            ));
-        }
-        // The callback is synchronous: block this worker, but hand its other tasks to the
-        // rest of the pool first, so waiting for `target` cannot starve it.
-        tokio::task::block_in_place(|| handle.block_on(target.call(message, timeout)))
-            .map_err(service_error)
+        // The callback is synchronous: block this runner; the executor replaces it while
+        // it waits, so waiting for `target` cannot starve the pool.
+        let timers = executor::timers();
+        executor::blocking(|| timers.block_on(target.call(message, timeout))).map_err(service_error)
     }
 
     fn start_timer(&self, delay: Duration, repeat: bool, message: Vec<u8>) -> Option<u64> {
@@ -168,7 +175,7 @@ impl HostServices for ActorServices {
         // Hold the registry lock while spawning, so a timer that fires at once cannot try
         // to remove its entry before it is inserted.
         let mut registry = lock(&self.timers);
-        let task = tokio::spawn(async move {
+        let task = executor::timers().spawn(async move {
             if repeat {
                 let period = delay.max(Duration::from_millis(1));
                 let mut interval =
@@ -267,20 +274,26 @@ pub(crate) async fn run(
         pending: RefCell::new(HashMap::new()),
         timers: Arc::new(Mutex::new(HashMap::new())),
     };
-    let (mut behaviour, outputs) = match options.factory.start(&options.args, &services) {
+    let initialising = guard(&me, "init");
+    let started_behaviour = options.factory.start(&options.args, &services);
+    drop(initialising);
+    let (mut behaviour, outputs) = match started_behaviour {
         Ok(started) => started,
         Err(error) => {
             let reason = StopReason::Error(error.to_string());
             runtime.unregister(&me);
-            me.lifecycle().finish(reason);
+            // The spawner hears first: it also watches the exit (for an `init` killed at
+            // its deadline), and must not mistake this failure for such a kill.
             let _ = started.send(Err(SpawnError::InitFailed {
                 actor: label,
                 error: Box::new(error),
             }));
+            me.lifecycle().finish(reason);
             return;
         }
     };
     behaviour.attach(&me);
+    me.set_code_label(code_label(&*behaviour));
     let mut actor = Actor {
         behaviour,
         services,
@@ -316,7 +329,9 @@ impl Actor {
             if !self.suspended
                 && let Some(argument) = self.continue_with.take()
             {
+                let running = guard(&self.services.me, "handle_continue");
                 let result = self.behaviour.handle_continue(&argument, &self.services);
+                drop(running);
                 if let Some(exit) = self.after(result) {
                     return exit;
                 }
@@ -341,6 +356,14 @@ impl Actor {
             };
             if let Some(exit) = self.handle(envelope) {
                 return exit;
+            }
+            if let Some(reason) = self.services.me.exit_reason() {
+                // Killed during that callback (its deadline, a crashed worker): its task
+                // is cancelled; handle nothing more.
+                return Ending {
+                    reason,
+                    run_terminate: false,
+                };
             }
             // Recorded when it is cheap and telling (the mailbox ran dry, or messages pile
             // up while suspended), not on every message of a flood.
@@ -388,11 +411,15 @@ impl Actor {
             }
             Envelope::Call { request, reply } => self.handle_call(&request, reply),
             Envelope::Cast(message) => {
+                let running = guard(&self.services.me, "handle_cast");
                 let result = self.behaviour.handle_cast(&message, &self.services);
+                drop(running);
                 self.after(result)
             }
             Envelope::Info { kind, message } => {
+                let running = guard(&self.services.me, "handle_info");
                 let result = self.behaviour.handle_info(kind, &message, &self.services);
+                drop(running);
                 self.after(result)
             }
         }
@@ -402,7 +429,9 @@ impl Actor {
         let token = self.services.next_token.get();
         self.services.next_token.set(token + 1);
         *self.services.current_call.borrow_mut() = Some((token, reply));
+        let running = guard(&self.services.me, "handle_call");
         let result = self.behaviour.handle_call(request, token, &self.services);
+        drop(running);
         let waiting = self.services.current_call.borrow_mut().take();
         match result {
             Ok(mut outputs) => {
@@ -471,6 +500,7 @@ impl Actor {
                 let _ = reply.send(());
             }
             SystemRequest::GetState(reply) => {
+                let _running = guard(&self.services.me, "encode_state");
                 let state = self
                     .behaviour
                     .encode_state()
@@ -501,10 +531,15 @@ impl Actor {
                 let result = if !self.suspended {
                     Err(SystemError::NotSuspended(self.services.label.clone()))
                 } else {
-                    match migration(&mut self.behaviour) {
+                    let running = guard(&self.services.me, "code_change");
+                    let migrated = migration(&mut self.behaviour);
+                    drop(running);
+                    match migrated {
                         Ok(replacement) => {
                             if let Some(mut replacement) = replacement {
                                 replacement.attach(&self.services.me);
+                                self.services.me.set_code_label(code_label(&*replacement));
+                                let _dropping = guard(&self.services.me, "drop");
                                 self.behaviour = replacement;
                             }
                             Ok(())
@@ -528,16 +563,20 @@ impl Actor {
             deferred,
             ..
         } = self;
+        let terminating = guard(me, "terminate");
         if exit.run_terminate
             && let Err(error) = behaviour.terminate(&exit.reason, &services)
         {
             tracing::error!(actor = %services.label, "terminate failed: {error}");
         }
+        drop(terminating);
         if !exit.reason.is_clean() {
             tracing::error!(actor = %services.label, reason = %exit.reason, "actor exited abnormally");
         }
         // Release the plugin instance (and with it, possibly, an old library version).
+        let dropping = guard(me, "drop");
         drop(behaviour);
+        drop(dropping);
         runtime.unregister(me);
         me.lifecycle().finish(exit.reason);
         // Callers waiting on a deferred reply or still queued now see "exited".

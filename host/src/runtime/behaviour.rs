@@ -143,6 +143,11 @@ pub trait BehaviourFactory: Send + Sync {
     /// The plugin and version new actors will run, when a plugin.
     fn identity(&self) -> Option<PluginIdentity>;
 
+    /// How long each callback of the actors it starts may run (`None`: no deadline).
+    fn callback_timeout(&self) -> Option<std::time::Duration> {
+        Some(super::DEFAULT_CALLBACK_TIMEOUT)
+    }
+
     /// The plugin's name alone (cheaper than `identity` for some factories).
     fn plugin_name(&self) -> Option<String> {
         self.identity().map(|identity| identity.name)
