@@ -450,6 +450,15 @@ fn print_status(status: &Value, json: bool) {
         })
         .collect();
     out.push_str(&format!("resident libraries: {}\n", resident.join(", ")));
+    for stuck in status["stuck_callbacks"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "stuck callback: {} of {} (actor {}, killed) running for {} ms; its library stays loaded\n",
+            stuck["callback"].as_str().unwrap_or("?"),
+            stuck["code"].as_str().unwrap_or("?"),
+            stuck["actor"].as_str().unwrap_or("?"),
+            stuck["running_ms"],
+        ));
+    }
     print!("{out}");
 }
 

@@ -13,7 +13,8 @@
 use crate::release::handler::{
     InstallPhase, ProgressFn, ReleaseHandler, ReleaseInfo, ReleaseStatus,
 };
-use crate::runtime::{ActorRef, SystemError};
+use crate::runtime::{ActorRef, ProcessId, SystemError};
+use std::collections::HashMap;
 use crate::supervisor::{ChildRef, SupervisorRef};
 use graft_plugin::codec;
 use semver::Version;
@@ -399,7 +400,31 @@ async fn install(
 /// restarts and mailbox length; the resident libraries; the releases.
 pub async fn status(handler: &ReleaseHandler) -> Value {
     let root = handler.root_supervisor().await;
-    let tree = describe_supervisor("root", root).await;
+    // Every actor is asked at once under one deadline, so actors stuck in callbacks cost
+    // one wait, not one each.
+    let mut actors = Vec::new();
+    collect_workers(root.clone(), &mut actors).await;
+    let statuses: HashMap<ProcessId, Value> = actors
+        .iter()
+        .zip(crate::runtime::status_all(&actors, STATUS_WAIT).await)
+        .map(|(actor, status)| {
+            let entry = match status {
+                Ok(status) => json!({
+                    "name": status.name,
+                    "plugin": status.plugin,
+                    "version": status.version,
+                    "state": if status.suspended { "suspended" } else { "running" },
+                    "restarts": status.restarts,
+                    "mailbox": status.mailbox_length,
+                }),
+                Err(error) => {
+                    json!({"name": actor.name(), "code": actor.code_label(), "state": "busy", "error": error.to_string()})
+                }
+            };
+            (actor.id(), entry)
+        })
+        .collect();
+    let tree = describe_supervisor("root", root, &statuses).await;
     let (resident, unloaded) = handler.resident().await;
     json!({
         "release": handler.current_version().await,
@@ -410,36 +435,47 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
             .filter(|report| report.outcome == crate::plugin::UnloadOutcome::Resident)
             .map(|report| report.identity.to_string())
             .collect::<Vec<_>>(),
+        "stuck_callbacks": crate::runtime::executor::stuck_callbacks(),
         "releases": handler.which_releases().await,
     })
 }
 
-fn describe_supervisor(
-    id: &str,
+/// How long `status` waits for actors to report.
+const STATUS_WAIT: Duration = Duration::from_millis(300);
+
+fn collect_workers<'a>(
     supervisor: SupervisorRef,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Value> + Send + '_>> {
+    found: &'a mut Vec<ActorRef>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+    Box::pin(async move {
+        for child in supervisor.which_children().await.unwrap_or_default() {
+            match child.child {
+                Some(ChildRef::Supervisor(nested)) => collect_workers(nested, found).await,
+                Some(ChildRef::Worker(actor)) => found.push(actor),
+                None => {}
+            }
+        }
+    })
+}
+
+fn describe_supervisor<'a>(
+    id: &'a str,
+    supervisor: SupervisorRef,
+    statuses: &'a HashMap<ProcessId, Value>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Value> + Send + 'a>> {
     Box::pin(async move {
         let mut children = Vec::new();
         for child in supervisor.which_children().await.unwrap_or_default() {
             let entry = match &child.child {
                 Some(ChildRef::Supervisor(nested)) => {
-                    describe_supervisor(&child.id, nested.clone()).await
+                    describe_supervisor(&child.id, nested.clone(), statuses).await
                 }
                 Some(ChildRef::Worker(actor)) => {
-                    match actor.status(Duration::from_millis(500)).await {
-                        Ok(status) => json!({
-                            "id": child.id,
-                            "name": status.name,
-                            "plugin": status.plugin,
-                            "version": status.version,
-                            "state": if status.suspended { "suspended" } else { "running" },
-                            "restarts": status.restarts,
-                            "mailbox": status.mailbox_length,
-                        }),
-                        Err(error) => {
-                            json!({"id": child.id, "name": child.name, "state": "busy", "error": error.to_string()})
-                        }
-                    }
+                    let mut entry = statuses.get(&actor.id()).cloned().unwrap_or_else(
+                        || json!({"name": actor.name(), "state": "started after the count"}),
+                    );
+                    entry["id"] = json!(child.id);
+                    entry
                 }
                 None => json!({"id": child.id, "state": "stopped", "restarts": child.restarts}),
             };

@@ -652,6 +652,17 @@ pub async fn suspend_all(actors: &[ActorRef], timeout: Duration) -> Vec<Result<(
     send_suspend_all(actors).collect(timeout).await
 }
 
+/// Asks many actors for their status at once under one deadline (an actor busy in a long
+/// callback answers with a timeout); one result per actor, in order.
+pub async fn status_all(
+    actors: &[ActorRef],
+    timeout: Duration,
+) -> Vec<Result<ActorStatus, SystemError>> {
+    PendingReplies::send(actors, "status", |_, reply| SystemRequest::Status(reply))
+        .collect(timeout)
+        .await
+}
+
 /// Resumes many actors at once under one deadline; one result per actor, in order.
 pub async fn resume_all(actors: &[ActorRef], timeout: Duration) -> Vec<Result<(), SystemError>> {
     send_resume_all(actors).collect(timeout).await

@@ -321,11 +321,30 @@ fn write_record(root: &Path, record: &Record) -> Result<(), ReleaseError> {
 #[derive(Default)]
 struct PluginTable {
     current: Mutex<HashMap<String, Arc<LoadedPlugin>>>,
+    /// Each plugin's `callback_timeout_ms` in the current release (`None`: infinity).
+    callback_timeouts: Mutex<HashMap<String, Option<Duration>>>,
 }
 
 impl PluginTable {
     fn get(&self, plugin: &str) -> Option<Arc<LoadedPlugin>> {
         lock(&self.current).get(plugin).cloned()
+    }
+
+    fn callback_timeout(&self, plugin: &str) -> Option<Duration> {
+        lock(&self.callback_timeouts)
+            .get(plugin)
+            .copied()
+            .unwrap_or(Some(crate::runtime::DEFAULT_CALLBACK_TIMEOUT))
+    }
+
+    /// Takes the callback deadlines of `release`'s plugins.
+    fn set_callback_timeouts(&self, release: &AssembledRelease) {
+        *lock(&self.callback_timeouts) = release
+            .manifest
+            .plugins
+            .iter()
+            .map(|(name, entry)| (name.clone(), entry.callback_timeout()))
+            .collect();
     }
 }
 
@@ -359,6 +378,10 @@ impl BehaviourFactory for ReleaseFactory {
 
     fn plugin_name(&self) -> Option<String> {
         Some(self.plugin.clone())
+    }
+
+    fn callback_timeout(&self) -> Option<Duration> {
+        self.table.callback_timeout(&self.plugin)
     }
 }
 
@@ -588,6 +611,7 @@ impl ReleaseHandler {
             loaded.push(Arc::downgrade(&plugin));
             lock(&table.current).insert(name, plugin);
         }
+        table.set_callback_timeouts(&release);
         let manifest_path = release.directory.join("release.toml");
         let spec = supervisor_spec(&release.manifest.supervisor, ROOT_SUPERVISOR, &table).map_err(
             |message| ReleaseError::Plan {
@@ -909,6 +933,13 @@ impl ReleaseHandler {
             )?;
         // Plugins the target release does not have leave the table.
         lock(&self.table.current).retain(|name, _| target_plugins.contains_key(name));
+        // The target's callback deadlines apply to new actors and running ones alike.
+        self.table.set_callback_timeouts(&target_release);
+        for (actor, plugin) in workers(state.root_supervisor.clone()).await {
+            if let Some(plugin) = plugin {
+                actor.set_callback_timeout(self.table.callback_timeout(&plugin));
+            }
+        }
         let previous = std::mem::replace(&mut state.current, target_release);
         if state.record.permanent.as_ref() != Some(&previous.version) {
             state.record.old.insert(previous.version.clone());
