@@ -429,12 +429,22 @@ impl ActorRef {
         if !self.deliver(Envelope::Call { request, reply }) {
             return Err(self.exited_error());
         }
-        match tokio::time::timeout(timeout, receiver).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(self.exited_error()),
-            Err(_) => Err(CallError::Timeout {
+        // The exit is watched too: an actor killed while a callback holds its thread (its
+        // deadline passed) never drops this call's reply channel, but the caller hears of
+        // the exit at once, as an OTP caller does through its monitor.
+        tokio::select! {
+            biased;
+            answer = tokio::time::timeout(timeout, receiver) => match answer {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(self.exited_error()),
+                Err(_) => Err(CallError::Timeout {
+                    actor: self.label(),
+                    timeout,
+                }),
+            },
+            reason = self.exited() => Err(CallError::Exited {
                 actor: self.label(),
-                timeout,
+                reason,
             }),
         }
     }
@@ -462,13 +472,20 @@ impl ActorRef {
         if !self.deliver(Envelope::System(build(reply))) {
             return Err(self.exited_system_error());
         }
-        match tokio::time::timeout(timeout, receiver).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(_)) => Err(self.exited_system_error()),
-            Err(_) => Err(SystemError::Timeout {
+        tokio::select! {
+            biased;
+            answer = tokio::time::timeout(timeout, receiver) => match answer {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(_)) => Err(self.exited_system_error()),
+                Err(_) => Err(SystemError::Timeout {
+                    actor: self.label(),
+                    request,
+                    timeout,
+                }),
+            },
+            reason = self.exited() => Err(SystemError::Exited {
                 actor: self.label(),
-                request,
-                timeout,
+                reason,
             }),
         }
     }

@@ -439,3 +439,77 @@ pub async fn boot(
         .unwrap_or_else(|error| panic!("booting {}: {error}", root.display()));
     (runtime, handler)
 }
+
+/// Polls `condition` every 20 ms until it holds or `deadline` passes.
+pub fn eventually_blocking(
+    deadline: std::time::Duration,
+    mut condition: impl FnMut() -> bool,
+) -> bool {
+    let end = std::time::Instant::now() + deadline;
+    while std::time::Instant::now() < end {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    condition()
+}
+
+/// A `graft start` host run as a child process, killed when dropped.
+pub struct Host {
+    /// The host process.
+    pub child: std::process::Child,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl Host {
+    /// Starts a host on `root` with extra arguments; waits until its socket answers.
+    pub fn start(root: &Path, extra: &[&str]) -> Host {
+        let log = root.join("host.log");
+        let child = std::process::Command::new(graft_binary())
+            .env("GRAFT_ROOT", root)
+            .env("RUST_LOG", "info")
+            .arg("start")
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let socket = root.join("run").join("control.sock");
+        let host = Host { child, log };
+        assert!(
+            eventually_blocking(std::time::Duration::from_secs(20), || socket.exists()
+                && std::os::unix::net::UnixStream::connect(&socket).is_ok()),
+            "the host did not start: {}",
+            host.log()
+        );
+        host
+    }
+
+    /// What the host logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, …) to the host.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args(["-s", signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the host to exit; its exit code.
+    pub fn wait(&mut self) -> i32 {
+        self.child.wait().unwrap().code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

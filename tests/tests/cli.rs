@@ -3,15 +3,17 @@
 //! malformed requests and many clients on the control socket; its permissions; usage
 //! errors; `graft new` output that builds and passes its test.
 
-use graft_tests::{copy_tree, graft_binary, workspace_root};
+use graft_tests::{
+    Host, copy_tree, eventually_blocking as eventually, graft_binary, workspace_root,
+};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The example releases assembled once by `graft build`; each test gets a copy.
 fn assembled() -> &'static Path {
@@ -74,70 +76,6 @@ fn succeed(root: &Path, args: &[&str]) -> String {
 
 fn json(root: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&succeed(root, args)).unwrap()
-}
-
-/// Polls `condition` every 20 ms until it holds or `deadline` passes.
-fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    condition()
-}
-
-struct Host {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Host {
-    fn start(root: &Path, extra: &[&str]) -> Host {
-        let log = root.join("host.log");
-        let child = Command::new(graft_binary())
-            .env("GRAFT_ROOT", root)
-            .env("RUST_LOG", "info")
-            .arg("start")
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let socket = root.join("run").join("control.sock");
-        let host = Host { child, log };
-        assert!(
-            eventually(Duration::from_secs(20), || socket.exists()
-                && UnixStream::connect(&socket).is_ok()),
-            "the host did not start: {}",
-            host.log()
-        );
-        host
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args(["-s", signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait(&mut self) -> i32 {
-        self.child.wait().unwrap().code().unwrap_or(-1)
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

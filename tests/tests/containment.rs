@@ -1,0 +1,343 @@
+//! Fault containment of in-process plugins (issue 9 §1–2): plugin code runs on the actor
+//! executor, never on the threads that serve the control plane; a callback past its
+//! deadline kills its actor (its supervisor restarts it) while its thread is abandoned,
+//! and the pool replaces the thread so capacity does not shrink.
+//!
+//! Each test states what survives: the host, the other actors, the release record, the
+//! ability to roll back. Stuck callbacks here sleep in a loop (they burn no core), so the
+//! abandoned threads do not slow the rest of the suite.
+
+use graft::release::assemble::assemble;
+use graft::runtime::{CallError, executor};
+use graft_plugin::codec;
+use graft_tests::{Host, boot, eventually, graft_binary, workspace_root};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Writes and assembles `release.toml` texts (version, text) into a fresh root.
+fn root_with(releases: &[(&str, String)]) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    for (version, text) in releases {
+        let directory = root.path().join("sources").join(version);
+        std::fs::create_dir_all(&directory).unwrap();
+        std::fs::write(directory.join("release.toml"), text).unwrap();
+        assemble(
+            &directory.join("release.toml"),
+            &workspace_root(),
+            root.path(),
+            false,
+        )
+        .unwrap_or_else(|error| panic!("assembling {version}: {error}"));
+    }
+    root
+}
+
+fn header(version: &str, timeout: &str) -> String {
+    format!(
+        "[release]\nname = \"contained\"\nversion = \"{version}\"\n\n[plugins.faulty]\nversion = \"0.3.0\"\ncrate = \"tests/fixtures/faulty\"\ncallback_timeout_ms = {timeout}\n\n[supervisor]\nstrategy = \"one_for_one\"\nmax_restarts = 100\nmax_seconds = 10\n"
+    )
+}
+
+fn child(id: &str, args: &str, extra: &str) -> String {
+    format!("\n[[supervisor.children]]\nid = \"{id}\"\nplugin = \"faulty\"\nargs = {args}\n{extra}")
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
+fn graft_timed(root: &Path, args: &[&str]) -> (Duration, std::process::Output) {
+    let began = Instant::now();
+    let output = Command::new(graft_binary())
+        .env("GRAFT_ROOT", root)
+        .args(args)
+        .output()
+        .unwrap();
+    (began.elapsed(), output)
+}
+
+/// With 2 × cores actors stuck forever in `handle_call` (no deadline), the control plane
+/// and the other actors answer at once: `graft status`, `graft releases`, a call to another
+/// actor, `graft rollback` each within 1 s, and SIGTERM ends the host within 1 s.
+/// Survives: the host (until SIGTERM), the other actor, the release record, rollback.
+#[test]
+fn actors_stuck_in_every_worker_thread_leave_the_control_plane_and_other_actors_answering() {
+    let stuck = 2 * cores();
+    let mut first = header("1.0.0", "\"infinity\"");
+    for index in 1..=stuck {
+        first.push_str(&child(
+            &format!("stuck{index}"),
+            "{ stuck_in = [\"handle_call\"] }",
+            "shutdown = \"brutal_kill\"\n",
+        ));
+    }
+    first.push_str(&child("healthy", "{}", ""));
+    let mut second = first.replace("version = \"1.0.0\"", "version = \"2.0.0\"");
+    second.push_str(
+        "\n[[upgrade]]\nfrom = \"1.0.0\"\n\n[[upgrade.instructions]]\nop = \"add_child\"\nsupervisor = \"root\"\nid = \"late\"\n\n[[downgrade]]\nto = \"1.0.0\"\n\n[[downgrade.instructions]]\nop = \"remove_child\"\nsupervisor = \"root\"\nid = \"late\"\n",
+    );
+    second.push_str(&child("late", "{}", ""));
+    let root = root_with(&[("1.0.0", first), ("2.0.0", second)]);
+    let root = root.path();
+    let mut host = Host::start(root, &[]);
+    let (_, installed) = graft_timed(root, &["install", "2.0.0"]);
+    assert!(
+        installed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+
+    // Every stuck actor gets a call it never answers (each client gives up after 1 s).
+    let callers: Vec<std::process::Child> = (1..=stuck)
+        .map(|index| {
+            Command::new(graft_binary())
+                .env("GRAFT_ROOT", root)
+                .args(["call", &format!("stuck{index}"), "{\"Echo\":\"x\"}"])
+                .args(["--timeout", "1000"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut caller in callers {
+        caller.wait().unwrap();
+    }
+
+    // They are stuck (busy), not merely slow to start.
+    let (took, status) = graft_timed(root, &["status", "--json"]);
+    assert!(took < Duration::from_secs(1), "status took {took:?}");
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert_eq!(status.matches("\"busy\"").count(), stuck, "{status}");
+    for args in [
+        vec!["status"],
+        vec!["releases"],
+        vec!["call", "healthy", "{\"Echo\":\"still here\"}"],
+        vec!["rollback"],
+    ] {
+        let (took, output) = graft_timed(root, &args);
+        assert!(
+            output.status.success(),
+            "graft {args:?}: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            host.log()
+        );
+        assert!(
+            took < Duration::from_secs(1),
+            "graft {args:?} took {took:?} with {stuck} actors stuck"
+        );
+        if args[0] == "call" {
+            assert!(String::from_utf8_lossy(&output.stdout).contains("still here"));
+        }
+    }
+    // The rollback reached the permanent release.
+    let (_, releases) = graft_timed(root, &["releases", "--json"]);
+    let releases: Value = serde_json::from_slice(&releases.stdout).unwrap();
+    let current = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|release| release["running"] == json!(true))
+        .unwrap()
+        .clone();
+    assert_eq!(current["version"], json!("1.0.0"), "{releases}");
+
+    let signalled = Instant::now();
+    host.signal("TERM");
+    let exited = graft_tests::eventually_blocking(Duration::from_secs(10), || {
+        matches!(host.child.try_wait(), Ok(Some(_)))
+    });
+    assert!(exited, "SIGTERM did not end the host: {}", host.log());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(1),
+        "SIGTERM took {:?}",
+        signalled.elapsed()
+    );
+}
+
+async fn call(
+    runtime: &graft::runtime::Runtime,
+    name: &str,
+    request: Value,
+    timeout: Duration,
+) -> Result<String, CallError> {
+    runtime
+        .call(name, codec::encode(&request).unwrap(), timeout)
+        .await
+        .map(|reply| codec::decode::<String>(&reply).unwrap())
+}
+
+/// A `handle_call` past its 300 ms deadline: the caller hears at once that the actor
+/// exited with `callback timeout: handle_call of faulty 0.3.0 after 300 ms`, the
+/// supervisor restarts it, the abandoned thread keeps the library loaded, and the pool
+/// keeps its capacity. Survives: the runtime, the other actor, the ability to call the
+/// restarted actor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_past_its_deadline_kills_its_actor_and_its_supervisor_restarts_it() {
+    let mut text = header("1.0.0", "300");
+    text.push_str(&child("slow", "{}", ""));
+    text.push_str(&child("other", "{}", ""));
+    let root = root_with(&[("1.0.0", text)]);
+    let (runtime, handler) = boot(root.path()).await;
+    let before = runtime.whereis("slow").unwrap();
+    let runners = executor::runner_count();
+
+    let began = Instant::now();
+    let error = call(
+        &runtime,
+        "slow",
+        json!({"Sleep": {"ms": 600_000}}),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        began.elapsed() < Duration::from_secs(20),
+        "the caller waited {:?}",
+        began.elapsed()
+    );
+    match &error {
+        CallError::Exited { reason, .. } => assert_eq!(
+            reason.to_string(),
+            "callback timeout: handle_call of faulty 0.3.0 after 300 ms"
+        ),
+        other => panic!("expected an exit, got {other}"),
+    }
+    // Restarted by its supervisor, with a new process, answering.
+    assert!(
+        eventually(Duration::from_secs(20), || runtime
+            .whereis("slow")
+            .is_some_and(|actor| actor != before))
+        .await
+    );
+    assert_eq!(
+        call(
+            &runtime,
+            "slow",
+            json!({"Echo": "back"}),
+            Duration::from_secs(5)
+        )
+        .await
+        .unwrap(),
+        "back"
+    );
+    assert_eq!(
+        call(
+            &runtime,
+            "other",
+            json!({"Echo": "fine"}),
+            Duration::from_secs(5)
+        )
+        .await
+        .unwrap(),
+        "fine"
+    );
+    // The thread is abandoned inside the plugin: reported, and its library stays loaded.
+    let stuck = executor::stuck_callbacks();
+    assert!(
+        stuck
+            .iter()
+            .any(|entry| entry.callback == "handle_call" && entry.code == "faulty 0.3.0"),
+        "{stuck:?}"
+    );
+    let (resident, _) = handler.resident().await;
+    assert!(!resident.is_empty());
+    // Capacity did not shrink: a runner replaced the abandoned one.
+    assert!(
+        executor::runner_count() >= runners,
+        "{runners} runners before"
+    );
+}
+
+/// Every callback has a deadline: a never-returning `init`, `handle_cast`, `handle_info`,
+/// `handle_continue` and `terminate` each end in `callback timeout: <callback> of …`, and
+/// other actors keep answering. Survives: the runtime, the other actors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_never_returning_callback_of_any_kind_ends_in_a_callback_timeout() {
+    use graft::runtime::{ActorOptions, PluginFactory, Runtime, SpawnError};
+    use std::sync::Arc;
+
+    let plugin = graft_tests::load_plugin("graft-fixture-faulty");
+    struct Deadline(PluginFactory);
+    impl graft::runtime::BehaviourFactory for Deadline {
+        fn start(
+            &self,
+            args: &[u8],
+            services: &dyn graft::plugin::HostServices,
+        ) -> Result<graft::runtime::Started, graft::plugin::CallbackError> {
+            self.0.start(args, services)
+        }
+        fn identity(&self) -> Option<graft::plugin::PluginIdentity> {
+            self.0.identity()
+        }
+        fn callback_timeout(&self) -> Option<Duration> {
+            Some(Duration::from_millis(200))
+        }
+    }
+    let factory: Arc<dyn graft::runtime::BehaviourFactory> =
+        Arc::new(Deadline(PluginFactory::new(plugin)));
+    let runtime = Runtime::new();
+    let options = |name: &str, callback: &str| {
+        ActorOptions::new(
+            Arc::clone(&factory),
+            codec::encode(&json!({"stuck_in": [callback]})).unwrap(),
+        )
+        .named(name)
+    };
+    let healthy = runtime.spawn(options("healthy", "none")).await.unwrap();
+
+    // init never returns: the start fails with the deadline's reason.
+    match runtime.spawn(options("in_init", "init")).await {
+        Err(SpawnError::Stopped { reason, .. }) => assert_eq!(
+            reason.to_string(),
+            "callback timeout: init of faulty 0.3.0 after 200 ms"
+        ),
+        Err(other) => panic!("expected a stop, got {other}"),
+        Ok(_) => panic!("a stuck init started"),
+    }
+
+    for callback in ["handle_cast", "handle_info", "handle_continue", "terminate"] {
+        let actor = runtime.spawn(options(callback, callback)).await;
+        let actor = match (callback, actor) {
+            // handle_continue runs right after init, inside the start.
+            ("handle_continue", Err(SpawnError::Stopped { reason, .. })) => {
+                assert_eq!(
+                    reason.to_string(),
+                    "callback timeout: handle_continue of faulty 0.3.0 after 200 ms"
+                );
+                continue;
+            }
+            (_, Ok(actor)) => actor,
+            (_, Err(error)) => panic!("{callback}: {error}"),
+        };
+        match callback {
+            "handle_cast" => actor.cast(codec::encode(&"go").unwrap()),
+            "handle_info" => actor.send_info(codec::encode(&"go").unwrap()),
+            _ => {
+                actor
+                    .stop(
+                        graft_plugin::StopReason::Normal,
+                        Some(Duration::from_secs(30)),
+                    )
+                    .await;
+            }
+        }
+        let reason = tokio::time::timeout(Duration::from_secs(30), actor.exited())
+            .await
+            .unwrap_or_else(|_| panic!("{callback}: no exit"));
+        assert_eq!(
+            reason.to_string(),
+            format!("callback timeout: {callback} of faulty 0.3.0 after 200 ms")
+        );
+    }
+    let reply = healthy
+        .call(
+            codec::encode(&json!({"Echo": "alive"})).unwrap(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(codec::decode::<String>(&reply).unwrap(), "alive");
+}
