@@ -147,6 +147,20 @@ enum Command {
         #[arg(long)]
         debug: bool,
     },
+    /// Internal: a worker process for a plugin with `isolation = "process"` (started by
+    /// the host; not for people).
+    #[command(hide = true)]
+    Worker {
+        /// The socket the host connects to (the host passes the listening socket as stdin).
+        #[arg(long)]
+        socket: PathBuf,
+        /// The host's pid: exit at once if the parent is not it.
+        #[arg(long)]
+        parent: Option<u32>,
+        /// The most verbose log level to forward (1 error ... 5 trace).
+        #[arg(long, default_value_t = 3)]
+        log_level: u32,
+    },
     /// Scaffold a plugin crate that builds and passes its own test as is.
     New {
         /// The plugin's name.
@@ -181,6 +195,19 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A worker runs plugin code on plain threads: no async runtime, its own logging.
+    if let Command::Worker {
+        socket,
+        parent,
+        log_level,
+    } = cli.command
+    {
+        return graft::isolation::worker::main(graft::isolation::worker::WorkerArgs {
+            socket,
+            parent,
+            log_level,
+        });
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -330,6 +357,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Dev { version, workspace } => dev(&root, &workspace, version).await,
         Command::Demo { debug } => demo(!debug).await.map(|()| ExitCode::SUCCESS),
         Command::New { name, path } => new_plugin(&name, path).map(|()| ExitCode::SUCCESS),
+        // Handled in `main`, before the async runtime starts.
+        Command::Worker { .. } => Ok(ExitCode::from(2)),
     }
 }
 

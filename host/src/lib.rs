@@ -10,6 +10,8 @@
 //! - [`supervisor`]: OTP's supervisors — strategies, restart types, intensity, shutdown.
 //! - [`release`]: release manifests, assembling them, and the release handler (install,
 //!   rollback, make permanent).
+//! - [`isolation`]: process isolation — a plugin's callbacks in a worker process, reached
+//!   over Unix sockets, so a segfault or abort in plugin code ends only its actors.
 //! - [`control`]: the control socket's protocol, server and client.
 //! - [`watch`]: installing newly assembled releases as they appear, with a health gate.
 //! - [`build`]: builds plugin crates (and binaries, for tests) with cargo.
@@ -18,6 +20,7 @@
 
 pub mod build;
 pub mod control;
+pub mod isolation;
 pub mod plugin;
 pub mod release;
 pub mod runtime;

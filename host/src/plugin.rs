@@ -978,7 +978,7 @@ impl Outputs {
 }
 
 /// Re-emits a plugin's log record in the host's `tracing`, with plugin, version and actor.
-fn emit_plugin_log(
+pub(crate) fn emit_plugin_log(
     origin: Option<(&PluginIdentity, &str)>,
     level: u32,
     target: &str,
