@@ -35,8 +35,12 @@ fn root_with(releases: &[(&str, String)]) -> tempfile::TempDir {
 }
 
 fn header(version: &str, timeout: &str) -> String {
+    header_with(version, "0.3.0", "tests/fixtures/faulty", timeout)
+}
+
+fn header_with(version: &str, plugin_version: &str, crate_path: &str, timeout: &str) -> String {
     format!(
-        "[release]\nname = \"contained\"\nversion = \"{version}\"\n\n[plugins.faulty]\nversion = \"0.3.0\"\ncrate = \"tests/fixtures/faulty\"\ncallback_timeout_ms = {timeout}\n\n[supervisor]\nstrategy = \"one_for_one\"\nmax_restarts = 100\nmax_seconds = 10\n"
+        "[release]\nname = \"contained\"\nversion = \"{version}\"\n\n[plugins.faulty]\nversion = \"{plugin_version}\"\ncrate = \"{crate_path}\"\ncallback_timeout_ms = {timeout}\n\n[supervisor]\nstrategy = \"one_for_one\"\nmax_restarts = 100\nmax_seconds = 10\n"
     )
 }
 
@@ -340,4 +344,103 @@ async fn a_never_returning_callback_of_any_kind_ends_in_a_callback_timeout() {
         .await
         .unwrap();
     assert_eq!(codec::decode::<String>(&reply).unwrap(), "alive");
+}
+
+/// An install whose `code_change` never returns in 2 × cores actors (every runner the pool
+/// started with): the install aborts at its deadline and restores the others; meanwhile
+/// the control plane and the other actor answer within 1 s each; at their callback
+/// deadline the stuck actors are killed and restarted on the old code. Survives: the
+/// runtime, the other actor, the release record (still 1.0.0), the old code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_change_that_never_returns_in_every_runner_aborts_the_install_and_nothing_freezes() {
+    let stuck = 2 * cores();
+    let mut releases = Vec::new();
+    for (release, plugin_version, crate_path, script) in [
+        ("1.0.0", "0.3.0", "tests/fixtures/faulty", ""),
+        (
+            "2.0.0",
+            "0.4.0",
+            "tests/fixtures/faulty-v2",
+            "\n[[upgrade]]\nfrom = \"1.0.0\"\n\n[[upgrade.instructions]]\nop = \"update\"\nplugin = \"faulty\"\nsuspend_timeout_ms = 500\n",
+        ),
+    ] {
+        let mut text = header_with(release, plugin_version, crate_path, "1000");
+        for index in 1..=stuck {
+            text.push_str(&child(
+                &format!("f{index}"),
+                "{ stuck_in = [\"code_change\"] }",
+                "",
+            ));
+        }
+        text.push_str(&child("healthy", "{}", ""));
+        text.push_str(script);
+        releases.push((release, text));
+    }
+    let root = root_with(&releases);
+    let (runtime, handler) = boot(root.path()).await;
+    let handler = std::sync::Arc::new(handler);
+    let installing = tokio::spawn({
+        let handler = std::sync::Arc::clone(&handler);
+        async move { handler.install(&semver::Version::new(2, 0, 0), None).await }
+    });
+    // While the migrations are stuck (and after), everything else answers within 1 s.
+    for _ in 0..3 {
+        let began = Instant::now();
+        let status = graft::control::status(&handler).await;
+        assert!(
+            began.elapsed() < Duration::from_secs(1),
+            "status took {:?}",
+            began.elapsed()
+        );
+        assert!(status["tree"].is_object());
+        let began = Instant::now();
+        assert_eq!(
+            call(
+                &runtime,
+                "healthy",
+                json!({"Echo": "up"}),
+                Duration::from_secs(1)
+            )
+            .await
+            .unwrap(),
+            "up"
+        );
+        assert!(began.elapsed() < Duration::from_secs(1));
+        let began = Instant::now();
+        assert!(!handler.which_releases().await.is_empty());
+        assert!(began.elapsed() < Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let error = tokio::time::timeout(Duration::from_secs(60), installing)
+        .await
+        .expect("the install returns")
+        .unwrap()
+        .unwrap_err();
+    assert!(error.to_string().contains("change_code"), "{error}");
+    assert_eq!(
+        handler.current_version().await,
+        semver::Version::new(1, 0, 0)
+    );
+    // Killed at their callback deadline and restarted on the old code.
+    for index in 1..=stuck {
+        let name = format!("f{index}");
+        let answered = graft_tests::eventually_async(Duration::from_secs(30), || {
+            let runtime = runtime.clone();
+            let name = name.clone();
+            async move {
+                call(
+                    &runtime,
+                    &name,
+                    json!({"Echo": "back"}),
+                    Duration::from_secs(1),
+                )
+                .await
+                .is_ok()
+            }
+        })
+        .await;
+        assert!(answered, "{name} never came back");
+        assert_eq!(graft_tests::version_of(&runtime, &name).await, "0.3.0");
+    }
+    handler.shutdown().await;
 }
