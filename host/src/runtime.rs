@@ -1,9 +1,11 @@
-//! The actor runtime: actors as tokio tasks with mailboxes, GenServer semantics, names,
+//! The actor runtime: actors as tasks with mailboxes, GenServer semantics, names,
 //! monitors, links, timers and `sys`-style system messages.
 //!
 //! An actor runs one [`Behaviour`] (a loaded plugin's instance, or a host-native one) on
-//! its own task; callbacks are synchronous and run one at a time on that task. Callers
-//! reach it through an [`ActorRef`] or its registered name.
+//! its own task on the actor [`executor`] (never on the caller's tokio runtime); callbacks
+//! are synchronous, run one at a time on that task, and each has a deadline
+//! ([`DEFAULT_CALLBACK_TIMEOUT`] unless its factory says otherwise). Callers reach it
+//! through an [`ActorRef`] or its registered name, from any tokio runtime.
 //!
 //! Invariants (OTP's, kept here):
 //! - A call waits at most its timeout (default [`DEFAULT_CALL_TIMEOUT`]); a reply that
@@ -16,10 +18,14 @@
 //! - A name is unique and freed when its actor exits; exit notifications (monitors,
 //!   links, supervisors) are delivered exactly once, also to watchers added after the exit.
 //!
-//! What is tricky: a callback that calls another actor blocks its worker thread, so the
-//! wait runs under `block_in_place` (the other tasks of that worker move elsewhere) and is
-//! bounded by the call's timeout: a cycle A → B → A ends in a timeout, never a hang. That
-//! needs the multi-thread runtime; on a current-thread runtime such calls are refused.
+//! - A caller watches the callee's exit as well as its reply: an actor killed while a
+//!   callback holds its thread (past its deadline) cannot drop the reply channels it
+//!   holds, yet its callers hear of the exit at once.
+//!
+//! What is tricky: a callback that calls another actor blocks its runner thread; the
+//! executor replaces that runner while it waits (the other tasks move elsewhere), and the
+//! wait is bounded by the call's timeout: a cycle A → B → A ends in a timeout, never a
+//! hang.
 
 mod actor;
 pub mod behaviour;
