@@ -76,6 +76,7 @@
 //!   a deadline is the runtime's watchdog's business.
 
 pub mod channel;
+pub mod version;
 pub mod wire;
 pub mod worker;
 
@@ -83,3 +84,4 @@ pub use channel::{
     IsolatedFactory, IsolatedPlugin, IsolationError, RemoteInstance, WORKER_PROGRAM_ENV, Worker,
     WorkerOptions, WorkerProgram,
 };
+pub use version::PluginVersion;

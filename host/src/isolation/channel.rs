@@ -1040,6 +1040,10 @@ impl Behaviour for RemoteInstance {
         self.process.register(self.registration, actor);
     }
 
+    fn isolated_plugin(&self) -> Option<&Arc<IsolatedPlugin>> {
+        Some(&self.plugin)
+    }
+
     fn downgrade(&mut self, to_version: &Version, extra: &[u8]) -> Result<Vec<u8>, CallbackError> {
         let outputs = self.run(
             Callback::Downgrade {

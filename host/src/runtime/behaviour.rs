@@ -58,6 +58,11 @@ pub trait Behaviour: Send {
     fn attach(&mut self, actor: &super::ActorRef) {
         let _ = actor;
     }
+    /// The plugin version in a worker process, when the behaviour is a process-isolated
+    /// plugin's (used by code change, as [`Behaviour::plugin`] is for in-process ones).
+    fn isolated_plugin(&self) -> Option<&Arc<crate::isolation::IsolatedPlugin>> {
+        None
+    }
     /// Downgrade: the state in the shape of an older version.
     fn downgrade(
         &mut self,
