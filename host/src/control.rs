@@ -14,12 +14,12 @@ use crate::release::handler::{
     InstallPhase, ProgressFn, ReleaseHandler, ReleaseInfo, ReleaseStatus,
 };
 use crate::runtime::{ActorRef, ProcessId, SystemError};
-use std::collections::HashMap;
 use crate::supervisor::{ChildRef, SupervisorRef};
 use graft_plugin::codec;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -432,8 +432,13 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
         "resident": resident,
         "still_mapped_after_close": unloaded
             .iter()
-            .filter(|report| report.outcome == crate::plugin::UnloadOutcome::Resident)
-            .map(|report| report.identity.to_string())
+            .filter_map(|report| match &report.outcome {
+                crate::plugin::UnloadOutcome::Resident => Some(report.identity.to_string()),
+                crate::plugin::UnloadOutcome::Pinned(reason) => {
+                    Some(format!("{} (pinned: {reason})", report.identity))
+                }
+                _ => None,
+            })
             .collect::<Vec<_>>(),
         "stuck_callbacks": crate::runtime::executor::stuck_callbacks(),
         "releases": handler.which_releases().await,

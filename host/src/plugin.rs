@@ -17,6 +17,12 @@
 //!   copy in `/proc/self/maps` and records an [`UnloadReport`] (unloaded, or still resident
 //!   because, say, a thread-local destructor pins it). Never a crash.
 //!
+//! - Outputs are capped before they are copied: an encoded state (`encode_state`,
+//!   `downgrade`) at [`MAX_STATE_BYTES`] (1 GiB), anything else (replies, messages) at
+//!   [`MAX_OUTPUT_BYTES`] (16 MiB). An output over its cap is not copied; the callback fails
+//!   with a protocol error naming the size and the cap. [`Instance::encoded_state_size`]
+//!   measures a state even over its cap (what an install checks before its commit).
+//!
 //! All raw calls into plugin code are in the `ffi` submodule.
 
 mod ffi;
@@ -36,8 +42,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
 
-/// The largest single output (reply, state, message) the host copies out of a plugin.
+/// The largest single output (reply, message, stop reason, continue argument) the host
+/// copies out of a plugin. States have their own, larger cap: [`MAX_STATE_BYTES`].
 pub const MAX_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
+
+/// The largest encoded state (`encode_state`, `downgrade`) the host copies out of a plugin.
+/// A release install refuses, before its commit, a migration whose new state is over it:
+/// the way back (a downgrade, or a restore from a snapshot) could not carry it.
+pub const MAX_STATE_BYTES: usize = 1024 * 1024 * 1024;
 
 /// How many unload reports a loader keeps (the most recent ones).
 pub const KEPT_UNLOAD_REPORTS: usize = 256;
@@ -320,6 +332,9 @@ pub enum UnloadOutcome {
     Unloaded,
     /// Still mapped after `dlclose` (pinned, e.g. by a thread-local destructor).
     Resident,
+    /// Kept mapped on purpose (`RTLD_NODELETE`): the library can start threads, which may
+    /// still run its code. The reason says which import.
+    Pinned(String),
     /// `dlclose` reported an error.
     CloseFailed(String),
 }
@@ -506,8 +521,11 @@ impl Loader {
             });
         }
         check_elf(path, &bytes)?;
+        let pinned = thread_starter(&bytes).map(|symbol| {
+            format!("it imports {symbol}, so a thread of its own may still run its code")
+        });
         let copy = self.write_copy(path, &bytes, &digest)?;
-        let result = self.open_copy(path, &copy, digest, expect);
+        let result = self.open_copy(path, &copy, digest, expect, pinned);
         if result.is_err() {
             let _ = fs::remove_file(&copy);
         }
@@ -552,8 +570,9 @@ impl Loader {
         copy: &Path,
         sha256: Sha256Digest,
         expect: &Expectations,
+        pinned: Option<String>,
     ) -> Result<Arc<LoadedPlugin>, LoadError> {
-        let library = ffi::open(copy).map_err(|message| LoadError::Open {
+        let library = ffi::open(copy, pinned.is_some()).map_err(|message| LoadError::Open {
             path: path.to_owned(),
             message,
         })?;
@@ -588,6 +607,7 @@ impl Loader {
             code,
             shared: Arc::clone(&self.shared),
             report: false,
+            pinned,
         };
         let status = plugin.code.initialize(level_number());
         if status != abi::STATUS_OK {
@@ -719,6 +739,28 @@ fn check_header(
     Ok(PluginIdentity { name, version })
 }
 
+/// The dynamic imports through which a library can start threads of its own.
+const THREAD_STARTERS: &[&str] = &["pthread_create", "clone", "clone3", "thrd_create"];
+
+/// The first import of `bytes` (an ELF shared object) that can start a thread, if any.
+/// Such a library is loaded with `RTLD_NODELETE`: a thread it started may outlive every
+/// instance and run its code after the last `dlclose`, and unmapping code under a running
+/// thread crashes the host. Unparsable bytes are left to `dlopen` to refuse.
+fn thread_starter(bytes: &[u8]) -> Option<&'static str> {
+    use object::{Object, ObjectSymbol};
+    let file = object::File::parse(bytes).ok()?;
+    file.dynamic_symbols()
+        .filter(|symbol| symbol.is_undefined())
+        .filter_map(|symbol| symbol.name().ok())
+        .find_map(|name| {
+            let name = name.split('@').next().unwrap_or(name);
+            THREAD_STARTERS
+                .iter()
+                .copied()
+                .find(|starter| *starter == name)
+        })
+}
+
 /// One loaded plugin version. Closed (and its unloading verified) when the last `Arc` goes.
 pub struct LoadedPlugin {
     identity: PluginIdentity,
@@ -731,6 +773,8 @@ pub struct LoadedPlugin {
     shared: Arc<LoaderShared>,
     /// Whether closing it is worth a report (it passed every check).
     report: bool,
+    /// Why it is loaded with `RTLD_NODELETE`, if it is.
+    pinned: Option<String>,
 }
 
 impl fmt::Debug for LoadedPlugin {
@@ -783,6 +827,11 @@ impl LoadedPlugin {
     pub fn copy_path(&self) -> &Path {
         &self.copy
     }
+
+    /// Why this library is never unmapped, if it is pinned (it can start threads).
+    pub fn pinned(&self) -> Option<&str> {
+        self.pinned.as_deref()
+    }
 }
 
 impl Drop for LoadedPlugin {
@@ -794,11 +843,18 @@ impl Drop for LoadedPlugin {
         }
         let outcome = match closed {
             Err(message) => UnloadOutcome::CloseFailed(message),
+            Ok(()) if self.pinned.is_some() => {
+                UnloadOutcome::Pinned(self.pinned.clone().unwrap_or_default())
+            }
             Ok(()) if is_mapped(&self.copy) => UnloadOutcome::Resident,
             Ok(()) => UnloadOutcome::Unloaded,
         };
         match &outcome {
             UnloadOutcome::Unloaded => tracing::debug!(plugin = %self.identity, "plugin unloaded"),
+            UnloadOutcome::Pinned(reason) => tracing::info!(
+                plugin = %self.identity,
+                "plugin closed and kept mapped on purpose: {reason}"
+            ),
             UnloadOutcome::Resident => tracing::warn!(
                 plugin = %self.identity,
                 copy = %self.copy.display(),
@@ -953,15 +1009,25 @@ pub struct Outputs {
     pub continue_with: Option<Vec<u8>>,
     /// An error or panic message.
     pub message: Option<String>,
-    /// The size of an output refused for exceeding [`MAX_OUTPUT_BYTES`].
-    pub oversized: Option<usize>,
+    /// An output refused for exceeding its cap ([`MAX_STATE_BYTES`] for a state,
+    /// [`MAX_OUTPUT_BYTES`] for anything else): its `abi::OUTPUT_*` kind and its size.
+    pub oversized: Option<(u32, usize)>,
+}
+
+/// The cap on an output of `kind` (an `abi::OUTPUT_*`).
+fn output_cap(kind: u32) -> usize {
+    if kind == abi::OUTPUT_STATE {
+        MAX_STATE_BYTES
+    } else {
+        MAX_OUTPUT_BYTES
+    }
 }
 
 impl Outputs {
     fn record(&mut self, kind: u32, data: &[u8]) {
-        if data.len() > MAX_OUTPUT_BYTES {
+        if data.len() > output_cap(kind) {
             // Not copied: the callback fails with a protocol error instead.
-            self.oversized = Some(data.len());
+            self.oversized = Some((kind, data.len()));
             return;
         }
         match kind {
@@ -1072,13 +1138,12 @@ fn interpret(
             .clone()
             .unwrap_or_else(|| "no message".to_owned())
     };
-    if let Some(size) = outputs.oversized {
+    if let Some((kind, size)) = outputs.oversized {
+        let cap = output_cap(kind);
         return Err(CallbackError::Protocol {
             plugin: identity(),
             callback,
-            message: format!(
-                "an output of {size} bytes exceeds the cap of {MAX_OUTPUT_BYTES} bytes"
-            ),
+            message: format!("an output of {size} bytes exceeds the cap of {cap} bytes"),
         });
     }
     match status {
@@ -1196,6 +1261,17 @@ impl Instance {
         services: &dyn HostServices,
         body: impl FnOnce(&ffi::PluginCode, &mut ffi::InstanceHandle, &mut ffi::CallContext<'_>) -> u32,
     ) -> Result<Outputs, CallbackError> {
+        let (status, outputs) = self.run_uninterpreted(callback, services, body)?;
+        interpret(&self.plugin, callback, status, outputs)
+    }
+
+    /// Runs a callback; its status and outputs, not yet interpreted.
+    fn run_uninterpreted(
+        &mut self,
+        callback: &'static str,
+        services: &dyn HostServices,
+        body: impl FnOnce(&ffi::PluginCode, &mut ffi::InstanceHandle, &mut ffi::CallContext<'_>) -> u32,
+    ) -> Result<(u32, Outputs), CallbackError> {
         let plugin = Arc::clone(&self.plugin);
         let Some(handle) = self.handle.as_mut() else {
             return Err(CallbackError::Protocol {
@@ -1206,7 +1282,7 @@ impl Instance {
         };
         let mut context = ffi::CallContext::new(services, &plugin.identity);
         let status = body(&plugin.code, handle, &mut context);
-        interpret(&plugin, callback, status, context.outputs)
+        Ok((status, context.outputs))
     }
 
     /// Runs `handle_call`; `reply_token` is what a deferred reply will carry.
@@ -1275,6 +1351,26 @@ impl Instance {
             code.encode_state(handle, context)
         })?;
         self.expect_state("encode_state", outputs)
+    }
+
+    /// The size of the encoded state, measured even when it is over [`MAX_STATE_BYTES`]
+    /// (such a state is measured, not copied). An install compares it with the cap to prove,
+    /// before its commit, that the way back (a downgrade or a restore from a snapshot, both
+    /// starting from this state) can carry it.
+    pub fn encoded_state_size(&mut self) -> Result<usize, CallbackError> {
+        let services = Detached::new("");
+        let (status, outputs) =
+            self.run_uninterpreted("encode_state", &services, |code, handle, context| {
+                code.encode_state(handle, context)
+            })?;
+        if status == abi::STATUS_OK
+            && let Some((abi::OUTPUT_STATE, size)) = outputs.oversized
+        {
+            return Ok(size);
+        }
+        let outputs = interpret(&self.plugin, "encode_state", status, outputs)?;
+        self.expect_state("encode_state", outputs)
+            .map(|state| state.len())
     }
 
     /// Downgrade: the state converted to the shape of the older version `to_version`.

@@ -444,3 +444,90 @@ async fn a_code_change_that_never_returns_in_every_runner_aborts_the_install_and
     }
     handler.shutdown().await;
 }
+
+/// A plugin that starts a raw pthread running its own code, left running when the last
+/// actor using the library is gone: the loader saw `pthread_create` among the library's
+/// imports and loaded it with `RTLD_NODELETE`, so closing it leaves it mapped (reported as
+/// pinned) and the thread runs on; plugins that cannot start threads are not pinned.
+/// Survives: the host process (an unmapped library under that thread would crash it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_thread_left_running_at_unload_keeps_its_library_mapped_and_the_host_alive() {
+    use graft::plugin::{Expectations, Loader, UnloadOutcome, is_mapped};
+    use graft::runtime::{ActorOptions, PluginFactory, Runtime};
+    use std::sync::Arc;
+
+    let loader = Loader::new().unwrap();
+    let plain = loader
+        .load(
+            &graft_tests::plugin_library("counter-1-0-0"),
+            &Expectations::default(),
+        )
+        .unwrap();
+    assert_eq!(plain.pinned(), None);
+    let plugin = loader
+        .load(
+            &graft_tests::plugin_library("graft-fixture-threader"),
+            &Expectations::default(),
+        )
+        .unwrap();
+    assert!(
+        plugin.pinned().is_some_and(|reason| reason.contains("pthread_create")),
+        "{:?}",
+        plugin.pinned()
+    );
+    let copy = plugin.copy_path().to_owned();
+    let runtime = Runtime::new();
+    let actor = runtime
+        .spawn(ActorOptions::new(
+            Arc::new(PluginFactory::new(plugin)),
+            codec::encode(&()).unwrap(),
+        ))
+        .await
+        .unwrap();
+    actor
+        .call(codec::encode(&"spawn").unwrap(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    // The thread is running the library's code.
+    let ticking = graft_tests::eventually_async(Duration::from_secs(20), || {
+        let actor = actor.clone();
+        async move {
+            let reply = actor
+                .call(codec::encode(&"ticks").unwrap(), Duration::from_secs(5))
+                .await
+                .unwrap();
+            codec::decode::<u64>(&reply).unwrap() > 10
+        }
+    })
+    .await;
+    assert!(ticking);
+    actor
+        .stop(graft_plugin::StopReason::Normal, Some(Duration::from_secs(5)))
+        .await;
+    drop(actor);
+    let closed = eventually(Duration::from_secs(20), || {
+        loader.unload_reports().iter().any(|report| {
+            report.copy == copy && matches!(&report.outcome, UnloadOutcome::Pinned(reason) if reason.contains("pthread_create"))
+        })
+    })
+    .await;
+    assert!(closed, "{:?}", loader.unload_reports());
+    assert!(is_mapped(&copy), "the pinned library stays mapped");
+    // The thread keeps running its code after the close: the process lives on while
+    // other work happens.
+    let other = runtime
+        .spawn(ActorOptions::new(
+            Arc::new(PluginFactory::new(plain)),
+            codec::encode(&json!({"start": 0})).unwrap(),
+        ))
+        .await
+        .unwrap();
+    for _ in 0..50 {
+        other
+            .call(codec::encode(&json!({"Add": 1})).unwrap(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(is_mapped(&copy));
+}

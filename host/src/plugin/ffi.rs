@@ -92,12 +92,14 @@ fn inside(ranges: &[(usize, usize)], address: usize, length: usize) -> bool {
         .any(|&(start, stop)| address >= start && end <= stop)
 }
 
-/// Opens the library with `RTLD_NOW | RTLD_LOCAL`.
-pub(super) fn open(path: &Path) -> Result<Library, String> {
+/// Opens the library with `RTLD_NOW | RTLD_LOCAL`, and `RTLD_NODELETE` when `pinned` (a
+/// library that can start threads is never unmapped).
+pub(super) fn open(path: &Path, pinned: bool) -> Result<Library, String> {
+    let flags = RTLD_NOW | RTLD_LOCAL | if pinned { libc::RTLD_NODELETE } else { 0 };
     // SAFETY: loading runs the library's constructors. The bytes were read once, checked
     // against the expected digest when one was given, and written to a fresh private file
     // (`path`) that nothing else writes; running its code is the point of a plugin.
-    unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }.map_err(|error| error.to_string())
+    unsafe { Library::open(Some(path), flags) }.map_err(|error| error.to_string())
 }
 
 /// Reads the header of an open library, checking every address against its mappings.
