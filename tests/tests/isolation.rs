@@ -574,3 +574,32 @@ fn a_library_the_worker_refuses_is_a_load_error_naming_the_check() {
         .to_string();
     assert!(error.contains("expected \"counter\""), "{error}");
 }
+
+#[test]
+fn a_worker_dies_with_its_host_even_when_the_host_is_killed_with_sigkill() {
+    let host_binary = graft::build::CargoBuild::new(graft_tests::workspace_root())
+        .build_binary("graft-tests", "isolated_host")
+        .unwrap();
+    let mut host = std::process::Command::new(host_binary)
+        .arg(graft_binary())
+        .arg(plugin_library("graft-fixture-faulty"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(host.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let worker_pid: u32 = line.trim().parse().unwrap_or_else(|_| panic!("{line:?}"));
+    assert!(!gone(worker_pid));
+    kill_9(host.id());
+    host.wait().unwrap();
+    // The kernel kills the orphaned worker (parent-death signal); init reaps it.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !gone(worker_pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(gone(worker_pid), "{}", state_of(worker_pid));
+}
