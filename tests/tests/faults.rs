@@ -1,14 +1,21 @@
 //! The fault matrix: each test names what it injects and asserts what survives. Panics and
 //! errors in callbacks during upgrades, a `code_change` that does not return, an actor that
-//! dies mid-upgrade, a second install while one runs, replies over the cap, a terminate that
-//! panics, and the host killed with SIGKILL at each phase of an install and during
+//! dies mid-upgrade, a second install while one runs, replies over the cap, migrated states
+//! of half a GiB (committed, rolled back) and over the 1 GiB state cap (refused before the
+//! commit), a terminate that panics, and the host killed with SIGKILL at each phase of an install and during
 //! `make_permanent`. (Bad libraries, bad manifests and the control socket have their rows
 //! in `loader.rs`, `releases.rs`, `cli.rs` and the unit tests of `graft::release`.)
 
-use graft::release::handler::{InstallPhase, ReleaseError, ReleaseHandler};
+use graft::plugin::MAX_STATE_BYTES;
+use graft::release::assemble::assemble;
+use graft::release::handler::{
+    InstallPhase, InstallReport, RECORD_FILE, ReleaseError, ReleaseHandler, ReleaseStatus,
+};
 use graft::runtime::{CallError, Runtime};
 use graft_plugin::codec;
-use graft_tests::{boot, call_by_name as call, example_root, faulty_releases, version, version_of};
+use graft_tests::{
+    boot, call_by_name as call, example_root, faulty_releases, version, version_of, workspace_root,
+};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
@@ -178,6 +185,239 @@ async fn injected_a_reply_over_the_cap_the_actor_crashes_and_the_host_runs_on() 
     let (runtime, handler) = boot(root.path()).await;
     let reply = call(&runtime, "f1", json!({"Big": 1024})).await;
     assert_eq!(reply.as_str().unwrap().len(), 1024);
+    handler.shutdown().await;
+}
+
+/// How far the half-GiB row grows the migrated state, in MiB.
+const GROWN_MB: usize = 500;
+
+/// `suspend_timeout_ms` and `callback_timeout_ms` of the state-cap rows: moving a GiB of
+/// state through an unoptimised plugin takes seconds, more on a loaded machine.
+const SLOW_MS: u64 = 120_000;
+
+/// Writes and assembles, under a fresh root, release 1.0.0 (faulty 0.3.0 as the actor `big`,
+/// counter 1.0.0 as the bystander `counter`) and, per `(version, extra)`, a release with
+/// faulty 0.4.0 whose upgrade from 1.0.0 passes `extra` to `code_change` and whose
+/// downgrade goes back to 1.0.0. The root tolerates no restart: a crash takes the tree down.
+fn state_cap_releases(targets: &[(&str, &str)]) -> tempfile::TempDir {
+    let workspace = workspace_root();
+    let root = tempfile::tempdir().unwrap();
+    let update = |extra: &str| {
+        format!("op = \"update\"\nplugin = \"faulty\"\nsuspend_timeout_ms = {SLOW_MS}\n{extra}\n")
+    };
+    let mut releases = vec![("1.0.0", "0.3.0", "tests/fixtures/faulty", String::new())];
+    for (release, extra) in targets {
+        let script = format!(
+            "\n[[upgrade]]\nfrom = \"1.0.0\"\n\n[[upgrade.instructions]]\n{}\n[[downgrade]]\nto = \"1.0.0\"\n\n[[downgrade.instructions]]\n{}",
+            update(extra),
+            update("")
+        );
+        releases.push((release, "0.4.0", "tests/fixtures/faulty-v2", script));
+    }
+    for (release, faulty_version, crate_path, script) in releases {
+        let text = format!(
+            "[release]\nname = \"state-cap\"\nversion = \"{release}\"\n\n\
+             [plugins.faulty]\nversion = \"{faulty_version}\"\ncrate = \"{crate_path}\"\ncallback_timeout_ms = {SLOW_MS}\n\n\
+             [plugins.counter]\nversion = \"1.0.0\"\ncrate = \"plugins/counter/1.0.0\"\n\n\
+             [supervisor]\nstrategy = \"one_for_one\"\nmax_restarts = 0\n\n\
+             [[supervisor.children]]\nid = \"big\"\nplugin = \"faulty\"\nargs = {{}}\n\n\
+             [[supervisor.children]]\nid = \"counter\"\nplugin = \"counter\"\nargs = {{ start = 40 }}\n{script}"
+        );
+        let directory = root.path().join("sources").join(release);
+        std::fs::create_dir_all(&directory).unwrap();
+        std::fs::write(directory.join("release.toml"), text).unwrap();
+        assemble(
+            &directory.join("release.toml"),
+            &workspace,
+            root.path(),
+            false,
+        )
+        .unwrap_or_else(|error| panic!("assembling {release}: {error}"));
+    }
+    root
+}
+
+/// The release record's bytes.
+fn record_bytes(root: &Path) -> Vec<u8> {
+    std::fs::read(root.join("releases").join(RECORD_FILE)).unwrap()
+}
+
+/// Calls `actor` under a generous deadline (a loaded machine, a GiB moving next door).
+async fn call_slowly(runtime: &Runtime, actor: &str, request: Value) -> Value {
+    let reply = runtime
+        .call(
+            actor,
+            codec::encode(&request).unwrap(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap_or_else(|error| panic!("call {actor} {request}: {error}"));
+    codec::decode(&reply).unwrap()
+}
+
+/// The plugin version `actor` runs, asked under a generous deadline.
+async fn version_slowly(runtime: &Runtime, actor: &str) -> String {
+    let actor = runtime
+        .whereis(actor)
+        .unwrap_or_else(|| panic!("no actor {actor}"));
+    let status = actor.status(Duration::from_secs(60)).await.unwrap();
+    status.version.unwrap_or_default()
+}
+
+/// Installs `target` in a task and calls the bystander `counter` until it is done: it
+/// answers, with its count of 42, all along.
+async fn install_while_calling(
+    handler: &Arc<ReleaseHandler>,
+    runtime: &Runtime,
+    target: &str,
+) -> Result<InstallReport, ReleaseError> {
+    let started = Instant::now();
+    let installing = {
+        let handler = Arc::clone(handler);
+        let target = version(target);
+        tokio::spawn(async move { handler.install(&target, None).await })
+    };
+    let mut answered = 0;
+    while !installing.is_finished() {
+        assert_eq!(
+            call_slowly(runtime, "counter", json!("Get")).await,
+            json!(42)
+        );
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let result = installing.await.unwrap();
+    eprintln!(
+        "install {target}: {:?}, the bystander answered {answered} calls meanwhile",
+        started.elapsed()
+    );
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_a_migrated_state_of_half_a_gib_the_upgrade_commits_and_rolls_back() {
+    // Injected: a `code_change` that grows the state to 500 MiB (under the 1 GiB state cap,
+    // far over the 16 MiB reply cap). Survives: the host process; the bystander `counter`,
+    // answering all along; the release record, untouched; the ability to roll back: the
+    // downgrade carries the whole state back to 0.3.0.
+    let root = state_cap_releases(&[("2.0.0", "extra = { grow_state_mb = 500 }")]);
+    let (runtime, handler) = boot(root.path()).await;
+    let handler = Arc::new(handler);
+    let record = record_bytes(root.path());
+    let grown = json!((GROWN_MB << 20).to_string());
+    assert_eq!(
+        call_slowly(&runtime, "big", json!({"Echo": "before"})).await,
+        json!("before")
+    );
+    assert_eq!(
+        call_slowly(&runtime, "counter", json!({"Add": 2})).await,
+        json!(42)
+    );
+
+    install_while_calling(&handler, &runtime, "2.0.0")
+        .await
+        .unwrap();
+    assert_eq!(version_slowly(&runtime, "big").await, "0.4.0");
+    assert_eq!(call_slowly(&runtime, "big", json!("Grown")).await, grown);
+
+    install_while_calling(&handler, &runtime, "1.0.0")
+        .await
+        .unwrap();
+    assert_eq!(handler.current_version().await, version("1.0.0"));
+    assert_eq!(version_slowly(&runtime, "big").await, "0.3.0");
+    assert_eq!(call_slowly(&runtime, "big", json!("Grown")).await, grown);
+    // Echo, Grown, Grown and this one: the count came down with the state.
+    assert_eq!(
+        call_slowly(&runtime, "big", json!("Handled")).await,
+        json!("4")
+    );
+    assert_eq!(
+        call_slowly(&runtime, "counter", json!("Get")).await,
+        json!(42)
+    );
+    assert_eq!(record_bytes(root.path()), record);
+    handler.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_a_migrated_state_over_the_state_cap_the_install_is_refused_before_its_commit() {
+    // Injected: a `code_change` that grows the state to 1025 MiB, just over the 1 GiB state
+    // cap, so no downgrade or restore could carry it back. Survives: the host process; the
+    // bystander `counter`, answering all along; the release record, byte for byte; `big`,
+    // on its old code with its old state; the ability to upgrade and roll back: a later
+    // valid release installs, and rolls back.
+    let over = (MAX_STATE_BYTES >> 20) + 1;
+    let extra = format!("extra = {{ grow_state_mb = {over} }}");
+    let root = state_cap_releases(&[("2.0.0", &extra), ("3.0.0", "")]);
+    let (runtime, handler) = boot(root.path()).await;
+    let handler = Arc::new(handler);
+    let record = record_bytes(root.path());
+    assert_eq!(
+        call_slowly(&runtime, "big", json!({"Echo": "before"})).await,
+        json!("before")
+    );
+    assert_eq!(
+        call_slowly(&runtime, "counter", json!({"Add": 2})).await,
+        json!(42)
+    );
+
+    let error = install_while_calling(&handler, &runtime, "2.0.0")
+        .await
+        .unwrap_err();
+    eprintln!("refused: {error}");
+    let ReleaseError::NoWayBack {
+        actor, size, cap, ..
+    } = &error
+    else {
+        panic!("expected a refusal before the commit, got: {error}");
+    };
+    assert_eq!((actor.as_str(), *cap), ("big", MAX_STATE_BYTES));
+    assert!(
+        (over << 20..(over << 20) + 4096).contains(size),
+        "the size of the encoded state: {error}"
+    );
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "install refused before its commit: actor big: the migrated state is {size} bytes, over the 1073741824-byte cap a rollback could carry"
+        )
+    );
+    assert_eq!(record_bytes(root.path()), record);
+    assert_eq!(handler.current_version().await, version("1.0.0"));
+    let refused = handler
+        .which_releases()
+        .await
+        .into_iter()
+        .find(|release| release.version == version("2.0.0"))
+        .unwrap();
+    assert_eq!(refused.status, ReleaseStatus::Unpacked);
+    assert_eq!(version_slowly(&runtime, "big").await, "0.3.0");
+    assert_eq!(
+        call_slowly(&runtime, "big", json!("Grown")).await,
+        json!("0")
+    );
+    // Echo, Grown and this one: the old state, as it was.
+    assert_eq!(
+        call_slowly(&runtime, "big", json!("Handled")).await,
+        json!("3")
+    );
+
+    install_while_calling(&handler, &runtime, "3.0.0")
+        .await
+        .unwrap();
+    assert_eq!(version_slowly(&runtime, "big").await, "0.4.0");
+    assert_eq!(
+        call_slowly(&runtime, "big", json!("Handled")).await,
+        json!("4")
+    );
+    install_while_calling(&handler, &runtime, "1.0.0")
+        .await
+        .unwrap();
+    assert_eq!(version_slowly(&runtime, "big").await, "0.3.0");
+    assert_eq!(
+        call_slowly(&runtime, "big", json!("Handled")).await,
+        json!("5")
+    );
     handler.shutdown().await;
 }
 

@@ -14,10 +14,15 @@
 //!    against both trees; every new library is loaded and verified.
 //! 2. **Migrate, atomically**: every actor touched by an `update` (and its `suspend_with`
 //!    companions) is suspended concurrently under one deadline, its state is snapshotted,
-//!    and it is moved to the new code. If anything fails — a suspend timeout, a migration
-//!    error or panic — every migrated actor is restored from its snapshot onto its old
-//!    code, all are resumed, and the new libraries are dropped. Messages sent meanwhile
-//!    wait in the mailboxes and are handled afterwards, in order, by whichever version runs.
+//!    and it is moved to the new code. Each new instance then proves the way back: its
+//!    state is encoded once more and must fit the state cap
+//!    ([`MAX_STATE_BYTES`](crate::plugin::MAX_STATE_BYTES)) that a later downgrade or a
+//!    restore from snapshot must carry it through; a state over it fails the migration
+//!    ([`ReleaseError::NoWayBack`], naming the actor and the size). If anything fails — a
+//!    suspend timeout, a migration error or panic, a state with no way back — every
+//!    migrated actor is restored from its snapshot onto its old code, all are resumed, and
+//!    the new libraries are dropped. Messages sent meanwhile wait in the mailboxes and are
+//!    handled afterwards, in order, by whichever version runs.
 //! 3. **Commit**: the plugin table switches (restarts and new children start on the new
 //!    code), the actors resume, stragglers started during the window are migrated, the
 //!    purge policy applies to anything left on the old code, and the script's other
@@ -32,7 +37,7 @@ use super::{
 };
 use crate::plugin::{
     CallbackError, Detached, Expectations, HostServices, Instance, LoadError, LoadedPlugin, Loader,
-    PluginIdentity, Sha256Digest, UnloadReport,
+    MAX_STATE_BYTES, PluginIdentity, Sha256Digest, UnloadReport,
 };
 use crate::runtime::{
     self, ActorRef, BehaviourFactory, Migration, ProcessId, Runtime, Started, SystemError, lock,
@@ -216,6 +221,21 @@ pub enum ReleaseError {
         plugin: String,
         /// Why.
         reason: String,
+    },
+    /// A migrated state is too large for the way back (the state cap a downgrade or a
+    /// restore from snapshot must fit in): refused before the commit; nothing changed.
+    #[error(
+        "install refused before its commit: actor {actor}: the migrated state is {size} bytes, over the {cap}-byte cap a rollback could carry"
+    )]
+    NoWayBack {
+        /// The actor.
+        actor: String,
+        /// Its plugin.
+        plugin: String,
+        /// The size of its migrated state, encoded.
+        size: usize,
+        /// The state cap ([`crate::plugin::MAX_STATE_BYTES`]).
+        cap: usize,
     },
     /// A supervisor operation failed while booting.
     #[error("starting release {version}: {source}")]
@@ -513,7 +533,8 @@ struct Swapped {
 /// What an actor looked like before its migration, to restore it.
 struct Snapshot {
     plugin: Arc<LoadedPlugin>,
-    state: Vec<u8>,
+    /// Shared with the migration that reads it: a large state is not copied twice.
+    state: Arc<Vec<u8>>,
 }
 
 /// The snapshots of one install, and whether it was abandoned. Both live under one lock:
@@ -523,6 +544,8 @@ struct Snapshot {
 struct SnapshotBook {
     taken: HashMap<ProcessId, Snapshot>,
     aborted: bool,
+    /// Actors whose migrated state was over the state cap, with its size.
+    too_large: HashMap<ProcessId, usize>,
 }
 
 type Snapshots = Arc<Mutex<SnapshotBook>>;
@@ -546,7 +569,7 @@ fn migration(
         if Arc::ptr_eq(&old, &target) {
             return Ok(None);
         }
-        let state = current.encode_state().map_err(|error| error.to_string())?;
+        let state = Arc::new(current.encode_state().map_err(|error| error.to_string())?);
         {
             let mut book = lock(&snapshots);
             if book.aborted {
@@ -556,7 +579,7 @@ fn migration(
                 id,
                 Snapshot {
                     plugin: Arc::clone(&old),
-                    state: state.clone(),
+                    state: Arc::clone(&state),
                 },
             );
         }
@@ -570,7 +593,19 @@ fn migration(
                 .downgrade(target.version(), &extra)
                 .and_then(|converted| Instance::restore(&target, &converted, &services)),
         };
-        let instance = instance.map_err(|error| error.to_string())?;
+        let mut instance = instance.map_err(|error| error.to_string())?;
+        drop(state);
+        // Prove the way back before the commit: a downgrade or a restore from a snapshot
+        // starts from this state, so it must come out of the plugin under the state cap.
+        let size = instance
+            .encoded_state_size()
+            .map_err(|error| format!("the way back is not proven: {error}"))?;
+        if size > MAX_STATE_BYTES {
+            lock(&snapshots).too_large.insert(id, size);
+            return Err(format!(
+                "the migrated state is {size} bytes, over the {MAX_STATE_BYTES}-byte cap a rollback could carry"
+            ));
+        }
         Ok(Some(Box::new(instance)))
     })
 }
@@ -1048,6 +1083,7 @@ impl ReleaseHandler {
                 check_migrated(
                     &to_migrate,
                     runtime::change_code_all(&migrate_refs, migrations, timeout).await,
+                    &snapshots,
                 )
             }
         };
@@ -1603,11 +1639,14 @@ async fn resume_all(actors: &[(ActorRef, String, Duration)]) {
 }
 
 /// Checks the change_code answers: the first error and the actors still busy migrating at
-/// the deadline (a `code_change` that does not return), if any failed.
+/// the deadline (a `code_change` that does not return), if any failed. A migration refused
+/// for a state over the cap is reported as [`ReleaseError::NoWayBack`].
 fn check_migrated(
     actors: &[(ActorRef, &PlannedUpdate)],
     results: Vec<Result<(), SystemError>>,
+    snapshots: &Snapshots,
 ) -> Option<Failure> {
+    let too_large = std::mem::take(&mut lock(snapshots).too_large);
     let mut first_error = None;
     let mut busy = HashSet::new();
     for ((actor, update), result) in actors.iter().zip(results) {
@@ -1617,10 +1656,18 @@ fn check_migrated(
                 if matches!(error, SystemError::Timeout { .. }) {
                     busy.insert(actor.id());
                 }
-                first_error.get_or_insert_with(|| ReleaseError::Migration {
-                    actor: actor.label(),
-                    plugin: update.plugin.clone(),
-                    reason: error.to_string(),
+                first_error.get_or_insert_with(|| match too_large.get(&actor.id()) {
+                    Some(&size) => ReleaseError::NoWayBack {
+                        actor: actor.label(),
+                        plugin: update.plugin.clone(),
+                        size,
+                        cap: MAX_STATE_BYTES,
+                    },
+                    None => ReleaseError::Migration {
+                        actor: actor.label(),
+                        plugin: update.plugin.clone(),
+                        reason: error.to_string(),
+                    },
                 });
             }
         }
