@@ -82,6 +82,6 @@ pub mod worker;
 
 pub use channel::{
     IsolatedFactory, IsolatedPlugin, IsolationError, RemoteInstance, WORKER_PROGRAM_ENV, Worker,
-    WorkerOptions, WorkerProgram,
+    WorkerOptions, WorkerProcess, WorkerProgram,
 };
 pub use version::PluginVersion;

@@ -173,7 +173,10 @@ pub struct Worker {
 
 struct WorkerShared {
     plugin: String,
-    options: WorkerOptions,
+    program: WorkerProgram,
+    /// The memory limit in MiB (0: none), read by the monitor of every process it starts,
+    /// so a change applies to the running process too.
+    memory_limit_mb: Arc<AtomicU64>,
     current: Mutex<Option<Arc<Process>>>,
 }
 
@@ -200,7 +203,8 @@ impl Worker {
         Worker {
             shared: Arc::new(WorkerShared {
                 plugin: plugin.into(),
-                options,
+                program: options.program,
+                memory_limit_mb: Arc::new(AtomicU64::new(options.memory_limit_mb.unwrap_or(0))),
                 current: Mutex::new(None),
             }),
         }
@@ -211,9 +215,33 @@ impl Worker {
         &self.shared.plugin
     }
 
-    /// Its options.
-    pub fn options(&self) -> &WorkerOptions {
-        &self.shared.options
+    /// Its options (with the memory limit in force now).
+    pub fn options(&self) -> WorkerOptions {
+        WorkerOptions {
+            program: self.shared.program.clone(),
+            memory_limit_mb: self.memory_limit_mb(),
+        }
+    }
+
+    /// The memory limit in force, in MiB.
+    pub fn memory_limit_mb(&self) -> Option<u64> {
+        Some(self.shared.memory_limit_mb.load(Ordering::Relaxed)).filter(|&limit| limit > 0)
+    }
+
+    /// Changes the memory limit; it applies to the running process at once (its monitor
+    /// reads it on every check) and to every process started later.
+    pub fn set_memory_limit_mb(&self, limit: Option<u64>) {
+        self.shared
+            .memory_limit_mb
+            .store(limit.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// The latest process started (running or exited), to learn later whether it exited
+    /// and why; `None` before the first start.
+    pub fn latest_process(&self) -> Option<WorkerProcess> {
+        lock(&self.shared.current)
+            .as_ref()
+            .map(|process| WorkerProcess(Arc::clone(process)))
     }
 
     /// The pid of the running worker process, if one runs.
@@ -240,9 +268,45 @@ impl Worker {
             return Ok(Arc::clone(process));
         }
         let generation = current.as_ref().map_or(0, |process| process.generation) + 1;
-        let process = Process::spawn(&self.shared.plugin, &self.shared.options, generation)?;
+        let process = Process::spawn(
+            &self.shared.plugin,
+            &self.shared.program,
+            &self.shared.memory_limit_mb,
+            generation,
+        )?;
         *current = Some(Arc::clone(&process));
         Ok(process)
+    }
+}
+
+/// One process of a [`Worker`] (see [`Worker::latest_process`]): whether it still runs.
+#[derive(Clone)]
+pub struct WorkerProcess(Arc<Process>);
+
+impl fmt::Debug for WorkerProcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerProcess")
+            .field("plugin", &self.0.plugin)
+            .field("pid", &self.0.pid)
+            .field("generation", &self.0.generation)
+            .finish()
+    }
+}
+
+impl WorkerProcess {
+    /// Its pid (possibly exited).
+    pub fn pid(&self) -> u32 {
+        self.0.pid
+    }
+
+    /// Which start of its worker it is (1 for the first).
+    pub fn generation(&self) -> u64 {
+        self.0.generation
+    }
+
+    /// Why it is gone (`worker crashed: ...`, or `worker stopped`), once it is.
+    pub fn exit_reason(&self) -> Option<String> {
+        self.0.exit_reason()
     }
 }
 
@@ -354,11 +418,12 @@ fn resident_kib(pid: u32) -> Option<u64> {
 impl Process {
     fn spawn(
         plugin: &str,
-        options: &WorkerOptions,
+        program: &WorkerProgram,
+        memory_limit_mb: &Arc<AtomicU64>,
         generation: u64,
     ) -> Result<Arc<Process>, IsolationError> {
         use std::os::unix::fs::PermissionsExt;
-        let program = options.program.resolve()?;
+        let program = program.resolve()?;
         let socket_error = |socket: &Path, error: io::Error| IsolationError::Socket {
             plugin: plugin.to_owned(),
             socket: socket.to_owned(),
@@ -406,7 +471,7 @@ impl Process {
             exited: Condvar::new(),
         });
         let monitored = Arc::clone(&process);
-        let limit = options.memory_limit_mb;
+        let limit = Arc::clone(memory_limit_mb);
         let monitor = std::thread::Builder::new()
             .name(format!("graft-worker-monitor-{}", process.pid))
             .spawn(move || monitored.monitor(child, limit));
@@ -426,7 +491,7 @@ impl Process {
     /// Waits for the child (polling, so that the same thread can kill it without racing
     /// the reaping: a reaped pid could be reused), enforces the memory limit, and ends the
     /// actors when it is gone.
-    fn monitor(self: Arc<Process>, mut child: Child, memory_limit_mb: Option<u64>) {
+    fn monitor(self: Arc<Process>, mut child: Child, memory_limit_mb: Arc<AtomicU64>) {
         let mut over_limit: Option<String> = None;
         let reason = loop {
             match child.try_wait() {
@@ -443,7 +508,8 @@ impl Process {
                 let _ = child.wait();
                 break "worker stopped".to_owned();
             }
-            if let Some(limit) = memory_limit_mb
+            let limit = memory_limit_mb.load(Ordering::Relaxed);
+            if limit > 0
                 && over_limit.is_none()
                 && let Some(resident) = resident_kib(self.pid)
                 && resident > limit.saturating_mul(1024)
