@@ -50,7 +50,7 @@
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use graft::build::CargoBuild;
 use graft::plugin::{Expectations, Loader};
-use graft::runtime::{ActorOptions, ActorRef, BehaviourFactory, PluginFactory, Runtime};
+use graft::runtime::{ActorOptions, ActorRef, BehaviourFactory, PluginFactory, Runtime, executor};
 use graft::supervisor::{ChildSpec, Strategy, SupervisorSpec, start_supervisor};
 use graft_plugin::{StopReason, codec};
 use ractor::{Actor, ActorProcessingErr, RpcReplyPort};
@@ -410,24 +410,33 @@ impl Contender {
 enum Placement {
     /// In `block_on` on the main thread, which is not one of the workers.
     BlockOn,
-    /// In a task on a worker thread.
+    /// In a task on a worker thread of the tokio runtime (for graft, whose actors run on
+    /// their own executor, that is a call from the control plane's side).
     Worker,
+    /// Beside the actor: graft's caller is a task on graft's actor executor (where other
+    /// actors' code runs); the others' callers are tokio worker tasks, as for `Worker`.
+    Beside,
 }
 
 impl Placement {
     const ALL: [Placement; 2] = [Placement::BlockOn, Placement::Worker];
+    const CALLS: [Placement; 3] = [Placement::BlockOn, Placement::Worker, Placement::Beside];
 
     fn name(self) -> &'static str {
         match self {
             Placement::BlockOn => "from_block_on",
             Placement::Worker => "from_worker",
+            Placement::Beside => "beside_the_actor",
         }
     }
 
     fn label(self) -> &'static str {
         match self {
             Placement::BlockOn => "caller in block_on",
-            Placement::Worker => "caller in a worker task",
+            Placement::Worker => "caller in a tokio worker task",
+            Placement::Beside => {
+                "caller beside the actor: graft on its actor executor, others on a tokio worker"
+            }
         }
     }
 }
@@ -588,7 +597,7 @@ impl Fixture {
     ) -> T {
         match placement {
             Placement::BlockOn => self.executor.block_on(batch),
-            Placement::Worker => self
+            Placement::Worker | Placement::Beside => self
                 .executor
                 .block_on(self.executor.spawn(batch))
                 .expect("the measured batch runs to completion"),
@@ -600,13 +609,17 @@ impl Fixture {
         match contender {
             Contender::Graft => {
                 let counter = self.graft_counter.clone();
-                self.run(placement, async move {
+                let batch = async move {
                     let start = Instant::now();
                     for _ in 0..iterations {
                         black_box(graft_call(&counter, black_box(Request::Add(1))).await);
                     }
                     start.elapsed()
-                })
+                };
+                match placement {
+                    Placement::Beside => self.executor.block_on(executor::spawn(batch)),
+                    _ => self.run(placement, batch),
+                }
             }
             Contender::BareTokio => {
                 let counter = self.bare_counter.clone();
@@ -774,7 +787,7 @@ fn bench_call_round_trip(criterion: &mut Criterion, fixture: &Fixture) {
     group.measurement_time(Duration::from_secs(2));
     group.sample_size(50);
     group.throughput(Throughput::Elements(1));
-    for placement in Placement::ALL {
+    for placement in Placement::CALLS {
         for contender in Contender::CALLING {
             group.bench_function(
                 BenchmarkId::new(contender.name(), placement.name()),
@@ -926,7 +939,7 @@ impl SpawnMedians {
 }
 
 fn print_summary(fixture: &Fixture, sampling: Sampling) {
-    let calls: Vec<(Placement, Vec<f64>)> = Placement::ALL
+    let calls: Vec<(Placement, Vec<f64>)> = Placement::CALLS
         .iter()
         .map(|&placement| {
             let medians = Contender::CALLING
@@ -1020,13 +1033,13 @@ fn print_summary(fixture: &Fixture, sampling: Sampling) {
     );
 
     let block_on_calls = &calls[0].1;
-    let worker_calls = &calls[1].1;
+    let worker_calls = &calls[2].1;
     let call_ratio = block_on_calls[0] / block_on_calls[1];
     let cast_ratio = casts[0] / casts[1];
     let spawn_seconds_for_100k =
         graft_spawn.spawning_seconds * SPAWNED_ACTORS as f64 / actors as f64;
     println!(
-        "summary: target call <= 1.5x bare tokio: {:.2}x, {} (from a worker task: {:.2}x)",
+        "summary: target call <= 1.5x bare tokio: {:.2}x, {} (caller beside the actor: {:.2}x)",
         call_ratio,
         verdict(call_ratio <= 1.5),
         worker_calls[0] / worker_calls[1],
@@ -1037,7 +1050,7 @@ fn print_summary(fixture: &Fixture, sampling: Sampling) {
         verdict(cast_ratio >= 0.5)
     );
     println!(
-        "summary: target call ahead of ractor: {} vs {}, {} (from a worker task: {} vs {})",
+        "summary: target call ahead of ractor: {} vs {}, {} (caller beside the actor: {} vs {})",
         human_time(block_on_calls[0]),
         human_time(block_on_calls[3]),
         verdict(block_on_calls[0] < block_on_calls[3]),

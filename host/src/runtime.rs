@@ -198,7 +198,7 @@ pub(crate) struct ActorShared {
     mailbox_length: AtomicUsize,
     pub(crate) lifecycle: Lifecycle,
     /// The actor's task on the executor; dropping it cancels the task.
-    task: Mutex<Option<async_executor::Task<()>>>,
+    task: Mutex<Option<async_task::Task<()>>>,
     /// The deadline of each callback, in milliseconds (`u64::MAX`: none).
     callback_timeout_ms: AtomicU64,
     /// "plugin version" of the code the actor runs, for timeout reasons and reports.

@@ -471,7 +471,9 @@ async fn a_raw_thread_left_running_at_unload_keeps_its_library_mapped_and_the_ho
         )
         .unwrap();
     assert!(
-        plugin.pinned().is_some_and(|reason| reason.contains("pthread_create")),
+        plugin
+            .pinned()
+            .is_some_and(|reason| reason.contains("pthread_create")),
         "{:?}",
         plugin.pinned()
     );
@@ -502,7 +504,10 @@ async fn a_raw_thread_left_running_at_unload_keeps_its_library_mapped_and_the_ho
     .await;
     assert!(ticking);
     actor
-        .stop(graft_plugin::StopReason::Normal, Some(Duration::from_secs(5)))
+        .stop(
+            graft_plugin::StopReason::Normal,
+            Some(Duration::from_secs(5)),
+        )
         .await;
     drop(actor);
     let closed = eventually(Duration::from_secs(20), || {
@@ -524,7 +529,10 @@ async fn a_raw_thread_left_running_at_unload_keeps_its_library_mapped_and_the_ho
         .unwrap();
     for _ in 0..50 {
         other
-            .call(codec::encode(&json!({"Add": 1})).unwrap(), Duration::from_secs(5))
+            .call(
+                codec::encode(&json!({"Add": 1})).unwrap(),
+                Duration::from_secs(5),
+            )
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -18,7 +18,7 @@
 //! suspend).
 
 use super::behaviour::Behaviour;
-use super::executor::{self, CallbackGuard};
+use super::executor::{self, Callback, CallbackGuard};
 use super::{ActorOptions, ActorRef, CallError, Migration, Runtime, SpawnError, SystemError, lock};
 use crate::plugin::{CallbackError, HostServices, Outputs, SendKind, ServiceError};
 use graft_plugin::{Exit, StopReason, abi, codec};
@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 /// Records `callback` of `actor` on the executor's watchdog until the guard drops.
-fn guard(actor: &ActorRef, callback: &'static str) -> CallbackGuard {
+fn guard(actor: &ActorRef, callback: Callback) -> CallbackGuard {
     executor::enter_callback(actor, callback, actor.callback_timeout())
 }
 
@@ -274,7 +274,7 @@ pub(crate) async fn run(
         pending: RefCell::new(HashMap::new()),
         timers: Arc::new(Mutex::new(HashMap::new())),
     };
-    let initialising = guard(&me, "init");
+    let initialising = guard(&me, Callback::Init);
     let started_behaviour = options.factory.start(&options.args, &services);
     drop(initialising);
     let (mut behaviour, outputs) = match started_behaviour {
@@ -325,11 +325,19 @@ pub(crate) async fn run(
 
 impl Actor {
     async fn run_loop(&mut self) -> Ending {
+        let mut turn = executor::MESSAGES_PER_TURN;
         loop {
+            turn -= 1;
+            if turn == 0 {
+                // A flood never makes the mailbox wait: yield now and then, so the other
+                // tasks on this runner get their turn.
+                turn = executor::MESSAGES_PER_TURN;
+                executor::yield_now().await;
+            }
             if !self.suspended
                 && let Some(argument) = self.continue_with.take()
             {
-                let running = guard(&self.services.me, "handle_continue");
+                let running = guard(&self.services.me, Callback::HandleContinue);
                 let result = self.behaviour.handle_continue(&argument, &self.services);
                 drop(running);
                 if let Some(exit) = self.after(result) {
@@ -411,13 +419,13 @@ impl Actor {
             }
             Envelope::Call { request, reply } => self.handle_call(&request, reply),
             Envelope::Cast(message) => {
-                let running = guard(&self.services.me, "handle_cast");
+                let running = guard(&self.services.me, Callback::HandleCast);
                 let result = self.behaviour.handle_cast(&message, &self.services);
                 drop(running);
                 self.after(result)
             }
             Envelope::Info { kind, message } => {
-                let running = guard(&self.services.me, "handle_info");
+                let running = guard(&self.services.me, Callback::HandleInfo);
                 let result = self.behaviour.handle_info(kind, &message, &self.services);
                 drop(running);
                 self.after(result)
@@ -429,7 +437,7 @@ impl Actor {
         let token = self.services.next_token.get();
         self.services.next_token.set(token + 1);
         *self.services.current_call.borrow_mut() = Some((token, reply));
-        let running = guard(&self.services.me, "handle_call");
+        let running = guard(&self.services.me, Callback::HandleCall);
         let result = self.behaviour.handle_call(request, token, &self.services);
         drop(running);
         let waiting = self.services.current_call.borrow_mut().take();
@@ -500,7 +508,7 @@ impl Actor {
                 let _ = reply.send(());
             }
             SystemRequest::GetState(reply) => {
-                let _running = guard(&self.services.me, "encode_state");
+                let _running = guard(&self.services.me, Callback::EncodeState);
                 let state = self
                     .behaviour
                     .encode_state()
@@ -531,7 +539,7 @@ impl Actor {
                 let result = if !self.suspended {
                     Err(SystemError::NotSuspended(self.services.label.clone()))
                 } else {
-                    let running = guard(&self.services.me, "code_change");
+                    let running = guard(&self.services.me, Callback::CodeChange);
                     let migrated = migration(&mut self.behaviour);
                     drop(running);
                     match migrated {
@@ -539,7 +547,7 @@ impl Actor {
                             if let Some(mut replacement) = replacement {
                                 replacement.attach(&self.services.me);
                                 self.services.me.set_code_label(code_label(&*replacement));
-                                let _dropping = guard(&self.services.me, "drop");
+                                let _dropping = guard(&self.services.me, Callback::Drop);
                                 self.behaviour = replacement;
                             }
                             Ok(())
@@ -563,7 +571,7 @@ impl Actor {
             deferred,
             ..
         } = self;
-        let terminating = guard(me, "terminate");
+        let terminating = guard(me, Callback::Terminate);
         if exit.run_terminate
             && let Err(error) = behaviour.terminate(&exit.reason, &services)
         {
@@ -574,7 +582,7 @@ impl Actor {
             tracing::error!(actor = %services.label, reason = %exit.reason, "actor exited abnormally");
         }
         // Release the plugin instance (and with it, possibly, an old library version).
-        let dropping = guard(me, "drop");
+        let dropping = guard(me, Callback::Drop);
         drop(behaviour);
         drop(dropping);
         runtime.unregister(me);
