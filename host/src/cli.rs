@@ -59,7 +59,7 @@ enum Command {
         #[arg(long, value_name = "SECONDS", requires = "watch")]
         auto_permanent: Option<u64>,
     },
-    /// The supervision tree, each actor's plugin and version, resident libraries.
+    /// The supervision tree, each actor's plugin and version, resident libraries, workers.
     Status {
         /// Print JSON.
         #[arg(long)]
@@ -479,6 +479,16 @@ fn print_status(status: &Value, json: bool) {
         })
         .collect();
     out.push_str(&format!("resident libraries: {}\n", resident.join(", ")));
+    for worker in status["workers"].as_array().into_iter().flatten() {
+        let pid = worker["pid"]
+            .as_u64()
+            .map_or_else(|| "not running".to_owned(), |pid| format!("pid {pid}"));
+        out.push_str(&format!(
+            "worker of {}: {pid}, started {} time(s)\n",
+            worker["plugin"].as_str().unwrap_or("?"),
+            worker["spawned"],
+        ));
+    }
     for stuck in status["stuck_callbacks"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "stuck callback: {} of {} (actor {}, killed) running for {} ms; its library stays loaded\n",

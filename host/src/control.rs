@@ -42,7 +42,7 @@ pub fn socket_path(root: &Path) -> PathBuf {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    /// The supervision tree, resident libraries and releases.
+    /// The supervision tree, resident libraries, isolated plugins' workers and releases.
     Status {},
     /// Every release and its status.
     Releases {},
@@ -397,7 +397,8 @@ async fn install(
 }
 
 /// The supervision tree as JSON, each actor with its plugin, version, state of running,
-/// restarts and mailbox length; the resident libraries; the releases.
+/// restarts and mailbox length; the resident libraries (in-process versions); the worker
+/// process of each isolated plugin (pid, processes started); the releases.
 pub async fn status(handler: &ReleaseHandler) -> Value {
     let root = handler.root_supervisor().await;
     // Every actor is asked at once under one deadline, so actors stuck in callbacks cost
@@ -430,6 +431,7 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
         "release": handler.current_version().await,
         "tree": tree,
         "resident": resident,
+        "workers": handler.isolated_workers(),
         "still_mapped_after_close": unloaded
             .iter()
             .filter_map(|report| match &report.outcome {

@@ -32,15 +32,19 @@
 
 use super::assemble::{AssembledRelease, assembled_versions, read_assembled, releases_directory};
 use super::{
-    ChildManifest, Instruction, Manifest, ManifestError, PurgePolicy, ROOT_SUPERVISOR,
+    ChildManifest, Instruction, Isolation, Manifest, ManifestError, PurgePolicy, ROOT_SUPERVISOR,
     SupervisorManifest, UpdateMode, encode_value, resolve_inside,
+};
+use crate::isolation::{
+    IsolatedPlugin, IsolationError, PluginVersion, WorkerOptions, WorkerProcess, WorkerProgram,
 };
 use crate::plugin::{
     CallbackError, Detached, Expectations, HostServices, Instance, LoadError, LoadedPlugin, Loader,
     MAX_STATE_BYTES, PluginIdentity, Sha256Digest, UnloadReport,
 };
 use crate::runtime::{
-    self, ActorRef, BehaviourFactory, Migration, ProcessId, Runtime, Started, SystemError, lock,
+    self, ActorRef, Behaviour, BehaviourFactory, Migration, ProcessId, Runtime, Started,
+    SystemError, lock,
 };
 use crate::supervisor::{
     ChildKey, ChildRef, ChildSpec, ChildStart, Restart, Shutdown, SupervisorError, SupervisorRef,
@@ -95,6 +99,19 @@ pub struct ResidentLibrary {
     pub version: String,
     /// Handles (actors, factories) keeping it loaded.
     pub users: usize,
+}
+
+/// The worker process of a plugin with `isolation = "process"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerInfo {
+    /// The plugin.
+    pub plugin: String,
+    /// The running process's pid (`None` between a crash and the next start).
+    pub pid: Option<u32>,
+    /// How many processes it has started in all (1 + restarts after crashes).
+    pub spawned: u64,
+    /// The memory limit in force, in MiB.
+    pub memory_limit_mb: Option<u64>,
 }
 
 /// What an install did.
@@ -197,6 +214,29 @@ pub enum ReleaseError {
         plugin: String,
         /// The loader's error.
         source: Box<LoadError>,
+    },
+    /// A library could not be loaded in its plugin's worker process (`isolation = "process"`):
+    /// no worker program, the worker could not start, or it refused the library.
+    #[error("manifest {manifest}: plugin {plugin}: {source}")]
+    Isolation {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The plugin.
+        plugin: String,
+        /// Why.
+        #[source]
+        source: IsolationError,
+    },
+    /// The worker process of an updated plugin died during the install (its actors went
+    /// with it and restart on the old code); nothing else changed.
+    #[error(
+        "upgrade aborted, every actor is back on its old code: the worker of plugin {plugin} died during the install: {reason}"
+    )]
+    WorkerCrashed {
+        /// The plugin.
+        plugin: String,
+        /// `worker crashed: ...`.
+        reason: String,
     },
     /// An actor did not suspend in time (it may be stuck in a long callback); nothing changed.
     #[error(
@@ -337,16 +377,17 @@ fn write_record(root: &Path, record: &Record) -> Result<(), ReleaseError> {
     write().map_err(|source| ReleaseError::Write { path, source })
 }
 
-/// The version of each plugin new actors start on; switched at an install's commit.
+/// The version of each plugin new actors start on (in the host or in its worker process);
+/// switched at an install's commit.
 #[derive(Default)]
 struct PluginTable {
-    current: Mutex<HashMap<String, Arc<LoadedPlugin>>>,
+    current: Mutex<HashMap<String, PluginVersion>>,
     /// Each plugin's `callback_timeout_ms` in the current release (`None`: infinity).
     callback_timeouts: Mutex<HashMap<String, Option<Duration>>>,
 }
 
 impl PluginTable {
-    fn get(&self, plugin: &str) -> Option<Arc<LoadedPlugin>> {
+    fn get(&self, plugin: &str) -> Option<PluginVersion> {
         lock(&self.current).get(plugin).cloned()
     }
 
@@ -386,8 +427,7 @@ impl BehaviourFactory for ReleaseFactory {
                 message: "the plugin is not part of the current release".to_owned(),
             });
         };
-        let (instance, outputs) = Instance::start(&plugin, args, services)?;
-        Ok((Box::new(instance), outputs))
+        plugin.start(args, services)
     }
 
     fn identity(&self) -> Option<PluginIdentity> {
@@ -413,12 +453,18 @@ struct State {
     loaded: Vec<Weak<LoadedPlugin>>,
 }
 
+/// One worker per isolated plugin, by name.
+type Workers = Mutex<HashMap<String, crate::isolation::Worker>>;
+
 /// The release handler of one host.
 pub struct ReleaseHandler {
     root: PathBuf,
     runtime: Runtime,
     loader: Loader,
     table: Arc<PluginTable>,
+    /// The worker process of each plugin with `isolation = "process"` in the running
+    /// release (started when its first version loads).
+    workers: Workers,
     state: tokio::sync::Mutex<State>,
 }
 
@@ -516,7 +562,9 @@ enum Direction {
 /// One planned `update`.
 struct PlannedUpdate {
     plugin: String,
-    target: Arc<LoadedPlugin>,
+    target: PluginVersion,
+    /// The update moves the plugin between the host and a worker process.
+    switches_isolation: bool,
     mode: UpdateMode,
     extra: Vec<u8>,
     suspend_timeout: Duration,
@@ -532,7 +580,7 @@ struct Swapped {
 
 /// What an actor looked like before its migration, to restore it.
 struct Snapshot {
-    plugin: Arc<LoadedPlugin>,
+    plugin: PluginVersion,
     /// Shared with the migration that reads it: a large state is not copied twice.
     state: Arc<Vec<u8>>,
 }
@@ -556,17 +604,17 @@ fn migration(
     snapshots: &Snapshots,
     actor: &ActorRef,
 ) -> Migration {
-    let target = Arc::clone(&update.target);
+    let target = update.target.clone();
     let mode = update.mode;
     let extra = update.extra.clone();
     let snapshots = Arc::clone(snapshots);
     let id = actor.id();
     let label = actor.label();
     Box::new(move |current| {
-        let Some(old) = current.plugin().cloned() else {
+        let Some(old) = PluginVersion::of(current.as_ref()) else {
             return Ok(None);
         };
-        if Arc::ptr_eq(&old, &target) {
+        if old.same(&target) {
             return Ok(None);
         }
         let state = Arc::new(current.encode_state().map_err(|error| error.to_string())?);
@@ -578,44 +626,101 @@ fn migration(
             book.taken.insert(
                 id,
                 Snapshot {
-                    plugin: Arc::clone(&old),
+                    plugin: old.clone(),
                     state: Arc::clone(&state),
                 },
             );
         }
         let services = Detached::new(label);
-        let instance = match (direction, mode) {
-            (_, UpdateMode::Soft) => Instance::restore(&target, &state, &services),
-            (Direction::Up, UpdateMode::Advanced) => {
-                Instance::code_change(&target, old.version(), &state, &extra, &services)
-            }
-            (Direction::Down, UpdateMode::Advanced) => current
-                .downgrade(target.version(), &extra)
-                .and_then(|converted| Instance::restore(&target, &converted, &services)),
+        // The state travels as bytes, so the old and the new version may run in different
+        // places (the host, a worker process).
+        let converted = match (direction, mode) {
+            (Direction::Down, UpdateMode::Advanced) => Some(
+                current
+                    .downgrade(target.version(), &extra)
+                    .map_err(|error| error.to_string())?,
+            ),
+            _ => None,
         };
-        let mut instance = instance.map_err(|error| error.to_string())?;
-        drop(state);
+        let source: &[u8] = converted.as_deref().unwrap_or(&state);
+        let code_change = direction == Direction::Up && mode == UpdateMode::Advanced;
         // Prove the way back before the commit: a downgrade or a restore from a snapshot
-        // starts from this state, so it must come out of the plugin under the state cap.
-        let size = instance
-            .encoded_state_size()
-            .map_err(|error| format!("the way back is not proven: {error}"))?;
+        // starts from the new state, so it must come out of the plugin under the state cap.
+        let (behaviour, size): (Box<dyn Behaviour>, _) = match &target {
+            PluginVersion::InProcess(plugin) => {
+                let instance = if code_change {
+                    Instance::code_change(plugin, old.version(), source, &extra, &services)
+                } else {
+                    Instance::restore(plugin, source, &services)
+                };
+                let mut instance = instance.map_err(|error| error.to_string())?;
+                drop((converted, state));
+                // Measured, not copied, even when it is over the cap.
+                let size = instance.encoded_state_size();
+                (Box::new(instance), size)
+            }
+            PluginVersion::Isolated(plugin) => {
+                let behaviour = if code_change {
+                    plugin.code_change(old.version(), source, &extra, &services)
+                } else {
+                    plugin.restore(source, &services)
+                };
+                let mut behaviour = behaviour.map_err(|error| error.to_string())?;
+                drop((converted, state));
+                // The state comes over the wire (frames carry up to the state cap and a
+                // little more); the worker refuses one over the cap with an error.
+                let size = behaviour.encode_state().map(|state| state.len());
+                (behaviour, size)
+            }
+        };
+        let size = size.map_err(|error| format!("the way back is not proven: {error}"))?;
         if size > MAX_STATE_BYTES {
             lock(&snapshots).too_large.insert(id, size);
             return Err(format!(
                 "the migrated state is {size} bytes, over the {MAX_STATE_BYTES}-byte cap a rollback could carry"
             ));
         }
-        Ok(Some(Box::new(instance)))
+        Ok(Some(behaviour))
     })
 }
 
 fn restoration(snapshot: Snapshot, label: String) -> Migration {
     Box::new(move |_current| {
-        let instance = Instance::restore(&snapshot.plugin, &snapshot.state, &Detached::new(label))
+        // An isolated version whose worker died is restored in a fresh worker.
+        let behaviour = snapshot
+            .plugin
+            .restore(&snapshot.state, &Detached::new(label))
             .map_err(|error| error.to_string())?;
-        Ok(Some(Box::new(instance)))
+        Ok(Some(behaviour))
     })
+}
+
+/// Makes the workers follow `release`: each isolated plugin's worker takes its memory
+/// limit; the workers of plugins it does not run in a worker process are let go (each
+/// process stops once no version loaded in it is used any more).
+fn settle_workers(workers: &Workers, release: &AssembledRelease) {
+    lock(workers).retain(|name, worker| {
+        match release
+            .manifest
+            .plugins
+            .get(name)
+            .filter(|entry| entry.isolation() == Isolation::Process)
+        {
+            Some(entry) => {
+                worker.set_memory_limit_mb(entry.memory_limit_mb);
+                true
+            }
+            None => false,
+        }
+    });
+}
+
+/// `in_process` or `process`, as in `release.toml`.
+fn isolation_name(isolation: Isolation) -> &'static str {
+    match isolation {
+        Isolation::InProcess => "in_process",
+        Isolation::Process => "process",
+    }
 }
 
 impl ReleaseHandler {
@@ -641,12 +746,16 @@ impl ReleaseHandler {
             source,
         })?;
         let table = Arc::new(PluginTable::default());
+        let workers = Workers::default();
         let mut loaded = Vec::new();
-        for (name, plugin) in Self::load_plugins(&loader, &release, &HashMap::new())? {
-            loaded.push(Arc::downgrade(&plugin));
+        for (name, plugin) in Self::load_plugins(&loader, &workers, &release, &HashMap::new())? {
+            if let Some(library) = plugin.in_process() {
+                loaded.push(Arc::downgrade(library));
+            }
             lock(&table.current).insert(name, plugin);
         }
         table.set_callback_timeouts(&release);
+        settle_workers(&workers, &release);
         let manifest_path = release.directory.join("release.toml");
         let spec = supervisor_spec(&release.manifest.supervisor, ROOT_SUPERVISOR, &table).map_err(
             |message| ReleaseError::Plan {
@@ -668,6 +777,7 @@ impl ReleaseHandler {
             runtime,
             loader,
             table,
+            workers,
             state: tokio::sync::Mutex::new(State {
                 current: release,
                 record,
@@ -691,21 +801,25 @@ impl ReleaseHandler {
         Ok(read_assembled(root, version)?)
     }
 
-    /// Loads every plugin of a release, reusing versions already loaded.
+    /// Loads every plugin of a release, reusing versions already loaded (the same library
+    /// in the same place): in-process ones in the host, `isolation = "process"` ones in
+    /// their plugin's worker process (started if need be).
     fn load_plugins(
         loader: &Loader,
+        workers: &Workers,
         release: &AssembledRelease,
-        already: &HashMap<String, Arc<LoadedPlugin>>,
-    ) -> Result<HashMap<String, Arc<LoadedPlugin>>, ReleaseError> {
+        already: &HashMap<String, PluginVersion>,
+    ) -> Result<HashMap<String, PluginVersion>, ReleaseError> {
         let manifest = release.directory.join("release.toml");
         let mut plugins = HashMap::new();
         for (name, entry) in &release.manifest.plugins {
-            let same_library = |loaded: &&Arc<LoadedPlugin>| {
+            let same_library = |loaded: &&PluginVersion| {
                 *loaded.version() == entry.version
+                    && loaded.isolation() == entry.isolation()
                     && entry.sha256.as_deref() == Some(loaded.sha256().to_string().as_str())
             };
             if let Some(loaded) = already.get(name).filter(same_library) {
-                plugins.insert(name.clone(), Arc::clone(loaded));
+                plugins.insert(name.clone(), loaded.clone());
                 continue;
             }
             let plan_error = |message: String| ReleaseError::Plan {
@@ -729,16 +843,61 @@ impl ReleaseHandler {
                 name: Some(name.clone()),
                 version: Some(entry.version.clone()),
             };
-            let plugin = loader
-                .load(&library, &expect)
-                .map_err(|source| ReleaseError::Load {
-                    manifest: manifest.clone(),
-                    plugin: name.clone(),
-                    source: Box::new(source),
-                })?;
+            let plugin = match entry.isolation() {
+                Isolation::InProcess => {
+                    PluginVersion::InProcess(loader.load(&library, &expect).map_err(|source| {
+                        ReleaseError::Load {
+                            manifest: manifest.clone(),
+                            plugin: name.clone(),
+                            source: Box::new(source),
+                        }
+                    })?)
+                }
+                Isolation::Process => {
+                    // A new worker takes this release's memory limit; a running one takes
+                    // it at the commit.
+                    let worker = lock(workers)
+                        .entry(name.clone())
+                        .or_insert_with(|| {
+                            crate::isolation::Worker::new(
+                                name.clone(),
+                                WorkerOptions {
+                                    program: WorkerProgram::Search,
+                                    memory_limit_mb: entry.memory_limit_mb,
+                                },
+                            )
+                        })
+                        .clone();
+                    PluginVersion::Isolated(
+                        IsolatedPlugin::load(&worker, &library, &expect).map_err(|source| {
+                            ReleaseError::Isolation {
+                                manifest: manifest.clone(),
+                                plugin: name.clone(),
+                                source,
+                            }
+                        })?,
+                    )
+                }
+            };
             plugins.insert(name.clone(), plugin);
         }
         Ok(plugins)
+    }
+
+    /// The worker process of each plugin with `isolation = "process"` in the running
+    /// release, by plugin name.
+    pub fn isolated_workers(&self) -> Vec<WorkerInfo> {
+        let mut workers: Vec<WorkerInfo> = lock(&self.workers)
+            .iter()
+            .map(|(plugin, worker)| WorkerInfo {
+                plugin: plugin.clone(),
+                pid: worker.pid(),
+                spawned: worker.spawned(),
+                memory_limit_mb: worker.memory_limit_mb(),
+            })
+            .collect();
+        workers.sort_by(|a, b| a.plugin.cmp(&b.plugin));
+        workers
     }
 
     /// The root directory.
@@ -922,7 +1081,13 @@ impl ReleaseHandler {
         // Phase 1: load and verify every library of the target.
         let current_plugins = lock(&self.table.current).clone();
         report(InstallPhase::Loading(target_release.manifest.plugins.len()));
-        let target_plugins = Self::load_plugins(&self.loader, &target_release, &current_plugins)?;
+        let target_plugins = Self::load_plugins(
+            &self.loader,
+            &self.workers,
+            &target_release,
+            &current_plugins,
+        )
+        .inspect_err(|_| settle_workers(&self.workers, &state.current))?;
 
         let updates: Vec<PlannedUpdate> = instructions
             .iter()
@@ -936,7 +1101,10 @@ impl ReleaseHandler {
                     ..
                 } => Some(PlannedUpdate {
                     plugin: plugin.clone(),
-                    target: Arc::clone(&target_plugins[plugin]),
+                    target: target_plugins[plugin].clone(),
+                    switches_isolation: current_plugins
+                        .get(plugin)
+                        .is_some_and(|old| old.isolation() != target_plugins[plugin].isolation()),
                     mode: *mode,
                     extra: encode_value(extra.as_ref()).unwrap_or_default(),
                     suspend_timeout: Duration::from_millis(*suspend_timeout_ms),
@@ -963,11 +1131,15 @@ impl ReleaseHandler {
                 &report,
             )
             .await
-            .inspect_err(
-                |error| tracing::warn!(from = %from, to = %target, "install rolled back: {error}"),
-            )?;
+            .inspect_err(|error| {
+                tracing::warn!(from = %from, to = %target, "install rolled back: {error}");
+                settle_workers(&self.workers, &state.current);
+            })?;
         // Plugins the target release does not have leave the table.
         lock(&self.table.current).retain(|name, _| target_plugins.contains_key(name));
+        // Workers follow the target: its memory limits; none for plugins it runs in the
+        // host (a worker stops when its last version is let go).
+        settle_workers(&self.workers, &target_release);
         // The target's callback deadlines apply to new actors and running ones alike.
         self.table.set_callback_timeouts(&target_release);
         for (actor, plugin) in workers(state.root_supervisor.clone()).await {
@@ -1028,10 +1200,11 @@ impl ReleaseHandler {
         updates: &[PlannedUpdate],
         companions: &HashSet<String>,
         direction: Direction,
-        target_plugins: &HashMap<String, Arc<LoadedPlugin>>,
+        target_plugins: &HashMap<String, PluginVersion>,
         report: &(dyn Fn(InstallPhase) + Send + Sync),
     ) -> Result<Swapped, ReleaseError> {
         let started_before = self.runtime.processes_started();
+        let watched = self.watch_workers(updates);
         let all_workers = workers(state.root_supervisor.clone()).await;
         let updated: HashMap<&str, &PlannedUpdate> = updates
             .iter()
@@ -1087,6 +1260,22 @@ impl ReleaseHandler {
                 )
             }
         };
+        // A worker of an updated plugin that died meanwhile took its actors with it (they
+        // exited, so their answers do not count as failures): the install aborts too, and
+        // they restart on the old code.
+        let failure = failure.or_else(|| {
+            watched.iter().find_map(|(plugin, process)| {
+                process.exit_reason().map(|reason| {
+                    Box::new((
+                        ReleaseError::WorkerCrashed {
+                            plugin: plugin.clone(),
+                            reason,
+                        },
+                        HashSet::new(),
+                    ))
+                })
+            })
+        });
         if let Some(failure) = failure {
             let (error, busy) = *failure;
             rollback(&to_migrate, &snapshots, &busy).await;
@@ -1115,12 +1304,15 @@ impl ReleaseHandler {
         lock(&self.table.current).extend(
             target_plugins
                 .iter()
-                .map(|(name, plugin)| (name.clone(), Arc::clone(plugin))),
+                .map(|(name, plugin)| (name.clone(), plugin.clone())),
         );
         report(InstallPhase::Resuming(to_suspend.len()));
         resume_all(&to_suspend).await;
         let longest_pause = suspended_at.elapsed();
-        for plugin in target_plugins.values() {
+        for plugin in target_plugins
+            .values()
+            .filter_map(PluginVersion::in_process)
+        {
             if !state
                 .loaded
                 .iter()
@@ -1149,6 +1341,32 @@ impl ReleaseHandler {
         })
     }
 
+    /// The running worker processes of the updated plugins (old and target versions), to
+    /// tell afterwards whether one died during the install.
+    fn watch_workers(&self, updates: &[PlannedUpdate]) -> Vec<(String, WorkerProcess)> {
+        let table = lock(&self.table.current);
+        let mut watched: Vec<(String, WorkerProcess)> = Vec::new();
+        for update in updates {
+            for version in [table.get(&update.plugin), Some(&update.target)]
+                .into_iter()
+                .flatten()
+            {
+                let PluginVersion::Isolated(plugin) = version else {
+                    continue;
+                };
+                if let Some(process) = plugin.worker().latest_process()
+                    && process.exit_reason().is_none()
+                    && !watched
+                        .iter()
+                        .any(|(_, known)| known.pid() == process.pid())
+                {
+                    watched.push((update.plugin.clone(), process));
+                }
+            }
+        }
+        watched
+    }
+
     /// Hot-swaps every actor of `plugin` to the library at `path` (a fresh build of the
     /// same plugin: `graft dev`), keeping their state through the plugin's `code_change`
     /// (by default: decode the old bytes). A build that fails to load or migrate is
@@ -1164,28 +1382,39 @@ impl ReleaseHandler {
             name: Some(plugin.to_owned()),
             ..Expectations::default()
         };
-        let loaded = self
-            .loader
-            .load(path, &expect)
-            .map_err(|source| ReleaseError::Load {
-                manifest,
-                plugin: plugin.to_owned(),
-                source: Box::new(source),
-            })?;
-        let from = self
-            .table
-            .get(plugin)
+        let current = self.table.get(plugin);
+        // The new build runs where the current version runs.
+        let loaded = match &current {
+            Some(PluginVersion::Isolated(running)) => PluginVersion::Isolated(
+                IsolatedPlugin::load(running.worker(), path, &expect).map_err(|source| {
+                    ReleaseError::Isolation {
+                        manifest,
+                        plugin: plugin.to_owned(),
+                        source,
+                    }
+                })?,
+            ),
+            _ => PluginVersion::InProcess(self.loader.load(path, &expect).map_err(|source| {
+                ReleaseError::Load {
+                    manifest,
+                    plugin: plugin.to_owned(),
+                    source: Box::new(source),
+                }
+            })?),
+        };
+        let from = current
             .map(|current| current.version().clone())
             .unwrap_or_else(|| loaded.version().clone());
         let update = PlannedUpdate {
             plugin: plugin.to_owned(),
-            target: Arc::clone(&loaded),
+            target: loaded.clone(),
+            switches_isolation: false,
             mode: UpdateMode::Advanced,
             extra: encode_value(None).unwrap_or_default(),
             suspend_timeout: Duration::from_secs(5),
             purge: PurgePolicy::Soft,
         };
-        let targets = HashMap::from([(plugin.to_owned(), Arc::clone(&loaded))]);
+        let targets = HashMap::from([(plugin.to_owned(), loaded.clone())]);
         let swapped = self
             .swap(
                 &mut state,
@@ -1300,13 +1529,14 @@ impl ReleaseHandler {
                             ),
                         ));
                     };
-                    if before.version == after.version {
+                    if before.version == after.version && before.isolation() == after.isolation() {
                         return Err(plan_error(
                             index,
                             "plugin",
                             format!(
-                                "plugin {plugin:?} is {} in both releases; expected a version change to update",
-                                after.version
+                                "plugin {plugin:?} is {} ({}) in both releases; expected a version change (or an isolation change) to update",
+                                after.version,
+                                isolation_name(after.isolation())
                             ),
                         ));
                     }
@@ -1367,15 +1597,23 @@ impl ReleaseHandler {
         }
         for (plugin, entry) in &new.plugins {
             if let Some(before) = old.plugins.get(plugin)
-                && before.version != entry.version
+                && (before.version != entry.version || before.isolation() != entry.isolation())
                 && !updated.contains(plugin)
             {
+                let change = if before.version != entry.version {
+                    format!("from {} to {}", before.version, entry.version)
+                } else {
+                    format!(
+                        "from isolation {} to {}",
+                        isolation_name(before.isolation()),
+                        isolation_name(entry.isolation())
+                    )
+                };
                 return Err(ReleaseError::Plan {
                     manifest: manifest.to_owned(),
                     field: "instructions".to_owned(),
                     message: format!(
-                        "plugin {plugin:?} changes from {} to {} but the script has no `update` for it",
-                        before.version, entry.version
+                        "plugin {plugin:?} changes {change} but the script has no `update` for it"
                     ),
                 });
             }
@@ -1405,7 +1643,11 @@ impl ReleaseHandler {
             let Ok(status) = actor.status(update.suspend_timeout).await else {
                 continue;
             };
-            if status.version.as_deref() == Some(&update.target.version().to_string()) {
+            // Already on the target version (unless the update moves it between the host
+            // and a worker: then the migration itself tells).
+            if !update.switches_isolation
+                && status.version.as_deref() == Some(&update.target.version().to_string())
+            {
                 continue;
             }
             let snapshots: Snapshots = Arc::default();
@@ -1711,8 +1953,12 @@ async fn rollback(
     }
     let results = runtime::change_code_all(&restoring, restorations, Duration::from_secs(5)).await;
     for (actor, result) in restoring.iter().zip(results) {
-        if let Err(error) = result {
-            tracing::error!(actor = %actor.label(), "rollback could not restore the old code: {error}");
+        match result {
+            // Gone (a worker crash, say): its supervisor restarts it on the old code.
+            Ok(()) | Err(SystemError::Exited { .. }) => {}
+            Err(error) => {
+                tracing::error!(actor = %actor.label(), "rollback could not restore the old code: {error}")
+            }
         }
     }
 }
