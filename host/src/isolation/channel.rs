@@ -1104,6 +1104,13 @@ impl Behaviour for RemoteInstance {
 
     fn attach(&mut self, actor: &ActorRef) {
         self.process.register(self.registration, actor);
+        // A callback killed at its deadline frees its host thread: closing the connection
+        // ends the wait for the worker's answer (the worker keeps its stuck thread).
+        if let Ok(connection) = self.link.writer.try_clone() {
+            actor.set_interrupt(Some(Arc::new(move || {
+                let _ = connection.shutdown(std::net::Shutdown::Both);
+            })));
+        }
     }
 
     fn isolated_plugin(&self) -> Option<&Arc<IsolatedPlugin>> {
