@@ -225,7 +225,7 @@ pub enum ReleaseError {
         plugin: String,
         /// Why.
         #[source]
-        source: IsolationError,
+        source: Box<IsolationError>,
     },
     /// The worker process of an updated plugin died during the install (its actors went
     /// with it and restart on the old code); nothing else changed.
@@ -873,7 +873,7 @@ impl ReleaseHandler {
                             ReleaseError::Isolation {
                                 manifest: manifest.clone(),
                                 plugin: name.clone(),
-                                source,
+                                source: Box::new(source),
                             }
                         })?,
                     )
@@ -1390,7 +1390,7 @@ impl ReleaseHandler {
                     ReleaseError::Isolation {
                         manifest,
                         plugin: plugin.to_owned(),
-                        source,
+                        source: Box::new(source),
                     }
                 })?,
             ),
