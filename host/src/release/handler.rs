@@ -29,6 +29,24 @@
 //!    instructions (`add_child`, `remove_child`, `restart_child`, `update_supervisor`,
 //!    `apply`) run in order. A failure there is reported; the target stays current, and
 //!    the permanent release is still what a restart boots.
+//!
+//! # Isolation
+//!
+//! Each plugin's versions are [`PluginVersion`]s: `dlopen`ed in the host, or, with
+//! `isolation = "process"`, loaded in the plugin's worker process. The handler keeps one
+//! [`Worker`](crate::isolation::Worker) per isolated plugin (started by the first load,
+//! with `WorkerProgram::Search`; `memory_limit_mb` applied at boot and at each commit;
+//! let go when the running release no longer isolates the plugin, so the process stops
+//! once no version in it is used); [`ReleaseHandler::isolated_workers`] reports them.
+//! Everything above holds in and across modes, since states travel as bytes: an `update`
+//! may move actors between the host and a worker (a change of isolation needs an
+//! `update`, even at the same version). For an isolated target the way back is proven by
+//! encoding the new state in the worker and measuring it (wire frames carry the state cap
+//! and 1 MiB more, so the cap is the same). A worker of an updated plugin that dies
+//! during phase 2 aborts the install ([`ReleaseError::WorkerCrashed`], unless a migration
+//! already failed with the crash): its actors died with it, and their supervisors restart
+//! them on the old code in a fresh worker. Shutdown stops the tree; workers exit with the
+//! host (parent-death signal) or when their last handle goes.
 
 use super::assemble::{AssembledRelease, assembled_versions, read_assembled, releases_directory};
 use super::{
