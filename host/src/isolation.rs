@@ -25,6 +25,10 @@
 //!   first use and started again after it dies; [`IsolatedPlugin`] is one plugin version
 //!   loaded in it (identity from the worker's answer — the host never `dlopen`s it);
 //!   [`IsolatedFactory`] starts actors on it with `Runtime::spawn` or a supervisor.
+//! - [`version`]: [`PluginVersion`], a version in the host or in a worker: what the release
+//!   handler's plugin table holds, so `isolation = "process"` in `release.toml` loads a
+//!   plugin through [`IsolatedPlugin::load`] on the handler's `Worker` for it, and an
+//!   install migrates actors within and across modes.
 //!
 //! Connections: the host binds a Unix socket in a fresh private (0700) directory, listens,
 //! and hands the listening socket to the worker as its stdin; then it connects once per
