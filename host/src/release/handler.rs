@@ -1552,7 +1552,7 @@ impl ReleaseHandler {
                             index,
                             "plugin",
                             format!(
-                                "plugin {plugin:?} is {} ({}) in both releases; expected a version change (or an isolation change) to update",
+                                "plugin {plugin:?} is {} in both releases (isolation {} in both); expected a version change or an isolation change to update",
                                 after.version,
                                 isolation_name(after.isolation())
                             ),
