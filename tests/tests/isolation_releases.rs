@@ -609,6 +609,57 @@ async fn a_worker_killed_during_an_install_aborts_it_and_its_actors_restart_on_t
     handler.shutdown().await;
 }
 
+/// The worker is killed with SIGKILL while the install waits for its actors to suspend
+/// (f1 is in a 3 s `handle_call`): the actors exit rather than fail, so no migration
+/// reports the crash — the install sees the worker's death itself and aborts, and the
+/// actors restart on the old code.
+/// Survives: the host, the release (1.0.0 stays current), the record, kv.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_its_actors_suspend_aborts_the_install() {
+    let root = crash_releases("{ hang_in = [\"handle_call\"] }");
+    let (runtime, handler) = boot(root.path()).await;
+    let handler = Arc::new(handler);
+    let record_before = record(root.path());
+    call(&runtime, "kv", json!({"Put": {"key": "a", "value": "1"}})).await;
+    let old_worker = worker_pid(&handler, "faulty").unwrap();
+
+    // f1 is busy for 3 s; the suspend queues behind this call.
+    let busy = {
+        let runtime = runtime.clone();
+        tokio::spawn(async move { try_call(&runtime, "f1", &json!({"Echo": "x"})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (suspending, mut suspending_now) = tokio::sync::mpsc::unbounded_channel();
+    let progress: graft::release::handler::ProgressFn = Arc::new(move |phase| {
+        if matches!(phase, InstallPhase::Suspending(_)) {
+            let _ = suspending.send(());
+        }
+    });
+    let installing = {
+        let handler = Arc::clone(&handler);
+        tokio::spawn(async move { handler.install(&version("2.0.0"), Some(progress)).await })
+    };
+    tokio::time::timeout(PATIENCE, suspending_now.recv())
+        .await
+        .expect("the install reaches its suspension")
+        .unwrap();
+    kill_9(old_worker);
+    let error = tokio::time::timeout(PATIENCE, installing)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("upgrade aborted")
+            && error.contains("worker crashed: killed by signal 9 (SIGKILL)"),
+        "{error}"
+    );
+    let _ = busy.await;
+    check_after_crashed_install(root.path(), &runtime, &handler, old_worker, &record_before).await;
+    handler.shutdown().await;
+}
+
 fn graft(root: &Path, args: &[&str]) -> std::process::Output {
     Command::new(graft_binary())
         .env("GRAFT_ROOT", root)
