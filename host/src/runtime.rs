@@ -203,7 +203,13 @@ pub(crate) struct ActorShared {
     callback_timeout_ms: AtomicU64,
     /// "plugin version" of the code the actor runs, for timeout reasons and reports.
     code_label: Mutex<String>,
+    /// Frees the thread of a callback killed at its deadline, when the behaviour can
+    /// (a process-isolated one closes its connection to the worker).
+    interrupt: Mutex<Option<Interrupt>>,
 }
+
+/// Frees the thread of a callback that was abandoned (see [`ActorRef::set_interrupt`]).
+pub type Interrupt = Arc<dyn Fn() + Send + Sync>;
 
 /// A handle on an actor: send it messages, call it, watch it. Cheap to clone.
 #[derive(Clone)]
@@ -404,6 +410,22 @@ impl ActorRef {
 
     pub(crate) fn set_code_label(&self, label: String) {
         *lock(&self.shared.code_label) = label;
+    }
+
+    /// Registers how to free the thread of a callback of this actor once the actor has
+    /// been killed at the callback's deadline (a behaviour calls it from `attach`). An
+    /// in-process callback cannot be freed; a process-isolated one can: its connection is
+    /// closed and the worker keeps the stuck thread.
+    pub fn set_interrupt(&self, interrupt: Option<Interrupt>) {
+        *lock(&self.shared.interrupt) = interrupt;
+    }
+
+    /// Runs the registered interrupt, if any.
+    pub(crate) fn interrupt(&self) {
+        let interrupt = lock(&self.shared.interrupt).clone();
+        if let Some(interrupt) = interrupt {
+            interrupt();
+        }
     }
 
     fn deliver(&self, envelope: Envelope) -> bool {
@@ -821,6 +843,7 @@ impl Runtime {
                 callback_timeout_ms: AtomicU64::new(timeout_millis(
                     options.factory.callback_timeout(),
                 )),
+                interrupt: Mutex::new(None),
                 code_label: Mutex::new(
                     options
                         .factory

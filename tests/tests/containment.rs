@@ -539,3 +539,93 @@ async fn a_raw_thread_left_running_at_unload_keeps_its_library_mapped_and_the_ho
     }
     assert!(is_mapped(&copy));
 }
+
+/// An isolated callback past its deadline: the actor is killed as in-process, and the
+/// host's thread is freed at once (its connection to the worker is closed; the worker
+/// keeps the stuck thread), so no stuck callback is left in the host and the worker's
+/// other actors keep answering. Survives: the host, the worker, the other isolated actor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_callback_past_its_deadline_frees_its_host_thread() {
+    use graft::isolation::{IsolatedFactory, IsolatedPlugin, Worker, WorkerOptions, WorkerProgram};
+    use graft::plugin::Expectations;
+    use graft::runtime::{ActorOptions, Runtime};
+    use std::sync::Arc;
+
+    let worker = Worker::new(
+        "faulty",
+        WorkerOptions {
+            program: WorkerProgram::Path(graft_binary()),
+            memory_limit_mb: None,
+        },
+    );
+    let plugin = IsolatedPlugin::load(
+        &worker,
+        &graft_tests::plugin_library("graft-fixture-faulty"),
+        &Expectations::default(),
+    )
+    .unwrap();
+    struct Deadline(IsolatedFactory);
+    impl graft::runtime::BehaviourFactory for Deadline {
+        fn start(
+            &self,
+            args: &[u8],
+            services: &dyn graft::plugin::HostServices,
+        ) -> Result<graft::runtime::Started, graft::plugin::CallbackError> {
+            self.0.start(args, services)
+        }
+        fn identity(&self) -> Option<graft::plugin::PluginIdentity> {
+            self.0.identity()
+        }
+        fn callback_timeout(&self) -> Option<Duration> {
+            Some(Duration::from_millis(300))
+        }
+    }
+    let factory: Arc<dyn graft::runtime::BehaviourFactory> =
+        Arc::new(Deadline(IsolatedFactory::new(plugin)));
+    let runtime = Runtime::new();
+    let stuck = runtime
+        .spawn(ActorOptions::new(
+            Arc::clone(&factory),
+            codec::encode(&json!({})).unwrap(),
+        ))
+        .await
+        .unwrap();
+    let other = runtime
+        .spawn(ActorOptions::new(
+            factory,
+            codec::encode(&json!({})).unwrap(),
+        ))
+        .await
+        .unwrap();
+    let error = stuck
+        .call(
+            codec::encode(&json!({"Sleep": {"ms": 600_000}})).unwrap(),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("callback timeout: handle_call of faulty 0.3.0 after 300 ms"),
+        "{error}"
+    );
+    // The host thread came back: no stuck callback of this actor is left in the host.
+    let label = stuck.label();
+    assert!(
+        eventually(Duration::from_secs(20), || !executor::stuck_callbacks()
+            .iter()
+            .any(|entry| entry.actor == label))
+        .await,
+        "{:?}",
+        executor::stuck_callbacks()
+    );
+    let reply = other
+        .call(
+            codec::encode(&json!({"Echo": "still here"})).unwrap(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(codec::decode::<String>(&reply).unwrap(), "still here");
+}

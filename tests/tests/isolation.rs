@@ -603,3 +603,52 @@ fn a_worker_dies_with_its_host_even_when_the_host_is_killed_with_sigkill() {
     }
     assert!(gone(worker_pid), "{}", state_of(worker_pid));
 }
+
+/// Casts to an isolated actor travel to its worker in batches (one round trip for many):
+/// a flood keeps its order, and a cast that stops the actor in the middle of a batch ends
+/// it there, with the casts behind it never handled. Survives: the host, order, the stop
+/// reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn casts_to_an_isolated_actor_keep_their_order_and_a_stop_ends_the_batch() {
+    let kv_worker = worker("kv");
+    let plugin = isolated(&kv_worker, "kv-1-0-0");
+    let runtime = Runtime::new();
+    let kv = spawn(
+        &runtime,
+        Arc::new(IsolatedFactory::new(plugin)),
+        "kv",
+        json!(null),
+    )
+    .await;
+    for value in 0..5_000 {
+        kv.cast(encode(
+            &json!({"Put": {"key": "k", "value": value.to_string()}}),
+        ));
+    }
+    assert_eq!(
+        call(&kv, json!({"Get": "k"})).await,
+        json!("4999"),
+        "the last cast wins: the flood kept its order"
+    );
+
+    let faulty_worker = worker("faulty");
+    let faulty = isolated(&faulty_worker, "graft-fixture-faulty");
+    let actor = spawn(
+        &runtime,
+        Arc::new(IsolatedFactory::new(faulty)),
+        "stopper",
+        json!({}),
+    )
+    .await;
+    for _ in 0..100 {
+        actor.cast(encode(&json!("before")));
+    }
+    actor.cast(encode(&json!("stop")));
+    for _ in 0..100 {
+        actor.cast(encode(&json!("after")));
+    }
+    let reason = tokio::time::timeout(PATIENCE, actor.exited())
+        .await
+        .unwrap();
+    assert_eq!(reason.to_string(), "asked to stop");
+}

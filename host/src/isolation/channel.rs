@@ -10,6 +10,7 @@
 
 use super::wire::{
     self, Answer, Callback, FromWorker, LoadedInfo, LogRecord, Service, ToWorker, WireBytes,
+    WireCallbackError, WireOutputs,
 };
 use crate::plugin::{
     CallbackError, Detached, Expectations, HostServices, Outputs, PluginIdentity, Sha256Digest,
@@ -926,6 +927,27 @@ impl RemoteInstance {
         services: &dyn HostServices,
     ) -> Result<Outputs, CallbackError> {
         let name = callback.name();
+        match self.exchange(callback, services)? {
+            Finished::Done(result) => result
+                .map(Outputs::from)
+                .map_err(|error| error.into_error(self.plugin.identity.clone(), name)),
+            Finished::CastsDone(_) => Err(self.broken(
+                name,
+                &io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "CastsDone answered one callback",
+                ),
+            )),
+        }
+    }
+
+    /// Sends one callback and serves the worker's service requests until it answers.
+    fn exchange(
+        &mut self,
+        callback: Callback,
+        services: &dyn HostServices,
+    ) -> Result<Finished, CallbackError> {
+        let name = callback.name();
         if let Some(reason) = self.broken.clone().or_else(|| self.process.exit_reason()) {
             return Err(CallbackError::Failed {
                 plugin: self.plugin.identity.clone(),
@@ -946,11 +968,8 @@ impl RemoteInstance {
                 Err(error) => return Err(self.broken(name, &error)),
             };
             match frame {
-                FromWorker::Done(result) => {
-                    return result
-                        .map(Outputs::from)
-                        .map_err(|error| error.into_error(self.plugin.identity.clone(), name));
-                }
+                FromWorker::Done(result) => return Ok(Finished::Done(result)),
+                FromWorker::CastsDone(results) => return Ok(Finished::CastsDone(results)),
                 FromWorker::Log(record) => emit(record, Some(&self.plugin.identity)),
                 FromWorker::Service(service) => {
                     let answer = serve(service, services);
@@ -980,6 +999,12 @@ impl RemoteInstance {
             message: "returned success without a state".to_owned(),
         })
     }
+}
+
+/// How a worker ended a callback.
+enum Finished {
+    Done(Result<WireOutputs, WireCallbackError>),
+    CastsDone(Vec<Result<WireOutputs, WireCallbackError>>),
 }
 
 /// Runs one host service for the worker.
@@ -1053,6 +1078,37 @@ impl Behaviour for RemoteInstance {
             },
             services,
         )
+    }
+
+    fn batches_casts(&self) -> bool {
+        true
+    }
+
+    fn handle_casts(
+        &mut self,
+        messages: &[Vec<u8>],
+        services: &dyn HostServices,
+    ) -> Vec<Result<Outputs, CallbackError>> {
+        let callback = Callback::HandleCasts {
+            messages: messages.iter().cloned().map(WireBytes).collect(),
+        };
+        let plugin = self.plugin.identity.clone();
+        match self.exchange(callback, services) {
+            Ok(Finished::CastsDone(results)) => results
+                .into_iter()
+                .map(|result| {
+                    result
+                        .map(Outputs::from)
+                        .map_err(|error| error.into_error(plugin.clone(), "handle_cast"))
+                })
+                .collect(),
+            Ok(Finished::Done(result)) => vec![
+                result
+                    .map(Outputs::from)
+                    .map_err(|error| error.into_error(plugin, "handle_cast")),
+            ],
+            Err(error) => vec![Err(error)],
+        }
     }
 
     fn handle_info(

@@ -9,7 +9,8 @@
 //! - host → worker: [`ToWorker::Load`], answered by [`FromWorker::Loaded`];
 //! - host → worker: [`ToWorker::Call`] (one callback), answered by any number of
 //!   [`FromWorker::Service`] (each answered by one [`ToWorker::Answer`]) and
-//!   [`FromWorker::Log`] (not answered), then exactly one [`FromWorker::Done`];
+//!   [`FromWorker::Log`] (not answered), then exactly one [`FromWorker::Done`] (for a
+//!   batch of casts, [`FromWorker::CastsDone`]: one result per cast that ran);
 //! - host → worker: [`ToWorker::Drop`]: the worker drops the instance and closes.
 //!
 //! So neither side ever has two frames of its own in flight on one connection, and a
@@ -182,6 +183,12 @@ pub enum Callback {
     },
     /// `encode_state`.
     EncodeState,
+    /// `handle_cast` for each message in order, stopping after the first that fails,
+    /// stops the actor or asks for a continuation; answered by [`FromWorker::CastsDone`].
+    HandleCasts {
+        /// The messages.
+        messages: Vec<WireBytes>,
+    },
     /// `downgrade_state`.
     Downgrade {
         /// The older version.
@@ -200,7 +207,7 @@ impl Callback {
             Callback::Restore { .. } => "restore_state",
             Callback::CodeChange { .. } => "code_change",
             Callback::HandleCall { .. } => "handle_call",
-            Callback::HandleCast { .. } => "handle_cast",
+            Callback::HandleCast { .. } | Callback::HandleCasts { .. } => "handle_cast",
             Callback::HandleInfo { .. } => "handle_info",
             Callback::HandleContinue { .. } => "handle_continue",
             Callback::Terminate { .. } => "terminate",
@@ -221,6 +228,8 @@ pub enum FromWorker {
     Log(LogRecord),
     /// The callback's result.
     Done(Result<WireOutputs, WireCallbackError>),
+    /// The results of a `HandleCasts`, one per message that ran, in order.
+    CastsDone(Vec<Result<WireOutputs, WireCallbackError>>),
 }
 
 /// What a worker loaded, from the library's checked header.

@@ -15,7 +15,7 @@
 //! plugin is no longer used.
 
 use super::wire::{
-    self, Answer, Callback, FromWorker, LoadedInfo, LogRecord, Service, ToWorker,
+    self, Answer, Callback, FromWorker, LoadedInfo, LogRecord, Service, ToWorker, WireBytes,
     WireCallbackError, WireOutputs,
 };
 use crate::plugin::{
@@ -214,6 +214,16 @@ fn serve(stream: UnixStream, shared: &Shared) {
                 });
                 FromWorker::Loaded(info)
             }
+            ToWorker::Call {
+                actor,
+                callback: Callback::HandleCasts { messages },
+            } => {
+                let services = Remote {
+                    connection: &connection,
+                    actor,
+                };
+                FromWorker::CastsDone(run_casts(instance.as_mut(), messages, &services))
+            }
             ToWorker::Call { actor, callback } => {
                 let services = Remote {
                     connection: &connection,
@@ -269,6 +279,34 @@ fn run(
     Ok(Outputs::default())
 }
 
+/// Runs `handle_cast` for each message in order, and stops after the first that fails,
+/// stops the actor or asks for a continuation (the host handles those before anything
+/// else, and the casts after it wait in the actor's mailbox as they would in process).
+fn run_casts(
+    instance: Option<&mut Instance>,
+    messages: Vec<WireBytes>,
+    services: &Remote<'_>,
+) -> Vec<Result<WireOutputs, WireCallbackError>> {
+    let Some(instance) = instance else {
+        return vec![Err(WireCallbackError::protocol(
+            "no instance on this connection",
+        ))];
+    };
+    let mut results = Vec::with_capacity(messages.len());
+    for WireBytes(message) in messages {
+        let result = instance.handle_cast(&message, services);
+        let ends_batch = match &result {
+            Ok(outputs) => outputs.stop.is_some() || outputs.continue_with.is_some(),
+            Err(error) => !error.is_bad_input(),
+        };
+        results.push(result.map(WireOutputs::from).map_err(Into::into));
+        if ends_batch {
+            break;
+        }
+    }
+    results
+}
+
 /// Runs a callback on an existing instance (`other` is never a creating one).
 fn call(
     instance: &mut Instance,
@@ -291,6 +329,11 @@ fn call(
             let to = semver::Version::parse(&to)
                 .map_err(|error| WireCallbackError::protocol(error.to_string()))?;
             state_outputs(instance.downgrade(&to, &extra)?)
+        }
+        Callback::HandleCasts { .. } => {
+            return Err(WireCallbackError::protocol(
+                "a batch of casts answers with CastsDone",
+            ));
         }
         Callback::Start { .. } | Callback::Restore { .. } | Callback::CodeChange { .. } => {
             return Err(WireCallbackError::protocol(

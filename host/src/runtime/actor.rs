@@ -31,6 +31,12 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
+/// The most casts sent to a worker process in one round trip.
+const CASTS_PER_BATCH: usize = 256;
+
+/// A batch stops growing past this many bytes of messages.
+const BATCH_BYTES: usize = 1 << 20;
+
 /// Records `callback` of `actor` on the executor's watchdog until the guard drops.
 fn guard(actor: &ActorRef, callback: Callback) -> CallbackGuard {
     executor::enter_callback(actor, callback, actor.callback_timeout())
@@ -250,6 +256,9 @@ struct Actor {
     services: ActorServices,
     mailbox: mpsc::UnboundedReceiver<Envelope>,
     deferred: VecDeque<Envelope>,
+    /// Taken from the mailbox ahead of their turn (while gathering a batch of casts);
+    /// handled before anything else in the mailbox, in order.
+    stashed: VecDeque<Envelope>,
     suspended: bool,
     trap_exit: bool,
     restarts: u32,
@@ -299,6 +308,7 @@ pub(crate) async fn run(
         services,
         mailbox,
         deferred: VecDeque::new(),
+        stashed: VecDeque::new(),
         suspended: false,
         trap_exit: options.trap_exit,
         restarts: options.restarts,
@@ -345,13 +355,9 @@ impl Actor {
                 }
                 continue;
             }
-            let envelope = match self.deferred.pop_front() {
-                Some(envelope) if !self.suspended => Some(envelope),
-                Some(envelope) => {
-                    self.deferred.push_front(envelope);
-                    self.next_from_mailbox().await
-                }
-                None => self.next_from_mailbox().await,
+            let envelope = match self.stashed.pop_front() {
+                Some(envelope) => Some(envelope),
+                None => self.next_queued().await,
             };
             let Some(envelope) = envelope else {
                 // Every sender is gone. The actor's own services hold a handle on it (for
@@ -380,6 +386,18 @@ impl Actor {
                     .me
                     .record_mailbox_length(self.mailbox.len() + self.deferred.len());
             }
+        }
+    }
+
+    /// The next message: one that waited while suspended, else the mailbox's next.
+    async fn next_queued(&mut self) -> Option<Envelope> {
+        match self.deferred.pop_front() {
+            Some(envelope) if !self.suspended => Some(envelope),
+            Some(envelope) => {
+                self.deferred.push_front(envelope);
+                self.next_from_mailbox().await
+            }
+            None => self.next_from_mailbox().await,
         }
     }
 
@@ -418,6 +436,7 @@ impl Actor {
                 None
             }
             Envelope::Call { request, reply } => self.handle_call(&request, reply),
+            Envelope::Cast(message) if self.behaviour.batches_casts() => self.handle_casts(message),
             Envelope::Cast(message) => {
                 let running = guard(&self.services.me, Callback::HandleCast);
                 let result = self.behaviour.handle_cast(&message, &self.services);
@@ -431,6 +450,43 @@ impl Actor {
                 self.after(result)
             }
         }
+    }
+
+    /// Handles `first` and the casts right behind it in the mailbox as one batch (one round
+    /// trip to a worker process); a cast that did not run (an earlier one stopped the
+    /// actor or asked for a continuation) goes back in front, in order.
+    fn handle_casts(&mut self, first: Vec<u8>) -> Option<Ending> {
+        let mut messages = vec![first];
+        let mut bytes = messages[0].len();
+        // Only the mailbox's own order is batched: not while older messages wait elsewhere.
+        if self.deferred.is_empty() && self.stashed.is_empty() {
+            while messages.len() < CASTS_PER_BATCH && bytes < BATCH_BYTES {
+                match self.mailbox.try_recv() {
+                    Ok(Envelope::Cast(message)) => {
+                        bytes += message.len();
+                        messages.push(message);
+                    }
+                    Ok(other) => {
+                        self.stashed.push_back(other);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        let running = guard(&self.services.me, Callback::HandleCast);
+        let results = self.behaviour.handle_casts(&messages, &self.services);
+        drop(running);
+        let ran = results.len().max(1).min(messages.len());
+        for message in messages.drain(ran..).rev() {
+            self.stashed.push_front(Envelope::Cast(message));
+        }
+        for result in results {
+            if let Some(exit) = self.after(result) {
+                return Some(exit);
+            }
+        }
+        None
     }
 
     fn handle_call(&mut self, request: &[u8], reply: ReplySender) -> Option<Ending> {
@@ -545,6 +601,9 @@ impl Actor {
                     match migrated {
                         Ok(replacement) => {
                             if let Some(mut replacement) = replacement {
+                                // The old behaviour's interrupt (and any connection it
+                                // holds) goes with it.
+                                self.services.me.set_interrupt(None);
                                 replacement.attach(&self.services.me);
                                 self.services.me.set_code_label(code_label(&*replacement));
                                 let _dropping = guard(&self.services.me, Callback::Drop);
@@ -585,6 +644,7 @@ impl Actor {
         let dropping = guard(me, Callback::Drop);
         drop(behaviour);
         drop(dropping);
+        me.set_interrupt(None);
         runtime.unregister(me);
         me.lifecycle().finish(exit.reason);
         // Callers waiting on a deferred reply or still queued now see "exited".

@@ -27,6 +27,33 @@ pub trait Behaviour: Send {
         message: &[u8],
         services: &dyn HostServices,
     ) -> Result<Outputs, CallbackError>;
+    /// Whether [`Behaviour::handle_casts`] is worth calling with more than one message (a
+    /// process-isolated behaviour sends them to its worker in one round trip).
+    fn batches_casts(&self) -> bool {
+        false
+    }
+    /// Handles casts in order, and stops after the first that fails, stops the actor or
+    /// asks for a continuation: one result per cast that ran (the rest are handled later,
+    /// as if still in the mailbox).
+    fn handle_casts(
+        &mut self,
+        messages: &[Vec<u8>],
+        services: &dyn HostServices,
+    ) -> Vec<Result<Outputs, CallbackError>> {
+        let mut results = Vec::with_capacity(messages.len());
+        for message in messages {
+            let result = self.handle_cast(message, services);
+            let ends = match &result {
+                Ok(outputs) => outputs.stop.is_some() || outputs.continue_with.is_some(),
+                Err(error) => !error.is_bad_input(),
+            };
+            results.push(result);
+            if ends {
+                break;
+            }
+        }
+        results
+    }
     /// Handles an info message of an `INFO_*` kind.
     fn handle_info(
         &mut self,

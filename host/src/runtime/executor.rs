@@ -479,6 +479,9 @@ fn watchdog(pool: &Arc<Pool>) {
                 );
                 tracing::error!(actor = %actor.label(), "{reason}; its thread is abandoned and its library stays loaded");
                 actor.kill_with(StopReason::Error(reason));
+                // A behaviour that can free its thread does (an isolated one's worker
+                // keeps the stuck thread instead).
+                actor.interrupt();
             }
         }
     }
