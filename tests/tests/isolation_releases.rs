@@ -274,7 +274,8 @@ async fn an_isolated_plugin_under_a_release_boots_and_answers_from_its_worker() 
 
 /// kv 1.0.0 → 1.1.0, both isolated, with its state migrated in the worker (code_change),
 /// then the rollback (the old release installed again) migrates it down: the entries
-/// survive both ways, and the same worker serves every version.
+/// survive both ways, the same worker serves every version, and its memory limit follows
+/// the running release.
 /// Survives: the host, the state, the worker, the release record (nothing made permanent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_plugin_upgrades_and_rolls_back_with_its_state() {
@@ -288,7 +289,10 @@ async fn an_isolated_plugin_upgrades_and_rolls_back_with_its_state() {
             "2.0.0",
             release(
                 "2.0.0",
-                &[entry(KV_1_1, PROCESS)],
+                &[entry(
+                    KV_1_1,
+                    "isolation = \"process\"\nmemory_limit_mb = 1024\n",
+                )],
                 &children,
                 &script("1.0.0", &[("kv", "")]),
             ),
@@ -308,6 +312,8 @@ async fn an_isolated_plugin_upgrades_and_rolls_back_with_its_state() {
     assert_eq!(call(&runtime, "kv", json!("Requests")).await, json!(1));
     call(&runtime, "kv", json!({"Put": {"key": "c", "value": "3"}})).await;
     assert_eq!(worker_pid(&handler, "kv"), Some(worker));
+    // The running worker took 2.0.0's memory limit at the commit.
+    assert_eq!(handler.isolated_workers()[0].memory_limit_mb, Some(1024));
 
     handler.install(&version("1.0.0"), None).await.unwrap();
     assert_eq!(version_of(&runtime, "kv").await, "1.0.0");
@@ -318,6 +324,7 @@ async fn an_isolated_plugin_upgrades_and_rolls_back_with_its_state() {
     assert_eq!(call(&runtime, "kv", json!({"Get": "c"})).await, json!("3"));
     assert_eq!(worker_pid(&handler, "kv"), Some(worker));
     assert_eq!(handler.isolated_workers()[0].spawned, 1);
+    assert_eq!(handler.isolated_workers()[0].memory_limit_mb, None);
     assert_eq!(record(root.path()), record_before);
     handler.shutdown().await;
 }
