@@ -629,3 +629,72 @@ async fn an_isolated_callback_past_its_deadline_frees_its_host_thread() {
         .unwrap();
     assert_eq!(codec::decode::<String>(&reply).unwrap(), "still here");
 }
+
+/// A downgrade whose conversion never returns: the rollback install aborts at its deadline
+/// and every other actor stays on the newer code; the stuck actor is killed at its callback
+/// deadline and restarted on the newer code (the release still current). Survives: the
+/// runtime, the other actors, the release record (2.0.0 current), a later rollback of the
+/// others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downgrade_that_never_returns_aborts_the_rollback_and_nothing_freezes() {
+    let mut releases = Vec::new();
+    for (release, plugin_version, crate_path, script) in [
+        ("1.0.0", "0.3.0", "tests/fixtures/faulty", ""),
+        (
+            "2.0.0",
+            "0.4.0",
+            "tests/fixtures/faulty-v2",
+            "\n[[upgrade]]\nfrom = \"1.0.0\"\n\n[[upgrade.instructions]]\nop = \"update\"\nplugin = \"faulty\"\n\n[[downgrade]]\nto = \"1.0.0\"\n\n[[downgrade.instructions]]\nop = \"update\"\nplugin = \"faulty\"\nsuspend_timeout_ms = 500\n",
+        ),
+    ] {
+        let mut text = header_with(release, plugin_version, crate_path, "1000");
+        text.push_str(&child("stuck", "{ stuck_in = [\"downgrade\"] }", ""));
+        text.push_str(&child("fine", "{}", ""));
+        text.push_str(script);
+        releases.push((release, text));
+    }
+    let root = root_with(&releases);
+    let (runtime, handler) = boot(root.path()).await;
+    handler
+        .install(&semver::Version::new(2, 0, 0), None)
+        .await
+        .unwrap();
+    let error = handler
+        .install(&semver::Version::new(1, 0, 0), None)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("change_code"), "{error}");
+    assert_eq!(
+        handler.current_version().await,
+        semver::Version::new(2, 0, 0)
+    );
+    assert_eq!(
+        call(
+            &runtime,
+            "fine",
+            json!({"Echo": "up"}),
+            Duration::from_secs(5)
+        )
+        .await
+        .unwrap(),
+        "up"
+    );
+    assert_eq!(graft_tests::version_of(&runtime, "fine").await, "0.4.0");
+    let answered = graft_tests::eventually_async(Duration::from_secs(30), || {
+        let runtime = runtime.clone();
+        async move {
+            call(
+                &runtime,
+                "stuck",
+                json!({"Echo": "back"}),
+                Duration::from_secs(1),
+            )
+            .await
+            .is_ok()
+        }
+    })
+    .await;
+    assert!(answered, "the stuck actor never came back");
+    assert_eq!(graft_tests::version_of(&runtime, "stuck").await, "0.4.0");
+    handler.shutdown().await;
+}

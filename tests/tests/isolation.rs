@@ -652,3 +652,35 @@ async fn casts_to_an_isolated_actor_keep_their_order_and_a_stop_ends_the_batch()
         .unwrap();
     assert_eq!(reason.to_string(), "asked to stop");
 }
+
+/// A raw thread left running by an isolated plugin when its last actor is gone: the worker
+/// keeps the library mapped (it imports pthread_create, so it is pinned, and a worker never
+/// unmaps what it loaded), the thread runs on, and the worker keeps serving new actors.
+/// Survives: the host, the worker process, new actors in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_thread_left_running_in_a_worker_does_not_crash_it() {
+    let threads_worker = worker("threader");
+    let plugin = isolated(&threads_worker, "graft-fixture-threader");
+    let runtime = Runtime::new();
+    let factory: Arc<dyn graft::runtime::BehaviourFactory> =
+        Arc::new(IsolatedFactory::new(Arc::clone(&plugin)));
+    let first = spawn(&runtime, Arc::clone(&factory), "threader-1", json!(null)).await;
+    call(&first, json!("spawn")).await;
+    let pid = threads_worker.pid().expect("the worker runs");
+    first
+        .stop(graft_plugin::StopReason::Normal, Some(CALL))
+        .await;
+    drop(first);
+    // The thread keeps ticking inside the worker, and the worker serves a new actor.
+    let second = spawn(&runtime, factory, "threader-2", json!(null)).await;
+    let before = call(&second, json!("ticks")).await.as_u64().unwrap();
+    // Reads the same static the stray thread increments.
+    let ticking = graft_tests::eventually_async(PATIENCE, || {
+        let second = second.clone();
+        async move { call(&second, json!("ticks")).await.as_u64().unwrap() > before + 10 }
+    })
+    .await;
+    assert!(ticking, "the stray thread stopped");
+    assert_eq!(threads_worker.pid(), Some(pid), "the worker did not crash");
+    assert!(!gone(pid));
+}
