@@ -57,13 +57,10 @@ async fn injected_a_panic_in_the_downgrade_conversion_the_downgrade_aborts() {
 async fn injected_a_code_change_that_does_not_return_the_upgrade_aborts_at_its_deadline() {
     let root = faulty_releases(4, only(3, "{ hang_in = [\"code_change\"] }"), UPGRADE);
     let (runtime, handler) = boot(root.path()).await;
-    let started = Instant::now();
     let error = handler.install(&version("2.0.0"), None).await.unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_millis(2500),
-        "aborted at the deadline: {:?}",
-        started.elapsed()
-    );
+    // Aborted at its 300 ms deadline, not after the 3 s the code_change takes: the error
+    // says the actor did not answer (had it waited, the migration would have succeeded).
+    // No bound on the elapsed time: on a loaded machine it proves nothing.
     assert!(
         matches!(&error, ReleaseError::Migration { actor, reason, .. } if actor == "f3" && reason.contains("did not answer change_code")),
         "{error}"

@@ -484,6 +484,27 @@ pub struct ReleaseHandler {
     /// release (started when its first version loads).
     workers: Workers,
     state: tokio::sync::Mutex<State>,
+    /// An install (or hot swap) is running: a second one is refused at once, while reads
+    /// of the state (status, releases) only wait their turn and never make one fail.
+    installing: std::sync::atomic::AtomicBool,
+}
+
+/// Marks an install as running until dropped.
+struct Installing<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl<'a> Installing<'a> {
+    fn begin(flag: &'a std::sync::atomic::AtomicBool) -> Result<Installing<'a>, ReleaseError> {
+        if flag.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Err(ReleaseError::InstallInProgress);
+        }
+        Ok(Installing(flag))
+    }
+}
+
+impl Drop for Installing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl fmt::Debug for ReleaseHandler {
@@ -802,6 +823,7 @@ impl ReleaseHandler {
                 root_supervisor,
                 loaded,
             }),
+            installing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -1078,10 +1100,8 @@ impl ReleaseHandler {
                 progress(phase);
             }
         };
-        let mut state = self
-            .state
-            .try_lock()
-            .map_err(|_| ReleaseError::InstallInProgress)?;
+        let _installing = Installing::begin(&self.installing)?;
+        let mut state = self.state.lock().await;
         let from = state.current.version.clone();
         if *target == from {
             return Err(ReleaseError::AlreadyCurrent(from));
@@ -1391,10 +1411,8 @@ impl ReleaseHandler {
     /// rejected and the old code keeps running.
     pub async fn hot_swap(&self, plugin: &str, path: &Path) -> Result<InstallReport, ReleaseError> {
         let started = Instant::now();
-        let mut state = self
-            .state
-            .try_lock()
-            .map_err(|_| ReleaseError::InstallInProgress)?;
+        let _installing = Installing::begin(&self.installing)?;
+        let mut state = self.state.lock().await;
         let manifest = state.current.directory.join("release.toml");
         let expect = Expectations {
             name: Some(plugin.to_owned()),
