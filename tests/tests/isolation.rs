@@ -684,3 +684,38 @@ async fn a_raw_thread_left_running_in_a_worker_does_not_crash_it() {
     assert_eq!(threads_worker.pid(), Some(pid), "the worker did not crash");
     assert!(!gone(pid));
 }
+
+/// A worker runs with no more privilege than its host: the same user and group, and
+/// `no_new_privs` set, so nothing it executes can gain any. Survives: n/a (a property).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_runs_with_no_more_privilege_than_its_host() {
+    let faulty_worker = worker("faulty");
+    let plugin = isolated(&faulty_worker, "graft-fixture-faulty");
+    let runtime = Runtime::new();
+    let actor = spawn(
+        &runtime,
+        Arc::new(IsolatedFactory::new(plugin)),
+        "privileges",
+        json!({}),
+    )
+    .await;
+    let pid = pid_of(&actor).await;
+    let status = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |status: &str, name: &str| {
+        status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .to_owned()
+    };
+    let worker_status = status(&pid.to_string());
+    let host_status = status("self");
+    assert_eq!(field(&worker_status, "NoNewPrivs:"), "NoNewPrivs:\t1");
+    for name in ["Uid:", "Gid:"] {
+        assert_eq!(field(&worker_status, name), field(&host_status, name));
+    }
+    assert_eq!(
+        field(&worker_status, "CapEff:"),
+        field(&host_status, "CapEff:")
+    );
+}

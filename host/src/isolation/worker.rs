@@ -53,6 +53,15 @@ pub fn main(args: WorkerArgs) -> ExitCode {
         eprintln!("graft worker: cannot set the parent-death signal");
         return ExitCode::from(1);
     }
+    // No more privilege than the host, ever: no exec (of a setuid program, say) can add
+    // any to this process or its children.
+    // SAFETY: `prctl(PR_SET_NO_NEW_PRIVS, 1)` only sets a flag of this process; integer
+    // arguments, no memory of ours.
+    let restricted = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if restricted != 0 {
+        eprintln!("graft worker: cannot set no_new_privs");
+        return ExitCode::from(1);
+    }
     // The host may have died before the signal was armed: then the parent is someone else.
     if let Some(parent) = args.parent
         && std::os::unix::process::parent_id() != parent
