@@ -453,9 +453,14 @@ impl ActorRef {
 
     /// Calls the actor with an encoded request and waits at most `timeout` for the reply.
     pub async fn call(&self, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
-        let (reply, receiver) = oneshot::channel();
+        let (reply, mut receiver) = oneshot::channel();
         if !self.deliver(Envelope::Call { request, reply }) {
             return Err(self.exited_error());
+        }
+        match executor::spin_for(&mut receiver, executor::SPIN_FOR_ANSWER) {
+            Some(Some(result)) => return result,
+            Some(None) => return Err(self.exited_error()),
+            None => {}
         }
         // The exit is watched too: an actor killed while a callback holds its thread (its
         // deadline passed) never drops this call's reply channel, but the caller hears of
@@ -864,13 +869,18 @@ impl Runtime {
             started,
         ));
         *lock(&actor.shared.task) = Some(task);
-        let start_result = tokio::select! {
-            biased;
-            result = &mut start_result => result,
-            // Killed during `init` (its deadline): the stuck thread still holds the sender.
-            reason = actor.exited() => match start_result.try_recv() {
-                Ok(result) => Ok(result),
-                Err(_) => Ok(Err(SpawnError::Stopped { actor: label.clone(), reason })),
+        let spun = executor::spin_for(&mut start_result, executor::SPIN_FOR_ANSWER);
+        let start_result = match spun {
+            Some(Some(result)) => Ok(result),
+            Some(None) => start_result.await,
+            None => tokio::select! {
+                biased;
+                result = &mut start_result => result,
+                // Killed during `init` (its deadline): the stuck thread holds the sender.
+                reason = actor.exited() => match start_result.try_recv() {
+                    Ok(result) => Ok(result),
+                    Err(_) => Ok(Err(SpawnError::Stopped { actor: label.clone(), reason })),
+                },
             },
         };
         match start_result {

@@ -340,9 +340,11 @@ impl Actor {
             turn -= 1;
             if turn == 0 {
                 // A flood never makes the mailbox wait: yield now and then, so the other
-                // tasks on this runner get their turn.
+                // tasks waiting for this runner get their turn.
                 turn = executor::MESSAGES_PER_TURN;
-                executor::yield_now().await;
+                if executor::others_waiting() {
+                    executor::yield_now().await;
+                }
             }
             if !self.suspended
                 && let Some(argument) = self.continue_with.take()

@@ -80,8 +80,9 @@ pub struct StuckCallback {
     pub running_ms: u64,
 }
 
-/// The callbacks a guard can record.
+/// The callbacks a guard can record (in the order of [`Callback::ALL`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub(crate) enum Callback {
     Init,
     HandleCall,
@@ -160,6 +161,8 @@ struct Pool {
     /// Parked runners.
     idle: Mutex<Vec<(usize, Thread)>>,
     idle_count: AtomicUsize,
+    /// Runners looking for work without parking (at most one).
+    spinners: AtomicUsize,
     timers: tokio::runtime::Runtime,
     epoch: Instant,
     /// Milliseconds since `epoch`, plus one, as of the watchdog's last tick: a clock that
@@ -203,6 +206,7 @@ fn pool() -> &'static Arc<Pool> {
             stealers: RwLock::new(Vec::new()),
             idle: Mutex::new(Vec::new()),
             idle_count: AtomicUsize::new(0),
+            spinners: AtomicUsize::new(0),
             timers,
             epoch: Instant::now(),
             clock: AtomicU64::new(1),
@@ -234,7 +238,9 @@ impl Pool {
     /// Unparks one idle runner, if any (after work was queued).
     fn notify_one(&self) {
         fence(Ordering::SeqCst);
-        if self.idle_count.load(Ordering::SeqCst) == 0 {
+        // A spinning runner finds the work itself (and if it gives up, it looks once more
+        // after registering as idle); parked ones stay asleep.
+        if self.spinners.load(Ordering::SeqCst) > 0 || self.idle_count.load(Ordering::SeqCst) == 0 {
             return;
         }
         let parked = {
@@ -360,6 +366,7 @@ fn run_runner(pool: &Arc<Pool>, number: usize, slot: Arc<RunnerSlot>) {
     });
     let mut ticks: u32 = 0;
     let mut idle_rounds = 0;
+    let mut spinning = false;
     while !slot.retire.load(Ordering::Acquire) {
         ticks = ticks.wrapping_add(1);
         let found = LOCAL.with(|local| {
@@ -377,20 +384,38 @@ fn run_runner(pool: &Arc<Pool>, number: usize, slot: Arc<RunnerSlot>) {
         });
         match found {
             Some(runnable) => {
+                if spinning {
+                    spinning = false;
+                    pool.spinners.fetch_sub(1, Ordering::AcqRel);
+                }
                 idle_rounds = 0;
                 runnable.run();
             }
             // Out of work: look again a few times, giving the core away in between (a
-            // reply is often about to wake a task here), then park.
-            None if idle_rounds < SPINS_BEFORE_PARKING => {
+            // reply is often about to wake a task here), then park. One runner spins at
+            // a time: more would take cores from the threads doing the work.
+            None if idle_rounds < SPINS_BEFORE_PARKING
+                && (spinning || pool.spinners.fetch_add(1, Ordering::AcqRel) == 0 || {
+                    pool.spinners.fetch_sub(1, Ordering::AcqRel);
+                    false
+                }) =>
+            {
+                spinning = true;
                 idle_rounds += 1;
                 std::thread::yield_now();
             }
             None => {
+                if spinning {
+                    spinning = false;
+                    pool.spinners.fetch_sub(1, Ordering::AcqRel);
+                }
                 idle_rounds = 0;
                 park(pool, number, &slot);
             }
         }
+    }
+    if spinning {
+        pool.spinners.fetch_sub(1, Ordering::AcqRel);
     }
     // Leaving: hand what is queued here to the others.
     let local = LOCAL.with(|local| local.borrow_mut().take());
@@ -504,6 +529,52 @@ where
     task
 }
 
+/// How long a caller off the pool waits for an answer by spinning before it awaits it.
+pub(crate) const SPIN_FOR_ANSWER: Duration = Duration::from_micros(30);
+
+/// Waits up to `budget` for `receiver`'s value by spinning, when the current thread is
+/// not a runner (a tokio worker calling an actor, say): an answer from the pool then
+/// needs no cross-thread wake-up of the caller, which costs more than the answer itself.
+/// `Some(Some(value))`: answered; `Some(None)`: the sender is gone; `None`: no answer yet
+/// (await it). On a runner it returns `None` at once: the callee needs this very thread.
+pub(crate) fn spin_for<T>(
+    receiver: &mut tokio::sync::oneshot::Receiver<T>,
+    budget: Duration,
+) -> Option<Option<T>> {
+    use tokio::sync::oneshot::error::TryRecvError;
+    if LOCAL.with(|local| local.borrow().is_some()) {
+        return None;
+    }
+    let start = Instant::now();
+    loop {
+        for _ in 0..64 {
+            match receiver.try_recv() {
+                Ok(value) => return Some(Some(value)),
+                Err(TryRecvError::Closed) => return Some(None),
+                Err(TryRecvError::Empty) => std::hint::spin_loop(),
+            }
+        }
+        if start.elapsed() >= budget {
+            return None;
+        }
+    }
+}
+
+/// Whether other tasks wait for this runner (its deque, or the injector): only then is
+/// yielding worth its cost.
+pub(crate) fn others_waiting() -> bool {
+    let Some(pool) = POOL.get() else {
+        return false;
+    };
+    !pool.injector.is_empty()
+        || LOCAL.with(|local| {
+            local
+                .borrow()
+                .as_ref()
+                .is_some_and(|local| !local.deque.is_empty())
+        })
+}
+
 /// Gives the runner to other tasks: the task goes to the back of the injector queue
 /// (an actor in a flood of messages yields every [`MESSAGES_PER_TURN`] of them).
 pub(crate) async fn yield_now() {
@@ -520,7 +591,7 @@ pub(crate) async fn yield_now() {
 }
 
 /// How many messages an actor handles in one turn before it yields its runner.
-pub(crate) const MESSAGES_PER_TURN: u32 = 64;
+pub(crate) const MESSAGES_PER_TURN: u32 = 128;
 
 /// The runtime actor timers (`send_after`, `send_interval`) run on.
 pub(crate) fn timers() -> tokio::runtime::Handle {
@@ -553,11 +624,7 @@ pub(crate) fn enter_callback(
             *lock(&slot.actor) = Some(actor.clone());
             slot.actor_id.store(id, Ordering::Relaxed);
         }
-        let index = Callback::ALL
-            .iter()
-            .position(|known| *known == callback)
-            .unwrap_or(0);
-        slot.callback.store(index, Ordering::Relaxed);
+        slot.callback.store(callback as usize, Ordering::Relaxed);
         slot.deadline.store(
             deadline.map_or(u64::MAX, |deadline| deadline.as_millis() as u64),
             Ordering::Relaxed,
@@ -653,4 +720,39 @@ pub fn stuck_callbacks() -> Vec<StuckCallback> {
 pub fn runner_count() -> usize {
     POOL.get()
         .map_or(0, |pool| pool.live.load(Ordering::SeqCst))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The slot stores a callback as its discriminant and reads it back from `ALL`.
+    #[test]
+    fn every_callback_sits_at_its_own_index() {
+        for (index, callback) in Callback::ALL.iter().enumerate() {
+            assert_eq!(*callback as usize, index, "{}", callback.name());
+        }
+    }
+
+    /// A task spawned on the pool runs and hands back its output; a caller off the pool
+    /// gets a ready answer by spinning, without awaiting.
+    #[test]
+    fn tasks_run_on_the_pool_and_callers_off_it_spin_for_answers() {
+        let (sender, mut receiver) = tokio::sync::oneshot::channel();
+        let task = spawn(async move {
+            let _ = sender.send(std::thread::current().name().map(str::to_owned));
+            7
+        });
+        let answer = loop {
+            if let Some(answer) = spin_for(&mut receiver, Duration::from_millis(10)) {
+                break answer;
+            }
+        };
+        let thread = answer
+            .expect("the task answered")
+            .expect("runners are named");
+        assert!(thread.starts_with("graft-actor-"), "{thread}");
+        let timers = timers();
+        assert_eq!(timers.block_on(task), 7);
+    }
 }
