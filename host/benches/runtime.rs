@@ -19,13 +19,17 @@
 //!   by this program, since criterion hands no medians back), ratios and the targets.
 //!
 //! Tricky parts:
-//! - Where the caller runs decides what a round trip costs. Each measured batch is one
-//!   future, run either by `block_on` on the main thread, which is not a worker (every reply
-//!   then wakes a parked thread: a cross-thread handoff each way), or as a task on a worker,
-//!   as a request handler's calls would be (the actor's task is then woken on the caller's
-//!   worker and usually runs there). Calls and spawns are measured both ways; the targets
-//!   are judged on the `block_on` figures. Casts are sent from the `block_on` thread only, so
-//!   sender and actor run in parallel on two threads.
+//! - Where the caller runs decides what a round trip costs. Graft's actors run on its own
+//!   actor executor (runner threads that run plugin code, apart from the tokio runtime of
+//!   the control plane); the bare and ractor actors run on the benchmark's tokio runtime.
+//!   Each measured batch is one future, run by `block_on` on the main thread (not a worker
+//!   of anything), as a task on a tokio worker (for graft: a caller on the control plane's
+//!   side, crossing to the executor and back; a caller off the pool spins briefly for the
+//!   answer rather than being woken), or beside the actor (graft: a task on its actor
+//!   executor, as another actor's task would be; the others: a tokio worker task, where
+//!   their actors are). Spawns are measured from `block_on` and from a tokio task (the
+//!   supervisor lives on the tokio runtime). Casts are sent from the `block_on` thread only,
+//!   so sender and actor run in parallel on two threads.
 //! - Memory per actor comes from a counting `#[global_allocator]` that wraps `System`. It
 //!   counts only while switched on, around the spawns: the change of live bytes between two
 //!   points needs only the allocations and frees in between, and leaving it off keeps a
