@@ -616,6 +616,9 @@ impl Link {
     }
 
     fn receive(&mut self) -> io::Result<FromWorker> {
+        if self.reader.buffer().is_empty() {
+            wire::spin_until_readable(self.reader.get_ref(), wire::SPIN_FOR_FRAME);
+        }
         wire::read_frame(&mut self.reader)
     }
 

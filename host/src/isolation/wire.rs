@@ -22,6 +22,42 @@ use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
+/// How long a side waits for the other's next frame by polling before it blocks: an
+/// answer usually comes within microseconds, and a thread that blocks (its CPU going idle,
+/// on a virtual machine its vCPU halting) takes tens of microseconds to wake.
+pub const SPIN_FOR_FRAME: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Polls `stream` for up to `budget` until bytes (or the end of the stream) wait on it,
+/// so the blocking read that follows returns at once. Unbuffered bytes only: call it when
+/// the reader's buffer is empty.
+pub fn spin_until_readable(stream: &std::os::unix::net::UnixStream, budget: std::time::Duration) {
+    use std::os::fd::AsRawFd;
+    let start = std::time::Instant::now();
+    let mut byte = 0u8;
+    loop {
+        for _ in 0..32 {
+            // SAFETY: `recv` writes at most one byte into `byte`, a local that outlives
+            // the call; the descriptor is borrowed from `stream`, open for the call.
+            let received = unsafe {
+                libc::recv(
+                    stream.as_raw_fd(),
+                    (&raw mut byte).cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            // Bytes, the end of the stream, or an error the read will report.
+            if received >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= budget {
+            return;
+        }
+    }
+}
+
 /// The protocol version; a worker refuses a `Load` of another version.
 pub const PROTOCOL: u32 = 1;
 

@@ -179,7 +179,11 @@ impl Connection {
     }
 
     fn receive(&self) -> std::io::Result<ToWorker> {
-        wire::read_frame(&mut *self.reader.borrow_mut())
+        let mut reader = self.reader.borrow_mut();
+        if reader.buffer().is_empty() {
+            wire::spin_until_readable(reader.get_ref(), wire::SPIN_FOR_FRAME);
+        }
+        wire::read_frame(&mut *reader)
     }
 }
 
