@@ -372,7 +372,9 @@ pub fn is_mapped(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn level_number() -> u32 {
+/// The host's most verbose enabled log level as the ABI numbers it (0 off, 1 error … 5
+/// trace).
+pub(crate) fn level_number() -> u32 {
     use tracing::level_filters::LevelFilter;
     match LevelFilter::current() {
         LevelFilter::OFF => 0,

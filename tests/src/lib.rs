@@ -513,3 +513,51 @@ impl Drop for Host {
         let _ = self.child.wait();
     }
 }
+
+/// Writes `release.toml` texts (version, text) under `sources/` of a fresh root and
+/// assembles each into it.
+pub fn assembled_root(releases: &[(&str, String)]) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    for (version, text) in releases {
+        let directory = root.path().join("sources").join(version);
+        std::fs::create_dir_all(&directory).unwrap();
+        std::fs::write(directory.join("release.toml"), text).unwrap();
+        assemble(
+            &directory.join("release.toml"),
+            &workspace_root(),
+            root.path(),
+            false,
+        )
+        .unwrap_or_else(|error| panic!("assembling {version}: {error}"));
+    }
+    root
+}
+
+/// Whether process `pid` is gone (not even a zombie).
+pub fn gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A factory whose actors' callbacks have `deadline` (the release handler sets it from
+/// `callback_timeout_ms`; tests of the runtime alone set it here).
+pub struct WithCallbackTimeout<F>(pub F, pub std::time::Duration);
+
+impl<F: graft::runtime::BehaviourFactory> graft::runtime::BehaviourFactory
+    for WithCallbackTimeout<F>
+{
+    fn start(
+        &self,
+        args: &[u8],
+        services: &dyn graft::plugin::HostServices,
+    ) -> Result<graft::runtime::Started, graft::plugin::CallbackError> {
+        self.0.start(args, services)
+    }
+
+    fn identity(&self) -> Option<graft::plugin::PluginIdentity> {
+        self.0.identity()
+    }
+
+    fn callback_timeout(&self) -> Option<std::time::Duration> {
+        Some(self.1)
+    }
+}

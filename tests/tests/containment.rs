@@ -7,31 +7,16 @@
 //! ability to roll back. Stuck callbacks here sleep in a loop (they burn no core), so the
 //! abandoned threads do not slow the rest of the suite.
 
-use graft::release::assemble::assemble;
 use graft::runtime::{CallError, executor};
 use graft_plugin::codec;
-use graft_tests::{Host, boot, eventually, graft_binary, workspace_root};
+use graft_tests::{Host, boot, eventually, graft_binary};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Writes and assembles `release.toml` texts (version, text) into a fresh root.
 fn root_with(releases: &[(&str, String)]) -> tempfile::TempDir {
-    let root = tempfile::tempdir().unwrap();
-    for (version, text) in releases {
-        let directory = root.path().join("sources").join(version);
-        std::fs::create_dir_all(&directory).unwrap();
-        std::fs::write(directory.join("release.toml"), text).unwrap();
-        assemble(
-            &directory.join("release.toml"),
-            &workspace_root(),
-            root.path(),
-            false,
-        )
-        .unwrap_or_else(|error| panic!("assembling {version}: {error}"));
-    }
-    root
+    graft_tests::assembled_root(releases)
 }
 
 fn header(version: &str, timeout: &str) -> String {
@@ -264,24 +249,9 @@ async fn a_never_returning_callback_of_any_kind_ends_in_a_callback_timeout() {
     use std::sync::Arc;
 
     let plugin = graft_tests::load_plugin("graft-fixture-faulty");
-    struct Deadline(PluginFactory);
-    impl graft::runtime::BehaviourFactory for Deadline {
-        fn start(
-            &self,
-            args: &[u8],
-            services: &dyn graft::plugin::HostServices,
-        ) -> Result<graft::runtime::Started, graft::plugin::CallbackError> {
-            self.0.start(args, services)
-        }
-        fn identity(&self) -> Option<graft::plugin::PluginIdentity> {
-            self.0.identity()
-        }
-        fn callback_timeout(&self) -> Option<Duration> {
-            Some(Duration::from_millis(200))
-        }
-    }
-    let factory: Arc<dyn graft::runtime::BehaviourFactory> =
-        Arc::new(Deadline(PluginFactory::new(plugin)));
+    let factory: Arc<dyn graft::runtime::BehaviourFactory> = Arc::new(
+        graft_tests::WithCallbackTimeout(PluginFactory::new(plugin), Duration::from_millis(200)),
+    );
     let runtime = Runtime::new();
     let options = |name: &str, callback: &str| {
         ActorOptions::new(
@@ -564,24 +534,9 @@ async fn an_isolated_callback_past_its_deadline_frees_its_host_thread() {
         &Expectations::default(),
     )
     .unwrap();
-    struct Deadline(IsolatedFactory);
-    impl graft::runtime::BehaviourFactory for Deadline {
-        fn start(
-            &self,
-            args: &[u8],
-            services: &dyn graft::plugin::HostServices,
-        ) -> Result<graft::runtime::Started, graft::plugin::CallbackError> {
-            self.0.start(args, services)
-        }
-        fn identity(&self) -> Option<graft::plugin::PluginIdentity> {
-            self.0.identity()
-        }
-        fn callback_timeout(&self) -> Option<Duration> {
-            Some(Duration::from_millis(300))
-        }
-    }
-    let factory: Arc<dyn graft::runtime::BehaviourFactory> =
-        Arc::new(Deadline(IsolatedFactory::new(plugin)));
+    let factory: Arc<dyn graft::runtime::BehaviourFactory> = Arc::new(
+        graft_tests::WithCallbackTimeout(IsolatedFactory::new(plugin), Duration::from_millis(300)),
+    );
     let runtime = Runtime::new();
     let stuck = runtime
         .spawn(ActorOptions::new(

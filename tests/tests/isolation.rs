@@ -15,7 +15,6 @@ use graft::supervisor::{ChildSpec, Strategy, SupervisorSpec, start_supervisor};
 use graft_plugin::codec;
 use graft_tests::{eventually, graft_binary, load_plugin, plugin_library, version};
 use serde_json::{Value, json};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,10 +73,7 @@ async fn pid_of(actor: &ActorRef) -> u32 {
         .unwrap()
 }
 
-/// Whether `pid` is gone (not even a zombie).
-fn gone(pid: u32) -> bool {
-    !Path::new(&format!("/proc/{pid}")).exists()
-}
+use graft_tests::gone;
 
 fn state_of(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

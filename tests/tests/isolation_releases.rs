@@ -8,12 +8,11 @@
 //! ability to roll back. The machine running these may be loaded: every wait polls with a
 //! generous deadline and no test assumes an order of timing.
 
-use graft::release::assemble::assemble;
 use graft::release::handler::{InstallPhase, ReleaseHandler};
 use graft::runtime::Runtime;
 use graft_plugin::codec;
+use graft_tests::version_of;
 use graft_tests::{Host, boot, eventually_blocking, graft_binary, version};
-use graft_tests::{version_of, workspace_root};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
@@ -86,20 +85,7 @@ fn root_with(releases: &[(&str, String)]) -> tempfile::TempDir {
         binary.canonicalize().unwrap(),
         "the worker program found is the graft binary just built"
     );
-    let root = tempfile::tempdir().unwrap();
-    for (version, text) in releases {
-        let directory = root.path().join("sources").join(version);
-        std::fs::create_dir_all(&directory).unwrap();
-        std::fs::write(directory.join("release.toml"), text).unwrap();
-        assemble(
-            &directory.join("release.toml"),
-            &workspace_root(),
-            root.path(),
-            false,
-        )
-        .unwrap_or_else(|error| panic!("assembling {version}: {error}"));
-    }
-    root
+    graft_tests::assembled_root(releases)
 }
 
 fn encode(value: &Value) -> Vec<u8> {
@@ -153,10 +139,7 @@ async fn pid_of(runtime: &Runtime, actor: &str) -> u32 {
         .unwrap()
 }
 
-/// Whether `pid` is gone (not even a zombie).
-fn gone(pid: u32) -> bool {
-    !Path::new(&format!("/proc/{pid}")).exists()
-}
+use graft_tests::gone;
 
 fn kill_9(pid: u32) {
     let status = Command::new("kill")

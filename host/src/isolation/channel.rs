@@ -364,18 +364,6 @@ fn spawn_child(mut command: Command) -> io::Result<Child> {
         .unwrap_or_else(|_| Err(io::Error::other("the spawner thread is gone")))
 }
 
-fn log_level() -> u32 {
-    use tracing::level_filters::LevelFilter;
-    match LevelFilter::current() {
-        LevelFilter::OFF => 0,
-        LevelFilter::ERROR => 1,
-        LevelFilter::WARN => 2,
-        LevelFilter::INFO => 3,
-        LevelFilter::DEBUG => 4,
-        _ => 5,
-    }
-}
-
 /// A signal's name, for exit reasons.
 fn signal_name(signal: i32) -> &'static str {
     match signal {
@@ -453,7 +441,7 @@ impl Process {
             .arg("--parent")
             .arg(std::process::id().to_string())
             .arg("--log-level")
-            .arg(log_level().to_string())
+            .arg(crate::plugin::level_number().to_string())
             .stdin(Stdio::from(OwnedFd::from(listener)))
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::inherit());

@@ -308,10 +308,7 @@ fn run_casts(
     let mut results = Vec::with_capacity(messages.len());
     for WireBytes(message) in messages {
         let result = instance.handle_cast(&message, services);
-        let ends_batch = match &result {
-            Ok(outputs) => outputs.stop.is_some() || outputs.continue_with.is_some(),
-            Err(error) => !error.is_bad_input(),
-        };
+        let ends_batch = crate::runtime::behaviour::ends_a_batch(&result);
         results.push(result.map(WireOutputs::from).map_err(Into::into));
         if ends_batch {
             break;

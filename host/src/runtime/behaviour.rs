@@ -43,10 +43,7 @@ pub trait Behaviour: Send {
         let mut results = Vec::with_capacity(messages.len());
         for message in messages {
             let result = self.handle_cast(message, services);
-            let ends = match &result {
-                Ok(outputs) => outputs.stop.is_some() || outputs.continue_with.is_some(),
-                Err(error) => !error.is_bad_input(),
-            };
+            let ends = ends_a_batch(&result);
             results.push(result);
             if ends {
                 break;
@@ -162,6 +159,16 @@ impl Behaviour for Instance {
         extra: &[u8],
     ) -> Result<Vec<u8>, CallbackError> {
         Instance::downgrade(self, to_version, extra)
+    }
+}
+
+/// Whether a cast's result ends a batch of casts: it stopped the actor, asked for a
+/// continuation (which runs before anything else), or failed (a refused message does not:
+/// it is dropped and the next one runs, as in the mailbox).
+pub(crate) fn ends_a_batch(result: &Result<Outputs, CallbackError>) -> bool {
+    match result {
+        Ok(outputs) => outputs.stop.is_some() || outputs.continue_with.is_some(),
+        Err(error) => !error.is_bad_input(),
     }
 }
 
