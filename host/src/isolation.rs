@@ -7,7 +7,7 @@
 //! Only the [`Behaviour`](crate::runtime::Behaviour) is remote. The host keeps each actor
 //! exactly as for an in-process plugin — mailbox, name, monitors, links, timers,
 //! supervision, suspend/resume, code change — and its behaviour is a
-//! [`RemoteInstance`](channel::RemoteInstance) that forwards every callback to the worker.
+//! [`RemoteInstance`] that forwards every callback to the worker.
 //! So everything a plugin can do in process it can do isolated, with the same semantics,
 //! and the runtime does not know the difference.
 //!

@@ -16,7 +16,7 @@
 //!    companions) is suspended concurrently under one deadline, its state is snapshotted,
 //!    and it is moved to the new code. Each new instance then proves the way back: its
 //!    state is encoded once more and must fit the state cap
-//!    ([`MAX_STATE_BYTES`](crate::plugin::MAX_STATE_BYTES)) that a later downgrade or a
+//!    ([`crate::plugin::MAX_STATE_BYTES`]) that a later downgrade or a
 //!    restore from snapshot must carry it through; a state over it fails the migration
 //!    ([`ReleaseError::NoWayBack`], naming the actor and the size). If anything fails — a
 //!    suspend timeout, a migration error or panic, a state with no way back — every
