@@ -325,7 +325,13 @@ impl Pool {
 /// Whether other runners may take from this deque: when it holds more than the task its
 /// owner runs next, or when its owner is stuck in a callback (replaced).
 fn stealable(stealer: &Stealer<Runnable>, slot: &RunnerSlot) -> bool {
-    stealer.len() > 1 || (!stealer.is_empty() && slot.replaced.load(Ordering::Relaxed))
+    // The deque first: an idle runner looking around must not read the slot (written at
+    // every callback of its owner) while there is nothing to take anyway.
+    match stealer.len() {
+        0 => false,
+        1 => slot.replaced.load(Ordering::Relaxed),
+        _ => true,
+    }
 }
 
 fn start_runner(pool: &Arc<Pool>) {
