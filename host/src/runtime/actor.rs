@@ -13,9 +13,13 @@
 //! What is tricky: the reply channel of the call in progress sits in a slot, not the
 //! pending map, so the common "reply now" path costs no map operations; only a call left
 //! unanswered (a deferred reply) moves to the map. A long callback can also delay the
-//! task its previous reply woke: tokio puts that task in this worker's LIFO slot, which no
-//! other worker can steal (installs therefore never queue a migration right behind a
-//! suspend).
+//! task its previous reply woke: the executor puts that task on top of this runner's
+//! deque, which other runners leave alone until the watchdog finds this runner stalled
+//! (installs therefore never queue a migration right behind a suspend). Every callback
+//! runs under a guard the watchdog reads (its deadline), and a loop that finds its actor
+//! killed meanwhile (a deadline, a crashed worker) handles nothing more. Casts to a
+//! behaviour that batches them (a process-isolated one) are gathered from the mailbox in
+//! order and sent together; what a batch did not run goes back in front.
 
 use super::behaviour::Behaviour;
 use super::executor::{self, Callback, CallbackGuard};
