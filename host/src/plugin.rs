@@ -1026,6 +1026,20 @@ fn output_cap(kind: u32) -> usize {
 }
 
 impl Outputs {
+    /// The encoded state a state callback (`encode_state`, `downgrade`) must produce, or
+    /// the protocol error of `plugin`'s `callback` that returned success without one.
+    pub fn into_state(
+        self,
+        plugin: &PluginIdentity,
+        callback: &'static str,
+    ) -> Result<Vec<u8>, CallbackError> {
+        self.state.ok_or_else(|| CallbackError::Protocol {
+            plugin: plugin.clone(),
+            callback,
+            message: "returned success without a state".to_owned(),
+        })
+    }
+
     fn record(&mut self, kind: u32, data: &[u8]) {
         if data.len() > output_cap(kind) {
             // Not copied: the callback fails with a protocol error instead.
@@ -1352,7 +1366,7 @@ impl Instance {
         let outputs = self.run("encode_state", &services, |code, handle, context| {
             code.encode_state(handle, context)
         })?;
-        self.expect_state("encode_state", outputs)
+        outputs.into_state(&self.plugin.identity, "encode_state")
     }
 
     /// The size of the encoded state, measured even when it is over [`MAX_STATE_BYTES`]
@@ -1371,7 +1385,8 @@ impl Instance {
             return Ok(size);
         }
         let outputs = interpret(&self.plugin, "encode_state", status, outputs)?;
-        self.expect_state("encode_state", outputs)
+        outputs
+            .into_state(&self.plugin.identity, "encode_state")
             .map(|state| state.len())
     }
 
@@ -1386,19 +1401,7 @@ impl Instance {
         let outputs = self.run("downgrade", &services, |code, handle, context| {
             code.downgrade_state(handle, context, &to, extra)
         })?;
-        self.expect_state("downgrade", outputs)
-    }
-
-    fn expect_state(
-        &self,
-        callback: &'static str,
-        outputs: Outputs,
-    ) -> Result<Vec<u8>, CallbackError> {
-        outputs.state.ok_or_else(|| CallbackError::Protocol {
-            plugin: self.plugin.identity.clone(),
-            callback,
-            message: "returned success without a state".to_owned(),
-        })
+        outputs.into_state(&self.plugin.identity, "downgrade")
     }
 }
 

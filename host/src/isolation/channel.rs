@@ -978,18 +978,6 @@ impl RemoteInstance {
             }
         }
     }
-
-    fn expect_state(
-        &self,
-        callback: &'static str,
-        outputs: Outputs,
-    ) -> Result<Vec<u8>, CallbackError> {
-        outputs.state.ok_or_else(|| CallbackError::Protocol {
-            plugin: self.plugin.identity.clone(),
-            callback,
-            message: "returned success without a state".to_owned(),
-        })
-    }
 }
 
 /// How a worker ended a callback.
@@ -1146,7 +1134,7 @@ impl Behaviour for RemoteInstance {
 
     fn encode_state(&mut self) -> Result<Vec<u8>, CallbackError> {
         let outputs = self.run(Callback::EncodeState, &Detached::new(""))?;
-        self.expect_state("encode_state", outputs)
+        outputs.into_state(&self.plugin.identity, "encode_state")
     }
 
     fn attach(&mut self, actor: &ActorRef) {
@@ -1172,7 +1160,7 @@ impl Behaviour for RemoteInstance {
             },
             &Detached::new(""),
         )?;
-        self.expect_state("downgrade", outputs)
+        outputs.into_state(&self.plugin.identity, "downgrade")
     }
 }
 
