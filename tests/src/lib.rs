@@ -344,9 +344,7 @@ pub fn faulty_releases(
     args_for: impl Fn(usize) -> &'static str,
     upgrade: &str,
 ) -> tempfile::TempDir {
-    let workspace = workspace_root();
-    let root = tempfile::tempdir().unwrap();
-    let sources = root.path().join("sources");
+    let mut releases = Vec::new();
     for (release, plugin_version, crate_path, script) in [
         ("1.0.0", "0.3.0", "tests/fixtures/faulty", ""),
         ("2.0.0", "0.4.0", "tests/fixtures/faulty-v2", upgrade),
@@ -361,18 +359,9 @@ pub fn faulty_releases(
             ));
         }
         text.push_str(script);
-        let directory = sources.join(release);
-        std::fs::create_dir_all(&directory).unwrap();
-        std::fs::write(directory.join("release.toml"), text).unwrap();
-        assemble(
-            &directory.join("release.toml"),
-            &workspace,
-            root.path(),
-            false,
-        )
-        .unwrap();
+        releases.push((release, text));
     }
-    root
+    assembled_root(&releases)
 }
 
 /// A loader shared by the tests of one process.

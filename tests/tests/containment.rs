@@ -33,6 +33,49 @@ fn child(id: &str, args: &str, extra: &str) -> String {
     format!("\n[[supervisor.children]]\nid = \"{id}\"\nplugin = \"faulty\"\nargs = {args}\n{extra}")
 }
 
+/// Release 1.0.0 (faulty 0.3.0) and 2.0.0 (faulty 0.4.0, with `script`), both with
+/// `children` and a callback deadline of 1 s.
+fn upgradable_root(children: &str, script: &str) -> tempfile::TempDir {
+    let releases: Vec<(&str, String)> = [
+        ("1.0.0", "0.3.0", "tests/fixtures/faulty", ""),
+        ("2.0.0", "0.4.0", "tests/fixtures/faulty-v2", script),
+    ]
+    .into_iter()
+    .map(|(release, plugin_version, crate_path, script)| {
+        let header = header_with(release, plugin_version, crate_path, "1000");
+        (release, format!("{header}{children}{script}"))
+    })
+    .collect();
+    root_with(&releases)
+}
+
+/// Polls until the actor named `name` answers an echo (restarted, say).
+async fn answers_again(runtime: &graft::runtime::Runtime, name: &str) -> bool {
+    graft_tests::eventually_async(Duration::from_secs(30), || async move {
+        call(
+            runtime,
+            name,
+            json!({"Echo": "back"}),
+            Duration::from_secs(1),
+        )
+        .await
+        .is_ok()
+    })
+    .await
+}
+
+/// Calls `actor` with an echo of `text` and returns the reply.
+async fn echo(actor: &graft::runtime::ActorRef, text: &str) -> String {
+    let reply = actor
+        .call(
+            codec::encode(&json!({"Echo": text})).unwrap(),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    codec::decode(&reply).unwrap()
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from)
 }
@@ -306,14 +349,7 @@ async fn a_never_returning_callback_of_any_kind_ends_in_a_callback_timeout() {
             format!("callback timeout: {callback} of faulty 0.3.0 after 200 ms")
         );
     }
-    let reply = healthy
-        .call(
-            codec::encode(&json!({"Echo": "alive"})).unwrap(),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-    assert_eq!(codec::decode::<String>(&reply).unwrap(), "alive");
+    assert_eq!(echo(&healthy, "alive").await, "alive");
 }
 
 /// An install whose `code_change` never returns in 2 × cores actors (every runner the pool
@@ -324,29 +360,14 @@ async fn a_never_returning_callback_of_any_kind_ends_in_a_callback_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_code_change_that_never_returns_in_every_runner_aborts_the_install_and_nothing_freezes() {
     let stuck = 2 * cores();
-    let mut releases = Vec::new();
-    for (release, plugin_version, crate_path, script) in [
-        ("1.0.0", "0.3.0", "tests/fixtures/faulty", ""),
-        (
-            "2.0.0",
-            "0.4.0",
-            "tests/fixtures/faulty-v2",
-            "\n[[upgrade]]\nfrom = \"1.0.0\"\n\n[[upgrade.instructions]]\nop = \"update\"\nplugin = \"faulty\"\nsuspend_timeout_ms = 500\n",
-        ),
-    ] {
-        let mut text = header_with(release, plugin_version, crate_path, "1000");
-        for index in 1..=stuck {
-            text.push_str(&child(
-                &format!("f{index}"),
-                "{ stuck_in = [\"code_change\"] }",
-                "",
-            ));
-        }
-        text.push_str(&child("healthy", "{}", ""));
-        text.push_str(script);
-        releases.push((release, text));
-    }
-    let root = root_with(&releases);
+    let mut children: String = (1..=stuck)
+        .map(|index| child(&format!("f{index}"), "{ stuck_in = [\"code_change\"] }", ""))
+        .collect();
+    children.push_str(&child("healthy", "{}", ""));
+    let root = upgradable_root(
+        &children,
+        "\n[[upgrade]]\nfrom = \"1.0.0\"\n\n[[upgrade.instructions]]\nop = \"update\"\nplugin = \"faulty\"\nsuspend_timeout_ms = 500\n",
+    );
     let (runtime, handler) = boot(root.path()).await;
     let handler = std::sync::Arc::new(handler);
     let installing = tokio::spawn({
@@ -394,22 +415,10 @@ async fn a_code_change_that_never_returns_in_every_runner_aborts_the_install_and
     // Killed at their callback deadline and restarted on the old code.
     for index in 1..=stuck {
         let name = format!("f{index}");
-        let answered = graft_tests::eventually_async(Duration::from_secs(30), || {
-            let runtime = runtime.clone();
-            let name = name.clone();
-            async move {
-                call(
-                    &runtime,
-                    &name,
-                    json!({"Echo": "back"}),
-                    Duration::from_secs(1),
-                )
-                .await
-                .is_ok()
-            }
-        })
-        .await;
-        assert!(answered, "{name} never came back");
+        assert!(
+            answers_again(&runtime, &name).await,
+            "{name} never came back"
+        );
         assert_eq!(graft_tests::version_of(&runtime, &name).await, "0.3.0");
     }
     handler.shutdown().await;
@@ -575,14 +584,7 @@ async fn an_isolated_callback_past_its_deadline_frees_its_host_thread() {
         "{:?}",
         executor::stuck_callbacks()
     );
-    let reply = other
-        .call(
-            codec::encode(&json!({"Echo": "still here"})).unwrap(),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-    assert_eq!(codec::decode::<String>(&reply).unwrap(), "still here");
+    assert_eq!(echo(&other, "still here").await, "still here");
 }
 
 /// A downgrade whose conversion never returns: the rollback install aborts at its deadline
@@ -592,23 +594,11 @@ async fn an_isolated_callback_past_its_deadline_frees_its_host_thread() {
 /// others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_downgrade_that_never_returns_aborts_the_rollback_and_nothing_freezes() {
-    let mut releases = Vec::new();
-    for (release, plugin_version, crate_path, script) in [
-        ("1.0.0", "0.3.0", "tests/fixtures/faulty", ""),
-        (
-            "2.0.0",
-            "0.4.0",
-            "tests/fixtures/faulty-v2",
-            "\n[[upgrade]]\nfrom = \"1.0.0\"\n\n[[upgrade.instructions]]\nop = \"update\"\nplugin = \"faulty\"\n\n[[downgrade]]\nto = \"1.0.0\"\n\n[[downgrade.instructions]]\nop = \"update\"\nplugin = \"faulty\"\nsuspend_timeout_ms = 500\n",
-        ),
-    ] {
-        let mut text = header_with(release, plugin_version, crate_path, "1000");
-        text.push_str(&child("stuck", "{ stuck_in = [\"downgrade\"] }", ""));
-        text.push_str(&child("fine", "{}", ""));
-        text.push_str(script);
-        releases.push((release, text));
-    }
-    let root = root_with(&releases);
+    let children = child("stuck", "{ stuck_in = [\"downgrade\"] }", "") + &child("fine", "{}", "");
+    let root = upgradable_root(
+        &children,
+        "\n[[upgrade]]\nfrom = \"1.0.0\"\n\n[[upgrade.instructions]]\nop = \"update\"\nplugin = \"faulty\"\n\n[[downgrade]]\nto = \"1.0.0\"\n\n[[downgrade.instructions]]\nop = \"update\"\nplugin = \"faulty\"\nsuspend_timeout_ms = 500\n",
+    );
     let (runtime, handler) = boot(root.path()).await;
     handler
         .install(&semver::Version::new(2, 0, 0), None)
@@ -635,21 +625,10 @@ async fn a_downgrade_that_never_returns_aborts_the_rollback_and_nothing_freezes(
         "up"
     );
     assert_eq!(graft_tests::version_of(&runtime, "fine").await, "0.4.0");
-    let answered = graft_tests::eventually_async(Duration::from_secs(30), || {
-        let runtime = runtime.clone();
-        async move {
-            call(
-                &runtime,
-                "stuck",
-                json!({"Echo": "back"}),
-                Duration::from_secs(1),
-            )
-            .await
-            .is_ok()
-        }
-    })
-    .await;
-    assert!(answered, "the stuck actor never came back");
+    assert!(
+        answers_again(&runtime, "stuck").await,
+        "the stuck actor never came back"
+    );
     assert_eq!(graft_tests::version_of(&runtime, "stuck").await, "0.4.0");
     handler.shutdown().await;
 }

@@ -7,15 +7,12 @@
 //! in `loader.rs`, `releases.rs`, `cli.rs` and the unit tests of `graft::release`.)
 
 use graft::plugin::MAX_STATE_BYTES;
-use graft::release::assemble::assemble;
 use graft::release::handler::{
     InstallPhase, InstallReport, RECORD_FILE, ReleaseError, ReleaseHandler, ReleaseStatus,
 };
 use graft::runtime::{CallError, Runtime};
 use graft_plugin::codec;
-use graft_tests::{
-    boot, call_by_name as call, example_root, faulty_releases, version, version_of, workspace_root,
-};
+use graft_tests::{boot, call_by_name as call, example_root, faulty_releases, version, version_of};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
@@ -197,8 +194,6 @@ const SLOW_MS: u64 = 120_000;
 /// faulty 0.4.0 whose upgrade from 1.0.0 passes `extra` to `code_change` and whose
 /// downgrade goes back to 1.0.0. The root tolerates no restart: a crash takes the tree down.
 fn state_cap_releases(targets: &[(&str, &str)]) -> tempfile::TempDir {
-    let workspace = workspace_root();
-    let root = tempfile::tempdir().unwrap();
     let update = |extra: &str| {
         format!("op = \"update\"\nplugin = \"faulty\"\nsuspend_timeout_ms = {SLOW_MS}\n{extra}\n")
     };
@@ -211,8 +206,10 @@ fn state_cap_releases(targets: &[(&str, &str)]) -> tempfile::TempDir {
         );
         releases.push((release, "0.4.0", "tests/fixtures/faulty-v2", script));
     }
-    for (release, faulty_version, crate_path, script) in releases {
-        let text = format!(
+    let texts: Vec<(&str, String)> = releases
+        .into_iter()
+        .map(|(release, faulty_version, crate_path, script)| {
+            let text = format!(
             "[release]\nname = \"state-cap\"\nversion = \"{release}\"\n\n\
              [plugins.faulty]\nversion = \"{faulty_version}\"\ncrate = \"{crate_path}\"\ncallback_timeout_ms = {SLOW_MS}\n\n\
              [plugins.counter]\nversion = \"1.0.0\"\ncrate = \"plugins/counter/1.0.0\"\n\n\
@@ -220,18 +217,10 @@ fn state_cap_releases(targets: &[(&str, &str)]) -> tempfile::TempDir {
              [[supervisor.children]]\nid = \"big\"\nplugin = \"faulty\"\nargs = {{}}\n\n\
              [[supervisor.children]]\nid = \"counter\"\nplugin = \"counter\"\nargs = {{ start = 40 }}\n{script}"
         );
-        let directory = root.path().join("sources").join(release);
-        std::fs::create_dir_all(&directory).unwrap();
-        std::fs::write(directory.join("release.toml"), text).unwrap();
-        assemble(
-            &directory.join("release.toml"),
-            &workspace,
-            root.path(),
-            false,
-        )
-        .unwrap_or_else(|error| panic!("assembling {release}: {error}"));
-    }
-    root
+            (release, text)
+        })
+        .collect();
+    graft_tests::assembled_root(&texts)
 }
 
 /// The release record's bytes.

@@ -40,6 +40,11 @@ fn isolated(worker: &Worker, package: &str) -> Arc<IsolatedPlugin> {
         .unwrap_or_else(|error| panic!("loading {package} in a worker: {error}"))
 }
 
+/// A factory of actors of `package`, isolated in `worker`.
+fn isolated_factory(worker: &Worker, package: &str) -> Arc<IsolatedFactory> {
+    Arc::new(IsolatedFactory::new(isolated(worker, package)))
+}
+
 fn encode(value: &Value) -> Vec<u8> {
     codec::encode(value).unwrap()
 }
@@ -147,10 +152,7 @@ async fn an_isolated_kv_answers_calls_and_casts_in_another_process() {
 async fn an_isolated_actor_uses_timers_and_calls_actors_in_the_host_and_in_its_worker() {
     let runtime = Runtime::new();
     let faulty_worker = worker("faulty");
-    let factory = Arc::new(IsolatedFactory::new(isolated(
-        &faulty_worker,
-        "graft-fixture-faulty",
-    )));
+    let factory = isolated_factory(&faulty_worker, "graft-fixture-faulty");
     let iso = spawn(&runtime, factory.clone(), "iso", json!({})).await;
     let iso2 = spawn(&runtime, factory, "iso2", json!({})).await;
     let local = spawn(
@@ -198,15 +200,9 @@ async fn abort_and_segfault_in_callbacks_end_only_the_workers_actors_which_resta
  {
     let runtime = Runtime::new();
     let crashing_worker = worker("faulty");
-    let crashing = Arc::new(IsolatedFactory::new(isolated(
-        &crashing_worker,
-        "graft-fixture-faulty",
-    )));
+    let crashing = isolated_factory(&crashing_worker, "graft-fixture-faulty");
     let other_worker = worker("faulty");
-    let other = Arc::new(IsolatedFactory::new(isolated(
-        &other_worker,
-        "graft-fixture-faulty",
-    )));
+    let other = isolated_factory(&other_worker, "graft-fixture-faulty");
     let args = json!({"abort_in": ["handle_cast"], "segfault_in": ["handle_info"]});
     let spec = SupervisorSpec::new(
         Strategy::OneForOne,
@@ -282,10 +278,7 @@ async fn abort_and_segfault_in_callbacks_end_only_the_workers_actors_which_resta
 async fn a_call_in_progress_when_the_worker_aborts_fails_with_the_crash() {
     let runtime = Runtime::new();
     let crashing_worker = worker("faulty");
-    let factory = Arc::new(IsolatedFactory::new(isolated(
-        &crashing_worker,
-        "graft-fixture-faulty",
-    )));
+    let factory = isolated_factory(&crashing_worker, "graft-fixture-faulty");
     let actor = spawn(
         &runtime,
         factory,
@@ -312,10 +305,7 @@ async fn a_call_in_progress_when_the_worker_aborts_fails_with_the_crash() {
 async fn a_worker_killed_under_traffic_restarts_its_actors_and_leaves_no_zombie() {
     let runtime = Runtime::new();
     let faulty_worker = worker("faulty");
-    let factory = Arc::new(IsolatedFactory::new(isolated(
-        &faulty_worker,
-        "graft-fixture-faulty",
-    )));
+    let factory = isolated_factory(&faulty_worker, "graft-fixture-faulty");
     let names = ["w1", "w2", "w3"];
     let children = names
         .iter()
@@ -518,10 +508,7 @@ fn pid_of_worker(worker: &Worker) -> Option<u32> {
 async fn a_worker_over_its_memory_limit_is_killed_and_its_actor_exits_saying_so() {
     let runtime = Runtime::new();
     let limited = worker_with_limit("faulty", Some(64));
-    let factory = Arc::new(IsolatedFactory::new(isolated(
-        &limited,
-        "graft-fixture-faulty",
-    )));
+    let factory = isolated_factory(&limited, "graft-fixture-faulty");
     let actor = spawn(&runtime, factory, "hog", json!({})).await;
     // 256 MiB allocated, touched and kept: the monitor sees the worker's resident memory
     // over the limit and kills it (the call may or may not have been answered first).
@@ -686,11 +673,10 @@ async fn a_raw_thread_left_running_in_a_worker_does_not_crash_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_runs_with_no_more_privilege_than_its_host() {
     let faulty_worker = worker("faulty");
-    let plugin = isolated(&faulty_worker, "graft-fixture-faulty");
     let runtime = Runtime::new();
     let actor = spawn(
         &runtime,
-        Arc::new(IsolatedFactory::new(plugin)),
+        isolated_factory(&faulty_worker, "graft-fixture-faulty"),
         "privileges",
         json!({}),
     )
