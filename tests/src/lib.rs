@@ -550,3 +550,72 @@ impl<F: graft::runtime::BehaviourFactory> graft::runtime::BehaviourFactory
         Some(self.1)
     }
 }
+
+/// Log lines written by the process's global `tracing` subscriber, as
+/// [`capture_logs`] installs it (once per test binary).
+#[derive(Clone, Default)]
+pub struct CapturedLogs(std::sync::Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Installs a global subscriber (debug and up, no colours) that writes into the returned
+/// capture. A test binary can do this once.
+pub fn capture_logs() -> CapturedLogs {
+    let captured = CapturedLogs::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+    captured
+}
+
+/// Checks the log lines of counter 1.0.0 (`log`) and 1.1.0 (`tracing`, with a field)
+/// started with `{"start": 5}` as `old-counter` and `new-counter`, and of faulty panicking
+/// in `init`: each came out of the host's subscriber with plugin, version and actor.
+pub fn assert_plugin_log_lines(text: &str) {
+    let line = |needle: &str| {
+        text.lines()
+            .find(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{text}"))
+            .to_owned()
+    };
+    let old_line = line("counter 1.0.0 starting as old-counter at 5");
+    assert!(old_line.contains("INFO"), "{old_line}");
+    assert!(old_line.contains("graft::plugin"), "{old_line}");
+    assert!(
+        old_line.contains("plugin=\"counter\"") || old_line.contains("plugin=counter"),
+        "{old_line}"
+    );
+    assert!(old_line.contains("version=1.0.0"), "{old_line}");
+    assert!(old_line.contains("old-counter"), "{old_line}");
+    let new_line = line("counter 1.1.0 starting as new-counter");
+    assert!(new_line.contains("version=1.1.0"), "{new_line}");
+    assert!(
+        new_line.contains("start=5"),
+        "tracing fields are kept: {new_line}"
+    );
+    let panic_line = line("plugin panicked at");
+    assert!(panic_line.contains("ERROR"), "{panic_line}");
+    assert!(
+        panic_line.contains("faulty panics in init on purpose"),
+        "{panic_line}"
+    );
+}
