@@ -186,7 +186,19 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(error: E) -> Failure {
         let error = error.into();
         let code = match error.downcast_ref::<ControlError>() {
-            Some(ControlError::NotRunning { .. }) => 2,
+            Some(ControlError::NotRunning { .. } | ControlError::HostDied { .. }) => 2,
+            Some(
+                ControlError::PermissionDenied { .. }
+                | ControlError::Untrusted(_)
+                | ControlError::Impostor { .. },
+            ) => 3,
+            _ if matches!(
+                error.downcast_ref::<graft::release::handler::ReleaseError>(),
+                Some(graft::release::handler::ReleaseError::Untrusted(_))
+            ) =>
+            {
+                3
+            }
             _ => 1,
         };
         Failure { code, error }
@@ -269,7 +281,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         } => {
             let report =
                 request_with_progress(&root, &Request::Install { version, permanent }).await?;
-            print_install(&report, json);
+            print_install(&report, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::MakePermanent { version } => {
@@ -285,7 +297,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Rollback => {
             let report = request_with_progress(&root, &Request::Rollback {}).await?;
-            print_install(&report, false);
+            print_install(&report, false)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Remove { version } => {
@@ -389,24 +401,38 @@ async fn request_with_progress(root: &Path, request: &Request) -> Result<Value, 
     Ok(result?)
 }
 
-fn print_install(report: &Value, json: bool) {
+/// Prints an install's report; a report without its fields is a protocol error, not a
+/// success.
+fn print_install(report: &Value, json: bool) -> Result<(), Failure> {
+    let text = |field: &str| report[field].as_str();
+    let number = |field: &str| report[field].as_u64();
+    let (Some(to), Some(from), Some(migrated), Some(pause), Some(total)) = (
+        text("to"),
+        text("from"),
+        number("actors_migrated"),
+        number("longest_pause_us"),
+        number("total_us"),
+    ) else {
+        return Err(ControlError::Protocol(format!(
+            "the install's report lacks to, from, actors_migrated, longest_pause_us or total_us: {report}"
+        ))
+        .into());
+    };
     if json {
         println!("{report}");
-        return;
+        return Ok(());
     }
     println!(
-        "installed {} (from {}): {} actors migrated, longest pause {:.3} ms, took {:.1} ms{}",
-        report["to"].as_str().unwrap_or("?"),
-        report["from"].as_str().unwrap_or("?"),
-        report["actors_migrated"],
-        report["longest_pause_us"].as_u64().unwrap_or(0) as f64 / 1000.0,
-        report["total_us"].as_u64().unwrap_or(0) as f64 / 1000.0,
+        "installed {to} (from {from}): {migrated} actors migrated, longest pause {:.3} ms, took {:.1} ms{}",
+        pause as f64 / 1000.0,
+        total as f64 / 1000.0,
         if report["permanent"] == json!(true) {
             ", permanent"
         } else {
             ""
         }
     );
+    Ok(())
 }
 
 fn print_releases(releases: &Value, json: bool) {
@@ -461,8 +487,13 @@ fn print_status(status: &Value, json: bool) {
         return;
     }
     let mut out = format!(
-        "release {}\nroot (supervisor)\n",
-        status["release"].as_str().unwrap_or("?")
+        "release {}{}\nroot (supervisor)\n",
+        status["release"].as_str().unwrap_or("?"),
+        if status["install_in_progress"] == json!(true) {
+            " (an install is in progress; shown as of before it)"
+        } else {
+            ""
+        }
     );
     print_tree(&status["tree"], "", &mut out);
     let resident: Vec<String> = status["resident"]

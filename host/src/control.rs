@@ -11,7 +11,7 @@
 //! framed); a client that disconnects mid-request affects nobody else.
 
 use crate::release::handler::{
-    InstallPhase, ProgressFn, ReleaseHandler, ReleaseInfo, ReleaseStatus,
+    InstallPhase, InstallReport, ProgressFn, ReleaseHandler,
 };
 use crate::runtime::{ActorRef, ProcessId, SystemError};
 use crate::supervisor::{ChildRef, SupervisorRef};
@@ -59,8 +59,8 @@ pub enum Request {
         /// The version.
         version: Version,
     },
-    /// Back to the permanent release, or (when the current one is permanent) to the
-    /// newest old one.
+    /// Back to the release that was current before the last install (undoing it); refused
+    /// when no install of the host's life is left to undo.
     Rollback {},
     /// Removes a release.
     Remove {
@@ -112,7 +112,54 @@ pub enum ControlError {
         /// Why the connection failed.
         source: std::io::Error,
     },
-    /// The socket broke mid-request.
+    /// The socket exists but this user may not reach it.
+    #[error(
+        "permission denied: uid {uid} may not reach {path} ({source}); run graft as the user who started the host"
+    )]
+    PermissionDenied {
+        /// The socket.
+        path: PathBuf,
+        /// This process's user.
+        uid: u32,
+        /// The refusal.
+        source: std::io::Error,
+    },
+    /// The root (or the socket) could be written by another user, or is a link.
+    #[error("refusing to use the root: {0}")]
+    Untrusted(#[from] crate::trust::TrustError),
+    /// The process serving the socket runs as another user.
+    #[error(
+        "refusing to talk to {path}: it is served by pid {pid} running as uid {uid}, not by uid {expected} \
+         (an impostor could answer in the host's place)"
+    )]
+    Impostor {
+        /// The socket.
+        path: PathBuf,
+        /// The peer's pid (0 when unknown).
+        pid: i32,
+        /// The peer's user.
+        uid: u32,
+        /// This user.
+        expected: u32,
+    },
+    /// The socket could not be set up.
+    #[error("cannot serve the control socket at {path}: {source}")]
+    Bind {
+        /// The socket (or its directory).
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The host went away while a request was in flight.
+    #[error("the host at {path} died while handling the request ({detail}); see its log")]
+    HostDied {
+        /// The socket.
+        path: PathBuf,
+        /// What the client saw.
+        detail: String,
+    },
+    /// The socket broke mid-request while the host still runs.
     #[error("the connection to the host broke: {0}")]
     Connection(#[from] std::io::Error),
     /// The host answered something that is not the protocol.
@@ -135,20 +182,39 @@ pub struct ControlServer {
 impl ControlServer {
     /// Binds `<root>/run/control.sock` (0600, in a 0700 directory). A stale socket left by
     /// a killed host is replaced; a live one is an error.
+    ///
+    /// The root must pass [`crate::trust::check_root`]; `run/` and the socket are never
+    /// followed when they are links, and a file that is not a socket is not removed.
     pub async fn bind(root: &Path) -> Result<ControlServer, ControlError> {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        use crate::trust::{Kind, check, check_root};
+        check_root(root)?;
         let path = socket_path(root);
         let directory = path.parent().expect("the socket has a directory");
-        std::fs::create_dir_all(directory)?;
-        std::fs::set_permissions(directory, std::fs::Permissions::from_mode(0o700))?;
-        if path.exists() {
+        let bind_error = |path: &Path| {
+            let path = path.to_owned();
+            move |source| ControlError::Bind { path, source }
+        };
+        if !check(directory, Kind::Directory)? {
+            // `create` (not `create_dir_all`) fails on anything, a link included, that
+            // appeared in the meantime.
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(directory)
+                .map_err(bind_error(directory))?;
+        }
+        // Checked above: a directory of ours, not a link.
+        std::fs::set_permissions(directory, std::fs::Permissions::from_mode(0o700))
+            .map_err(bind_error(directory))?;
+        if check(&path, Kind::Socket)? {
             if UnixStream::connect(&path).await.is_ok() {
                 return Err(ControlError::AlreadyRunning(path));
             }
-            std::fs::remove_file(&path)?;
+            std::fs::remove_file(&path).map_err(bind_error(&path))?;
         }
-        let listener = UnixListener::bind(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let listener = UnixListener::bind(&path).map_err(bind_error(&path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(bind_error(&path))?;
         Ok(ControlServer { listener, path })
     }
 
@@ -263,6 +329,14 @@ fn system_error(error: SystemError) -> String {
     error.to_string()
 }
 
+async fn is_suspended(actor: &ActorRef) -> Result<bool, String> {
+    Ok(actor
+        .status(SYSTEM_TIMEOUT)
+        .await
+        .map_err(system_error)?
+        .suspended)
+}
+
 /// Runs one request; progress lines go to `progress`.
 async fn execute(
     handler: &ReleaseHandler,
@@ -285,8 +359,11 @@ async fn execute(
             Ok(json!({"permanent": version}))
         }
         Request::Rollback {} => {
-            let target = rollback_target(&handler.which_releases().await)?;
-            install(handler, &target, false, progress).await
+            let report = handler
+                .rollback(Some(report_progress(progress)))
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok(install_value(&report, false))
         }
         Request::Remove { version } => {
             handler
@@ -324,16 +401,22 @@ async fn execute(
             .await
             .map_err(system_error),
         Request::Suspend { actor: name } => {
-            actor(handler, &name)
-                .await?
+            let target = actor(handler, &name).await?;
+            if is_suspended(&target).await? {
+                return Err(format!("actor {name} is already suspended"));
+            }
+            target
                 .suspend(SYSTEM_TIMEOUT)
                 .await
                 .map_err(system_error)?;
             Ok(json!({"suspended": name}))
         }
         Request::Resume { actor: name } => {
-            actor(handler, &name)
-                .await?
+            let target = actor(handler, &name).await?;
+            if !is_suspended(&target).await? {
+                return Err(format!("actor {name} is not suspended: nothing to resume"));
+            }
+            target
                 .resume(SYSTEM_TIMEOUT)
                 .await
                 .map_err(system_error)?;
@@ -342,45 +425,14 @@ async fn execute(
     }
 }
 
-/// OTP's rollback: to the permanent release when the current one is not permanent, else
-/// to the newest old release.
-pub fn rollback_target(releases: &[ReleaseInfo]) -> Result<Version, String> {
-    let running = releases
-        .iter()
-        .find(|release| release.running)
-        .ok_or("no release is running")?;
-    if running.status != ReleaseStatus::Permanent {
-        return releases
-            .iter()
-            .find(|release| release.status == ReleaseStatus::Permanent)
-            .map(|release| release.version.clone())
-            .ok_or_else(|| "no permanent release to roll back to".to_owned());
-    }
-    releases
-        .iter()
-        .filter(|release| release.status == ReleaseStatus::Old)
-        .map(|release| release.version.clone())
-        .max()
-        .ok_or_else(|| {
-            format!(
-                "{} is permanent and there is no old release to roll back to",
-                running.version
-            )
-        })
-}
-
 async fn install(
     handler: &ReleaseHandler,
     version: &Version,
     permanent: bool,
     progress: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> Result<Value, String> {
-    let sender = progress;
-    let report_phase: ProgressFn = Arc::new(move |phase| {
-        let _ = sender.send(describe_phase(&phase));
-    });
     let report = handler
-        .install(version, Some(report_phase))
+        .install(version, Some(report_progress(progress)))
         .await
         .map_err(|error| error.to_string())?;
     if permanent {
@@ -389,11 +441,23 @@ async fn install(
             .await
             .map_err(|error| error.to_string())?;
     }
-    let mut value = serde_json::to_value(&report).unwrap_or_default();
+    Ok(install_value(&report, permanent))
+}
+
+/// Sends each phase of an install to the client as a progress line.
+fn report_progress(progress: tokio::sync::mpsc::UnboundedSender<String>) -> ProgressFn {
+    Arc::new(move |phase| {
+        let _ = progress.send(describe_phase(&phase));
+    })
+}
+
+/// An install's report as the protocol carries it.
+fn install_value(report: &InstallReport, permanent: bool) -> Value {
+    let mut value = serde_json::to_value(report).unwrap_or_default();
     value["longest_pause_us"] = json!(report.longest_pause.as_micros() as u64);
     value["total_us"] = json!(report.total.as_micros() as u64);
     value["permanent"] = json!(permanent);
-    Ok(value)
+    value
 }
 
 /// The supervision tree as JSON, each actor with its plugin, version, state of running,
@@ -407,7 +471,7 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
     collect_workers(root.clone(), &mut actors).await;
     let statuses: HashMap<ProcessId, Value> = actors
         .iter()
-        .zip(crate::runtime::status_all(&actors, STATUS_WAIT).await)
+        .zip(crate::runtime::status_all(&actors, status_wait(handler)).await)
         .map(|(actor, status)| {
             let entry = match status {
                 Ok(status) => json!({
@@ -429,6 +493,7 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
     let (resident, unloaded) = handler.resident().await;
     json!({
         "release": handler.current_version().await,
+        "install_in_progress": handler.install_in_progress(),
         "tree": tree,
         "resident": resident,
         "workers": handler.isolated_workers(),
@@ -449,6 +514,18 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
 
 /// How long `status` waits for actors to report.
 const STATUS_WAIT: Duration = Duration::from_millis(300);
+
+/// How long `status` waits for actors while an install runs: actors in the middle of a
+/// migration show as busy rather than hold up the answer.
+const STATUS_WAIT_DURING_INSTALL: Duration = Duration::from_millis(50);
+
+fn status_wait(handler: &ReleaseHandler) -> Duration {
+    if handler.install_in_progress() {
+        STATUS_WAIT_DURING_INSTALL
+    } else {
+        STATUS_WAIT
+    }
+}
 
 fn collect_workers<'a>(
     supervisor: SupervisorRef,
@@ -494,22 +571,75 @@ fn describe_supervisor<'a>(
 
 /// A connection to a running host.
 pub struct ControlClient {
+    path: PathBuf,
     reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     writer: tokio::net::unix::OwnedWriteHalf,
 }
 
 impl ControlClient {
-    /// Connects to the host serving `root`.
+    /// Connects to the host serving `root`. Before anything is sent, the root must pass
+    /// [`crate::trust::check_root`], the socket must be a socket of this user (not a link),
+    /// and the process serving it must run as this user (`SO_PEERCRED`).
     pub async fn connect(root: &Path) -> Result<ControlClient, ControlError> {
+        use crate::trust::{Kind, TrustError, check, check_root, current_user};
+        use std::io::ErrorKind;
         let path = socket_path(root);
+        let uid = current_user();
+        let refused = |path: PathBuf, source: std::io::Error| match source.kind() {
+            ErrorKind::PermissionDenied => ControlError::PermissionDenied { path, uid, source },
+            ErrorKind::NotFound | ErrorKind::ConnectionRefused => {
+                ControlError::NotRunning { path, source }
+            }
+            _ => ControlError::Connection(source),
+        };
+        check_root(root).map_err(|error| match error {
+            TrustError::Inspect { path, source } => refused(path, source),
+            error => ControlError::Untrusted(error),
+        })?;
+        match check(&path, Kind::Socket) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(ControlError::NotRunning {
+                    path,
+                    source: ErrorKind::NotFound.into(),
+                });
+            }
+            Err(TrustError::Inspect { source, .. }) => return Err(refused(path, source)),
+            Err(error) => return Err(error.into()),
+        }
         let stream = UnixStream::connect(&path)
             .await
-            .map_err(|source| ControlError::NotRunning { path, source })?;
+            .map_err(|source| refused(path.clone(), source))?;
+        let peer = stream.peer_cred()?;
+        if peer.uid() != uid {
+            return Err(ControlError::Impostor {
+                path,
+                pid: peer.pid().unwrap_or(0),
+                uid: peer.uid(),
+                expected: uid,
+            });
+        }
         let (reader, writer) = stream.into_split();
         Ok(ControlClient {
+            path,
             reader: BufReader::new(reader),
             writer,
         })
+    }
+
+    /// The connection ended before the answer: the host died, or (when it still accepts
+    /// connections) it closed this one.
+    async fn ended(&self, detail: String) -> ControlError {
+        if UnixStream::connect(&self.path).await.is_ok() {
+            ControlError::Protocol(format!(
+                "the host closed the connection before answering ({detail})"
+            ))
+        } else {
+            ControlError::HostDied {
+                path: self.path.clone(),
+                detail,
+            }
+        }
     }
 
     /// Sends a request; `on_progress` sees each progress line; returns the result.
@@ -520,13 +650,17 @@ impl ControlClient {
     ) -> Result<Value, ControlError> {
         let value = serde_json::to_value(request)
             .map_err(|error| ControlError::Protocol(error.to_string()))?;
-        write_line(&mut self.writer, &value).await?;
+        if let Err(error) = write_line(&mut self.writer, &value).await {
+            return Err(self.ended(format!("sending the request: {error}")).await);
+        }
         loop {
             let mut line = String::new();
-            if self.reader.read_line(&mut line).await? == 0 {
-                return Err(ControlError::Protocol(
-                    "the host closed the connection".to_owned(),
-                ));
+            match self.reader.read_line(&mut line).await {
+                Ok(0) => return Err(self.ended("closed without an answer".to_owned()).await),
+                Ok(_) => {}
+                Err(error) => {
+                    return Err(self.ended(format!("reading the answer: {error}")).await);
+                }
             }
             let response: Value = serde_json::from_str(&line)
                 .map_err(|error| ControlError::Protocol(format!("{error}: {line}")))?;
@@ -552,39 +686,6 @@ impl ControlClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn release(version: &str, status: ReleaseStatus, running: bool) -> ReleaseInfo {
-        ReleaseInfo {
-            name: "demo".to_owned(),
-            version: Version::parse(version).unwrap(),
-            status,
-            running,
-        }
-    }
-
-    #[test]
-    fn rollback_goes_to_the_permanent_release_or_else_the_newest_old_one() {
-        let upgraded = [
-            release("1.0.0", ReleaseStatus::Permanent, false),
-            release("1.1.0", ReleaseStatus::Current, true),
-        ];
-        assert_eq!(rollback_target(&upgraded).unwrap(), Version::new(1, 0, 0));
-        let made_permanent = [
-            release("1.0.0", ReleaseStatus::Old, false),
-            release("1.1.0", ReleaseStatus::Old, false),
-            release("1.2.0", ReleaseStatus::Permanent, true),
-        ];
-        assert_eq!(
-            rollback_target(&made_permanent).unwrap(),
-            Version::new(1, 1, 0)
-        );
-        let alone = [release("1.0.0", ReleaseStatus::Permanent, true)];
-        assert!(
-            rollback_target(&alone)
-                .unwrap_err()
-                .contains("no old release")
-        );
-    }
 
     #[test]
     fn requests_parse_from_the_documented_json() {

@@ -13,6 +13,7 @@
 //! - [`isolation`]: process isolation — a plugin's callbacks in a worker process, reached
 //!   over Unix sockets, so a segfault or abort in plugin code ends only its actors.
 //! - [`control`]: the control socket's protocol, server and client.
+//! - [`trust`]: the StrictModes-style checks of the root directory before it is used.
 //! - [`watch`]: installing newly assembled releases as they appear, with a health gate.
 //! - [`build`]: builds plugin crates (and binaries, for tests) with cargo.
 //! - [`process`]: process-wide settings (SIGXFSZ ignored, freed memory returned to the OS).
@@ -27,4 +28,5 @@ pub mod process;
 pub mod release;
 pub mod runtime;
 pub mod supervisor;
+pub mod trust;
 pub mod watch;

@@ -182,6 +182,18 @@ pub enum ReleaseError {
     /// Another install is running.
     #[error("an install is already in progress")]
     InstallInProgress,
+    /// A path in the root could be written by another user, or is a link.
+    #[error("refusing to use the root: {0}")]
+    Untrusted(#[source] crate::trust::TrustError),
+    /// A rollback with no install of this host's life left to undo.
+    #[error(
+        "nothing to roll back to: {current} was not reached by an install since the host started \
+         (install an older release by version: `graft install VERSION`)"
+    )]
+    NothingToRollBack {
+        /// The running release.
+        current: Version,
+    },
     /// No assembled releases under the root.
     #[error("no assembled release under {0} (run `graft build` first)")]
     NothingToBoot(PathBuf),
@@ -469,6 +481,63 @@ struct State {
     root_supervisor: SupervisorRef,
     /// Every version loaded so far, to report which are still resident.
     loaded: Vec<Weak<LoadedPlugin>>,
+    /// The release that was current before each install of this host's life, most recent
+    /// last: an install pushes, a rollback pops (so two rollbacks never go forward again).
+    history: Vec<Version>,
+}
+
+/// What read-only requests (`status`, `releases`) see: the state as of the last finished
+/// operation, published when the state's lock is let go, so they never wait for an
+/// install.
+#[derive(Clone)]
+struct Published {
+    current: Version,
+    record: Record,
+    root_supervisor: SupervisorRef,
+    loaded: Vec<Weak<LoadedPlugin>>,
+}
+
+impl Published {
+    fn of(state: &State) -> Published {
+        Published {
+            current: state.current.version.clone(),
+            record: state.record.clone(),
+            root_supervisor: state.root_supervisor.clone(),
+            loaded: state.loaded.clone(),
+        }
+    }
+}
+
+/// The state's lock; letting it go publishes the state for read-only requests.
+struct StateGuard<'a> {
+    state: tokio::sync::MutexGuard<'a, State>,
+    published: &'a Mutex<Arc<Published>>,
+}
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        *lock(self.published) = Arc::new(Published::of(&self.state));
+    }
+}
+
+/// What an install is for: a named release, or going back (which undoes the last install).
+#[derive(Clone, Copy)]
+enum InstallTarget<'a> {
+    Version(&'a Version),
+    Previous,
 }
 
 /// One worker per isolated plugin, by name.
@@ -484,8 +553,10 @@ pub struct ReleaseHandler {
     /// release (started when its first version loads).
     workers: Workers,
     state: tokio::sync::Mutex<State>,
+    /// The state as read-only requests see it (see [`Published`]).
+    published: Mutex<Arc<Published>>,
     /// An install (or hot swap) is running: a second one is refused at once, while reads
-    /// of the state (status, releases) only wait their turn and never make one fail.
+    /// of the state (status, releases) read [`Published`] and never wait for it.
     installing: std::sync::atomic::AtomicBool,
 }
 
@@ -766,6 +837,7 @@ impl ReleaseHandler {
     /// Boots the permanent release under `root` (the first boot makes the oldest assembled
     /// release permanent) and starts its supervision tree.
     pub async fn boot(root: &Path, runtime: Runtime) -> Result<ReleaseHandler, ReleaseError> {
+        crate::trust::check_root(root).map_err(ReleaseError::Untrusted)?;
         let mut record = read_record(root)?;
         let permanent = match &record.permanent {
             Some(version) => version.clone(),
@@ -811,28 +883,37 @@ impl ReleaseHandler {
                     source,
                 })?;
         tracing::info!(release = %permanent, "release booted");
+        let state = State {
+            current: release,
+            record,
+            root_supervisor,
+            loaded,
+            history: Vec::new(),
+        };
         Ok(ReleaseHandler {
             root: root.to_owned(),
             runtime,
             loader,
             table,
             workers,
-            state: tokio::sync::Mutex::new(State {
-                current: release,
-                record,
-                root_supervisor,
-                loaded,
-            }),
+            published: Mutex::new(Arc::new(Published::of(&state))),
+            state: tokio::sync::Mutex::new(state),
             installing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     fn read_release(root: &Path, version: &Version) -> Result<AssembledRelease, ReleaseError> {
-        if !releases_directory(root)
-            .join(version.to_string())
-            .join("release.toml")
-            .is_file()
-        {
+        let directory = releases_directory(root).join(version.to_string());
+        // Checked before anything in it is read: not a link, nothing another user can write.
+        let exists = crate::trust::check(&directory, crate::trust::Kind::Directory)
+            .and_then(|exists| {
+                if exists {
+                    crate::trust::check_release(&directory)?;
+                }
+                Ok(exists)
+            })
+            .map_err(ReleaseError::Untrusted)?;
+        if !exists || !directory.join("release.toml").is_file() {
             return Err(ReleaseError::UnknownRelease {
                 version: version.clone(),
                 root: root.to_owned(),
@@ -952,30 +1033,48 @@ impl ReleaseHandler {
 
     /// The running release's version.
     pub async fn current_version(&self) -> Version {
-        self.state.lock().await.current.version.clone()
+        self.published().current.clone()
     }
 
     /// The root supervisor of the running release.
     pub async fn root_supervisor(&self) -> SupervisorRef {
-        self.state.lock().await.root_supervisor.clone()
+        self.published().root_supervisor.clone()
+    }
+
+    /// Whether an install (or hot swap) is running now.
+    pub fn install_in_progress(&self) -> bool {
+        self.installing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The state as of the last finished operation (never waits for an install).
+    fn published(&self) -> Arc<Published> {
+        Arc::clone(&lock(&self.published))
+    }
+
+    /// Takes the state's lock; letting it go publishes the state.
+    async fn lock_state(&self) -> StateGuard<'_> {
+        StateGuard {
+            state: self.state.lock().await,
+            published: &self.published,
+        }
     }
 
     /// Every assembled release with its status, oldest first.
     pub async fn which_releases(&self) -> Vec<ReleaseInfo> {
-        let state = self.state.lock().await;
-        self.releases_with(&state)
+        let published = self.published();
+        self.releases_with(&published.current, &published.record)
     }
 
-    fn releases_with(&self, state: &State) -> Vec<ReleaseInfo> {
+    fn releases_with(&self, current: &Version, record: &Record) -> Vec<ReleaseInfo> {
         assembled_versions(&self.root)
             .into_iter()
             .map(|version| {
-                let running = version == state.current.version;
-                let status = if state.record.permanent.as_ref() == Some(&version) {
+                let running = version == *current;
+                let status = if record.permanent.as_ref() == Some(&version) {
                     ReleaseStatus::Permanent
                 } else if running {
                     ReleaseStatus::Current
-                } else if state.record.old.contains(&version) {
+                } else if record.old.contains(&version) {
                     ReleaseStatus::Old
                 } else {
                     ReleaseStatus::Unpacked
@@ -1000,13 +1099,15 @@ impl ReleaseHandler {
 
     /// Plugin versions still loaded, and what became of those closed (the most recent).
     pub async fn resident(&self) -> (Vec<ResidentLibrary>, Vec<UnloadReport>) {
-        let state = self.state.lock().await;
-        (Self::resident_with(&state), self.loader.unload_reports())
+        let published = self.published();
+        (
+            Self::resident_with(&published.loaded),
+            self.loader.unload_reports(),
+        )
     }
 
-    fn resident_with(state: &State) -> Vec<ResidentLibrary> {
-        let mut resident: Vec<ResidentLibrary> = state
-            .loaded
+    fn resident_with(loaded: &[Weak<LoadedPlugin>]) -> Vec<ResidentLibrary> {
+        let mut resident: Vec<ResidentLibrary> = loaded
             .iter()
             .filter_map(Weak::upgrade)
             .map(|plugin| ResidentLibrary {
@@ -1022,13 +1123,13 @@ impl ReleaseHandler {
 
     /// Makes the current release permanent (recorded on disk; booted on restart).
     pub async fn make_permanent(&self, version: &Version) -> Result<(), ReleaseError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.lock_state().await;
         if state.record.permanent.as_ref() == Some(version) {
             return Ok(());
         }
         if state.current.version != *version {
             let status = self
-                .releases_with(&state)
+                .releases_with(&state.current.version, &state.record)
                 .into_iter()
                 .find(|release| release.version == *version)
                 .map(|release| release.status)
@@ -1054,7 +1155,7 @@ impl ReleaseHandler {
 
     /// Removes an assembled release (not the permanent one, not the running one).
     pub async fn remove(&self, version: &Version) -> Result<(), ReleaseError> {
-        let mut state = self.state.lock().await;
+        let mut state = self.lock_state().await;
         if state.record.permanent.as_ref() == Some(version) {
             return Err(ReleaseError::InUse {
                 version: version.clone(),
@@ -1094,6 +1195,24 @@ impl ReleaseHandler {
         target: &Version,
         progress: Option<ProgressFn>,
     ) -> Result<InstallReport, ReleaseError> {
+        self.install_target(InstallTarget::Version(target), progress)
+            .await
+    }
+
+    /// Goes back to the release that was current before the last install (undoing it);
+    /// refused when no install of this host's life is left to undo.
+    pub async fn rollback(
+        &self,
+        progress: Option<ProgressFn>,
+    ) -> Result<InstallReport, ReleaseError> {
+        self.install_target(InstallTarget::Previous, progress).await
+    }
+
+    async fn install_target(
+        &self,
+        target: InstallTarget<'_>,
+        progress: Option<ProgressFn>,
+    ) -> Result<InstallReport, ReleaseError> {
         let started = Instant::now();
         let report = |phase: InstallPhase| {
             if let Some(progress) = &progress {
@@ -1101,8 +1220,19 @@ impl ReleaseHandler {
             }
         };
         let _installing = Installing::begin(&self.installing)?;
-        let mut state = self.state.lock().await;
+        let mut state = self.lock_state().await;
         let from = state.current.version.clone();
+        let install_target = target;
+        let target = &match target {
+            InstallTarget::Version(version) => version.clone(),
+            InstallTarget::Previous => state
+                .history
+                .last()
+                .cloned()
+                .ok_or_else(|| ReleaseError::NothingToRollBack {
+                    current: from.clone(),
+                })?,
+        };
         if *target == from {
             return Err(ReleaseError::AlreadyCurrent(from));
         }
@@ -1186,6 +1316,12 @@ impl ReleaseHandler {
             }
         }
         let previous = std::mem::replace(&mut state.current, target_release);
+        match install_target {
+            InstallTarget::Version(_) => state.history.push(previous.version.clone()),
+            InstallTarget::Previous => {
+                state.history.pop();
+            }
+        }
         if state.record.permanent.as_ref() != Some(&previous.version) {
             state.record.old.insert(previous.version.clone());
         }
@@ -1218,7 +1354,7 @@ impl ReleaseHandler {
             actors_suspended: swapped.suspended,
             longest_pause: swapped.longest_pause,
             total: started.elapsed(),
-            resident: Self::resident_with(&state),
+            resident: Self::resident_with(&state.loaded),
         };
         tracing::info!(
             from = %from,
@@ -1412,7 +1548,7 @@ impl ReleaseHandler {
     pub async fn hot_swap(&self, plugin: &str, path: &Path) -> Result<InstallReport, ReleaseError> {
         let started = Instant::now();
         let _installing = Installing::begin(&self.installing)?;
-        let mut state = self.state.lock().await;
+        let mut state = self.lock_state().await;
         let manifest = state.current.directory.join("release.toml");
         let expect = Expectations {
             name: Some(plugin.to_owned()),
@@ -1469,7 +1605,7 @@ impl ReleaseHandler {
             actors_suspended: swapped.suspended,
             longest_pause: swapped.longest_pause,
             total: started.elapsed(),
-            resident: Self::resident_with(&state),
+            resident: Self::resident_with(&state.loaded),
         })
     }
 
