@@ -10,9 +10,7 @@
 //! host carries on (an oversized line also closes that connection: the rest of it cannot be
 //! framed); a client that disconnects mid-request affects nobody else.
 
-use crate::release::handler::{
-    InstallPhase, InstallReport, ProgressFn, ReleaseHandler,
-};
+use crate::release::handler::{InstallPhase, InstallReport, ProgressFn, ReleaseHandler};
 use crate::runtime::{ActorRef, ProcessId, SystemError};
 use crate::supervisor::{ChildRef, SupervisorRef};
 use graft_plugin::codec;
@@ -186,8 +184,8 @@ impl ControlServer {
     /// The root must pass [`crate::trust::check_root`]; `run/` and the socket are never
     /// followed when they are links, and a file that is not a socket is not removed.
     pub async fn bind(root: &Path) -> Result<ControlServer, ControlError> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         use crate::trust::{Kind, check, check_root};
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         check_root(root)?;
         let path = socket_path(root);
         let directory = path.parent().expect("the socket has a directory");
@@ -405,10 +403,7 @@ async fn execute(
             if is_suspended(&target).await? {
                 return Err(format!("actor {name} is already suspended"));
             }
-            target
-                .suspend(SYSTEM_TIMEOUT)
-                .await
-                .map_err(system_error)?;
+            target.suspend(SYSTEM_TIMEOUT).await.map_err(system_error)?;
             Ok(json!({"suspended": name}))
         }
         Request::Resume { actor: name } => {
@@ -416,10 +411,7 @@ async fn execute(
             if !is_suspended(&target).await? {
                 return Err(format!("actor {name} is not suspended: nothing to resume"));
             }
-            target
-                .resume(SYSTEM_TIMEOUT)
-                .await
-                .map_err(system_error)?;
+            target.resume(SYSTEM_TIMEOUT).await.map_err(system_error)?;
             Ok(json!({"resumed": name}))
         }
     }
@@ -517,7 +509,7 @@ const STATUS_WAIT: Duration = Duration::from_millis(300);
 
 /// How long `status` waits for actors while an install runs: actors in the middle of a
 /// migration show as busy rather than hold up the answer.
-const STATUS_WAIT_DURING_INSTALL: Duration = Duration::from_millis(50);
+const STATUS_WAIT_DURING_INSTALL: Duration = Duration::from_millis(30);
 
 fn status_wait(handler: &ReleaseHandler) -> Duration {
     if handler.install_in_progress() {

@@ -200,7 +200,10 @@ pub fn check_root(root: &Path) -> Result<(), TrustError> {
     check(&root.join("run"), Kind::Directory)?;
     let releases = root.join("releases");
     if check(&releases, Kind::Directory)? {
-        check(&releases.join(crate::release::handler::RECORD_FILE), Kind::File)?;
+        check(
+            &releases.join(crate::release::handler::RECORD_FILE),
+            Kind::File,
+        )?;
     }
     Ok(())
 }

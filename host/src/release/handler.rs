@@ -1223,16 +1223,15 @@ impl ReleaseHandler {
         let mut state = self.lock_state().await;
         let from = state.current.version.clone();
         let install_target = target;
-        let target = &match target {
-            InstallTarget::Version(version) => version.clone(),
-            InstallTarget::Previous => state
-                .history
-                .last()
-                .cloned()
-                .ok_or_else(|| ReleaseError::NothingToRollBack {
-                    current: from.clone(),
+        let target =
+            &match target {
+                InstallTarget::Version(version) => version.clone(),
+                InstallTarget::Previous => state.history.last().cloned().ok_or_else(|| {
+                    ReleaseError::NothingToRollBack {
+                        current: from.clone(),
+                    }
                 })?,
-        };
+            };
         if *target == from {
             return Err(ReleaseError::AlreadyCurrent(from));
         }
