@@ -30,6 +30,17 @@
 //!    `apply`) run in order. A failure there is reported; the target stays current, and
 //!    the permanent release is still what a restart boots.
 //!
+//! # Rollback and reads
+//!
+//! [`ReleaseHandler::rollback`] undoes the last install: each install pushes the release it
+//! replaced on a history of this host's life, a rollback pops it (two rollbacks undo two
+//! installs, never going forward), and an empty history is
+//! [`ReleaseError::NothingToRollBack`]. Operations that change the state hold its lock;
+//! letting the lock go publishes a copy (`Published`) that `which_releases`,
+//! `current_version`, `root_supervisor` and `resident` read, so they never wait for an
+//! install. Every release directory is checked ([`crate::trust::check_release`]) before
+//! it is read, and the root ([`crate::trust::check_root`]) before boot.
+//!
 //! # Isolation
 //!
 //! Each plugin's versions are [`PluginVersion`]s: `dlopen`ed in the host, or, with
