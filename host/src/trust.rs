@@ -11,6 +11,8 @@
 //!
 //! The root's ancestors must be owned by this user or by root and, when writable by
 //! others, carry the sticky bit (as `/tmp` does), so nobody else can rename the root away.
+//! A group-writable ancestor is accepted (shared build directories often are; the group is
+//! trusted there), unlike OpenSSH, which refuses it.
 //!
 //! Invariant: every check uses `lstat` (`symlink_metadata`), never `stat`; a path that is
 //! missing is not an error here (the caller creates it or reports it missing).
@@ -135,14 +137,21 @@ pub fn check(path: &Path, kind: Kind) -> Result<bool, TrustError> {
             expected: kind.name(),
         });
     }
-    check_owner_and_mode(path, &metadata, false)?;
+    check_owner_and_mode(path, &metadata, Place::Inside)?;
     Ok(true)
+}
+
+/// Where a checked path stands: the root's own parts, or an ancestor of the root.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Inside,
+    Ancestor,
 }
 
 fn check_owner_and_mode(
     path: &Path,
     metadata: &std::fs::Metadata,
-    sticky_allowed: bool,
+    place: Place,
 ) -> Result<(), TrustError> {
     let expected = current_user();
     let owner = metadata.uid();
@@ -156,7 +165,8 @@ fn check_owner_and_mode(
     let mode = metadata.mode() & 0o7777;
     // A socket's mode does not matter for writing files; its directory's does. Others
     // may still not connect to it.
-    let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+    let group_writable = mode & 0o020 != 0 && place == Place::Inside;
+    let who = match (group_writable, mode & 0o002 != 0) {
         (true, true) => Some("group and others"),
         (true, false) => Some("group"),
         (false, true) => Some("others"),
@@ -164,7 +174,7 @@ fn check_owner_and_mode(
     };
     let sticky = mode & 0o1000 != 0;
     match who {
-        Some(_) if sticky_allowed && sticky => Ok(()),
+        Some(_) if place == Place::Ancestor && sticky => Ok(()),
         Some(who) => Err(TrustError::Writable {
             path: path.to_owned(),
             mode: mode & 0o777,
@@ -188,7 +198,7 @@ fn check_ancestors(root: &Path) -> Result<(), TrustError> {
             path: ancestor.to_owned(),
             source,
         })?;
-        check_owner_and_mode(ancestor, &metadata, true)?;
+        check_owner_and_mode(ancestor, &metadata, Place::Ancestor)?;
     }
     Ok(())
 }
@@ -271,6 +281,23 @@ mod tests {
             check_root(root.path()),
             Err(TrustError::Writable { .. })
         ));
+    }
+
+    #[test]
+    fn an_ancestor_others_can_write_needs_the_sticky_bit() {
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        set_mode(parent.path(), 0o777);
+        let error = check_root(&root).unwrap_err();
+        assert!(
+            matches!(&error, TrustError::Writable { path, who: "others", .. } if path == parent.path()),
+            "{error}"
+        );
+        set_mode(parent.path(), 0o1777);
+        check_root(&root).unwrap();
+        set_mode(parent.path(), 0o770);
+        check_root(&root).unwrap();
     }
 
     #[test]
