@@ -619,3 +619,22 @@ pub fn assert_plugin_log_lines(text: &str) {
         "{panic_line}"
     );
 }
+
+/// Runs the `graft` binary with `GRAFT_ROOT=root` and `args`; waits for it.
+pub fn run_graft(root: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(graft_binary())
+        .env("GRAFT_ROOT", root)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A finished command's stdout as text.
+pub fn stdout_text(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A finished command's stderr as text.
+pub fn stderr_text(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

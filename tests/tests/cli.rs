@@ -4,14 +4,15 @@
 //! errors; `graft new` output that builds and passes its test.
 
 use graft_tests::{
-    Host, copy_tree, eventually_blocking as eventually, graft_binary, workspace_root,
+    Host, copy_tree, eventually_blocking as eventually, graft_binary, run_graft as graft,
+    stderr_text as stderr, stdout_text as stdout, workspace_root,
 };
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -46,22 +47,6 @@ fn fresh_root() -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
     copy_tree(&assembled().join("releases"), &root.path().join("releases"));
     root
-}
-
-fn graft(root: &Path, args: &[&str]) -> Output {
-    Command::new(graft_binary())
-        .env("GRAFT_ROOT", root)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 fn succeed(root: &Path, args: &[&str]) -> String {

@@ -13,7 +13,10 @@
 
 use graft::control::{ControlClient, ControlServer, Request};
 use graft::release::handler::ReleaseHandler;
-use graft_tests::{Host, boot, example_root, faulty_releases, graft_binary, version};
+use graft_tests::{
+    Host, boot, example_root, faulty_releases, run_graft as graft, stderr_text as stderr,
+    stdout_text as stdout, version,
+};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -22,22 +25,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn graft(root: &Path, args: &[&str]) -> Output {
-    Command::new(graft_binary())
-        .env("GRAFT_ROOT", root)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// Asserts the exit code and that stderr holds every one of `needles`.
 fn assert_fails(output: &Output, code: i32, needles: &[&str]) {
