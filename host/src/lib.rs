@@ -15,6 +15,8 @@
 //! - [`control`]: the control socket's protocol, server and client.
 //! - [`watch`]: installing newly assembled releases as they appear, with a health gate.
 //! - [`build`]: builds plugin crates (and binaries, for tests) with cargo.
+//! - [`ownership`]: files and directories owned by a live process (private library copies,
+//!   build staging, temporary files), and the removal of those whose owner died.
 //! - [`process`]: process-wide settings (SIGXFSZ ignored, freed memory returned to the OS).
 //!
 //! The `graft` binary (`main.rs`, `cli.rs`) is the only place that maps errors to exit codes.
@@ -22,6 +24,7 @@
 pub mod build;
 pub mod control;
 pub mod isolation;
+pub mod ownership;
 pub mod plugin;
 pub mod process;
 pub mod release;

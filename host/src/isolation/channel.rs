@@ -178,6 +178,9 @@ struct WorkerShared {
     /// The memory limit in MiB (0: none), read by the monitor of every process it starts,
     /// so a change applies to the running process too.
     memory_limit_mb: Arc<AtomicU64>,
+    /// A root's `run/libraries`: each process puts its library copies in its own
+    /// directory there (`None`: the worker's temporary directory).
+    libraries: Option<PathBuf>,
     current: Mutex<Option<Arc<Process>>>,
 }
 
@@ -201,11 +204,23 @@ impl fmt::Debug for Worker {
 impl Worker {
     /// A worker for `plugin` (not started yet).
     pub fn new(plugin: impl Into<String>, options: WorkerOptions) -> Worker {
+        Worker::with_libraries(plugin, options, None)
+    }
+
+    /// A worker for `plugin` (not started yet) whose processes put their library copies
+    /// in their own directories under `libraries` (a root's `run/libraries`, see
+    /// [`crate::ownership`]); the directory of a process that exits is removed.
+    pub fn with_libraries(
+        plugin: impl Into<String>,
+        options: WorkerOptions,
+        libraries: Option<PathBuf>,
+    ) -> Worker {
         Worker {
             shared: Arc::new(WorkerShared {
                 plugin: plugin.into(),
                 program: options.program,
                 memory_limit_mb: Arc::new(AtomicU64::new(options.memory_limit_mb.unwrap_or(0))),
+                libraries,
                 current: Mutex::new(None),
             }),
         }
@@ -273,6 +288,7 @@ impl Worker {
             &self.shared.plugin,
             &self.shared.program,
             &self.shared.memory_limit_mb,
+            self.shared.libraries.as_deref(),
             generation,
         )?;
         *current = Some(Arc::clone(&process));
@@ -319,6 +335,8 @@ struct Process {
     socket: PathBuf,
     /// The private (0700) directory holding the socket; removed with the process.
     _directory: tempfile::TempDir,
+    /// Where its library copies go (its own directory in there is removed once it exits).
+    libraries: Option<PathBuf>,
     state: Mutex<ProcessState>,
     exited: Condvar,
 }
@@ -409,6 +427,7 @@ impl Process {
         plugin: &str,
         program: &WorkerProgram,
         memory_limit_mb: &Arc<AtomicU64>,
+        libraries: Option<&Path>,
         generation: u64,
     ) -> Result<Arc<Process>, IsolationError> {
         use std::os::unix::fs::PermissionsExt;
@@ -441,7 +460,11 @@ impl Process {
             .arg("--parent")
             .arg(std::process::id().to_string())
             .arg("--log-level")
-            .arg(crate::plugin::level_number().to_string())
+            .arg(crate::plugin::level_number().to_string());
+        if let Some(libraries) = libraries {
+            command.arg("--libraries").arg(libraries);
+        }
+        command
             .stdin(Stdio::from(OwnedFd::from(listener)))
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::inherit());
@@ -456,6 +479,7 @@ impl Process {
             generation,
             socket,
             _directory: directory,
+            libraries: libraries.map(Path::to_owned),
             state: Mutex::new(ProcessState::default()),
             exited: Condvar::new(),
         });
@@ -511,6 +535,14 @@ impl Process {
             }
             std::thread::sleep(MONITOR_INTERVAL);
         };
+        // Reaped: its lock is released, so its copies (left whole if it was killed) go.
+        if let Some(libraries) = &self.libraries {
+            let pid = self.pid.to_string();
+            let own = format!("{pid}-");
+            crate::ownership::remove_abandoned(libraries, |name| {
+                name == pid || name.starts_with(&own)
+            });
+        }
         self.finish(reason);
     }
 
