@@ -147,6 +147,8 @@ pub struct OwnedDirectory {
     path: PathBuf,
     /// The directory itself, opened and locked.
     _lock: OwnedFd,
+    /// False once [`OwnedDirectory::abandon`]ed.
+    remove_on_drop: bool,
 }
 
 impl OwnedDirectory {
@@ -189,7 +191,11 @@ impl OwnedDirectory {
                 Err(errno) => return Err(io_error("locking", &path)(errno)),
             }
             if still_names(&parent_fd, &candidate, &fd) {
-                return Ok(OwnedDirectory { path, _lock: fd });
+                return Ok(OwnedDirectory {
+                    path,
+                    _lock: fd,
+                    remove_on_drop: true,
+                });
             }
             suffix += 1;
         }
@@ -208,10 +214,19 @@ impl OwnedDirectory {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Releases the lock and leaves the directory behind — what dying does (for tests of
+    /// the sweeps).
+    pub fn abandon(mut self) {
+        self.remove_on_drop = false;
+    }
 }
 
 impl Drop for OwnedDirectory {
     fn drop(&mut self) {
+        if !self.remove_on_drop {
+            return;
+        }
         match fs::remove_dir_all(&self.path) {
             Ok(()) => {}
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}

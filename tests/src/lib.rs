@@ -619,3 +619,39 @@ pub fn assert_plugin_log_lines(text: &str) {
         "{panic_line}"
     );
 }
+
+impl Host {
+    /// Like [`Host::start`], with the host's `TMPDIR` set to `temporary` (to see what it
+    /// leaves there).
+    pub fn start_with_temporary_directory(root: &Path, extra: &[&str], temporary: &Path) -> Host {
+        let log = root.join("host.log");
+        let child = std::process::Command::new(graft_binary())
+            .env("GRAFT_ROOT", root)
+            .env("RUST_LOG", "info")
+            .env("TMPDIR", temporary)
+            .arg("start")
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let socket = root.join("run").join("control.sock");
+        let host = Host { child, log };
+        assert!(
+            eventually_blocking(std::time::Duration::from_secs(20), || socket.exists()
+                && std::os::unix::net::UnixStream::connect(&socket).is_ok()),
+            "the host did not start: {}",
+            host.log()
+        );
+        host
+    }
+}
+
+/// Runs the `graft` binary on `root` with `args`; its output.
+pub fn run_graft(root: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(graft_binary())
+        .env("GRAFT_ROOT", root)
+        .args(args)
+        .output()
+        .unwrap()
+}

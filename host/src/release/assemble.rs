@@ -318,3 +318,79 @@ pub fn assembled_versions(root: &Path) -> Vec<Version> {
     versions.sort();
     versions
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes a release tree whose two files both say `content`.
+    fn write_tree(directory: &Path, content: &str) {
+        fs::create_dir_all(directory.join("lib")).unwrap();
+        fs::write(directory.join("release.toml"), content).unwrap();
+        fs::write(directory.join("lib").join("plugin.so"), content).unwrap();
+    }
+
+    /// The content of the complete release at `directory`; panics if it is missing or torn.
+    fn complete(directory: &Path) -> String {
+        let manifest = fs::read_to_string(directory.join("release.toml"))
+            .unwrap_or_else(|error| panic!("{}: {error}", directory.display()));
+        let library = fs::read_to_string(directory.join("lib").join("plugin.so")).unwrap();
+        assert_eq!(
+            manifest,
+            library,
+            "a torn release at {}",
+            directory.display()
+        );
+        manifest
+    }
+
+    fn staged(releases: &Path) -> OwnedDirectory {
+        let staging = OwnedDirectory::create(releases, ".assembling-1.0.0-1").unwrap();
+        write_tree(staging.path(), "new");
+        staging
+    }
+
+    #[test]
+    fn a_reassembly_killed_at_any_step_leaves_the_old_or_the_new_complete_release() {
+        let root = tempfile::tempdir().unwrap();
+        let releases = releases_directory(root.path());
+        let target = releases.join("1.0.0");
+        write_tree(&target, "old");
+
+        // Killed while staging: the old release stays, the staging goes at the next build.
+        let staging = staged(&releases);
+        assert_eq!(complete(&target), "old");
+        staging.abandon();
+        let removed = remove_interrupted_builds(root.path());
+        assert_eq!(removed.len(), 1, "{removed:?}");
+        assert_eq!(complete(&target), "old");
+
+        // Killed right after the swap: the new release is in place, the old one (under the
+        // staging name) goes at the next build.
+        let staging = staged(&releases);
+        swap_into_place(staging.path(), &target).unwrap();
+        assert_eq!(complete(&target), "new");
+        assert_eq!(complete(staging.path()), "old");
+        staging.abandon();
+        assert_eq!(remove_interrupted_builds(root.path()).len(), 1);
+        assert_eq!(complete(&target), "new");
+
+        // A whole run, and a first assembly (nothing to exchange with).
+        let staging = staged(&releases);
+        write_tree(staging.path(), "newer");
+        swap_into_place(staging.path(), &target).unwrap();
+        drop(staging);
+        assert_eq!(complete(&target), "newer");
+        let first = releases.join("2.0.0");
+        let staging = staged(&releases);
+        swap_into_place(staging.path(), &first).unwrap();
+        drop(staging);
+        assert_eq!(complete(&first), "new");
+        let mut left: Vec<String> = fs::read_dir(&releases)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["1.0.0", "2.0.0"]);
+    }
+}
