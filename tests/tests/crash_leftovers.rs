@@ -129,20 +129,36 @@ fn a_killed_host_leaves_nothing_in_tmpdir_and_the_next_host_removes_its_copies()
         names(&libraries),
         names(&own)
     );
-    let worker_pid = names(&libraries)
-        .into_iter()
-        .find(|name| *name != host_pid)
-        .unwrap();
-    assert!(
-        names(&libraries.join(&worker_pid))
-            .iter()
-            .any(|name| name.starts_with("kv")),
-        "{:?}",
-        names(&libraries.join(&worker_pid))
-    );
+    let worker_of = |host_pid: &str| {
+        names(&libraries)
+            .into_iter()
+            .find(|name| name != host_pid)
+            .filter(|worker| {
+                names(&libraries.join(worker))
+                    .iter()
+                    .any(|name| name.starts_with("kv"))
+            })
+    };
+    let first_worker = worker_of(&host_pid).expect("the worker's copies");
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&own).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o700);
+
+    // A worker killed while the host runs: the host removes its directory, and the
+    // restarted actor's new worker has its own.
+    let killed = Command::new("kill")
+        .args(["-KILL", &first_worker])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(
+        eventually_blocking(PATIENCE, || worker_of(&host_pid)
+            .is_some_and(|worker| worker != first_worker)
+            && !libraries.join(&first_worker).exists()),
+        "{:?}",
+        names(&libraries)
+    );
+    let worker_pid = worker_of(&host_pid).unwrap();
 
     host.signal("KILL");
     host.wait();
