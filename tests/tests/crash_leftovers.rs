@@ -120,25 +120,28 @@ fn a_killed_host_leaves_nothing_in_tmpdir_and_the_next_host_removes_its_copies()
         ["1.0.0", "RELEASES.json"],
         "the start removed the interrupted build and record write"
     );
-    // The host's copies and its worker's, each in its own directory under the root.
+    // The host's copies and its worker's, each in its own directory under the root, and
+    // the worker's socket in the host's `<pid>-socket` directory beside them.
     let own = libraries.join(&host_pid);
-    assert!(
-        eventually_blocking(PATIENCE, || names(&libraries).len() == 2
-            && names(&own).iter().any(|name| name.starts_with("counter"))),
-        "{:?} {:?}",
-        names(&libraries),
-        names(&own)
-    );
+    let sockets = format!("{host_pid}-socket");
     let worker_of = |host_pid: &str| {
         names(&libraries)
             .into_iter()
-            .find(|name| name != host_pid)
+            .find(|name| name != host_pid && !name.contains("-socket"))
             .filter(|worker| {
                 names(&libraries.join(worker))
                     .iter()
                     .any(|name| name.starts_with("kv"))
             })
     };
+    assert!(
+        eventually_blocking(PATIENCE, || worker_of(&host_pid).is_some()
+            && names(&own).iter().any(|name| name.starts_with("counter"))),
+        "{:?} {:?}",
+        names(&libraries),
+        names(&own)
+    );
+    assert_eq!(names(&libraries.join(&sockets)), ["worker.sock"]);
     let first_worker = worker_of(&host_pid).expect("the worker's copies");
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&own).unwrap().permissions());
@@ -172,17 +175,16 @@ fn a_killed_host_leaves_nothing_in_tmpdir_and_the_next_host_removes_its_copies()
     let _next = Host::start_with_temporary_directory(root, &[], temporary.path());
     let left = names(&libraries);
     assert!(
-        !left.contains(&host_pid) && !left.contains(&worker_pid),
+        left.iter().all(|name| *name != host_pid
+            && !name.starts_with(&format!("{host_pid}-"))
+            && *name != worker_pid),
         "the predecessor's directories are gone: {left:?}"
     );
     assert_eq!(running_release(root), "1.0.0");
-    let in_temporary: Vec<String> = names(temporary.path())
-        .into_iter()
-        .filter(|name| name.starts_with("graft-plugins-"))
-        .collect();
+    let in_temporary = names(temporary.path());
     assert!(
         in_temporary.is_empty(),
-        "no library copies in TMPDIR: {in_temporary:?}"
+        "no library copies (graft-plugins-*) nor sockets in TMPDIR: {in_temporary:?}"
     );
 }
 

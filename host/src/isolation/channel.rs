@@ -334,7 +334,7 @@ struct Process {
     generation: u64,
     socket: PathBuf,
     /// The private (0700) directory holding the socket; removed with the process.
-    _directory: tempfile::TempDir,
+    _directory: SocketDirectory,
     /// Where its library copies go (its own directory in there is removed once it exits).
     libraries: Option<PathBuf>,
     state: Mutex<ProcessState>,
@@ -380,6 +380,43 @@ fn spawn_child(mut command: Command) -> io::Result<Child> {
     answer
         .recv()
         .unwrap_or_else(|_| Err(io::Error::other("the spawner thread is gone")))
+}
+
+/// The worker socket's name in its directory.
+const SOCKET_NAME: &str = "worker.sock";
+
+/// The longest socket path `bind` takes (`sun_path` less its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Where a worker's socket lives: under the root beside the library copies
+/// (`run/libraries/<host pid>-socket/`, locked by the host, so the next host removes it if
+/// this one dies), or — when that path would be too long for a socket — a temporary
+/// directory.
+enum SocketDirectory {
+    Owned(crate::ownership::OwnedDirectory),
+    Temporary(tempfile::TempDir),
+}
+
+impl SocketDirectory {
+    /// A locked directory in `libraries`, if the socket's path fits.
+    fn under_root(libraries: &Path) -> Option<SocketDirectory> {
+        // Room for `<pid>-socket-<n>/worker.sock`.
+        let longest = libraries.as_os_str().len() + 40 + SOCKET_NAME.len();
+        if longest > MAX_SOCKET_PATH {
+            return None;
+        }
+        let name = format!("{}-socket", std::process::id());
+        crate::ownership::OwnedDirectory::create(libraries, &name)
+            .map(SocketDirectory::Owned)
+            .ok()
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            SocketDirectory::Owned(directory) => directory.path(),
+            SocketDirectory::Temporary(directory) => directory.path(),
+        }
+    }
 }
 
 /// A signal's name, for exit reasons.
@@ -437,13 +474,19 @@ impl Process {
             socket: socket.to_owned(),
             message: error.to_string(),
         };
-        let directory = tempfile::Builder::new()
-            .prefix("graft-worker-")
-            .tempdir()
-            .map_err(|error| socket_error(&std::env::temp_dir(), error))?;
-        std::fs::set_permissions(directory.path(), std::fs::Permissions::from_mode(0o700))
-            .map_err(|error| socket_error(directory.path(), error))?;
-        let socket = directory.path().join("worker.sock");
+        let directory = match libraries.and_then(SocketDirectory::under_root) {
+            Some(directory) => directory,
+            None => {
+                let directory = tempfile::Builder::new()
+                    .prefix("graft-worker-")
+                    .tempdir()
+                    .map_err(|error| socket_error(&std::env::temp_dir(), error))?;
+                std::fs::set_permissions(directory.path(), std::fs::Permissions::from_mode(0o700))
+                    .map_err(|error| socket_error(directory.path(), error))?;
+                SocketDirectory::Temporary(directory)
+            }
+        };
+        let socket = directory.path().join(SOCKET_NAME);
         // The host binds and listens before the worker starts, then hands the listening
         // socket over as the worker's stdin: connections made before the worker is ready
         // wait in the backlog, so there is no start-up race.
