@@ -483,3 +483,24 @@ fn graft_build_killed_at_any_instant_leaves_the_old_or_the_new_complete_release(
     assert_eq!(names(&root.join("releases")), ["1.0.0"]);
     assert_complete(root, "1.0.0", "after a complete build");
 }
+
+#[test]
+fn a_symbolic_link_where_the_copies_go_is_refused_and_not_followed() {
+    let root = example_root();
+    let root = root.path();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.join("run")).unwrap();
+    let link = libraries_directory(root);
+    std::os::unix::fs::symlink(elsewhere.path(), &link).unwrap();
+    let refused = run_graft(root, &["start"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let message = stderr(&refused);
+    assert!(
+        message.contains(&format!("{} is a symbolic link", link.display())),
+        "{message}"
+    );
+    assert!(
+        names(elsewhere.path()).is_empty(),
+        "nothing was written through it"
+    );
+}
