@@ -160,6 +160,9 @@ enum Command {
         /// The most verbose log level to forward (1 error ... 5 trace).
         #[arg(long, default_value_t = 3)]
         log_level: u32,
+        /// A root's `run/libraries`: library copies go in `<libraries>/<pid>/`.
+        #[arg(long)]
+        libraries: Option<PathBuf>,
     },
     /// Scaffold a plugin crate that builds and passes its own test as is.
     New {
@@ -207,17 +210,21 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A write past the file-size limit fails with EFBIG (reported) instead of killing us.
+    graft::process::ignore_file_size_signal();
     // A worker runs plugin code on plain threads: no async runtime, its own logging.
     if let Command::Worker {
         socket,
         parent,
         log_level,
+        libraries,
     } = cli.command
     {
         return graft::isolation::worker::main(graft::isolation::worker::WorkerArgs {
             socket,
             parent,
             log_level,
+            libraries,
         });
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

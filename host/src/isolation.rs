@@ -34,6 +34,10 @@
 //! and hands the listening socket to the worker as its stdin; then it connects once per
 //! actor. Binding before the spawn means no start-up race (early connections wait in the
 //! backlog) and no file-descriptor passing; the directory's mode keeps other users out.
+//! Under a release handler that directory (`<root>/run/libraries/<host pid>-socket*`) and
+//! each worker's library copies (`<root>/run/libraries/<worker pid>/`) live under the root,
+//! locked by their process, so the next host removes them if it dies
+//! ([`crate::ownership`]); the host removes a worker's copies once it has exited.
 //!
 //! # Invariants
 //!

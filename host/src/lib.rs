@@ -16,6 +16,8 @@
 //! - [`trust`]: the StrictModes-style checks of the root directory before it is used.
 //! - [`watch`]: installing newly assembled releases as they appear, with a health gate.
 //! - [`build`]: builds plugin crates (and binaries, for tests) with cargo.
+//! - [`ownership`]: files and directories owned by a live process (private library copies,
+//!   build staging, temporary files), and the removal of those whose owner died.
 //! - [`process`]: process-wide settings (SIGXFSZ ignored, freed memory returned to the OS).
 //!
 //! The `graft` binary (`main.rs`, `cli.rs`) is the only place that maps errors to exit codes.
@@ -23,6 +25,7 @@
 pub mod build;
 pub mod control;
 pub mod isolation;
+pub mod ownership;
 pub mod plugin;
 pub mod process;
 pub mod release;

@@ -12,7 +12,12 @@
 //!   load gets its own copy named `<stem>-<sha16>-<sequence>.so` (glibc would otherwise hand
 //!   back the already-loaded object, and overwriting a mapped file crashes).
 //! - A library that fails any check is closed and its copy removed; nothing of it stays
-//!   in use.
+//!   in use. A copy that cannot be written whole (out of space, over the file-size limit)
+//!   is removed and the load fails with [`LoadError::Copy`] naming it.
+//! - A host's copies live in its own directory under the root, `run/libraries/<pid>/`
+//!   ([`Loader::in_process_directory`]), locked while the process lives and removed by the
+//!   next host if it dies ([`crate::ownership`]); [`Loader::new`] uses a temporary
+//!   directory (tests, tools).
 //! - Unloading is best effort and always verified: after `dlclose` the loader looks for the
 //!   copy in `/proc/self/maps` and records an [`UnloadReport`] (unloaded, or still resident
 //!   because, say, a thread-local destructor pins it). Never a crash.
@@ -350,8 +355,26 @@ pub struct UnloadReport {
     pub outcome: UnloadOutcome,
 }
 
+/// Where a loader writes its copies; removed (with the copies) when the loader goes.
+enum CopyDirectory {
+    /// A `graft-plugins-*` directory under a chosen parent (tests, tools).
+    Temporary(tempfile::TempDir),
+    /// This process's own directory under a root's `run/libraries`, locked while it lives
+    /// so that the next host removes it if this process dies ([`crate::ownership`]).
+    Owned(crate::ownership::OwnedDirectory),
+}
+
+impl CopyDirectory {
+    fn path(&self) -> &Path {
+        match self {
+            CopyDirectory::Temporary(directory) => directory.path(),
+            CopyDirectory::Owned(directory) => directory.path(),
+        }
+    }
+}
+
 struct LoaderShared {
-    directory: tempfile::TempDir,
+    directory: CopyDirectory,
     sequence: AtomicU64,
     /// The most recent reports (at most [`KEPT_UNLOAD_REPORTS`]), and how many libraries
     /// were closed in all: a long-running host must not grow with every upgrade.
@@ -461,14 +484,38 @@ impl Loader {
             .prefix("graft-plugins-")
             .tempdir_in(parent)?;
         fs::set_permissions(directory.path(), fs::Permissions::from_mode(0o700))?;
-        Ok(Loader {
+        Ok(Loader::with_directory(CopyDirectory::Temporary(directory)))
+    }
+
+    /// A loader whose copies live in this process's own directory `<libraries>/<pid>/`
+    /// (0700, locked while the process lives; see [`crate::ownership`]). `libraries` is
+    /// a root's `run/libraries` and must exist.
+    pub fn in_process_directory(
+        libraries: &Path,
+    ) -> Result<Loader, crate::ownership::OwnershipError> {
+        let directory = crate::ownership::OwnedDirectory::for_this_process(libraries)?;
+        Ok(Loader::with_directory(CopyDirectory::Owned(directory)))
+    }
+
+    fn with_directory(directory: CopyDirectory) -> Loader {
+        Loader {
             shared: Arc::new(LoaderShared {
                 directory,
                 sequence: AtomicU64::new(0),
                 reports: Mutex::new((std::collections::VecDeque::new(), 0)),
             }),
             max_size: DEFAULT_MAX_PLUGIN_SIZE,
-        })
+        }
+    }
+
+    /// The directory that holds one private directory per process, when this loader's
+    /// copies live in one of them ([`Loader::in_process_directory`]): where a worker
+    /// process started for this host puts its own copies.
+    pub fn process_directories(&self) -> Option<&Path> {
+        match &self.shared.directory {
+            CopyDirectory::Owned(directory) => directory.path().parent(),
+            CopyDirectory::Temporary(_) => None,
+        }
     }
 
     /// Sets the file size cap.
@@ -547,22 +594,25 @@ impl Loader {
             &digest.to_string()[..16]
         );
         let copy = self.directory().join(name);
-        let write = || -> std::io::Result<()> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o500)
-                // A symlink planted in the copy's place is refused, not followed.
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&copy)?;
-            // No fsync: the copy is private and rewritten on every load; a crash loses nothing.
-            file.write_all(bytes)
-        };
-        write().map_err(|source| LoadError::Copy {
+        let copy_error = |source| LoadError::Copy {
             path: path.to_owned(),
             copy: copy.clone(),
             source,
-        })?;
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o500)
+            // A symlink planted in the copy's place is refused, not followed.
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&copy)
+            .map_err(copy_error)?;
+        // No fsync: the copy is private and rewritten on every load; a crash loses nothing.
+        if let Err(source) = file.write_all(bytes) {
+            // A partial copy (out of space, over the file-size limit) is not left behind.
+            let _ = fs::remove_file(&copy);
+            return Err(copy_error(source));
+        }
         Ok(copy)
     }
 

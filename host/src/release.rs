@@ -16,6 +16,7 @@
 
 pub mod assemble;
 pub mod handler;
+pub mod record;
 
 use crate::plugin::Sha256Digest;
 use crate::supervisor::{Restart, Shutdown, Strategy};

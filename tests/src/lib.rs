@@ -455,10 +455,20 @@ pub struct Host {
 impl Host {
     /// Starts a host on `root` with extra arguments; waits until its socket answers.
     pub fn start(root: &Path, extra: &[&str]) -> Host {
+        Host::start_with_environment(root, extra, &[])
+    }
+
+    /// Like [`Host::start`], with extra environment variables.
+    pub fn start_with_environment(
+        root: &Path,
+        extra: &[&str],
+        environment: &[(&str, &std::ffi::OsStr)],
+    ) -> Host {
         let log = root.join("host.log");
         let child = std::process::Command::new(graft_binary())
             .env("GRAFT_ROOT", root)
             .env("RUST_LOG", "info")
+            .envs(environment.iter().copied())
             .arg("start")
             .args(extra)
             .stdout(std::process::Stdio::null())
@@ -618,6 +628,14 @@ pub fn assert_plugin_log_lines(text: &str) {
         panic_line.contains("faulty panics in init on purpose"),
         "{panic_line}"
     );
+}
+
+impl Host {
+    /// Like [`Host::start`], with the host's `TMPDIR` set to `temporary` (to see what it
+    /// leaves there).
+    pub fn start_with_temporary_directory(root: &Path, extra: &[&str], temporary: &Path) -> Host {
+        Host::start_with_environment(root, extra, &[("TMPDIR", temporary.as_os_str())])
+    }
 }
 
 /// Runs the `graft` binary with `GRAFT_ROOT=root` and `args`; waits for it.

@@ -178,6 +178,9 @@ struct WorkerShared {
     /// The memory limit in MiB (0: none), read by the monitor of every process it starts,
     /// so a change applies to the running process too.
     memory_limit_mb: Arc<AtomicU64>,
+    /// A root's `run/libraries`: each process puts its library copies in its own
+    /// directory there (`None`: the worker's temporary directory).
+    libraries: Option<PathBuf>,
     current: Mutex<Option<Arc<Process>>>,
 }
 
@@ -201,11 +204,23 @@ impl fmt::Debug for Worker {
 impl Worker {
     /// A worker for `plugin` (not started yet).
     pub fn new(plugin: impl Into<String>, options: WorkerOptions) -> Worker {
+        Worker::with_libraries(plugin, options, None)
+    }
+
+    /// A worker for `plugin` (not started yet) whose processes put their library copies
+    /// in their own directories under `libraries` (a root's `run/libraries`, see
+    /// [`crate::ownership`]); the directory of a process that exits is removed.
+    pub fn with_libraries(
+        plugin: impl Into<String>,
+        options: WorkerOptions,
+        libraries: Option<PathBuf>,
+    ) -> Worker {
         Worker {
             shared: Arc::new(WorkerShared {
                 plugin: plugin.into(),
                 program: options.program,
                 memory_limit_mb: Arc::new(AtomicU64::new(options.memory_limit_mb.unwrap_or(0))),
+                libraries,
                 current: Mutex::new(None),
             }),
         }
@@ -273,6 +288,7 @@ impl Worker {
             &self.shared.plugin,
             &self.shared.program,
             &self.shared.memory_limit_mb,
+            self.shared.libraries.as_deref(),
             generation,
         )?;
         *current = Some(Arc::clone(&process));
@@ -318,7 +334,9 @@ struct Process {
     generation: u64,
     socket: PathBuf,
     /// The private (0700) directory holding the socket; removed with the process.
-    _directory: tempfile::TempDir,
+    _directory: SocketDirectory,
+    /// Where its library copies go (its own directory in there is removed once it exits).
+    libraries: Option<PathBuf>,
     state: Mutex<ProcessState>,
     exited: Condvar,
 }
@@ -362,6 +380,43 @@ fn spawn_child(mut command: Command) -> io::Result<Child> {
     answer
         .recv()
         .unwrap_or_else(|_| Err(io::Error::other("the spawner thread is gone")))
+}
+
+/// The worker socket's name in its directory.
+const SOCKET_NAME: &str = "worker.sock";
+
+/// The longest socket path `bind` takes (`sun_path` less its terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Where a worker's socket lives: under the root beside the library copies
+/// (`run/libraries/<host pid>-socket/`, locked by the host, so the next host removes it if
+/// this one dies), or — when that path would be too long for a socket — a temporary
+/// directory.
+enum SocketDirectory {
+    Owned(crate::ownership::OwnedDirectory),
+    Temporary(tempfile::TempDir),
+}
+
+impl SocketDirectory {
+    /// A locked directory in `libraries`, if the socket's path fits.
+    fn under_root(libraries: &Path) -> Option<SocketDirectory> {
+        // Room for `<pid>-socket-<n>/worker.sock`.
+        let longest = libraries.as_os_str().len() + 40 + SOCKET_NAME.len();
+        if longest > MAX_SOCKET_PATH {
+            return None;
+        }
+        let name = format!("{}-socket", std::process::id());
+        crate::ownership::OwnedDirectory::create(libraries, &name)
+            .map(SocketDirectory::Owned)
+            .ok()
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            SocketDirectory::Owned(directory) => directory.path(),
+            SocketDirectory::Temporary(directory) => directory.path(),
+        }
+    }
 }
 
 /// A signal's name, for exit reasons.
@@ -409,6 +464,7 @@ impl Process {
         plugin: &str,
         program: &WorkerProgram,
         memory_limit_mb: &Arc<AtomicU64>,
+        libraries: Option<&Path>,
         generation: u64,
     ) -> Result<Arc<Process>, IsolationError> {
         use std::os::unix::fs::PermissionsExt;
@@ -418,13 +474,19 @@ impl Process {
             socket: socket.to_owned(),
             message: error.to_string(),
         };
-        let directory = tempfile::Builder::new()
-            .prefix("graft-worker-")
-            .tempdir()
-            .map_err(|error| socket_error(&std::env::temp_dir(), error))?;
-        std::fs::set_permissions(directory.path(), std::fs::Permissions::from_mode(0o700))
-            .map_err(|error| socket_error(directory.path(), error))?;
-        let socket = directory.path().join("worker.sock");
+        let directory = match libraries.and_then(SocketDirectory::under_root) {
+            Some(directory) => directory,
+            None => {
+                let directory = tempfile::Builder::new()
+                    .prefix("graft-worker-")
+                    .tempdir()
+                    .map_err(|error| socket_error(&std::env::temp_dir(), error))?;
+                std::fs::set_permissions(directory.path(), std::fs::Permissions::from_mode(0o700))
+                    .map_err(|error| socket_error(directory.path(), error))?;
+                SocketDirectory::Temporary(directory)
+            }
+        };
+        let socket = directory.path().join(SOCKET_NAME);
         // The host binds and listens before the worker starts, then hands the listening
         // socket over as the worker's stdin: connections made before the worker is ready
         // wait in the backlog, so there is no start-up race.
@@ -441,7 +503,11 @@ impl Process {
             .arg("--parent")
             .arg(std::process::id().to_string())
             .arg("--log-level")
-            .arg(crate::plugin::level_number().to_string())
+            .arg(crate::plugin::level_number().to_string());
+        if let Some(libraries) = libraries {
+            command.arg("--libraries").arg(libraries);
+        }
+        command
             .stdin(Stdio::from(OwnedFd::from(listener)))
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::inherit());
@@ -456,6 +522,7 @@ impl Process {
             generation,
             socket,
             _directory: directory,
+            libraries: libraries.map(Path::to_owned),
             state: Mutex::new(ProcessState::default()),
             exited: Condvar::new(),
         });
@@ -511,6 +578,14 @@ impl Process {
             }
             std::thread::sleep(MONITOR_INTERVAL);
         };
+        // Reaped: its lock is released, so its copies (left whole if it was killed) go.
+        if let Some(libraries) = &self.libraries {
+            let pid = self.pid.to_string();
+            let own = format!("{pid}-");
+            crate::ownership::remove_abandoned(libraries, |name| {
+                name == pid || name.starts_with(&own)
+            });
+        }
         self.finish(reason);
     }
 

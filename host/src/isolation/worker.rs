@@ -2,7 +2,8 @@
 //! with `isolation = "process"`.
 //!
 //! The worker loads plugin libraries with the ordinary [`Loader`] (its own private 0700
-//! directory, the same checks) and serves one connection per actor, each on its own thread.
+//! directory — `<root>/run/libraries/<pid>/` when the host passes `--libraries` — and
+//! the same checks) and serves one connection per actor, each on its own thread.
 //! On a connection it runs that actor's callbacks on its one [`Instance`], and implements
 //! [`HostServices`] by forwarding each service to the host over the same connection and
 //! waiting for the answer. Log records of plugin code running on a connection's thread are
@@ -42,6 +43,10 @@ pub struct WorkerArgs {
     pub parent: Option<u32>,
     /// The most verbose log level to forward (1 error … 5 trace).
     pub log_level: u32,
+    /// A root's `run/libraries`: the worker's library copies go in its own directory
+    /// there, `<libraries>/<pid>/` (locked while it lives, removed by the host once it
+    /// exits). Without it, a temporary directory.
+    pub libraries: Option<PathBuf>,
 }
 
 /// Runs the worker until its listener fails (or the host kills it).
@@ -79,7 +84,13 @@ pub fn main(args: WorkerArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let loader = match Loader::new() {
+    let loader = match &args.libraries {
+        Some(libraries) => {
+            Loader::in_process_directory(libraries).map_err(|error| error.to_string())
+        }
+        None => Loader::new().map_err(|error| error.to_string()),
+    };
+    let loader = match loader {
         Ok(loader) => loader,
         Err(error) => {
             eprintln!("graft worker: cannot create the plugin directory: {error}");

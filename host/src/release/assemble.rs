@@ -5,13 +5,23 @@
 //! Layout: `<root>/releases/<version>/release.toml` and
 //! `<root>/releases/<version>/lib/<plugin>-<version>.so`.
 //!
-//! Invariant: an assembled release directory appears whole or not at all — it is written
-//! under a temporary name in the same directory and renamed into place. Running hosts load
-//! libraries by copying them first, so replacing an assembled release never touches code
-//! that is running.
+//! Invariants:
+//! - An assembled release directory appears whole or not at all, and re-assembling one
+//!   replaces it in one step: the release is written (and fsynced) in a staging directory
+//!   `releases/.assembling-<version>-<pid>` that this process owns (locked, see
+//!   [`crate::ownership`]), which is renamed into place — or, when the release exists,
+//!   exchanged with it in one `renameat2(RENAME_EXCHANGE)` — then the old tree, now under
+//!   the staging name, is removed. Killed at any instant, the root holds the old or the new
+//!   complete release; never neither.
+//! - A failed assembly (cargo, out of space, over the file-size limit) removes its staging
+//!   directory; one cut short by a crash leaves it unlocked, and the next build or start
+//!   removes it ([`remove_interrupted_builds`]).
+//! - Running hosts load libraries by copying them first, so replacing an assembled release
+//!   never touches code that is running.
 
 use super::{Manifest, ManifestError, resolve_inside};
 use crate::build::{BuildError, CargoBuild};
+use crate::ownership::{OwnedDirectory, OwnershipError, remove_abandoned};
 use crate::plugin::Sha256Digest;
 use semver::Version;
 use std::fs;
@@ -43,6 +53,15 @@ pub enum AssembleError {
         version: Version,
         /// cargo's error.
         source: BuildError,
+    },
+    /// The staging directory could not be created.
+    #[error("staging release {version}: {source}")]
+    Staging {
+        /// The release.
+        version: Version,
+        /// Why.
+        #[source]
+        source: OwnershipError,
     },
     /// Writing the release directory failed.
     #[error("writing release {version} to {path}: {source}")]
@@ -118,9 +137,20 @@ pub fn assemble(
     };
     let releases = releases_directory(root);
     fs::create_dir_all(&releases).map_err(write_error(&releases))?;
-    let staging = releases.join(format!(".assembling-{version}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
-    fs::create_dir_all(staging.join("lib")).map_err(write_error(&staging))?;
+    remove_interrupted_builds(root);
+    super::record::remove_interrupted_writes(root);
+    // Removed when dropped: on any error below, and after the swap (then it holds the old
+    // release).
+    let staging_directory = OwnedDirectory::create(
+        &releases,
+        &format!(".assembling-{version}-{}", std::process::id()),
+    )
+    .map_err(|source| AssembleError::Staging {
+        version: version.clone(),
+        source,
+    })?;
+    let staging = staging_directory.path().to_owned();
+    fs::create_dir(staging.join("lib")).map_err(write_error(&staging))?;
 
     // Resolve every crate first, then build them all in one cargo run.
     let mut packages = Vec::new();
@@ -163,24 +193,91 @@ pub fn assemble(
         let bytes = fs::read(artifact).map_err(write_error(artifact))?;
         let library = PathBuf::from("lib").join(format!("{name}-{}.so", entry.version));
         let destination = staging.join(&library);
-        fs::write(&destination, &bytes).map_err(write_error(&destination))?;
+        write_synced(&destination, &bytes).map_err(write_error(&destination))?;
         entry.library = Some(library);
         entry.sha256 = Some(Sha256Digest::of(&bytes).to_string());
     }
     let resolved = staging.join("release.toml");
-    fs::write(&resolved, manifest.to_toml()).map_err(write_error(&resolved))?;
+    write_synced(&resolved, manifest.to_toml().as_bytes()).map_err(write_error(&resolved))?;
+    sync_directory(&staging.join("lib"))
+        .and_then(|()| sync_directory(&staging))
+        .map_err(write_error(&staging))?;
 
     let directory = releases.join(version.to_string());
-    let retired = releases.join(format!(".retired-{version}-{}", std::process::id()));
-    if directory.exists() {
-        fs::rename(&directory, &retired).map_err(write_error(&directory))?;
-    }
-    fs::rename(&staging, &directory).map_err(write_error(&directory))?;
-    let _ = fs::remove_dir_all(&retired);
+    swap_into_place(&staging, &directory).map_err(write_error(&directory))?;
+    drop(staging_directory);
     Ok(AssembledRelease {
         version,
         directory,
         manifest,
+    })
+}
+
+/// Writes `bytes` to a new file at `path` and fsyncs it.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+fn sync_directory(path: &Path) -> std::io::Result<()> {
+    fs::File::open(path)?.sync_all()
+}
+
+/// Puts the directory `staging` at `target` (both in one parent directory) in one step:
+/// a rename when nothing is at `target`, else an exchange of the two
+/// (`renameat2(RENAME_EXCHANGE)`), after which `staging` names the old tree. Then fsyncs
+/// the parent.
+pub fn swap_into_place(staging: &Path, target: &Path) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags, RenameFlags, renameat_with};
+    let (Some(parent), Some(staging_name), Some(target_name)) =
+        (staging.parent(), staging.file_name(), target.file_name())
+    else {
+        return Err(std::io::Error::other(
+            "a staging or target path without a name",
+        ));
+    };
+    if target.parent() != Some(parent) {
+        return Err(std::io::Error::other(
+            "the staging directory is not beside its target",
+        ));
+    }
+    let parent = rustix::fs::open(
+        parent,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    match renameat_with(
+        &parent,
+        staging_name,
+        &parent,
+        target_name,
+        RenameFlags::NOREPLACE,
+    ) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::EXIST) => renameat_with(
+            &parent,
+            staging_name,
+            &parent,
+            target_name,
+            RenameFlags::EXCHANGE,
+        )?,
+        Err(errno) => return Err(errno.into()),
+    }
+    rustix::fs::fsync(&parent)?;
+    Ok(())
+}
+
+/// Removes staging directories of builds that died (`.assembling-*`, no live process
+/// holding their lock; and `.retired-*` of builds before these were locked) from `root`'s
+/// releases directory. Returns what it removed.
+pub fn remove_interrupted_builds(root: &Path) -> Vec<PathBuf> {
+    remove_abandoned(&releases_directory(root), |name| {
+        name.starts_with(".assembling-") || name.starts_with(".retired-")
     })
 }
 
@@ -220,4 +317,80 @@ pub fn assembled_versions(root: &Path) -> Vec<Version> {
         .unwrap_or_default();
     versions.sort();
     versions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes a release tree whose two files both say `content`.
+    fn write_tree(directory: &Path, content: &str) {
+        fs::create_dir_all(directory.join("lib")).unwrap();
+        fs::write(directory.join("release.toml"), content).unwrap();
+        fs::write(directory.join("lib").join("plugin.so"), content).unwrap();
+    }
+
+    /// The content of the complete release at `directory`; panics if it is missing or torn.
+    fn complete(directory: &Path) -> String {
+        let manifest = fs::read_to_string(directory.join("release.toml"))
+            .unwrap_or_else(|error| panic!("{}: {error}", directory.display()));
+        let library = fs::read_to_string(directory.join("lib").join("plugin.so")).unwrap();
+        assert_eq!(
+            manifest,
+            library,
+            "a torn release at {}",
+            directory.display()
+        );
+        manifest
+    }
+
+    fn staged(releases: &Path) -> OwnedDirectory {
+        let staging = OwnedDirectory::create(releases, ".assembling-1.0.0-1").unwrap();
+        write_tree(staging.path(), "new");
+        staging
+    }
+
+    #[test]
+    fn a_reassembly_killed_at_any_step_leaves_the_old_or_the_new_complete_release() {
+        let root = tempfile::tempdir().unwrap();
+        let releases = releases_directory(root.path());
+        let target = releases.join("1.0.0");
+        write_tree(&target, "old");
+
+        // Killed while staging: the old release stays, the staging goes at the next build.
+        let staging = staged(&releases);
+        assert_eq!(complete(&target), "old");
+        staging.abandon();
+        let removed = remove_interrupted_builds(root.path());
+        assert_eq!(removed.len(), 1, "{removed:?}");
+        assert_eq!(complete(&target), "old");
+
+        // Killed right after the swap: the new release is in place, the old one (under the
+        // staging name) goes at the next build.
+        let staging = staged(&releases);
+        swap_into_place(staging.path(), &target).unwrap();
+        assert_eq!(complete(&target), "new");
+        assert_eq!(complete(staging.path()), "old");
+        staging.abandon();
+        assert_eq!(remove_interrupted_builds(root.path()).len(), 1);
+        assert_eq!(complete(&target), "new");
+
+        // A whole run, and a first assembly (nothing to exchange with).
+        let staging = staged(&releases);
+        write_tree(staging.path(), "newer");
+        swap_into_place(staging.path(), &target).unwrap();
+        drop(staging);
+        assert_eq!(complete(&target), "newer");
+        let first = releases.join("2.0.0");
+        let staging = staged(&releases);
+        swap_into_place(staging.path(), &first).unwrap();
+        drop(staging);
+        assert_eq!(complete(&first), "new");
+        let mut left: Vec<String> = fs::read_dir(&releases)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["1.0.0", "2.0.0"]);
+    }
 }

@@ -4,9 +4,12 @@
 //!
 //! Statuses, as in OTP: *unpacked* (assembled on disk), *current* (running; in memory
 //! only), *permanent* (booted on restart; recorded on disk), *old* (was installed before).
-//! The record (`releases/RELEASES.json`) is written only by `make_permanent` and `remove`,
-//! atomically (temporary file, fsync, rename, fsync of the directory). A host that stops —
-//! or is killed — before `make_permanent` boots the permanent release again.
+//! The record (`releases/RELEASES.json`, module [`super::record`]) is written only by
+//! `make_permanent` and `remove`, atomically, keeping the previous good copy. A host that
+//! stops — or is killed — before `make_permanent` boots the permanent release again. Boot
+//! first removes what dead processes left under the root ([`crate::ownership`]): library
+//! copies in `run/libraries/`, temporary files of the record, interrupted builds; this
+//! host's own copies then go in `run/libraries/<pid>/` (its workers' in theirs).
 //!
 //! An install runs in three phases:
 //! 1. **Check and load**: the script is found (the target's `[[upgrade]]` matching the
@@ -59,7 +62,11 @@
 //! them on the old code in a fresh worker. Shutdown stops the tree; workers exit with the
 //! host (parent-death signal) or when their last handle goes.
 
-use super::assemble::{AssembledRelease, assembled_versions, read_assembled, releases_directory};
+use super::assemble::{
+    AssembledRelease, assembled_versions, read_assembled, releases_directory,
+    remove_interrupted_builds,
+};
+use super::record::{Record, RecordError, read_record, remove_interrupted_writes, write_record};
 use super::{
     ChildManifest, Instruction, Isolation, Manifest, ManifestError, PurgePolicy, ROOT_SUPERVISOR,
     SupervisorManifest, UpdateMode, encode_value, resolve_inside,
@@ -80,17 +87,15 @@ use crate::supervisor::{
     SupervisorSpec, SupervisorUpdate, WorkerSpec, start_supervisor,
 };
 use semver::Version;
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-/// The file recording the permanent release and the old ones.
-pub const RECORD_FILE: &str = "RELEASES.json";
+pub use super::record::RECORD_FILE;
 
 /// A release's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -364,58 +369,18 @@ pub enum ReleaseError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The record is unreadable.
-    #[error("the release record {path} is corrupt: {message}")]
-    Record {
-        /// The file.
-        path: PathBuf,
+    /// The record cannot be read or written.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// This process's directory for library copies could not be set up.
+    #[error("setting up the directory for library copies under {root}: {source}")]
+    CopyDirectory {
+        /// The root.
+        root: PathBuf,
         /// Why.
-        message: String,
+        #[source]
+        source: crate::ownership::OwnershipError,
     },
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct Record {
-    permanent: Option<Version>,
-    #[serde(default)]
-    old: BTreeSet<Version>,
-}
-
-fn record_path(root: &Path) -> PathBuf {
-    releases_directory(root).join(RECORD_FILE)
-}
-
-fn read_record(root: &Path) -> Result<Record, ReleaseError> {
-    let path = record_path(root);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map_err(|error| ReleaseError::Record {
-            path,
-            message: error.to_string(),
-        }),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
-        Err(error) => Err(ReleaseError::Record {
-            path,
-            message: error.to_string(),
-        }),
-    }
-}
-
-/// Writes the record atomically: a temporary file, fsync, rename over, fsync the directory.
-fn write_record(root: &Path, record: &Record) -> Result<(), ReleaseError> {
-    let path = record_path(root);
-    let directory = releases_directory(root);
-    let write = || -> std::io::Result<()> {
-        let mut temporary = tempfile::NamedTempFile::new_in(&directory)?;
-        temporary.write_all(
-            serde_json::to_string_pretty(record)
-                .map_err(std::io::Error::other)?
-                .as_bytes(),
-        )?;
-        temporary.as_file().sync_all()?;
-        temporary.persist(&path).map_err(|error| error.error)?;
-        std::fs::File::open(&directory)?.sync_all()
-    };
-    write().map_err(|source| ReleaseError::Write { path, source })
 }
 
 /// The version of each plugin new actors start on (in the host or in its worker process);
@@ -849,6 +814,16 @@ impl ReleaseHandler {
     /// release permanent) and starts its supervision tree.
     pub async fn boot(root: &Path, runtime: Runtime) -> Result<ReleaseHandler, ReleaseError> {
         crate::trust::check_root(root).map_err(ReleaseError::Untrusted)?;
+        // Leftovers of processes that died: library copies, record writes, builds.
+        let copy_directory_error = |source| ReleaseError::CopyDirectory {
+            root: root.to_owned(),
+            source,
+        };
+        let libraries = crate::ownership::private_directories(root, &["run", "libraries"])
+            .map_err(copy_directory_error)?;
+        crate::ownership::remove_abandoned(&libraries, |_| true);
+        remove_interrupted_writes(root);
+        remove_interrupted_builds(root);
         let mut record = read_record(root)?;
         let permanent = match &record.permanent {
             Some(version) => version.clone(),
@@ -863,10 +838,7 @@ impl ReleaseHandler {
             }
         };
         let release = Self::read_release(root, &permanent)?;
-        let loader = Loader::new().map_err(|source| ReleaseError::Write {
-            path: std::env::temp_dir(),
-            source,
-        })?;
+        let loader = Loader::in_process_directory(&libraries).map_err(copy_directory_error)?;
         let table = Arc::new(PluginTable::default());
         let workers = Workers::default();
         let mut loaded = Vec::new();
@@ -991,12 +963,13 @@ impl ReleaseHandler {
                     let worker = lock(workers)
                         .entry(name.clone())
                         .or_insert_with(|| {
-                            crate::isolation::Worker::new(
+                            crate::isolation::Worker::with_libraries(
                                 name.clone(),
                                 WorkerOptions {
                                     program: WorkerProgram::Search,
                                     memory_limit_mb: entry.memory_limit_mb,
                                 },
+                                loader.process_directories().map(Path::to_owned),
                             )
                         })
                         .clone();
