@@ -1,8 +1,9 @@
 //! What the host and its clients trust on disk: the root directory is checked the way
 //! OpenSSH's `StrictModes` checks `~/.ssh` before anything in it is used.
 //!
-//! A path graft relies on — the root, its `run/` and `releases/`, the release record, each
-//! release directory with its manifest and libraries, and the control socket — must be:
+//! A path graft relies on — the root, its `run/` and `releases/`, the release record (and
+//! its previous copy), each release directory with its manifest and libraries, and the
+//! control socket — must be:
 //! - not a symbolic link (never followed: a link would let whoever made it point the host
 //!   at a directory to chmod or a library to run);
 //! - owned by the user running graft, or by root (uid 0);
@@ -203,17 +204,20 @@ fn check_ancestors(root: &Path) -> Result<(), TrustError> {
     Ok(())
 }
 
-/// Checks the root, its ancestors, `run/`, `releases/` and the release record.
+/// Checks the root, its ancestors, `run/`, `releases/` and the release record (and its
+/// previous copy).
 pub fn check_root(root: &Path) -> Result<(), TrustError> {
     check_ancestors(root)?;
     check(root, Kind::Directory)?;
     check(&root.join("run"), Kind::Directory)?;
     let releases = root.join("releases");
     if check(&releases, Kind::Directory)? {
-        check(
-            &releases.join(crate::release::handler::RECORD_FILE),
-            Kind::File,
-        )?;
+        for record in [
+            crate::release::record::RECORD_FILE,
+            crate::release::record::PREVIOUS_RECORD_FILE,
+        ] {
+            check(&releases.join(record), Kind::File)?;
+        }
     }
     Ok(())
 }
