@@ -256,6 +256,10 @@ pub struct ChildManifest {
     /// Worker: whether link exit signals arrive as messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trap_exit: Option<bool>,
+    /// Worker: the most calls, casts and info messages its mailbox holds (default
+    /// unbounded, as in OTP); over it they are refused to their senders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_mailbox: Option<MaxMailbox>,
     /// Restart type (default `permanent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartName>,
@@ -291,6 +295,41 @@ impl ChildManifest {
     /// The registered name of a worker.
     pub fn registered_name(&self) -> &str {
         self.name.as_deref().unwrap_or(&self.id)
+    }
+}
+
+/// `max_mailbox` as written: any TOML integer (checked to be positive by
+/// [`Manifest::validate`], which names the field); anything else is a parse error that
+/// says what was expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct MaxMailbox(pub i64);
+
+impl MaxMailbox {
+    /// The bound, once validated as positive.
+    pub fn limit(self) -> Option<usize> {
+        usize::try_from(self.0).ok().filter(|limit| *limit > 0)
+    }
+}
+
+impl<'de> Deserialize<'de> for MaxMailbox {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<MaxMailbox, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = MaxMailbox;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("max_mailbox as a positive whole number of messages")
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<MaxMailbox, E> {
+                Ok(MaxMailbox(value))
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<MaxMailbox, E> {
+                i64::try_from(value).map(MaxMailbox).map_err(|_| {
+                    E::invalid_value(serde::de::Unexpected::Unsigned(value), &self)
+                })
+            }
+        }
+        deserializer.deserialize_i64(Visitor)
     }
 }
 
@@ -598,6 +637,17 @@ impl Manifest {
                             ),
                         ));
                     }
+                    if let Some(max_mailbox) = child.max_mailbox
+                        && max_mailbox.limit().is_none()
+                    {
+                        return Err(invalid(
+                            format!("{child_field}.max_mailbox"),
+                            format!(
+                                "expected a positive number of messages, found {}",
+                                max_mailbox.0
+                            ),
+                        ));
+                    }
                     if child.children.is_some()
                         || child.max_restarts.is_some()
                         || child.max_seconds.is_some()
@@ -613,6 +663,13 @@ impl Manifest {
                         return Err(invalid(
                             child_field,
                             "a supervisor (with `strategy`) takes no `args` or `name`".into(),
+                        ));
+                    }
+                    if child.max_mailbox.is_some() {
+                        return Err(invalid(
+                            format!("{child_field}.max_mailbox"),
+                            "a supervisor (with `strategy`) has no mailbox; max_mailbox is for workers"
+                                .into(),
                         ));
                     }
                     self.validate_supervisor(&nested, &child_field, ids, invalid)?;

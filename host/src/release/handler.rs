@@ -545,6 +545,7 @@ fn child_spec(child: &ChildManifest, table: &Arc<PluginTable>) -> Result<ChildSp
             args,
             name: Some(child.registered_name().to_owned()),
             trap_exit: child.trap_exit.unwrap_or(false),
+            max_mailbox: child.max_mailbox.and_then(super::MaxMailbox::limit),
         }),
         restart,
         shutdown: child
