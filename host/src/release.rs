@@ -324,9 +324,9 @@ impl<'de> Deserialize<'de> for MaxMailbox {
                 Ok(MaxMailbox(value))
             }
             fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<MaxMailbox, E> {
-                i64::try_from(value).map(MaxMailbox).map_err(|_| {
-                    E::invalid_value(serde::de::Unexpected::Unsigned(value), &self)
-                })
+                i64::try_from(value)
+                    .map(MaxMailbox)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(value), &self))
             }
         }
         deserializer.deserialize_i64(Visitor)
