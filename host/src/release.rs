@@ -21,7 +21,7 @@ use crate::plugin::Sha256Digest;
 use crate::supervisor::{Restart, Shutdown, Strategy};
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
@@ -741,6 +741,24 @@ impl Manifest {
         }
         self.find_child(id)
             .and_then(|(_, child)| child.as_supervisor())
+    }
+
+    /// Every worker's `max_mailbox` (`None`: unbounded), by registered name.
+    pub fn max_mailboxes(&self) -> HashMap<String, Option<usize>> {
+        fn collect(children: &[ChildManifest], bounds: &mut HashMap<String, Option<usize>>) {
+            for child in children {
+                if child.plugin.is_some() {
+                    bounds.insert(
+                        child.registered_name().to_owned(),
+                        child.max_mailbox.and_then(MaxMailbox::limit),
+                    );
+                }
+                collect(child.children.as_deref().unwrap_or_default(), bounds);
+            }
+        }
+        let mut bounds = HashMap::new();
+        collect(&self.supervisor.children, &mut bounds);
+        bounds
     }
 }
 

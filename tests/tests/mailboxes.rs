@@ -71,13 +71,14 @@ const FULL: &str = "mailbox of actor counter is full (max_mailbox = 3)";
 /// `ActorRef::cast` (which cannot fail) drops and counts; status shows length, high-water
 /// mark, bound and refusals. The full mailbox still takes system messages: state, status,
 /// and a whole install that suspends, migrates and resumes the counter; afterwards every
-/// message that was accepted has run, none that was refused has.
+/// message that was accepted has run, none that was refused has, and the running actor
+/// has the new release's bound.
 #[tokio::test]
 async fn a_full_mailbox_refuses_casts_and_calls_but_not_system_messages() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let root = assembled_root(&[
         ("1.0.0", release("1.0.0", "1.0.0", 3)),
-        ("1.1.0", release("1.1.0", "1.1.0", 3)),
+        ("1.1.0", release("1.1.0", "1.1.0", 5)),
     ]);
     let (runtime, handler) = boot(root.path()).await;
     let counter = runtime.whereis("counter").unwrap();
@@ -159,15 +160,18 @@ async fn a_full_mailbox_refuses_casts_and_calls_but_not_system_messages() {
     assert!(eventually(PATIENCE, || counter.mailbox_length() == 0).await);
     assert_eq!(counter.get_state(PATIENCE).await.unwrap()["count"], 3);
     assert_eq!(counter.code_label(), "counter 1.1.0");
+    // The target release's bound applies to the running actor too.
+    assert_eq!(counter.max_mailbox(), Some(5));
     let status = graft::control::status(&handler).await;
     let shown = entry(&status, "counter");
     assert_eq!(
         (
             &shown["state"],
             &shown["mailbox"],
-            &shown["mailbox_high_water"]
+            &shown["mailbox_high_water"],
+            &shown["max_mailbox"]
         ),
-        (&json!("running"), &json!(0), &json!(3)),
+        (&json!("running"), &json!(0), &json!(3), &json!(5)),
         "{shown}"
     );
     // Room again: accepted.
@@ -210,6 +214,46 @@ async fn a_full_mailbox_still_stops() {
     assert!(counter.try_cast(encode(&json!({"Add": 1}))).is_err());
     let reason = counter.stop(StopReason::Shutdown, Some(PATIENCE)).await;
     assert_eq!(reason, StopReason::Shutdown);
+}
+
+/// The bound is exact under concurrent senders: four threads each try 600 casts into a
+/// suspended actor bounded at 1000; exactly 1000 are accepted, the other 1400 refused,
+/// and the length never passes the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_never_pass_the_bound() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let runtime = Runtime::new();
+    let counter = counter_actor(&runtime, "contended", |options| options.max_mailbox(1000)).await;
+    counter.suspend(PATIENCE).await.unwrap();
+    let accepted: usize = std::thread::scope(|scope| {
+        let senders: Vec<_> = (0..4)
+            .map(|_| {
+                let counter = counter.clone();
+                scope.spawn(move || {
+                    (0..600)
+                        .filter(|_| counter.try_cast(encode(&json!({"Add": 1}))).is_ok())
+                        .count()
+                })
+            })
+            .collect();
+        senders
+            .into_iter()
+            .map(|sender| sender.join().unwrap())
+            .sum()
+    });
+    assert_eq!(accepted, 1000);
+    let status = counter.status(PATIENCE).await.unwrap();
+    assert_eq!(
+        (
+            status.mailbox_length,
+            status.mailbox_high_water,
+            status.mailbox_refused
+        ),
+        (1000, 1000, 1400)
+    );
+    counter.resume(PATIENCE).await.unwrap();
+    assert!(eventually(PATIENCE, || counter.mailbox_length() == 0).await);
+    assert_eq!(counter.get_state(PATIENCE).await.unwrap()["count"], 1000);
 }
 
 /// The high-water mark is the longest the mailbox has been since the actor started: it
