@@ -399,7 +399,7 @@ async fn install(
 }
 
 /// The supervision tree as JSON, each actor with its plugin, version, state of running,
-/// restarts and mailbox length; the resident libraries (in-process versions); the worker
+/// restarts, mailbox length, high-water mark, bound and refusals; the resident libraries (in-process versions); the worker
 /// process of each isolated plugin (pid, processes started); the releases.
 pub async fn status(handler: &ReleaseHandler) -> Value {
     let root = handler.root_supervisor().await;

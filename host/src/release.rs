@@ -845,6 +845,40 @@ args = { start = 1 }
     }
 
     #[test]
+    fn max_mailbox_is_a_positive_whole_number_on_a_worker() {
+        let bounded = MINIMAL.replace("args = { start = 1 }", "max_mailbox = 500");
+        let manifest = parse(&bounded).unwrap();
+        manifest.validate(Path::new("release.toml"), false).unwrap();
+        assert_eq!(
+            manifest.max_mailboxes(),
+            HashMap::from([("counter".to_owned(), Some(500))])
+        );
+        assert_eq!(
+            parse(MINIMAL).unwrap().max_mailboxes(),
+            HashMap::from([("counter".to_owned(), None)])
+        );
+        for bad in ["0", "-1"] {
+            let text = MINIMAL.replace("args = { start = 1 }", &format!("max_mailbox = {bad}"));
+            let error = parse(&text)
+                .unwrap()
+                .validate(Path::new("release.toml"), false)
+                .unwrap_err();
+            assert!(
+                matches!(&error, ManifestError::Invalid { field, .. } if field == "supervisor.children[0].max_mailbox"),
+                "{error}"
+            );
+        }
+        for bad in ["\"lots\"", "1.5", "true"] {
+            let text = MINIMAL.replace("args = { start = 1 }", &format!("max_mailbox = {bad}"));
+            let error = parse(&text).unwrap_err().to_string();
+            assert!(
+                error.contains("expected max_mailbox as a positive whole number of messages"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
     fn a_minimal_source_manifest_parses_and_validates() {
         let manifest = parse(MINIMAL).unwrap();
         assert_eq!(manifest.release.version, Version::new(1, 0, 0));
