@@ -399,8 +399,9 @@ async fn install(
 }
 
 /// The supervision tree as JSON, each actor with its plugin, version, state of running,
-/// restarts, mailbox length, high-water mark, bound and refusals; the resident libraries (in-process versions); the worker
-/// process of each isolated plugin (pid, processes started); the releases.
+/// restarts, mailbox length, high-water mark, bound and refusals; the resident libraries
+/// (in-process versions); the worker process of each isolated plugin (pid, processes
+/// started); the releases.
 pub async fn status(handler: &ReleaseHandler) -> Value {
     let root = handler.root_supervisor().await;
     // Every actor is asked at once under one deadline, so actors stuck in callbacks cost
@@ -425,9 +426,16 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
                 }),
                 // Busy in a callback: the mailbox figures are the senders' own counts.
                 Err(error) => {
-                    json!({"name": actor.name(), "code": actor.code_label(), "state": "busy", "error": error.to_string(),
-                        "mailbox": actor.mailbox_length(), "mailbox_high_water": actor.mailbox_high_water(),
-                        "max_mailbox": actor.max_mailbox(), "mailbox_refused": actor.mailbox_refused()})
+                    json!({
+                        "name": actor.name(),
+                        "code": actor.code_label(),
+                        "state": "busy",
+                        "error": error.to_string(),
+                        "mailbox": actor.mailbox_length(),
+                        "mailbox_high_water": actor.mailbox_high_water(),
+                        "max_mailbox": actor.max_mailbox(),
+                        "mailbox_refused": actor.mailbox_refused(),
+                    })
                 }
             };
             (actor.id(), entry)

@@ -24,10 +24,10 @@
 //! The mailbox length is one counter shared with the senders (see [`super`]): a call,
 //! cast or info message of the plugin's own type counts from its send until the loop
 //! takes it up to handle it; moving between the channel, the side queue and the stash
-//! changes nothing. When a mailbox that grew past
-//! [`LARGE_MAILBOX`] drains to empty, the loop frees its queues' buffers and hands the
-//! freed heap back to the OS ([`crate::process::return_free_memory`]), so a flood that
-//! has passed leaves no resident memory behind.
+//! changes nothing. When a mailbox that grew past [`LARGE_MAILBOX`] drains to empty, the
+//! loop frees its queues' buffers and hands the freed heap back to the OS
+//! ([`crate::process::return_free_memory`]), so a flood that has passed leaves no
+//! resident memory behind.
 
 use super::behaviour::Behaviour;
 use super::executor::{self, Callback, CallbackGuard};
