@@ -3,7 +3,8 @@
 //! with an error naming the actor and the limit (in process, in a worker process, and
 //! through `graft cast`/`graft call`, which exit non-zero); system messages — suspend,
 //! resume, state, status, an install that changes code, a stop — still reach a full
-//! mailbox; `status` shows the length, the high-water mark and the bound; a bad
+//! mailbox; `status` shows the length, the high-water mark and the bound (also for an
+//! actor busy in a long callback); the count is exact under concurrent senders; a bad
 //! `max_mailbox` is a manifest error naming the field; and the memory of a drained flood
 //! of 300k casts is returned to the OS.
 //!
@@ -176,6 +177,58 @@ async fn a_full_mailbox_refuses_casts_and_calls_but_not_system_messages() {
     );
     // Room again: accepted.
     runtime.cast("counter", encode(&json!({"Add": 1}))).unwrap();
+    handler.shutdown().await;
+}
+
+/// An actor busy in a long callback cannot answer `status` in time; its entry still shows
+/// the mailbox figures, which the senders count, and the bound still refuses.
+#[tokio::test]
+async fn a_busy_actor_shows_its_mailbox_in_status() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let text = "[release]\nname = \"busy\"\nversion = \"1.0.0\"\n\n\
+                [plugins.faulty]\nversion = \"0.3.0\"\ncrate = \"tests/fixtures/faulty\"\ncallback_timeout_ms = 120000\n\n\
+                [supervisor]\nstrategy = \"one_for_one\"\n\n\
+                [[supervisor.children]]\nid = \"slow\"\nplugin = \"faulty\"\nargs = {}\nmax_mailbox = 2\n";
+    let root = assembled_root(&[("1.0.0", text.to_owned())]);
+    let (runtime, handler) = boot(root.path()).await;
+    let slow = runtime.whereis("slow").unwrap();
+    let sleeping = {
+        let slow = slow.clone();
+        tokio::spawn(async move {
+            slow.call(encode(&json!({"Sleep": {"ms": 10_000}})), PATIENCE)
+                .await
+        })
+    };
+    // The call is taken up (the mailbox is empty again) and its callback sleeps.
+    assert!(
+        eventually(PATIENCE, || slow.mailbox_high_water() == 1
+            && slow.mailbox_length() == 0)
+        .await
+    );
+    runtime.cast("slow", encode(&json!("one"))).unwrap();
+    runtime.cast("slow", encode(&json!("two"))).unwrap();
+    assert_eq!(
+        runtime
+            .cast("slow", encode(&json!("three")))
+            .unwrap_err()
+            .to_string(),
+        "mailbox of actor slow is full (max_mailbox = 2)"
+    );
+    let status = graft::control::status(&handler).await;
+    let shown = entry(&status, "slow");
+    assert_eq!(
+        (
+            &shown["state"],
+            &shown["mailbox"],
+            &shown["mailbox_high_water"],
+            &shown["max_mailbox"],
+            &shown["mailbox_refused"]
+        ),
+        (&json!("busy"), &json!(2), &json!(2), &json!(2), &json!(1)),
+        "{shown}"
+    );
+    sleeping.await.unwrap().unwrap();
+    assert!(eventually(PATIENCE, || slow.mailbox_length() == 0).await);
     handler.shutdown().await;
 }
 
