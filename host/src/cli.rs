@@ -478,11 +478,20 @@ fn print_tree(node: &Value, prefix: &str, out: &mut String) {
                 (Some(plugin), Some(version)) => format!("{plugin} {version}"),
                 _ => "-".to_owned(),
             };
+            let bound = match child["max_mailbox"].as_u64() {
+                Some(limit) => format!(", max {limit}"),
+                None => String::new(),
+            };
+            let refused = match child["mailbox_refused"].as_u64() {
+                Some(refused) if refused > 0 => format!(", {refused} refused"),
+                _ => String::new(),
+            };
             out.push_str(&format!(
-                "{prefix}{branch}{id:<14} {plugin:<20} {:<10} restarts {:<3} mailbox {}\n",
+                "{prefix}{branch}{id:<14} {plugin:<20} {:<10} restarts {:<3} mailbox {} (high-water {}{bound}{refused})\n",
                 child["state"].as_str().unwrap_or("?"),
                 child["restarts"].as_u64().unwrap_or(0),
-                child["mailbox"].as_u64().unwrap_or(0)
+                child["mailbox"].as_u64().unwrap_or(0),
+                child["mailbox_high_water"].as_u64().unwrap_or(0)
             ));
         }
     }

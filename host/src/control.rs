@@ -390,7 +390,9 @@ async fn execute(
             message,
         } => {
             let target = actor(handler, &name).await?;
-            target.cast(codec::encode(&message).map_err(|error| error.to_string())?);
+            target
+                .try_cast(codec::encode(&message).map_err(|error| error.to_string())?)
+                .map_err(|error| error.to_string())?;
             Ok(json!({"cast": name}))
         }
         Request::State { actor: name } => actor(handler, &name)
@@ -453,8 +455,9 @@ fn install_value(report: &InstallReport, permanent: bool) -> Value {
 }
 
 /// The supervision tree as JSON, each actor with its plugin, version, state of running,
-/// restarts and mailbox length; the resident libraries (in-process versions); the worker
-/// process of each isolated plugin (pid, processes started); the releases.
+/// restarts, mailbox length, high-water mark, bound and refusals; the resident libraries
+/// (in-process versions); the worker process of each isolated plugin (pid, processes
+/// started); the releases.
 pub async fn status(handler: &ReleaseHandler) -> Value {
     let root = handler.root_supervisor().await;
     // Every actor is asked at once under one deadline, so actors stuck in callbacks cost
@@ -473,9 +476,22 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
                     "state": if status.suspended { "suspended" } else { "running" },
                     "restarts": status.restarts,
                     "mailbox": status.mailbox_length,
+                    "mailbox_high_water": status.mailbox_high_water,
+                    "max_mailbox": status.max_mailbox,
+                    "mailbox_refused": status.mailbox_refused,
                 }),
+                // Busy in a callback: the mailbox figures are the senders' own counts.
                 Err(error) => {
-                    json!({"name": actor.name(), "code": actor.code_label(), "state": "busy", "error": error.to_string()})
+                    json!({
+                        "name": actor.name(),
+                        "code": actor.code_label(),
+                        "state": "busy",
+                        "error": error.to_string(),
+                        "mailbox": actor.mailbox_length(),
+                        "mailbox_high_water": actor.mailbox_high_water(),
+                        "max_mailbox": actor.max_mailbox(),
+                        "mailbox_refused": actor.mailbox_refused(),
+                    })
                 }
             };
             (actor.id(), entry)

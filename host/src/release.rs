@@ -22,7 +22,7 @@ use crate::plugin::Sha256Digest;
 use crate::supervisor::{Restart, Shutdown, Strategy};
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
@@ -257,6 +257,10 @@ pub struct ChildManifest {
     /// Worker: whether link exit signals arrive as messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trap_exit: Option<bool>,
+    /// Worker: the most calls, casts and info messages its mailbox holds (default
+    /// unbounded, as in OTP); over it they are refused to their senders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_mailbox: Option<MaxMailbox>,
     /// Restart type (default `permanent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartName>,
@@ -292,6 +296,41 @@ impl ChildManifest {
     /// The registered name of a worker.
     pub fn registered_name(&self) -> &str {
         self.name.as_deref().unwrap_or(&self.id)
+    }
+}
+
+/// `max_mailbox` as written: any TOML integer (checked to be positive by
+/// [`Manifest::validate`], which names the field); anything else is a parse error that
+/// says what was expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct MaxMailbox(pub i64);
+
+impl MaxMailbox {
+    /// The bound, once validated as positive.
+    pub fn limit(self) -> Option<usize> {
+        usize::try_from(self.0).ok().filter(|limit| *limit > 0)
+    }
+}
+
+impl<'de> Deserialize<'de> for MaxMailbox {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<MaxMailbox, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = MaxMailbox;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str("max_mailbox as a positive whole number of messages")
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<MaxMailbox, E> {
+                Ok(MaxMailbox(value))
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<MaxMailbox, E> {
+                i64::try_from(value)
+                    .map(MaxMailbox)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(value), &self))
+            }
+        }
+        deserializer.deserialize_i64(Visitor)
     }
 }
 
@@ -599,6 +638,17 @@ impl Manifest {
                             ),
                         ));
                     }
+                    if let Some(max_mailbox) = child.max_mailbox
+                        && max_mailbox.limit().is_none()
+                    {
+                        return Err(invalid(
+                            format!("{child_field}.max_mailbox"),
+                            format!(
+                                "expected a positive number of messages, found {}",
+                                max_mailbox.0
+                            ),
+                        ));
+                    }
                     if child.children.is_some()
                         || child.max_restarts.is_some()
                         || child.max_seconds.is_some()
@@ -614,6 +664,13 @@ impl Manifest {
                         return Err(invalid(
                             child_field,
                             "a supervisor (with `strategy`) takes no `args` or `name`".into(),
+                        ));
+                    }
+                    if child.max_mailbox.is_some() {
+                        return Err(invalid(
+                            format!("{child_field}.max_mailbox"),
+                            "a supervisor (with `strategy`) has no mailbox; max_mailbox is for workers"
+                                .into(),
                         ));
                     }
                     self.validate_supervisor(&nested, &child_field, ids, invalid)?;
@@ -685,6 +742,24 @@ impl Manifest {
         }
         self.find_child(id)
             .and_then(|(_, child)| child.as_supervisor())
+    }
+
+    /// Every worker's `max_mailbox` (`None`: unbounded), by registered name.
+    pub fn max_mailboxes(&self) -> HashMap<String, Option<usize>> {
+        fn collect(children: &[ChildManifest], bounds: &mut HashMap<String, Option<usize>>) {
+            for child in children {
+                if child.plugin.is_some() {
+                    bounds.insert(
+                        child.registered_name().to_owned(),
+                        child.max_mailbox.and_then(MaxMailbox::limit),
+                    );
+                }
+                collect(child.children.as_deref().unwrap_or_default(), bounds);
+            }
+        }
+        let mut bounds = HashMap::new();
+        collect(&self.supervisor.children, &mut bounds);
+        bounds
     }
 }
 
@@ -768,6 +843,40 @@ args = { start = 1 }
 
     fn parse(text: &str) -> Result<Manifest, ManifestError> {
         Manifest::parse(Path::new("release.toml"), text)
+    }
+
+    #[test]
+    fn max_mailbox_is_a_positive_whole_number_on_a_worker() {
+        let bounded = MINIMAL.replace("args = { start = 1 }", "max_mailbox = 500");
+        let manifest = parse(&bounded).unwrap();
+        manifest.validate(Path::new("release.toml"), false).unwrap();
+        assert_eq!(
+            manifest.max_mailboxes(),
+            HashMap::from([("counter".to_owned(), Some(500))])
+        );
+        assert_eq!(
+            parse(MINIMAL).unwrap().max_mailboxes(),
+            HashMap::from([("counter".to_owned(), None)])
+        );
+        for bad in ["0", "-1"] {
+            let text = MINIMAL.replace("args = { start = 1 }", &format!("max_mailbox = {bad}"));
+            let error = parse(&text)
+                .unwrap()
+                .validate(Path::new("release.toml"), false)
+                .unwrap_err();
+            assert!(
+                matches!(&error, ManifestError::Invalid { field, .. } if field == "supervisor.children[0].max_mailbox"),
+                "{error}"
+            );
+        }
+        for bad in ["\"lots\"", "1.5", "true"] {
+            let text = MINIMAL.replace("args = { start = 1 }", &format!("max_mailbox = {bad}"));
+            let error = parse(&text).unwrap_err().to_string();
+            assert!(
+                error.contains("expected max_mailbox as a positive whole number of messages"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

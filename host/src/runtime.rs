@@ -15,6 +15,13 @@
 //!   handled between callbacks. While suspended, other messages wait in order in a side
 //!   queue and run first after `resume`; none is lost. `change_code` is accepted only while
 //!   suspended, and a failed one leaves the old behaviour and state in place.
+//! - A mailbox is bounded when its actor has a `max_mailbox` (default unbounded, as in
+//!   OTP). Its length — calls, casts and info messages not yet handled — is counted
+//!   exactly by the senders (one atomic, incremented on send, decremented when the actor
+//!   takes the message up), so a full mailbox refuses a call, a cast or an info message at
+//!   once, without blocking the sender. System messages, stops, links' exit signals and
+//!   monitors' `down` are neither counted nor refused: an upgrade or a stop never fails
+//!   because a mailbox is full.
 //! - A name is unique and freed when its actor exits; exit notifications (monitors,
 //!   links, supervisors) are delivered exactly once, also to watchers added after the exit.
 //!
@@ -195,7 +202,17 @@ pub(crate) struct ActorShared {
     runtime: std::sync::Weak<RuntimeInner>,
     pub(crate) name: Option<String>,
     sender: mpsc::UnboundedSender<Envelope>,
+    /// Calls, casts and info messages sent and not yet taken up by the actor (waiting in
+    /// the channel, in the side queue while suspended, or gathered ahead of their turn).
     mailbox_length: AtomicUsize,
+    /// The largest `mailbox_length` since the actor started.
+    mailbox_high_water: AtomicUsize,
+    /// The bound on `mailbox_length` for calls, casts and info messages (`usize::MAX`:
+    /// unbounded).
+    max_mailbox: AtomicUsize,
+    /// Calls, casts and info messages refused (or, by [`ActorRef::cast`], dropped) at the
+    /// bound.
+    mailbox_refused: AtomicU64,
     pub(crate) lifecycle: Lifecycle,
     /// The actor's task on the executor; dropping it cancels the task.
     task: Mutex<Option<async_task::Task<()>>>,
@@ -262,6 +279,27 @@ pub enum CallError {
     /// An actor called itself (it would wait for itself forever).
     #[error("{0} called itself")]
     CallingSelf(String),
+    /// The actor's mailbox is at its `max_mailbox`: the request was not sent.
+    #[error("mailbox of actor {actor} is full (max_mailbox = {limit})")]
+    MailboxFull {
+        /// The actor.
+        actor: String,
+        /// Its `max_mailbox`.
+        limit: usize,
+    },
+}
+
+/// A cast or info message was refused.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum CastError {
+    /// The actor's mailbox is at its `max_mailbox`: the message was not sent.
+    #[error("mailbox of actor {actor} is full (max_mailbox = {limit})")]
+    MailboxFull {
+        /// The actor.
+        actor: String,
+        /// Its `max_mailbox`.
+        limit: usize,
+    },
 }
 
 /// A message could not be sent.
@@ -270,6 +308,9 @@ pub enum SendError {
     /// No actor has this name.
     #[error("no actor named {0:?}")]
     NotFound(String),
+    /// The actor's mailbox is at its `max_mailbox`: the message was not sent.
+    #[error(transparent)]
+    Refused(#[from] CastError),
 }
 
 /// An actor could not be started.
@@ -362,10 +403,37 @@ impl ActorRef {
         self.shared.lifecycle.label.clone()
     }
 
-    /// Messages waiting in the mailbox, as the actor last counted them (when its mailbox
-    /// ran dry, and after each message while suspended); `status` counts afresh.
+    /// Calls, casts and info messages waiting in the mailbox (also those waiting while
+    /// suspended), exactly: counted by the senders, and by the actor as it takes each one
+    /// up. System messages are not counted.
     pub fn mailbox_length(&self) -> usize {
         self.shared.mailbox_length.load(Ordering::Relaxed)
+    }
+
+    /// The largest mailbox length since the actor started.
+    pub fn mailbox_high_water(&self) -> usize {
+        self.shared.mailbox_high_water.load(Ordering::Relaxed)
+    }
+
+    /// The bound on its mailbox (`None`: unbounded).
+    pub fn max_mailbox(&self) -> Option<usize> {
+        match self.shared.max_mailbox.load(Ordering::Relaxed) {
+            usize::MAX => None,
+            limit => Some(limit),
+        }
+    }
+
+    /// Changes the bound on its mailbox (`None`: unbounded). Messages already queued stay;
+    /// new ones are refused while the length is at or over the bound.
+    pub fn set_max_mailbox(&self, limit: Option<usize>) {
+        self.shared
+            .max_mailbox
+            .store(limit.unwrap_or(usize::MAX), Ordering::Relaxed);
+    }
+
+    /// How many calls, casts and info messages were refused (or dropped) at the bound.
+    pub fn mailbox_refused(&self) -> u64 {
+        self.shared.mailbox_refused.load(Ordering::Relaxed)
     }
 
     /// The exit reason, once exited.
@@ -428,14 +496,86 @@ impl ActorRef {
         }
     }
 
+    /// Queues a message that is neither counted nor refused (system messages, stops,
+    /// links' exit signals, monitors' `down`; see [`Envelope::is_counted`]). Returns
+    /// whether the actor's mailbox is still open.
     fn deliver(&self, envelope: Envelope) -> bool {
+        debug_assert!(!envelope.is_counted());
         self.shared.sender.send(envelope).is_ok()
     }
 
-    /// Records the mailbox length the actor sees (only the actor writes it, so senders
-    /// share no counter: a cast costs one channel push and nothing else).
-    pub(crate) fn record_mailbox_length(&self, length: usize) {
-        self.shared.mailbox_length.store(length, Ordering::Relaxed);
+    /// Queues a call, cast or info message of the plugin's own type unless the mailbox is
+    /// at its bound. Returns whether the actor's mailbox is still open.
+    fn deliver_bounded(&self, envelope: Envelope) -> Result<bool, CastError> {
+        let limit = self.shared.max_mailbox.load(Ordering::Relaxed);
+        let previous = if limit == usize::MAX {
+            self.shared.mailbox_length.fetch_add(1, Ordering::Relaxed)
+        } else {
+            // Reserve a place only below the bound: the length never passes it for these
+            // messages, and a refusal costs the sender nothing but this.
+            self.shared
+                .mailbox_length
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |length| {
+                    (length < limit).then_some(length + 1)
+                })
+                .map_err(|_| {
+                    self.shared.mailbox_refused.fetch_add(1, Ordering::Relaxed);
+                    CastError::MailboxFull {
+                        actor: self.label(),
+                        limit,
+                    }
+                })?
+        };
+        self.raise_high_water(previous + 1);
+        Ok(self.send_counted(envelope))
+    }
+
+    /// Sends an envelope already counted in the mailbox length; uncounts it if the
+    /// mailbox is closed (the actor has exited).
+    fn send_counted(&self, envelope: Envelope) -> bool {
+        debug_assert!(envelope.is_counted());
+        let sent = self.shared.sender.send(envelope).is_ok();
+        if !sent {
+            self.shared.mailbox_length.fetch_sub(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    fn raise_high_water(&self, length: usize) {
+        // A load first: the shared line is written only when the mark moves.
+        if length > self.shared.mailbox_high_water.load(Ordering::Relaxed) {
+            self.shared
+                .mailbox_high_water
+                .fetch_max(length, Ordering::Relaxed);
+        }
+    }
+
+    /// The actor took `count` messages up (out of every queue); returns the length
+    /// before.
+    pub(crate) fn taken_from_mailbox(&self, count: usize) -> usize {
+        let previous = self
+            .shared
+            .mailbox_length
+            .fetch_sub(count, Ordering::Relaxed);
+        debug_assert!(previous >= count, "mailbox length {previous} < {count}");
+        previous
+    }
+
+    /// Messages the actor took up and put back unhandled (the rest of a cast batch).
+    pub(crate) fn returned_to_mailbox(&self, count: usize) {
+        self.shared
+            .mailbox_length
+            .fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Counts and logs a message dropped at the bound by a sender that cannot be told.
+    fn dropped(&self, error: &CastError) {
+        let refused = self.mailbox_refused();
+        // Logged at the first drop and then at each power of two, so a flood does not
+        // become a flood of warnings.
+        if refused.is_power_of_two() {
+            tracing::warn!(actor = %self.label(), refused, "message dropped: {error}");
+        }
     }
 
     /// The exit reason, or OTP's `noproc` when the actor is gone without one recorded yet.
@@ -452,10 +592,15 @@ impl ActorRef {
     }
 
     /// Calls the actor with an encoded request and waits at most `timeout` for the reply.
+    /// A call over the mailbox's bound fails at once with [`CallError::MailboxFull`].
     pub async fn call(&self, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
         let (reply, mut receiver) = oneshot::channel();
-        if !self.deliver(Envelope::Call { request, reply }) {
-            return Err(self.exited_error());
+        match self.deliver_bounded(Envelope::Call { request, reply }) {
+            Ok(true) => {}
+            Ok(false) => return Err(self.exited_error()),
+            Err(CastError::MailboxFull { actor, limit }) => {
+                return Err(CallError::MailboxFull { actor, limit });
+            }
         }
         match executor::spin_for(&mut receiver, executor::SPIN_FOR_ANSWER) {
             Some(Some(result)) => return result,
@@ -482,17 +627,37 @@ impl ActorRef {
         }
     }
 
-    /// Sends an encoded cast. Like OTP's, it succeeds even if the actor has exited.
-    pub fn cast(&self, message: Vec<u8>) {
-        self.deliver(Envelope::Cast(message));
+    /// Sends an encoded cast, refused at once when the mailbox is at its `max_mailbox`.
+    /// Like OTP's, it succeeds even if the actor has exited.
+    pub fn try_cast(&self, message: Vec<u8>) -> Result<(), CastError> {
+        self.deliver_bounded(Envelope::Cast(message)).map(drop)
     }
 
-    /// Sends an encoded info message of the plugin's own `Info` type.
-    pub fn send_info(&self, message: Vec<u8>) {
-        self.deliver(Envelope::Info {
+    /// Sends an encoded cast and never fails, as OTP's does. Over the mailbox's
+    /// `max_mailbox` the cast is dropped — counted in [`ActorRef::mailbox_refused`] and
+    /// logged, never silently; use [`ActorRef::try_cast`] to hear of it.
+    pub fn cast(&self, message: Vec<u8>) {
+        if let Err(error) = self.try_cast(message) {
+            self.dropped(&error);
+        }
+    }
+
+    /// Sends an encoded info message of the plugin's own `Info` type, refused at once when
+    /// the mailbox is at its `max_mailbox`.
+    pub fn try_send_info(&self, message: Vec<u8>) -> Result<(), CastError> {
+        self.deliver_bounded(Envelope::Info {
             kind: abi::INFO_MESSAGE,
             message,
-        });
+        })
+        .map(drop)
+    }
+
+    /// Sends an encoded info message of the plugin's own `Info` type (a timer's, say);
+    /// over the bound it is dropped, counted and logged, as [`ActorRef::cast`] does.
+    pub fn send_info(&self, message: Vec<u8>) {
+        if let Err(error) = self.try_send_info(message) {
+            self.dropped(&error);
+        }
     }
 
     async fn system<T>(
@@ -756,6 +921,8 @@ pub struct ActorOptions {
     pub trap_exit: bool,
     /// How many times this child has been restarted (shown in `status`).
     pub restarts: u32,
+    /// The most calls, casts and info messages its mailbox holds (`None`: unbounded).
+    pub max_mailbox: Option<usize>,
 }
 
 impl ActorOptions {
@@ -767,12 +934,19 @@ impl ActorOptions {
             args,
             trap_exit: false,
             restarts: 0,
+            max_mailbox: None,
         }
     }
 
     /// Registers the actor under `name`.
     pub fn named(mut self, name: impl Into<String>) -> ActorOptions {
         self.name = Some(name.into());
+        self
+    }
+
+    /// Bounds the actor's mailbox at `limit` calls, casts and info messages.
+    pub fn max_mailbox(mut self, limit: usize) -> ActorOptions {
+        self.max_mailbox = Some(limit);
         self
     }
 }
@@ -843,6 +1017,9 @@ impl Runtime {
                 name: options.name.clone(),
                 sender,
                 mailbox_length: AtomicUsize::new(0),
+                mailbox_high_water: AtomicUsize::new(0),
+                max_mailbox: AtomicUsize::new(options.max_mailbox.unwrap_or(usize::MAX)),
+                mailbox_refused: AtomicU64::new(0),
                 lifecycle: Lifecycle::new(id, label.clone()),
                 task: Mutex::new(None),
                 callback_timeout_ms: AtomicU64::new(timeout_millis(
@@ -958,22 +1135,21 @@ impl Runtime {
         actor.call(request, timeout).await
     }
 
-    /// Casts to the actor registered under `name`.
+    /// Casts to the actor registered under `name`; refused when its mailbox is full.
     pub fn cast(&self, name: &str, message: Vec<u8>) -> Result<(), SendError> {
         let actor = self
             .whereis(name)
             .ok_or_else(|| SendError::NotFound(name.to_owned()))?;
-        actor.cast(message);
-        Ok(())
+        Ok(actor.try_cast(message)?)
     }
 
-    /// Sends an info message to the actor registered under `name`.
+    /// Sends an info message to the actor registered under `name`; refused when its
+    /// mailbox is full.
     pub fn send_info(&self, name: &str, message: Vec<u8>) -> Result<(), SendError> {
         let actor = self
             .whereis(name)
             .ok_or_else(|| SendError::NotFound(name.to_owned()))?;
-        actor.send_info(message);
-        Ok(())
+        Ok(actor.try_send_info(message)?)
     }
 
     /// `watcher` gets a `down` info message when `target` exits (at once if it already

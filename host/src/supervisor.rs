@@ -98,6 +98,8 @@ pub struct WorkerSpec {
     pub name: Option<String>,
     /// Whether link exit signals arrive as messages.
     pub trap_exit: bool,
+    /// The most calls, casts and info messages its mailbox holds (`None`: unbounded).
+    pub max_mailbox: Option<usize>,
 }
 
 /// One child of a supervisor.
@@ -137,6 +139,7 @@ impl ChildSpec {
                 args,
                 name: None,
                 trap_exit: false,
+                max_mailbox: None,
             }),
             restart: Restart::Permanent,
             shutdown: Shutdown::Timeout(Duration::from_secs(5)),
@@ -157,6 +160,14 @@ impl ChildSpec {
     pub fn named(mut self, name: impl Into<String>) -> ChildSpec {
         if let ChildStart::Worker(worker) = &mut self.start {
             worker.name = Some(name.into());
+        }
+        self
+    }
+
+    /// Bounds the worker's mailbox at `limit` calls, casts and info messages.
+    pub fn max_mailbox(mut self, limit: usize) -> ChildSpec {
+        if let ChildStart::Worker(worker) = &mut self.start {
+            worker.max_mailbox = Some(limit);
         }
         self
     }
@@ -647,6 +658,7 @@ impl Supervisor {
                     args: worker.args.clone(),
                     trap_exit: worker.trap_exit,
                     restarts,
+                    max_mailbox: worker.max_mailbox,
                 };
                 match self.runtime.spawn(options).await {
                     Ok(actor) => ChildRef::Worker(actor),

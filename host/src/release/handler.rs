@@ -592,6 +592,7 @@ fn child_spec(child: &ChildManifest, table: &Arc<PluginTable>) -> Result<ChildSp
             args,
             name: Some(child.registered_name().to_owned()),
             trap_exit: child.trap_exit.unwrap_or(false),
+            max_mailbox: child.max_mailbox.and_then(super::MaxMailbox::limit),
         }),
         restart,
         shutdown: child
@@ -1293,9 +1294,14 @@ impl ReleaseHandler {
         settle_workers(&self.workers, &target_release);
         // The target's callback deadlines apply to new actors and running ones alike.
         self.table.set_callback_timeouts(&target_release);
+        // So do its mailbox bounds, for the workers it names.
+        let mailbox_bounds = target_release.manifest.max_mailboxes();
         for (actor, plugin) in workers(state.root_supervisor.clone()).await {
             if let Some(plugin) = plugin {
                 actor.set_callback_timeout(self.table.callback_timeout(&plugin));
+            }
+            if let Some(bound) = actor.name().and_then(|name| mailbox_bounds.get(name)) {
+                actor.set_max_mailbox(*bound);
             }
         }
         let previous = std::mem::replace(&mut state.current, target_release);

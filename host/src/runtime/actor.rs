@@ -20,6 +20,14 @@
 //! killed meanwhile (a deadline, a crashed worker) handles nothing more. Casts to a
 //! behaviour that batches them (a process-isolated one) are gathered from the mailbox in
 //! order and sent together; what a batch did not run goes back in front.
+//!
+//! The mailbox length is one counter shared with the senders (see [`super`]): a call,
+//! cast or info message of the plugin's own type counts from its send until the loop
+//! takes it up to handle it; moving between the channel, the side queue and the stash
+//! changes nothing. When a mailbox that grew past [`LARGE_MAILBOX`] drains to empty, the
+//! loop frees its queues' buffers and hands the freed heap back to the OS
+//! ([`crate::process::return_free_memory`]), so a flood that has passed leaves no
+//! resident memory behind.
 
 use super::behaviour::Behaviour;
 use super::executor::{self, Callback, CallbackGuard};
@@ -40,6 +48,9 @@ const CASTS_PER_BATCH: usize = 256;
 
 /// A batch stops growing past this many bytes of messages.
 const BATCH_BYTES: usize = 1 << 20;
+
+/// A mailbox that held this many messages returns its memory once it drains to empty.
+pub(crate) const LARGE_MAILBOX: usize = 64 * 1024;
 
 /// Records `callback` of `actor` on the executor's watchdog until the guard drops.
 fn guard(actor: &ActorRef, callback: Callback) -> CallbackGuard {
@@ -74,6 +85,19 @@ pub(crate) enum Envelope {
     },
 }
 
+impl Envelope {
+    /// Whether it counts in the mailbox length and is bounded by `max_mailbox`: calls,
+    /// casts and info messages of the plugin's own type. System messages, stops, exit
+    /// signals and monitors' `down` are neither.
+    pub(crate) fn is_counted(&self) -> bool {
+        match self {
+            Envelope::Call { .. } | Envelope::Cast(_) => true,
+            Envelope::Info { kind, .. } => *kind == abi::INFO_MESSAGE,
+            Envelope::System(_) | Envelope::ExitSignal(_) | Envelope::Stop { .. } => false,
+        }
+    }
+}
+
 /// A `sys`-style request, handled between callbacks.
 pub(crate) enum SystemRequest {
     Suspend(oneshot::Sender<()>),
@@ -99,6 +123,12 @@ pub struct ActorStatus {
     pub version: Option<String>,
     /// Messages not yet handled (including those waiting while suspended).
     pub mailbox_length: usize,
+    /// The largest mailbox length since the actor started.
+    pub mailbox_high_water: usize,
+    /// The bound on calls, casts and info messages in its mailbox (`None`: unbounded).
+    pub max_mailbox: Option<usize>,
+    /// Calls, casts and info messages refused (or dropped) because the mailbox was full.
+    pub mailbox_refused: u64,
     /// How many times its supervisor restarted it.
     pub restarts: u32,
     /// Whether it is suspended.
@@ -140,6 +170,14 @@ fn service_error(error: CallError) -> ServiceError {
             actor,
             reason: "an actor cannot call itself".to_owned(),
         },
+        CallError::MailboxFull { actor, limit } => mailbox_full(actor, limit),
+    }
+}
+
+fn mailbox_full(actor: String, limit: usize) -> ServiceError {
+    ServiceError::Refused {
+        actor,
+        reason: format!("its mailbox is full (max_mailbox = {limit})"),
     }
 }
 
@@ -153,11 +191,11 @@ impl HostServices for ActorServices {
             .runtime
             .whereis(to)
             .ok_or_else(|| ServiceError::NotFound(to.to_owned()))?;
-        match kind {
-            SendKind::Cast => target.cast(message),
-            SendKind::Info => target.send_info(message),
-        }
-        Ok(())
+        let sent = match kind {
+            SendKind::Cast => target.try_cast(message),
+            SendKind::Info => target.try_send_info(message),
+        };
+        sent.map_err(|super::CastError::MailboxFull { actor, limit }| mailbox_full(actor, limit))
     }
 
     fn call(&self, to: &str, message: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, ServiceError> {
@@ -267,6 +305,8 @@ struct Actor {
     trap_exit: bool,
     restarts: u32,
     continue_with: Option<Vec<u8>>,
+    /// The longest the mailbox has been since its memory was last returned.
+    longest_since_returned: usize,
 }
 
 /// The actor task: `init`, the loop, the exit path.
@@ -317,6 +357,7 @@ pub(crate) async fn run(
         trap_exit: options.trap_exit,
         restarts: options.restarts,
         continue_with: outputs.continue_with,
+        longest_since_returned: 0,
     };
     let exit = match outputs.stop {
         Some(reason) => {
@@ -385,13 +426,20 @@ impl Actor {
                     run_terminate: false,
                 };
             }
-            // Recorded when it is cheap and telling (the mailbox ran dry, or messages pile
-            // up while suspended), not on every message of a flood.
-            if self.suspended || self.mailbox.is_empty() {
-                self.services
-                    .me
-                    .record_mailbox_length(self.mailbox.len() + self.deferred.len());
-            }
+        }
+    }
+
+    /// The loop took `count` messages up to handle them; a large mailbox that is now
+    /// empty frees its queues' buffers and returns the freed heap to the OS.
+    fn taken(&mut self, count: usize) {
+        let before = self.services.me.taken_from_mailbox(count);
+        self.longest_since_returned = self.longest_since_returned.max(before);
+        if before == count && self.longest_since_returned >= LARGE_MAILBOX {
+            self.longest_since_returned = 0;
+            self.deferred.shrink_to_fit();
+            self.stashed.shrink_to_fit();
+            crate::process::return_free_memory();
+            tracing::debug!(actor = %self.services.label, "a large mailbox drained: memory returned");
         }
     }
 
@@ -412,6 +460,10 @@ impl Actor {
     }
 
     fn handle(&mut self, envelope: Envelope) -> Option<Ending> {
+        // A counted message is taken up now, unless it waits while suspended.
+        if !self.suspended && envelope.is_counted() {
+            self.taken(1);
+        }
         match envelope {
             Envelope::System(request) => {
                 self.handle_system(request);
@@ -480,10 +532,16 @@ impl Actor {
                 }
             }
         }
+        if messages.len() > 1 {
+            self.taken(messages.len() - 1);
+        }
         let running = guard(&self.services.me, Callback::HandleCast);
         let results = self.behaviour.handle_casts(&messages, &self.services);
         drop(running);
         let ran = results.len().max(1).min(messages.len());
+        if ran < messages.len() {
+            self.services.me.returned_to_mailbox(messages.len() - ran);
+        }
         for message in messages.drain(ran..).rev() {
             self.stashed.push_front(Envelope::Cast(message));
         }
@@ -592,7 +650,10 @@ impl Actor {
                     name: self.services.me.name().map(str::to_owned),
                     plugin: identity.map(|identity| identity.name.clone()),
                     version: identity.map(|identity| identity.version.to_string()),
-                    mailbox_length: self.mailbox.len() + self.deferred.len(),
+                    mailbox_length: self.services.me.mailbox_length(),
+                    mailbox_high_water: self.services.me.mailbox_high_water(),
+                    max_mailbox: self.services.me.max_mailbox(),
+                    mailbox_refused: self.services.me.mailbox_refused(),
                     restarts: self.restarts,
                     suspended: self.suspended,
                 });
