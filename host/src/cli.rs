@@ -277,7 +277,13 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 idle_timeout: Duration::from_secs(idle_timeout),
                 ..Default::default()
             };
-            start(&root, watch, auto_permanent.map(Duration::from_secs), limits).await
+            start(
+                &root,
+                watch,
+                auto_permanent.map(Duration::from_secs),
+                limits,
+            )
+            .await
         }
         Command::Status { json } => {
             let status = request(&root, &Request::Status {}).await?;

@@ -192,7 +192,8 @@ impl ControlServer {
                         backoff.succeeded();
                         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
                             refuse(&stream, limits.max_connections);
-                            if let Some(suppressed) = refusal_warning.due(std::time::Instant::now()) {
+                            if let Some(suppressed) = refusal_warning.due(std::time::Instant::now())
+                            {
                                 tracing::warn!(
                                     "control socket: refused a client over the limit of {} connections ({suppressed} more refused since the last warning; graft start --max-connections)",
                                     limits.max_connections
@@ -342,9 +343,9 @@ impl ByteBudget {
         self.used
             .fetch_update(
                 std::sync::atomic::Ordering::AcqRel,
-                std::sync::atomic::Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|&total| total <= self.limit)
-            })
+                std::sync::atomic::Ordering::Acquire,
+                |used| used.checked_add(bytes).filter(|&total| total <= self.limit),
+            )
             .is_ok()
     }
 
@@ -354,37 +355,80 @@ impl ByteBudget {
     }
 }
 
-/// One connection's unparsed bytes. Its capacity beyond the first [`READ_CHUNK`] is
-/// charged to the shared budget (invariant: `charged` is that amount, always).
+/// One connection's unparsed bytes, in an anonymous mapping of their own (none while
+/// empty): freeing it hands the memory straight back to the OS, whatever the allocator
+/// keeps in its arenas. Its capacity beyond the first [`READ_CHUNK`] is charged to the
+/// shared budget (invariant: `charged` is that amount, always).
 struct LineBuffer {
-    bytes: Vec<u8>,
+    storage: Option<memmap2::MmapMut>,
+    len: usize,
     charged: usize,
     budget: Arc<ByteBudget>,
+}
+
+/// Why a connection could not buffer more bytes.
+enum BufferRefusal {
+    /// The shared budget is spent.
+    BudgetSpent,
+    /// The OS gave no memory.
+    NoMemory(std::io::Error),
 }
 
 impl LineBuffer {
     fn new(budget: Arc<ByteBudget>) -> LineBuffer {
         LineBuffer {
-            bytes: Vec::new(),
+            storage: None,
+            len: 0,
             charged: 0,
             budget,
         }
     }
 
-    /// Makes room to read one more chunk, growing the capacity at most to `max_capacity`;
-    /// false when the budget cannot cover it (nothing changes then).
-    fn reserve_chunk(&mut self, max_capacity: usize) -> bool {
-        let needed = self.bytes.len() + READ_CHUNK;
-        if needed <= self.bytes.capacity() {
-            return true;
+    fn capacity(&self) -> usize {
+        self.storage.as_ref().map_or(0, |storage| storage.len())
+    }
+
+    /// The buffered bytes.
+    fn bytes(&self) -> &[u8] {
+        self.storage
+            .as_ref()
+            .map_or(&[], |storage| &storage[..self.len])
+    }
+
+    /// The room after the buffered bytes, to read into.
+    fn spare(&mut self) -> &mut [u8] {
+        match &mut self.storage {
+            Some(storage) => &mut storage[self.len..],
+            None => &mut [],
         }
-        let capacity = (self.bytes.capacity() * 2).min(max_capacity).max(needed);
+    }
+
+    /// Makes room to read one more chunk, growing the capacity at most to `max_capacity`
+    /// (nothing changes when it fails).
+    fn reserve_chunk(&mut self, max_capacity: usize) -> Result<(), BufferRefusal> {
+        let needed = self.len + READ_CHUNK;
+        if needed <= self.capacity() {
+            return Ok(());
+        }
+        let capacity = (self.capacity() * 2).min(max_capacity).max(needed);
+        let charged = self.charged;
         if !self.charge_for(capacity) {
-            return false;
+            return Err(BufferRefusal::BudgetSpent);
         }
-        // `Vec<u8>` with the global allocator gets exactly the capacity asked for.
-        self.bytes.reserve_exact(capacity - self.bytes.len());
-        true
+        if let Err(error) = self.move_to(capacity) {
+            let restored = self.charge_for(charged + READ_CHUNK);
+            debug_assert!(restored, "giving bytes back always succeeds");
+            return Err(BufferRefusal::NoMemory(error));
+        }
+        Ok(())
+    }
+
+    /// Moves the bytes to a new mapping of `capacity` bytes (the old one is unmapped).
+    fn move_to(&mut self, capacity: usize) -> std::io::Result<()> {
+        let mut storage = memmap2::MmapMut::map_anon(capacity)?;
+        storage[..self.len].copy_from_slice(self.bytes());
+        self.storage = Some(storage);
+        Ok(())
     }
 
     /// Brings the charge to what `capacity` costs; false (and no change) when that needs
@@ -402,19 +446,23 @@ impl LineBuffer {
         true
     }
 
-    /// Drops the first `count` bytes (a line that was parsed). An emptied buffer is freed
-    /// (an idle connection holds no buffer) and a large one shrinks to what it still holds.
+    /// Drops the first `count` bytes (a line that was parsed). An emptied buffer is
+    /// unmapped (an idle connection holds none) and a large one shrinks to what remains.
     fn consume(&mut self, count: usize) {
-        self.bytes.drain(..count);
-        let capacity = self.bytes.capacity();
-        if self.bytes.is_empty() {
-            self.bytes = Vec::new();
-        } else if capacity > LARGE_BUFFER && self.bytes.len() < capacity / 4 {
-            self.bytes.shrink_to(READ_CHUNK);
-        } else {
+        let capacity = self.capacity();
+        if let Some(storage) = &mut self.storage {
+            storage.copy_within(count..self.len, 0);
+        }
+        self.len -= count;
+        if self.len == 0 {
+            self.storage = None;
+        } else if capacity <= LARGE_BUFFER
+            || self.len >= capacity / 4
+            || self.move_to(self.len.max(READ_CHUNK)).is_err()
+        {
             return;
         }
-        let shrunk = self.charge_for(self.bytes.capacity());
+        let shrunk = self.charge_for(self.capacity());
         debug_assert!(shrunk, "a smaller buffer needs no more budget");
         if capacity > LARGE_BUFFER {
             self.budget.large_buffer_freed.notify_one();
@@ -425,8 +473,8 @@ impl LineBuffer {
 impl Drop for LineBuffer {
     fn drop(&mut self) {
         self.budget.give_back(self.charged);
-        if self.bytes.capacity() > LARGE_BUFFER {
-            self.bytes = Vec::new();
+        if self.capacity() > LARGE_BUFFER {
+            self.storage = None;
             self.budget.large_buffer_freed.notify_one();
         }
     }
@@ -533,22 +581,23 @@ async fn serve_client(
 ) -> std::io::Result<()> {
     let (reader, mut writer) = stream.into_split();
     let mut buffer = LineBuffer::new(budget);
-    // `buffer.bytes[..scanned]` holds no newline.
+    // `buffer.bytes()[..scanned]` holds no newline.
     let mut scanned = 0;
     // The client has closed its side: what is buffered is all there is.
     let mut ended = false;
     loop {
-        let newline = buffer.bytes[scanned..]
+        let buffered = buffer.bytes().len();
+        let newline = buffer.bytes()[scanned..]
             .iter()
             .position(|&byte| byte == b'\n')
             .map(|offset| scanned + offset);
-        scanned = buffer.bytes.len();
+        scanned = buffered;
         let line_end = match newline {
             Some(end) => end,
             // The client's last line, without a newline.
-            None if ended && !buffer.bytes.is_empty() => buffer.bytes.len(),
+            None if ended && buffered > 0 => buffered,
             None if ended => return Ok(()),
-            None if buffer.bytes.len() > limits.max_request_bytes => buffer.bytes.len(),
+            None if buffered > limits.max_request_bytes => buffered,
             None => {
                 match tokio::time::timeout(limits.idle_timeout, reader.readable()).await {
                     Ok(ready) => ready?,
@@ -561,23 +610,23 @@ async fn serve_client(
                         return Ok(());
                     }
                 }
-                if !buffer.reserve_chunk(limits.max_request_bytes + READ_CHUNK) {
-                    let error = format!(
+                let error = match buffer.reserve_chunk(limits.max_request_bytes + READ_CHUNK) {
+                    Ok(()) => None,
+                    Err(BufferRefusal::BudgetSpent) => Some(format!(
                         "the host's request buffers are full ({} MiB across all connections): retry later",
                         limits.max_buffered_bytes / (1024 * 1024)
-                    );
+                    )),
+                    Err(BufferRefusal::NoMemory(error)) => Some(format!(
+                        "the host could not allocate a request buffer: {error}"
+                    )),
+                };
+                if let Some(error) = error {
                     send(&mut writer, &json!({"ok": false, "error": error}), limits).await?;
                     return Ok(());
                 }
-                let start = buffer.bytes.len();
-                buffer.bytes.resize(start + READ_CHUNK, 0);
-                let read = reader.try_read(&mut buffer.bytes[start..]);
-                buffer
-                    .bytes
-                    .truncate(start + read.as_ref().copied().unwrap_or(0));
-                match read {
+                match reader.try_read(buffer.spare()) {
                     Ok(0) => ended = true,
-                    Ok(_) => {}
+                    Ok(read) => buffer.len += read,
                     Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(error) => return Err(error),
                 }
@@ -593,11 +642,11 @@ async fn serve_client(
             return Ok(());
         }
         let parsed = {
-            let text = String::from_utf8_lossy(&buffer.bytes[..line_end]);
+            let text = String::from_utf8_lossy(&buffer.bytes()[..line_end]);
             let text = text.trim();
             (!text.is_empty()).then(|| serde_json::from_str::<Request>(text))
         };
-        buffer.consume((line_end + 1).min(buffer.bytes.len()));
+        buffer.consume((line_end + 1).min(buffered));
         scanned = 0;
         let request = match parsed {
             None => continue,
