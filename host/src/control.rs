@@ -1066,3 +1066,98 @@ mod properties {
         }
     }
 }
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+
+    #[test]
+    fn the_byte_budget_refuses_what_does_not_fit_and_takes_back_what_is_given() {
+        let budget = ByteBudget::new(100);
+        assert!(budget.try_take(60));
+        assert!(!budget.try_take(41), "60 + 41 is over 100");
+        assert!(budget.try_take(40));
+        budget.give_back(100);
+        assert!(budget.try_take(100));
+    }
+
+    #[test]
+    fn a_line_buffer_charges_its_capacity_beyond_the_first_chunk_and_frees_what_it_consumed() {
+        let budget = Arc::new(ByteBudget::new(4 * READ_CHUNK));
+        let mut buffer = LineBuffer::new(Arc::clone(&budget));
+        let max_capacity = 1024 * 1024;
+        assert!(buffer.reserve_chunk(max_capacity).is_ok());
+        assert_eq!(buffer.capacity(), READ_CHUNK);
+        assert_eq!(buffer.charged, 0, "the first chunk is free");
+        buffer.spare().fill(b'x');
+        buffer.len = READ_CHUNK;
+        assert!(buffer.reserve_chunk(max_capacity).is_ok());
+        assert_eq!(buffer.capacity(), 2 * READ_CHUNK);
+        assert_eq!(buffer.bytes(), vec![b'x'; READ_CHUNK]);
+        assert_eq!(
+            budget.used.load(std::sync::atomic::Ordering::Acquire),
+            READ_CHUNK
+        );
+        buffer.len = 2 * READ_CHUNK;
+        assert!(buffer.reserve_chunk(max_capacity).is_ok());
+        buffer.len = 4 * READ_CHUNK;
+        assert!(
+            matches!(
+                buffer.reserve_chunk(max_capacity),
+                Err(BufferRefusal::BudgetSpent)
+            ),
+            "8 chunks would charge 7, over the budget of 4"
+        );
+        assert_eq!(
+            buffer.capacity(),
+            4 * READ_CHUNK,
+            "a refusal changes nothing"
+        );
+        buffer.spare();
+        buffer.consume(4 * READ_CHUNK);
+        assert_eq!(buffer.capacity(), 0, "an emptied buffer is unmapped");
+        assert_eq!(budget.used.load(std::sync::atomic::Ordering::Acquire), 0);
+        assert!(buffer.reserve_chunk(max_capacity).is_ok());
+        buffer.spare()[..3].copy_from_slice(b"a\nb");
+        buffer.len = 3;
+        buffer.consume(2);
+        assert_eq!(buffer.bytes(), b"b", "the rest moves to the front");
+        drop(buffer);
+        assert_eq!(budget.used.load(std::sync::atomic::Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn a_large_buffer_shrinks_to_what_remains_after_a_line_and_returns_its_charge() {
+        let budget = Arc::new(ByteBudget::new(usize::MAX));
+        let mut buffer = LineBuffer::new(Arc::clone(&budget));
+        while buffer.capacity() < 256 * 1024 {
+            assert!(buffer.reserve_chunk(1024 * 1024).is_ok());
+            buffer.len = buffer.capacity();
+        }
+        buffer.consume(buffer.len - 10);
+        assert_eq!(buffer.capacity(), READ_CHUNK);
+        assert_eq!(buffer.bytes().len(), 10);
+        assert_eq!(budget.used.load(std::sync::atomic::Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn failed_accepts_pause_longer_each_time_up_to_the_longest_and_a_success_resets_it() {
+        let mut backoff = AcceptBackoff::new(&ControlLimits::default());
+        let pauses: Vec<_> = (0..6).map(|_| backoff.failed().as_millis()).collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1000, 1000]);
+        backoff.succeeded();
+        assert_eq!(backoff.failed(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_warning_is_due_once_per_interval_with_the_count_of_those_suppressed() {
+        let mut warning = RateLimitedWarning::new(Duration::from_secs(10));
+        let start = std::time::Instant::now();
+        assert_eq!(warning.due(start), Some(0));
+        for second in 1..10 {
+            assert_eq!(warning.due(start + Duration::from_secs(second)), None);
+        }
+        assert_eq!(warning.due(start + Duration::from_secs(10)), Some(9));
+        assert_eq!(warning.due(start + Duration::from_secs(11)), None);
+    }
+}

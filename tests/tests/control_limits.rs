@@ -1,7 +1,8 @@
 //! The control socket's resource limits, against a real `graft start` host process: the
 //! connection cap (`--max-connections`), the per-connection and total budgets of buffered
 //! request bytes and the memory returned after a flood, the idle timeout
-//! (`--idle-timeout`), and the accept loop's backoff at the file-descriptor limit.
+//! (`--idle-timeout`), the accept loop's backoff at the file-descriptor limit, and the
+//! validation of those flags.
 
 use graft_tests::{
     Host, copy_tree, eventually_blocking as eventually, graft_binary, workspace_root,
@@ -120,6 +121,30 @@ fn open_file_limit() -> u64 {
         .unwrap()
         .parse()
         .unwrap_or(u64::MAX)
+}
+
+#[test]
+fn a_limit_of_zero_or_not_a_number_is_a_usage_error_naming_the_flag() {
+    let root = tempfile::tempdir().unwrap();
+    for (flag, value, expected) in [
+        ("--max-connections", "0", "must be at least 1"),
+        ("--idle-timeout", "0", "must be at least 1"),
+        ("--max-connections", "many", "expected a whole number"),
+    ] {
+        let output = Command::new(graft_binary())
+            .env("GRAFT_ROOT", root.path())
+            .args(["start", flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid value '{value}' for '{flag}"))
+                && stderr.contains(expected),
+            "{flag} {value}: {stderr}"
+        );
+    }
+    assert!(!root.path().join("run").exists(), "nothing started");
 }
 
 #[test]
