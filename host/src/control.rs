@@ -361,7 +361,10 @@ impl ByteBudget {
 /// shared budget (invariant: `charged` is that amount, always).
 struct LineBuffer {
     storage: Option<memmap2::MmapMut>,
-    len: usize,
+    /// The unparsed bytes are `storage[start..end]`: a parsed line only moves `start`, so
+    /// many lines in one read cost no copying; they move to the front before a read.
+    start: usize,
+    end: usize,
     charged: usize,
     budget: Arc<ByteBudget>,
 }
@@ -378,7 +381,8 @@ impl LineBuffer {
     fn new(budget: Arc<ByteBudget>) -> LineBuffer {
         LineBuffer {
             storage: None,
-            len: 0,
+            start: 0,
+            end: 0,
             charged: 0,
             budget,
         }
@@ -392,21 +396,31 @@ impl LineBuffer {
     fn bytes(&self) -> &[u8] {
         self.storage
             .as_ref()
-            .map_or(&[], |storage| &storage[..self.len])
+            .map_or(&[], |storage| &storage[self.start..self.end])
     }
 
     /// The room after the buffered bytes, to read into.
     fn spare(&mut self) -> &mut [u8] {
         match &mut self.storage {
-            Some(storage) => &mut storage[self.len..],
+            Some(storage) => &mut storage[self.end..],
             None => &mut [],
         }
+    }
+
+    /// Records `count` bytes read into [`LineBuffer::spare`].
+    fn filled(&mut self, count: usize) {
+        self.end += count;
     }
 
     /// Makes room to read one more chunk, growing the capacity at most to `max_capacity`
     /// (nothing changes when it fails).
     fn reserve_chunk(&mut self, max_capacity: usize) -> Result<(), BufferRefusal> {
-        let needed = self.len + READ_CHUNK;
+        if let Some(storage) = &mut self.storage {
+            storage.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let needed = self.end + READ_CHUNK;
         if needed <= self.capacity() {
             return Ok(());
         }
@@ -423,10 +437,14 @@ impl LineBuffer {
         Ok(())
     }
 
-    /// Moves the bytes to a new mapping of `capacity` bytes (the old one is unmapped).
+    /// Moves the bytes to the front of a new mapping of `capacity` bytes (the old one is
+    /// unmapped).
     fn move_to(&mut self, capacity: usize) -> std::io::Result<()> {
         let mut storage = memmap2::MmapMut::map_anon(capacity)?;
-        storage[..self.len].copy_from_slice(self.bytes());
+        let bytes = self.bytes();
+        storage[..bytes.len()].copy_from_slice(bytes);
+        self.end = bytes.len();
+        self.start = 0;
         self.storage = Some(storage);
         Ok(())
     }
@@ -450,15 +468,15 @@ impl LineBuffer {
     /// unmapped (an idle connection holds none) and a large one shrinks to what remains.
     fn consume(&mut self, count: usize) {
         let capacity = self.capacity();
-        if let Some(storage) = &mut self.storage {
-            storage.copy_within(count..self.len, 0);
-        }
-        self.len -= count;
-        if self.len == 0 {
+        self.start += count;
+        let remaining = self.end - self.start;
+        if remaining == 0 {
             self.storage = None;
+            self.start = 0;
+            self.end = 0;
         } else if capacity <= LARGE_BUFFER
-            || self.len >= capacity / 4
-            || self.move_to(self.len.max(READ_CHUNK)).is_err()
+            || remaining >= capacity / 4
+            || self.move_to(remaining.max(READ_CHUNK)).is_err()
         {
             return;
         }
@@ -626,7 +644,7 @@ async fn serve_client(
                 }
                 match reader.try_read(buffer.spare()) {
                     Ok(0) => ended = true,
-                    Ok(read) => buffer.len += read,
+                    Ok(read) => buffer.filled(read),
                     Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(error) => return Err(error),
                 }
@@ -1090,7 +1108,7 @@ mod limits {
         assert_eq!(buffer.capacity(), READ_CHUNK);
         assert_eq!(buffer.charged, 0, "the first chunk is free");
         buffer.spare().fill(b'x');
-        buffer.len = READ_CHUNK;
+        buffer.filled(READ_CHUNK);
         assert!(buffer.reserve_chunk(max_capacity).is_ok());
         assert_eq!(buffer.capacity(), 2 * READ_CHUNK);
         assert_eq!(buffer.bytes(), vec![b'x'; READ_CHUNK]);
@@ -1098,9 +1116,9 @@ mod limits {
             budget.used.load(std::sync::atomic::Ordering::Acquire),
             READ_CHUNK
         );
-        buffer.len = 2 * READ_CHUNK;
+        buffer.filled(READ_CHUNK);
         assert!(buffer.reserve_chunk(max_capacity).is_ok());
-        buffer.len = 4 * READ_CHUNK;
+        buffer.filled(2 * READ_CHUNK);
         assert!(
             matches!(
                 buffer.reserve_chunk(max_capacity),
@@ -1119,9 +1137,16 @@ mod limits {
         assert_eq!(budget.used.load(std::sync::atomic::Ordering::Acquire), 0);
         assert!(buffer.reserve_chunk(max_capacity).is_ok());
         buffer.spare()[..3].copy_from_slice(b"a\nb");
-        buffer.len = 3;
+        buffer.filled(3);
         buffer.consume(2);
-        assert_eq!(buffer.bytes(), b"b", "the rest moves to the front");
+        assert_eq!(buffer.bytes(), b"b");
+        assert_eq!(buffer.start, 2, "a parsed line moves nothing");
+        assert!(buffer.reserve_chunk(max_capacity).is_ok());
+        assert_eq!(
+            buffer.start, 0,
+            "before a read, the rest moves to the front"
+        );
+        assert_eq!(buffer.bytes(), b"b");
         drop(buffer);
         assert_eq!(budget.used.load(std::sync::atomic::Ordering::Acquire), 0);
     }
@@ -1132,9 +1157,10 @@ mod limits {
         let mut buffer = LineBuffer::new(Arc::clone(&budget));
         while buffer.capacity() < 256 * 1024 {
             assert!(buffer.reserve_chunk(1024 * 1024).is_ok());
-            buffer.len = buffer.capacity();
+            let room = buffer.spare().len();
+            buffer.filled(room);
         }
-        buffer.consume(buffer.len - 10);
+        buffer.consume(buffer.bytes().len() - 10);
         assert_eq!(buffer.capacity(), READ_CHUNK);
         assert_eq!(buffer.bytes().len(), 10);
         assert_eq!(budget.used.load(std::sync::atomic::Ordering::Acquire), 0);

@@ -177,8 +177,20 @@ fn connections_over_the_cap_get_a_one_line_error_and_new_ones_are_served_once_so
     (&over).read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "one line, then closed: {rest:?}");
 
-    // The eight are still served.
+    // The eight are still served, two requests in one write too.
     assert_eq!(status_on(&mut clients[0])["ok"], true);
+    clients[1]
+        .write_all(b"{\"command\":\"releases\"}\n{\"command\":\"status\"}\n")
+        .unwrap();
+    let mut reader = BufReader::new(&clients[1]);
+    for expected in ["releases", "status"] {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let response: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(response["ok"], true, "{expected}: {response}");
+        let is_array = response["result"].is_array();
+        assert_eq!(is_array, expected == "releases", "{expected}: {response}");
+    }
 
     // Two leave; new clients are served again.
     clients.truncate(6);
