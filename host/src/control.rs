@@ -182,6 +182,7 @@ impl ControlServer {
                 .max_connections
                 .min(tokio::sync::Semaphore::MAX_PERMITS),
         ));
+        let lingering_refusals = Arc::new(tokio::sync::Semaphore::new(MAX_LINGERING_REFUSALS));
         let accepting = async {
             let mut backoff = AcceptBackoff::new(&limits);
             let mut failure_warning = RateLimitedWarning::new(limits.accept_warning_interval);
@@ -192,6 +193,16 @@ impl ControlServer {
                         backoff.succeeded();
                         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
                             refuse(&stream, limits.max_connections);
+                            // Kept open a moment (unread) so that the client's request
+                            // write succeeds and it reads why (bounded in number and time).
+                            if let Ok(lingering) =
+                                Arc::clone(&lingering_refusals).try_acquire_owned()
+                            {
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(REFUSAL_LINGER).await;
+                                    drop((stream, lingering));
+                                });
+                            }
                             if let Some(suppressed) = refusal_warning.due(std::time::Instant::now())
                             {
                                 tracing::warn!(
@@ -277,6 +288,14 @@ const READ_CHUNK: usize = 8 * 1024;
 
 /// A request buffer larger than this goes back to the OS when freed.
 const LARGE_BUFFER: usize = 64 * 1024;
+
+/// Refused clients kept open (unread) at once, each for [`REFUSAL_LINGER`]: a client whose
+/// socket closed before it wrote its request would see a broken pipe instead of the
+/// reason. More are closed at once.
+const MAX_LINGERING_REFUSALS: usize = 64;
+
+/// The longest a refused client is kept open.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 /// Freed memory is returned to the OS at most once per this interval.
 const MEMORY_RETURN_INTERVAL: Duration = Duration::from_millis(250);
