@@ -483,8 +483,8 @@ impl LineBuffer {
         true
     }
 
-    /// Drops the first `count` bytes (a line that was parsed). An emptied buffer is
-    /// unmapped (an idle connection holds none) and a large one shrinks to what remains.
+    /// Drops the first `count` bytes (a line that was parsed). An empty buffer is unmapped
+    /// (an idle connection holds none) and a large one shrinks to what remains.
     fn consume(&mut self, count: usize) {
         let capacity = self.capacity();
         self.start += count;
@@ -664,7 +664,10 @@ async fn serve_client(
                 match reader.try_read(buffer.spare()) {
                     Ok(0) => ended = true,
                     Ok(read) => buffer.filled(read),
-                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                    // Readiness was stale: wait again, holding no buffer if it is empty.
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        buffer.consume(0)
+                    }
                     Err(error) => return Err(error),
                 }
                 continue;
