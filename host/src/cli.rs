@@ -58,6 +58,13 @@ enum Command {
         /// roll it back if one does.
         #[arg(long, value_name = "SECONDS", requires = "watch")]
         auto_permanent: Option<u64>,
+        /// Clients connected to the control socket at once; one more gets an error and is
+        /// closed.
+        #[arg(long, value_name = "COUNT", default_value_t = graft::control::DEFAULT_MAX_CONNECTIONS as u64, value_parser = parse_at_least_one)]
+        max_connections: u64,
+        /// Close a control connection that sends no request for SECONDS.
+        #[arg(long, value_name = "SECONDS", default_value_t = graft::control::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = parse_at_least_one)]
+        idle_timeout: u64,
     },
     /// The supervision tree, each actor's plugin and version, resident libraries, workers.
     Status {
@@ -174,6 +181,17 @@ enum Command {
     },
 }
 
+/// A whole number that must be at least 1 (a count of connections, a number of seconds).
+fn parse_at_least_one(text: &str) -> Result<u64, String> {
+    let value: u64 = text
+        .parse()
+        .map_err(|error| format!("expected a whole number: {error}"))?;
+    if value == 0 {
+        return Err("must be at least 1".to_owned());
+    }
+    Ok(value)
+}
+
 fn parse_json(text: &str) -> Result<Value, String> {
     serde_json::from_str(text)
         .map_err(|error| format!("not valid JSON ({error}); quote strings, e.g. '\"Get\"'"))
@@ -270,7 +288,22 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Start {
             watch,
             auto_permanent,
-        } => start(&root, watch, auto_permanent.map(Duration::from_secs)).await,
+            max_connections,
+            idle_timeout,
+        } => {
+            let limits = graft::control::ControlLimits {
+                max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+                idle_timeout: Duration::from_secs(idle_timeout),
+                ..Default::default()
+            };
+            start(
+                &root,
+                watch,
+                auto_permanent.map(Duration::from_secs),
+                limits,
+            )
+            .await
+        }
         Command::Status { json } => {
             let status = request(&root, &Request::Status {}).await?;
             print_status(&status, json);
@@ -608,12 +641,13 @@ async fn start(
     root: &Path,
     watch: bool,
     auto_permanent: Option<Duration>,
+    limits: graft::control::ControlLimits,
 ) -> Result<ExitCode, Failure> {
     init_tracing();
     let handler = Arc::new(ReleaseHandler::boot(root, Runtime::new()).await?);
     let server = ControlServer::bind(root).await?;
     tracing::info!(socket = %server.path().display(), release = %handler.current_version().await, "host started");
-    let serving = tokio::spawn(server.serve(Arc::clone(&handler)));
+    let serving = tokio::spawn(server.serve_with(Arc::clone(&handler), limits));
     let watching = watch.then(|| {
         let handler = Arc::clone(&handler);
         tokio::spawn(async move {

@@ -9,6 +9,14 @@
 //! Invariants: a malformed, oversized or unknown request gets an error response and the
 //! host carries on (an oversized line also closes that connection: the rest of it cannot be
 //! framed); a client that disconnects mid-request affects nobody else.
+//!
+//! Resources are bounded ([`ControlLimits`]): at most `max_connections` clients at once (one
+//! more gets a one-line error and is closed unread); request bytes buffered per connection
+//! (`max_request_bytes`) and in total (`max_buffered_bytes`, beyond 8 KiB per connection),
+//! taken without waiting, so a connection that cannot get bytes is told so and closed
+//! rather than blocked holding partial bytes; an emptied buffer is freed, and freed large
+//! buffers go back to the OS; a connection idle for `idle_timeout` is closed; a failed
+//! accept (at the file-descriptor limit) pauses accepting, with one warning per interval.
 
 use crate::release::handler::{InstallPhase, InstallReport, ProgressFn, ReleaseHandler};
 use crate::runtime::{ActorRef, ProcessId, SystemError};
@@ -22,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 /// The longest request line accepted, in bytes.
@@ -221,21 +229,93 @@ impl ControlServer {
         &self.path
     }
 
-    /// Accepts clients forever, each on its own task.
+    /// Accepts clients forever, each on its own task, within the default [`ControlLimits`].
     pub async fn serve(self, handler: Arc<ReleaseHandler>) {
-        loop {
-            match self.listener.accept().await {
-                Ok((stream, _)) => {
-                    let handler = Arc::clone(&handler);
-                    tokio::spawn(async move {
-                        if let Err(error) = serve_client(stream, handler).await {
-                            tracing::debug!("control client: {error}");
+        self.serve_with(handler, ControlLimits::default()).await
+    }
+
+    /// Accepts clients forever, each on its own task, within `limits`: over
+    /// `max_connections` a client gets a one-line error and is closed unread; a failed
+    /// accept (at the file-descriptor limit, say) pauses accepting, with one warning per
+    /// interval; freed request buffers go back to the OS once clients leave.
+    pub async fn serve_with(self, handler: Arc<ReleaseHandler>, limits: ControlLimits) {
+        let limits = Arc::new(limits);
+        let budget = Arc::new(ByteBudget::new(limits.max_buffered_bytes));
+        let connections = Arc::new(tokio::sync::Semaphore::new(
+            limits
+                .max_connections
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
+        let lingering_refusals = Arc::new(tokio::sync::Semaphore::new(MAX_LINGERING_REFUSALS));
+        let accepting = async {
+            let mut backoff = AcceptBackoff::new(&limits);
+            let mut failure_warning = RateLimitedWarning::new(limits.accept_warning_interval);
+            let mut refusal_warning = RateLimitedWarning::new(limits.accept_warning_interval);
+            loop {
+                match self.listener.accept().await {
+                    Ok((stream, _)) => {
+                        backoff.succeeded();
+                        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                            refuse(&stream, limits.max_connections);
+                            // Kept open a moment (unread) so that the client's request
+                            // write succeeds and it reads why (bounded in number and time).
+                            if let Ok(lingering) =
+                                Arc::clone(&lingering_refusals).try_acquire_owned()
+                            {
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(REFUSAL_LINGER).await;
+                                    drop((stream, lingering));
+                                });
+                            }
+                            if let Some(suppressed) = refusal_warning.due(std::time::Instant::now())
+                            {
+                                tracing::warn!(
+                                    "control socket: refused a client over the limit of {} connections ({suppressed} more refused since the last warning; graft start --max-connections)",
+                                    limits.max_connections
+                                );
+                            }
+                            continue;
+                        };
+                        let handler = Arc::clone(&handler);
+                        let limits = Arc::clone(&limits);
+                        let budget = Arc::clone(&budget);
+                        tokio::spawn(async move {
+                            if let Err(error) = serve_client(stream, handler, &limits, budget).await
+                            {
+                                tracing::debug!("control client: {error}");
+                            }
+                            drop(permit);
+                        });
+                    }
+                    Err(error) => {
+                        let pause = backoff.failed();
+                        if let Some(suppressed) = failure_warning.due(std::time::Instant::now()) {
+                            let hint = if matches!(
+                                error.raw_os_error(),
+                                Some(libc::EMFILE | libc::ENFILE)
+                            ) {
+                                " (the host is at its open-file limit: raise it with ulimit -n or lower graft start --max-connections)"
+                            } else {
+                                ""
+                            };
+                            tracing::warn!(
+                                "control socket accept failed: {error}{hint}; pausing accepts for {} ms ({suppressed} more failures since the last warning)",
+                                pause.as_millis()
+                            );
                         }
-                    });
+                        tokio::time::sleep(pause).await;
+                    }
                 }
-                Err(error) => tracing::warn!("control socket accept failed: {error}"),
             }
-        }
+        };
+        let returning_memory = async {
+            loop {
+                budget.large_buffer_freed.notified().await;
+                let _ = tokio::task::spawn_blocking(crate::process::return_free_memory).await;
+                tokio::time::sleep(MEMORY_RETURN_INTERVAL).await;
+            }
+        };
+        tokio::join!(accepting, returning_memory);
     }
 }
 
@@ -254,33 +334,430 @@ async fn write_line(
     writer.write_all(&line).await
 }
 
-async fn serve_client(stream: UnixStream, handler: Arc<ReleaseHandler>) -> std::io::Result<()> {
+/// The default cap on clients connected at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// The default time a connection may send nothing before it is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The default budget of request bytes buffered across all connections: 64 requests of
+/// the largest size at once. Real requests are a few hundred bytes, so only a flood comes
+/// near it, and it keeps a flood to a small fraction of a host's memory (without it, 256
+/// connections could hold 256 MiB and, before the cap, 2,000 held 2 GB).
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
+
+/// How much a connection reads at once. Each connection's first chunk is not charged to
+/// the shared budget, so a short request is served even while a flood has spent it.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// A request buffer larger than this goes back to the OS when freed.
+const LARGE_BUFFER: usize = 64 * 1024;
+
+/// Refused clients kept open (unread) at once, each for [`REFUSAL_LINGER`]: a client whose
+/// socket closed before it wrote its request would see a broken pipe instead of the
+/// reason. More are closed at once.
+const MAX_LINGERING_REFUSALS: usize = 64;
+
+/// The longest a refused client is kept open.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Freed memory is returned to the OS at most once per this interval.
+const MEMORY_RETURN_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What the control socket's clients can make the host hold. Memory for requests is at
+/// most `max_connections` × 8 KiB plus `max_buffered_bytes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlLimits {
+    /// Clients connected at once; one more gets a one-line error and is closed unread.
+    pub max_connections: usize,
+    /// The longest request line, in bytes, without its newline; a longer one gets an error
+    /// and the connection is closed.
+    pub max_request_bytes: usize,
+    /// Request bytes buffered across all connections (beyond each connection's first
+    /// 8 KiB). A connection that needs more while it is spent gets an error and is closed.
+    pub max_buffered_bytes: usize,
+    /// A connection that sends nothing while the host waits for a request, or accepts
+    /// nothing of a response, for this long is closed.
+    pub idle_timeout: Duration,
+    /// The first pause after a failed accept; each further failure doubles it, up to
+    /// `max_accept_backoff`.
+    pub accept_backoff: Duration,
+    /// The longest pause between failed accepts.
+    pub max_accept_backoff: Duration,
+    /// At most one warning about failed (or refused) accepts per interval.
+    pub accept_warning_interval: Duration,
+}
+
+impl Default for ControlLimits {
+    fn default() -> ControlLimits {
+        ControlLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_request_bytes: MAX_REQUEST_BYTES as usize,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            accept_backoff: Duration::from_millis(100),
+            max_accept_backoff: Duration::from_secs(1),
+            accept_warning_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The request bytes buffered across connections, against a limit. Never waits: a
+/// connection that cannot take bytes is refused, so none blocks holding partial bytes.
+#[derive(Debug)]
+struct ByteBudget {
+    limit: usize,
+    used: std::sync::atomic::AtomicUsize,
+    /// Woken when a large buffer is freed, so that the memory goes back to the OS.
+    large_buffer_freed: tokio::sync::Notify,
+}
+
+impl ByteBudget {
+    fn new(limit: usize) -> ByteBudget {
+        ByteBudget {
+            limit,
+            used: std::sync::atomic::AtomicUsize::new(0),
+            large_buffer_freed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Takes `bytes` if they fit; whether they did.
+    fn try_take(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+                |used| used.checked_add(bytes).filter(|&total| total <= self.limit),
+            )
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.used
+            .fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// One connection's unparsed bytes, in an anonymous mapping of their own (none while
+/// empty): freeing it hands the memory straight back to the OS, whatever the allocator
+/// keeps in its arenas. Its capacity beyond the first [`READ_CHUNK`] is charged to the
+/// shared budget (invariant: `charged` is that amount, always).
+struct LineBuffer {
+    storage: Option<memmap2::MmapMut>,
+    /// The unparsed bytes are `storage[start..end]`: a parsed line only moves `start`, so
+    /// many lines in one read cost no copying; they move to the front before a read.
+    start: usize,
+    end: usize,
+    charged: usize,
+    budget: Arc<ByteBudget>,
+}
+
+/// Why a connection could not buffer more bytes.
+enum BufferRefusal {
+    /// The shared budget is spent.
+    BudgetSpent,
+    /// The OS gave no memory.
+    NoMemory(std::io::Error),
+}
+
+impl LineBuffer {
+    fn new(budget: Arc<ByteBudget>) -> LineBuffer {
+        LineBuffer {
+            storage: None,
+            start: 0,
+            end: 0,
+            charged: 0,
+            budget,
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.storage.as_ref().map_or(0, |storage| storage.len())
+    }
+
+    /// The buffered bytes.
+    fn bytes(&self) -> &[u8] {
+        self.storage
+            .as_ref()
+            .map_or(&[], |storage| &storage[self.start..self.end])
+    }
+
+    /// The room after the buffered bytes, to read into.
+    fn spare(&mut self) -> &mut [u8] {
+        match &mut self.storage {
+            Some(storage) => &mut storage[self.end..],
+            None => &mut [],
+        }
+    }
+
+    /// Records `count` bytes read into [`LineBuffer::spare`].
+    fn filled(&mut self, count: usize) {
+        self.end += count;
+    }
+
+    /// Makes room to read one more chunk, growing the capacity at most to `max_capacity`
+    /// (nothing changes when it fails).
+    fn reserve_chunk(&mut self, max_capacity: usize) -> Result<(), BufferRefusal> {
+        if let Some(storage) = &mut self.storage {
+            storage.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let needed = self.end + READ_CHUNK;
+        if needed <= self.capacity() {
+            return Ok(());
+        }
+        let capacity = (self.capacity() * 2).min(max_capacity).max(needed);
+        let charged = self.charged;
+        if !self.charge_for(capacity) {
+            return Err(BufferRefusal::BudgetSpent);
+        }
+        if let Err(error) = self.move_to(capacity) {
+            let restored = self.charge_for(charged + READ_CHUNK);
+            debug_assert!(restored, "giving bytes back always succeeds");
+            return Err(BufferRefusal::NoMemory(error));
+        }
+        Ok(())
+    }
+
+    /// Moves the bytes to the front of a new mapping of `capacity` bytes (the old one is
+    /// unmapped).
+    fn move_to(&mut self, capacity: usize) -> std::io::Result<()> {
+        let mut storage = memmap2::MmapMut::map_anon(capacity)?;
+        let bytes = self.bytes();
+        storage[..bytes.len()].copy_from_slice(bytes);
+        self.end = bytes.len();
+        self.start = 0;
+        self.storage = Some(storage);
+        Ok(())
+    }
+
+    /// Brings the charge to what `capacity` costs; false (and no change) when that needs
+    /// more than the budget has left.
+    fn charge_for(&mut self, capacity: usize) -> bool {
+        let due = capacity.saturating_sub(READ_CHUNK);
+        if due > self.charged {
+            if !self.budget.try_take(due - self.charged) {
+                return false;
+            }
+        } else {
+            self.budget.give_back(self.charged - due);
+        }
+        self.charged = due;
+        true
+    }
+
+    /// Drops the first `count` bytes (a line that was parsed). An empty buffer is unmapped
+    /// (an idle connection holds none) and a large one shrinks to what remains.
+    fn consume(&mut self, count: usize) {
+        let capacity = self.capacity();
+        self.start += count;
+        let remaining = self.end - self.start;
+        if remaining == 0 {
+            self.storage = None;
+            self.start = 0;
+            self.end = 0;
+        } else if capacity <= LARGE_BUFFER
+            || remaining >= capacity / 4
+            || self.move_to(remaining.max(READ_CHUNK)).is_err()
+        {
+            return;
+        }
+        let shrunk = self.charge_for(self.capacity());
+        debug_assert!(shrunk, "a smaller buffer needs no more budget");
+        if capacity > LARGE_BUFFER {
+            self.budget.large_buffer_freed.notify_one();
+        }
+    }
+}
+
+impl Drop for LineBuffer {
+    fn drop(&mut self) {
+        self.budget.give_back(self.charged);
+        if self.capacity() > LARGE_BUFFER {
+            self.storage = None;
+            self.budget.large_buffer_freed.notify_one();
+        }
+    }
+}
+
+/// The pause between failed accepts: it starts at `accept_backoff` and doubles up to
+/// `max_accept_backoff`; a successful accept resets it.
+#[derive(Debug)]
+struct AcceptBackoff {
+    first: Duration,
+    longest: Duration,
+    next: Duration,
+}
+
+impl AcceptBackoff {
+    fn new(limits: &ControlLimits) -> AcceptBackoff {
+        AcceptBackoff {
+            first: limits.accept_backoff,
+            longest: limits.max_accept_backoff,
+            next: limits.accept_backoff,
+        }
+    }
+
+    /// The pause after one more failure.
+    fn failed(&mut self) -> Duration {
+        let pause = self.next;
+        self.next = (self.next * 2).min(self.longest);
+        pause
+    }
+
+    fn succeeded(&mut self) {
+        self.next = self.first;
+    }
+}
+
+/// One warning per interval; the occurrences in between are counted, not logged.
+#[derive(Debug)]
+struct RateLimitedWarning {
+    interval: Duration,
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedWarning {
+    fn new(interval: Duration) -> RateLimitedWarning {
+        RateLimitedWarning {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// An occurrence at `now`: `Some(occurrences suppressed since the last warning)` when a
+    /// warning is due, else `None` (and it is counted).
+    fn due(&mut self, now: std::time::Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.interval)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// Tells a client over the connection cap why it is closed, without reading from it. A
+/// fresh socket's send buffer is empty, so the write does not block.
+fn refuse(stream: &UnixStream, max_connections: usize) {
+    let error = format!(
+        "too many connections: the host serves at most {max_connections} clients at once; retry later (graft start --max-connections)"
+    );
+    let mut line = json!({"ok": false, "error": error}).to_string();
+    line.push('\n');
+    let _ = stream.try_write(line.as_bytes());
+}
+
+/// Writes one response line, giving up when the client accepts none of it for the idle
+/// timeout.
+async fn send(
+    writer: &mut (impl AsyncWriteExt + Unpin),
+    value: &Value,
+    limits: &ControlLimits,
+) -> std::io::Result<()> {
+    tokio::time::timeout(limits.idle_timeout, write_line(writer, value))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the client read nothing of a response for {} s",
+                    limits.idle_timeout.as_secs_f64()
+                ),
+            )
+        })?
+}
+
+async fn serve_client(
+    stream: UnixStream,
+    handler: Arc<ReleaseHandler>,
+    limits: &ControlLimits,
+    budget: Arc<ByteBudget>,
+) -> std::io::Result<()> {
     let (reader, mut writer) = stream.into_split();
-    let mut reader = BufReader::new(reader);
+    let mut buffer = LineBuffer::new(budget);
+    // `buffer.bytes()[..scanned]` holds no newline.
+    let mut scanned = 0;
+    // The client has closed its side: what is buffered is all there is.
+    let mut ended = false;
     loop {
-        let mut line = Vec::new();
-        let read = (&mut reader)
-            .take(MAX_REQUEST_BYTES + 1)
-            .read_until(b'\n', &mut line)
-            .await?;
-        if read == 0 {
+        let buffered = buffer.bytes().len();
+        let newline = buffer.bytes()[scanned..]
+            .iter()
+            .position(|&byte| byte == b'\n')
+            .map(|offset| scanned + offset);
+        scanned = buffered;
+        let line_end = match newline {
+            Some(end) => end,
+            // The client's last line, without a newline.
+            None if ended && buffered > 0 => buffered,
+            None if ended => return Ok(()),
+            None if buffered > limits.max_request_bytes => buffered,
+            None => {
+                match tokio::time::timeout(limits.idle_timeout, reader.readable()).await {
+                    Ok(ready) => ready?,
+                    Err(_) => {
+                        let error = format!(
+                            "closed: no request for {} s (graft start --idle-timeout)",
+                            limits.idle_timeout.as_secs_f64()
+                        );
+                        send(&mut writer, &json!({"ok": false, "error": error}), limits).await?;
+                        return Ok(());
+                    }
+                }
+                let error = match buffer.reserve_chunk(limits.max_request_bytes + READ_CHUNK) {
+                    Ok(()) => None,
+                    Err(BufferRefusal::BudgetSpent) => Some(format!(
+                        "the host's request buffers are full ({} MiB across all connections): retry later",
+                        limits.max_buffered_bytes / (1024 * 1024)
+                    )),
+                    Err(BufferRefusal::NoMemory(error)) => Some(format!(
+                        "the host could not allocate a request buffer: {error}"
+                    )),
+                };
+                if let Some(error) = error {
+                    send(&mut writer, &json!({"ok": false, "error": error}), limits).await?;
+                    return Ok(());
+                }
+                match reader.try_read(buffer.spare()) {
+                    Ok(0) => ended = true,
+                    Ok(read) => buffer.filled(read),
+                    // Readiness was stale: wait again, holding no buffer if it is empty.
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        buffer.consume(0)
+                    }
+                    Err(error) => return Err(error),
+                }
+                continue;
+            }
+        };
+        if line_end > limits.max_request_bytes {
+            let error = format!(
+                "request too large: more than {} bytes without a newline",
+                limits.max_request_bytes
+            );
+            send(&mut writer, &json!({"ok": false, "error": error}), limits).await?;
             return Ok(());
         }
-        if line.len() as u64 > MAX_REQUEST_BYTES {
-            let error =
-                format!("request too large: more than {MAX_REQUEST_BYTES} bytes without a newline");
-            write_line(&mut writer, &json!({"ok": false, "error": error})).await?;
-            return Ok(());
-        }
-        let text = String::from_utf8_lossy(&line);
-        if text.trim().is_empty() {
-            continue;
-        }
-        let request = match serde_json::from_str::<Request>(text.trim()) {
-            Ok(request) => request,
-            Err(error) => {
+        let parsed = {
+            let text = String::from_utf8_lossy(&buffer.bytes()[..line_end]);
+            let text = text.trim();
+            (!text.is_empty()).then(|| serde_json::from_str::<Request>(text))
+        };
+        buffer.consume((line_end + 1).min(buffered));
+        scanned = 0;
+        let request = match parsed {
+            None => continue,
+            Some(Ok(request)) => request,
+            Some(Err(error)) => {
                 let message = format!("invalid request: {error}");
-                write_line(&mut writer, &json!({"ok": false, "error": message})).await?;
+                send(&mut writer, &json!({"ok": false, "error": message}), limits).await?;
                 continue;
             }
         };
@@ -290,7 +767,7 @@ async fn serve_client(stream: UnixStream, handler: Arc<ReleaseHandler>) -> std::
             tokio::spawn(async move { execute(&handler, request, progress_sender).await })
         };
         while let Some(message) = progress.recv().await {
-            write_line(&mut writer, &json!({"progress": message})).await?;
+            send(&mut writer, &json!({"progress": message}), limits).await?;
         }
         let response = match work.await {
             Ok(Ok(result)) => json!({"ok": true, "result": result}),
@@ -299,7 +776,7 @@ async fn serve_client(stream: UnixStream, handler: Arc<ReleaseHandler>) -> std::
                 json!({"ok": false, "error": format!("the request failed inside the host: {error}")})
             }
         };
-        write_line(&mut writer, &response).await?;
+        send(&mut writer, &response, limits).await?;
     }
 }
 
@@ -736,5 +1213,108 @@ mod properties {
             let line = format!("{{\"command\":\"{command}\",\"{field}\":{value}}}");
             let _ = serde_json::from_str::<Request>(&line);
         }
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+
+    #[test]
+    fn the_byte_budget_refuses_what_does_not_fit_and_takes_back_what_is_given() {
+        let budget = ByteBudget::new(100);
+        assert!(budget.try_take(60));
+        assert!(!budget.try_take(41), "60 + 41 is over 100");
+        assert!(budget.try_take(40));
+        budget.give_back(100);
+        assert!(budget.try_take(100));
+    }
+
+    #[test]
+    fn a_line_buffer_charges_its_capacity_beyond_the_first_chunk_and_frees_what_it_consumed() {
+        let budget = Arc::new(ByteBudget::new(4 * READ_CHUNK));
+        let mut buffer = LineBuffer::new(Arc::clone(&budget));
+        let max_capacity = 1024 * 1024;
+        assert!(buffer.reserve_chunk(max_capacity).is_ok());
+        assert_eq!(buffer.capacity(), READ_CHUNK);
+        assert_eq!(buffer.charged, 0, "the first chunk is free");
+        buffer.spare().fill(b'x');
+        buffer.filled(READ_CHUNK);
+        assert!(buffer.reserve_chunk(max_capacity).is_ok());
+        assert_eq!(buffer.capacity(), 2 * READ_CHUNK);
+        assert_eq!(buffer.bytes(), vec![b'x'; READ_CHUNK]);
+        assert_eq!(
+            budget.used.load(std::sync::atomic::Ordering::Acquire),
+            READ_CHUNK
+        );
+        buffer.filled(READ_CHUNK);
+        assert!(buffer.reserve_chunk(max_capacity).is_ok());
+        buffer.filled(2 * READ_CHUNK);
+        assert!(
+            matches!(
+                buffer.reserve_chunk(max_capacity),
+                Err(BufferRefusal::BudgetSpent)
+            ),
+            "8 chunks would charge 7, over the budget of 4"
+        );
+        assert_eq!(
+            buffer.capacity(),
+            4 * READ_CHUNK,
+            "a refusal changes nothing"
+        );
+        buffer.spare();
+        buffer.consume(4 * READ_CHUNK);
+        assert_eq!(buffer.capacity(), 0, "an emptied buffer is unmapped");
+        assert_eq!(budget.used.load(std::sync::atomic::Ordering::Acquire), 0);
+        assert!(buffer.reserve_chunk(max_capacity).is_ok());
+        buffer.spare()[..3].copy_from_slice(b"a\nb");
+        buffer.filled(3);
+        buffer.consume(2);
+        assert_eq!(buffer.bytes(), b"b");
+        assert_eq!(buffer.start, 2, "a parsed line moves nothing");
+        assert!(buffer.reserve_chunk(max_capacity).is_ok());
+        assert_eq!(
+            buffer.start, 0,
+            "before a read, the rest moves to the front"
+        );
+        assert_eq!(buffer.bytes(), b"b");
+        drop(buffer);
+        assert_eq!(budget.used.load(std::sync::atomic::Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn a_large_buffer_shrinks_to_what_remains_after_a_line_and_returns_its_charge() {
+        let budget = Arc::new(ByteBudget::new(usize::MAX));
+        let mut buffer = LineBuffer::new(Arc::clone(&budget));
+        while buffer.capacity() < 256 * 1024 {
+            assert!(buffer.reserve_chunk(1024 * 1024).is_ok());
+            let room = buffer.spare().len();
+            buffer.filled(room);
+        }
+        buffer.consume(buffer.bytes().len() - 10);
+        assert_eq!(buffer.capacity(), READ_CHUNK);
+        assert_eq!(buffer.bytes().len(), 10);
+        assert_eq!(budget.used.load(std::sync::atomic::Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn failed_accepts_pause_longer_each_time_up_to_the_longest_and_a_success_resets_it() {
+        let mut backoff = AcceptBackoff::new(&ControlLimits::default());
+        let pauses: Vec<_> = (0..6).map(|_| backoff.failed().as_millis()).collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1000, 1000]);
+        backoff.succeeded();
+        assert_eq!(backoff.failed(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_warning_is_due_once_per_interval_with_the_count_of_those_suppressed() {
+        let mut warning = RateLimitedWarning::new(Duration::from_secs(10));
+        let start = std::time::Instant::now();
+        assert_eq!(warning.due(start), Some(0));
+        for second in 1..10 {
+            assert_eq!(warning.due(start + Duration::from_secs(second)), None);
+        }
+        assert_eq!(warning.due(start + Duration::from_secs(10)), Some(9));
+        assert_eq!(warning.due(start + Duration::from_secs(11)), None);
     }
 }
