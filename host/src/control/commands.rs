@@ -1,0 +1,293 @@
+//! What each request does, and the `status` report (the tree with every actor's plugin,
+//! version, state, restarts and mailbox; resident libraries; workers; releases).
+//!
+//! Invariant: nothing here waits on an actor without a deadline; `status` asks every actor
+//! at once under one deadline, shorter while an install runs.
+
+use super::Request;
+use crate::release::handler::{InstallPhase, InstallReport, ProgressFn, ReleaseHandler};
+use crate::runtime::{ActorRef, ProcessId, SystemError};
+use crate::supervisor::{ChildRef, SupervisorRef};
+use graft_plugin::codec;
+use semver::Version;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long system requests (`state`, `suspend`, …) wait for an actor.
+const SYSTEM_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn describe_phase(phase: &InstallPhase) -> String {
+    match phase {
+        InstallPhase::Loading(count) => format!("loading {count} libraries"),
+        InstallPhase::Suspending(count) => format!("suspending {count} actors"),
+        InstallPhase::Migrating(count) => format!("migrating {count} actors"),
+        InstallPhase::Resuming(count) => format!("resuming {count} actors"),
+        InstallPhase::RolledBack => "rolled back: every actor is on its old code".to_owned(),
+        InstallPhase::Instruction { index, total } => {
+            format!("instruction {} of {total}", index + 1)
+        }
+    }
+}
+
+async fn actor(handler: &ReleaseHandler, name: &str) -> Result<ActorRef, String> {
+    handler
+        .runtime()
+        .whereis(name)
+        .ok_or_else(|| format!("no actor named {name:?}"))
+}
+
+fn system_error(error: SystemError) -> String {
+    error.to_string()
+}
+
+async fn is_suspended(actor: &ActorRef) -> Result<bool, String> {
+    Ok(actor
+        .status(SYSTEM_TIMEOUT)
+        .await
+        .map_err(system_error)?
+        .suspended)
+}
+
+/// Runs one request; progress lines go to `progress`.
+pub(super) async fn execute(
+    handler: &ReleaseHandler,
+    request: Request,
+    progress: tokio::sync::mpsc::UnboundedSender<String>,
+) -> Result<Value, String> {
+    match request {
+        Request::Status {} => Ok(status(handler).await),
+        Request::Releases {} => {
+            Ok(serde_json::to_value(handler.which_releases().await).unwrap_or_default())
+        }
+        Request::Install { version, permanent } => {
+            install(handler, &version, permanent, progress).await
+        }
+        Request::MakePermanent { version } => {
+            handler
+                .make_permanent(&version)
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok(json!({"permanent": version}))
+        }
+        Request::Rollback {} => {
+            let report = handler
+                .rollback(Some(report_progress(progress)))
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok(install_value(&report, false))
+        }
+        Request::Remove { version } => {
+            handler
+                .remove(&version)
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok(json!({"removed": version}))
+        }
+        Request::Call {
+            actor: name,
+            message,
+            timeout_ms,
+        } => {
+            let target = actor(handler, &name).await?;
+            let request = codec::encode(&message).map_err(|error| error.to_string())?;
+            let timeout = Duration::from_millis(timeout_ms.unwrap_or(5_000));
+            let reply = target
+                .call(request, timeout)
+                .await
+                .map_err(|error| error.to_string())?;
+            rmp_serde::from_slice::<Value>(&reply)
+                .map_err(|error| format!("the reply is not decodable: {error}"))
+        }
+        Request::Cast {
+            actor: name,
+            message,
+        } => {
+            let target = actor(handler, &name).await?;
+            target
+                .try_cast(codec::encode(&message).map_err(|error| error.to_string())?)
+                .map_err(|error| error.to_string())?;
+            Ok(json!({"cast": name}))
+        }
+        Request::State { actor: name } => actor(handler, &name)
+            .await?
+            .get_state(SYSTEM_TIMEOUT)
+            .await
+            .map_err(system_error),
+        Request::Suspend { actor: name } => {
+            let target = actor(handler, &name).await?;
+            if is_suspended(&target).await? {
+                return Err(format!("actor {name} is already suspended"));
+            }
+            target.suspend(SYSTEM_TIMEOUT).await.map_err(system_error)?;
+            Ok(json!({"suspended": name}))
+        }
+        Request::Resume { actor: name } => {
+            let target = actor(handler, &name).await?;
+            if !is_suspended(&target).await? {
+                return Err(format!("actor {name} is not suspended: nothing to resume"));
+            }
+            target.resume(SYSTEM_TIMEOUT).await.map_err(system_error)?;
+            Ok(json!({"resumed": name}))
+        }
+    }
+}
+
+async fn install(
+    handler: &ReleaseHandler,
+    version: &Version,
+    permanent: bool,
+    progress: tokio::sync::mpsc::UnboundedSender<String>,
+) -> Result<Value, String> {
+    let report = handler
+        .install(version, Some(report_progress(progress)))
+        .await
+        .map_err(|error| error.to_string())?;
+    if permanent {
+        handler
+            .make_permanent(version)
+            .await
+            .map_err(|error| error.to_string())?;
+    }
+    Ok(install_value(&report, permanent))
+}
+
+/// Sends each phase of an install to the client as a progress line.
+fn report_progress(progress: tokio::sync::mpsc::UnboundedSender<String>) -> ProgressFn {
+    Arc::new(move |phase| {
+        let _ = progress.send(describe_phase(&phase));
+    })
+}
+
+/// An install's report as the protocol carries it.
+fn install_value(report: &InstallReport, permanent: bool) -> Value {
+    let mut value = serde_json::to_value(report).unwrap_or_default();
+    value["longest_pause_us"] = json!(report.longest_pause.as_micros() as u64);
+    value["total_us"] = json!(report.total.as_micros() as u64);
+    value["permanent"] = json!(permanent);
+    value
+}
+
+/// The supervision tree as JSON, each actor with its plugin, version, state of running,
+/// restarts, mailbox length, high-water mark, bound and refusals; the resident libraries
+/// (in-process versions); the worker process of each isolated plugin (pid, processes
+/// started); the releases.
+pub async fn status(handler: &ReleaseHandler) -> Value {
+    let root = handler.root_supervisor().await;
+    // Every actor is asked at once under one deadline, so actors stuck in callbacks cost
+    // one wait, not one each.
+    let mut actors = Vec::new();
+    collect_workers(root.clone(), &mut actors).await;
+    let statuses: HashMap<ProcessId, Value> = actors
+        .iter()
+        .zip(crate::runtime::status_all(&actors, status_wait(handler)).await)
+        .map(|(actor, status)| {
+            let entry = match status {
+                Ok(status) => json!({
+                    "name": status.name,
+                    "plugin": status.plugin,
+                    "version": status.version,
+                    "state": if status.suspended { "suspended" } else { "running" },
+                    "restarts": status.restarts,
+                    "mailbox": status.mailbox_length,
+                    "mailbox_high_water": status.mailbox_high_water,
+                    "max_mailbox": status.max_mailbox,
+                    "mailbox_refused": status.mailbox_refused,
+                }),
+                // Busy in a callback: the mailbox figures are the senders' own counts.
+                Err(error) => {
+                    json!({
+                        "name": actor.name(),
+                        "code": actor.code_label(),
+                        "state": "busy",
+                        "error": error.to_string(),
+                        "mailbox": actor.mailbox_length(),
+                        "mailbox_high_water": actor.mailbox_high_water(),
+                        "max_mailbox": actor.max_mailbox(),
+                        "mailbox_refused": actor.mailbox_refused(),
+                    })
+                }
+            };
+            (actor.id(), entry)
+        })
+        .collect();
+    let tree = describe_supervisor("root", root, &statuses).await;
+    let (resident, unloaded) = handler.resident().await;
+    json!({
+        "release": handler.current_version().await,
+        "install_in_progress": handler.install_in_progress(),
+        "tree": tree,
+        "resident": resident,
+        "workers": handler.isolated_workers(),
+        "still_mapped_after_close": unloaded
+            .iter()
+            .filter_map(|report| match &report.outcome {
+                crate::plugin::UnloadOutcome::Resident => Some(report.identity.to_string()),
+                crate::plugin::UnloadOutcome::Pinned(reason) => {
+                    Some(format!("{} (pinned: {reason})", report.identity))
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        "stuck_callbacks": crate::runtime::executor::stuck_callbacks(),
+        "releases": handler.which_releases().await,
+    })
+}
+
+/// How long `status` waits for actors to report.
+const STATUS_WAIT: Duration = Duration::from_millis(300);
+
+/// How long `status` waits for actors while an install runs: actors in the middle of a
+/// migration show as busy rather than hold up the answer.
+const STATUS_WAIT_DURING_INSTALL: Duration = Duration::from_millis(30);
+
+fn status_wait(handler: &ReleaseHandler) -> Duration {
+    if handler.install_in_progress() {
+        STATUS_WAIT_DURING_INSTALL
+    } else {
+        STATUS_WAIT
+    }
+}
+
+fn collect_workers<'a>(
+    supervisor: SupervisorRef,
+    found: &'a mut Vec<ActorRef>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+    Box::pin(async move {
+        for child in supervisor.which_children().await.unwrap_or_default() {
+            match child.child {
+                Some(ChildRef::Supervisor(nested)) => collect_workers(nested, found).await,
+                Some(ChildRef::Worker(actor)) => found.push(actor),
+                None => {}
+            }
+        }
+    })
+}
+
+fn describe_supervisor<'a>(
+    id: &'a str,
+    supervisor: SupervisorRef,
+    statuses: &'a HashMap<ProcessId, Value>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Value> + Send + 'a>> {
+    Box::pin(async move {
+        let mut children = Vec::new();
+        for child in supervisor.which_children().await.unwrap_or_default() {
+            let entry = match &child.child {
+                Some(ChildRef::Supervisor(nested)) => {
+                    describe_supervisor(&child.id, nested.clone(), statuses).await
+                }
+                Some(ChildRef::Worker(actor)) => {
+                    let mut entry = statuses.get(&actor.id()).cloned().unwrap_or_else(
+                        || json!({"name": actor.name(), "state": "started after the count"}),
+                    );
+                    entry["id"] = json!(child.id);
+                    entry
+                }
+                None => json!({"id": child.id, "state": "stopped", "restarts": child.restarts}),
+            };
+            children.push(entry);
+        }
+        json!({"id": id, "supervisor": true, "children": children})
+    })
+}
