@@ -656,3 +656,51 @@ pub fn stdout_text(output: &std::process::Output) -> String {
 pub fn stderr_text(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// Runs `graft` and requires it to succeed; its stdout.
+pub fn succeed_graft(root: &Path, args: &[&str]) -> String {
+    let output = run_graft(root, args);
+    assert!(
+        output.status.success(),
+        "graft {args:?} failed: {}",
+        stderr_text(&output)
+    );
+    stdout_text(&output)
+}
+
+/// The example releases assembled once per test process by the real `graft build`.
+pub fn built_releases() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = workspace_root()
+            .join("target")
+            .join("graft-test-artifacts")
+            .join(format!("built-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let output = std::process::Command::new(graft_binary())
+            .args(["build", "--debug", "--workspace"])
+            .arg(workspace_root())
+            .arg("--root")
+            .arg(&root)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "graft build: {}",
+            stderr_text(&output)
+        );
+        let stdout = stdout_text(&output);
+        assert!(stdout.contains("assembled graft-demo 1.0.0"), "{stdout}");
+        root
+    })
+}
+
+/// A fresh root holding a copy of [`built_releases`].
+pub fn built_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    copy_tree(
+        &built_releases().join("releases"),
+        &root.path().join("releases"),
+    );
+    root
+}

@@ -4,8 +4,9 @@
 //! errors; `graft new` output that builds and passes its test.
 
 use graft_tests::{
-    Host, copy_tree, eventually_blocking as eventually, graft_binary, run_graft as graft,
-    stderr_text as stderr, stdout_text as stdout, workspace_root,
+    Host, built_releases, built_root, copy_tree, eventually_blocking as eventually, graft_binary,
+    run_graft as graft, stderr_text as stderr, stdout_text as stdout, succeed_graft,
+    workspace_root,
 };
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -13,63 +14,19 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The example releases assembled once by `graft build`; each test gets a copy.
-fn assembled() -> &'static Path {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let root = workspace_root()
-            .join("target")
-            .join("graft-test-artifacts")
-            .join(format!("cli-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let output = Command::new(graft_binary())
-            .args(["build", "--debug", "--workspace"])
-            .arg(workspace_root())
-            .arg("--root")
-            .arg(&root)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "graft build: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(stdout.contains("assembled graft-demo 1.0.0"), "{stdout}");
-        root
-    })
-}
-
-fn fresh_root() -> tempfile::TempDir {
-    let root = tempfile::tempdir().unwrap();
-    copy_tree(&assembled().join("releases"), &root.path().join("releases"));
-    root
-}
-
-fn succeed(root: &Path, args: &[&str]) -> String {
-    let output = graft(root, args);
-    assert!(
-        output.status.success(),
-        "graft {args:?} failed: {}",
-        stderr(&output)
-    );
-    stdout(&output)
-}
-
 fn json(root: &Path, args: &[&str]) -> Value {
-    serde_json::from_str(&succeed(root, args)).unwrap()
+    serde_json::from_str(&succeed_graft(root, args)).unwrap()
 }
 
 #[test]
 fn every_subcommand_against_a_running_host() {
-    let root = fresh_root();
+    let root = built_root();
     let root = root.path();
     let mut host = Host::start(root, &[]);
 
-    let status = succeed(root, &["status"]);
+    let status = succeed_graft(root, &["status"]);
     assert!(status.contains("release 1.0.0"), "{status}");
     assert!(
         status.contains("counter 1.0.0") && status.contains("characters (supervisor)"),
@@ -82,12 +39,12 @@ fn every_subcommand_against_a_running_host() {
     assert_eq!(releases[1]["status"], "unpacked");
 
     assert_eq!(
-        succeed(root, &["call", "counter", r#"{"Add": 2}"#]).trim(),
+        succeed_graft(root, &["call", "counter", r#"{"Add": 2}"#]).trim(),
         "2"
     );
-    succeed(root, &["cast", "counter", r#"{"Add": 3}"#]);
+    succeed_graft(root, &["cast", "counter", r#"{"Add": 3}"#]);
     assert_eq!(
-        succeed(root, &["call", "counter", r#""Get""#, "--timeout", "2000"]).trim(),
+        succeed_graft(root, &["call", "counter", r#""Get""#, "--timeout", "2000"]).trim(),
         "5"
     );
     assert_eq!(
@@ -95,8 +52,8 @@ fn every_subcommand_against_a_running_host() {
         serde_json::json!({"count": 5})
     );
 
-    assert!(succeed(root, &["suspend", "counter"]).contains("counter suspended"));
-    succeed(root, &["cast", "counter", r#"{"Add": 1}"#]);
+    assert!(succeed_graft(root, &["suspend", "counter"]).contains("counter suspended"));
+    succeed_graft(root, &["cast", "counter", r#"{"Add": 1}"#]);
     let status = json(root, &["status", "--json"]);
     let counter = &status["tree"]["children"][0];
     assert_eq!(
@@ -104,8 +61,11 @@ fn every_subcommand_against_a_running_host() {
         (Some("counter"), Some("suspended"))
     );
     assert_eq!(counter["mailbox"], 1);
-    succeed(root, &["resume", "counter"]);
-    assert_eq!(succeed(root, &["call", "counter", r#""Get""#]).trim(), "6");
+    succeed_graft(root, &["resume", "counter"]);
+    assert_eq!(
+        succeed_graft(root, &["call", "counter", r#""Get""#]).trim(),
+        "6"
+    );
 
     let install = graft(root, &["install", "1.1.0"]);
     assert!(install.status.success(), "{}", stderr(&install));
@@ -119,21 +79,24 @@ fn every_subcommand_against_a_running_host() {
         stderr(&install)
     );
     assert_eq!(
-        succeed(root, &["call", "counter", r#""History""#]).trim(),
+        succeed_graft(root, &["call", "counter", r#""History""#]).trim(),
         "[]"
     );
-    succeed(root, &["make-permanent", "1.1.0"]);
+    succeed_graft(root, &["make-permanent", "1.1.0"]);
     let releases = json(root, &["releases", "--json"]);
     assert_eq!(releases[1]["status"], "permanent");
 
     // Rollback from a permanent release goes to the newest old one.
-    let rollback = succeed(root, &["rollback"]);
+    let rollback = succeed_graft(root, &["rollback"]);
     assert!(
         rollback.starts_with("installed 1.0.0 (from 1.1.0)"),
         "{rollback}"
     );
-    assert_eq!(succeed(root, &["call", "counter", r#""Get""#]).trim(), "6");
-    assert!(succeed(root, &["remove", "1.2.0"]).contains("removed 1.2.0"));
+    assert_eq!(
+        succeed_graft(root, &["call", "counter", r#""Get""#]).trim(),
+        "6"
+    );
+    assert!(succeed_graft(root, &["remove", "1.2.0"]).contains("removed 1.2.0"));
 
     // Failures: exit 1 with the reason.
     let removed = graft(root, &["remove", "1.1.0"]);
@@ -213,11 +176,11 @@ fn usage_errors_name_the_argument_and_no_host_is_exit_2() {
 
 #[test]
 fn a_host_killed_with_sigkill_restarts_on_the_permanent_release() {
-    let root = fresh_root();
+    let root = built_root();
     let root = root.path();
     let mut host = Host::start(root, &[]);
-    succeed(root, &["call", "counter", r#"{"Add": 9}"#]);
-    succeed(root, &["install", "1.1.0"]);
+    succeed_graft(root, &["call", "counter", r#"{"Add": 9}"#]);
+    succeed_graft(root, &["install", "1.1.0"]);
     host.signal("KILL");
     host.wait();
     let record = std::fs::read_to_string(root.join("releases/RELEASES.json")).unwrap();
@@ -244,7 +207,7 @@ fn send_raw(stream: &mut UnixStream, bytes: &[u8]) -> Value {
 
 #[test]
 fn malformed_oversized_and_unknown_requests_get_errors_and_the_host_carries_on() {
-    let root = fresh_root();
+    let root = built_root();
     let root = root.path();
     let _host = Host::start(root, &[]);
     let socket = root.join("run/control.sock");
@@ -322,7 +285,7 @@ fn malformed_oversized_and_unknown_requests_get_errors_and_the_host_carries_on()
 
 #[test]
 fn a_hundred_clients_at_once() {
-    let root = fresh_root();
+    let root = built_root();
     let root = root.path().to_owned();
     let _host = Host::start(&root, &[]);
     let socket = root.join("run/control.sock");
@@ -345,14 +308,14 @@ fn a_hundred_clients_at_once() {
         client.join().unwrap();
     }
     assert_eq!(
-        succeed(&root, &["call", "counter", r#""Get""#]).trim(),
+        succeed_graft(&root, &["call", "counter", r#""Get""#]).trim(),
         "100"
     );
 }
 
 #[test]
 fn only_the_owner_can_reach_the_control_socket() {
-    let root = fresh_root();
+    let root = built_root();
     // The socket's directory must be reachable for another user to even try.
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let _host = Host::start(root.path(), &[]);
@@ -392,12 +355,12 @@ fn only_the_owner_can_reach_the_control_socket() {
 /// Drops an assembled release into a root the way assembling does: whole, by rename.
 fn drop_in_release(root: &Path, version: &str) {
     let staging = root.join("releases").join(format!(".incoming-{version}"));
-    copy_tree(&assembled().join("releases").join(version), &staging);
+    copy_tree(&built_releases().join("releases").join(version), &staging);
     std::fs::rename(&staging, root.join("releases").join(version)).unwrap();
 }
 
 fn root_with_only_1_0_0() -> tempfile::TempDir {
-    let root = fresh_root();
+    let root = built_root();
     std::fs::remove_dir_all(root.path().join("releases/1.1.0")).unwrap();
     std::fs::remove_dir_all(root.path().join("releases/1.2.0")).unwrap();
     root
@@ -424,7 +387,7 @@ fn watch_mode_installs_a_dropped_in_release_and_makes_it_permanent_when_healthy(
     let root = root_with_only_1_0_0();
     let root = root.path();
     let host = Host::start(root, &["--watch", "--auto-permanent", "1"]);
-    succeed(root, &["call", "counter", r#"{"Add": 4}"#]);
+    succeed_graft(root, &["call", "counter", r#"{"Add": 4}"#]);
     drop_in_release(root, "1.1.0");
     assert!(
         eventually(Duration::from_secs(20), || release_status(root, "1.1.0")
@@ -434,7 +397,7 @@ fn watch_mode_installs_a_dropped_in_release_and_makes_it_permanent_when_healthy(
         host.log()
     );
     assert_eq!(
-        succeed(root, &["call", "counter", r#""Get""#]).trim(),
+        succeed_graft(root, &["call", "counter", r#""Get""#]).trim(),
         "4",
         "state kept"
     );
@@ -545,7 +508,7 @@ fn graft_dev_hot_swaps_a_rebuilt_plugin_and_rejects_a_build_whose_migration_fail
         host.log()
     );
     assert_eq!(
-        succeed(&root, &["call", "hello", r#"{"Add": 4}"#]).trim(),
+        succeed_graft(&root, &["call", "hello", r#"{"Add": 4}"#]).trim(),
         "5"
     );
 
@@ -579,7 +542,7 @@ fn graft_dev_hot_swaps_a_rebuilt_plugin_and_rejects_a_build_whose_migration_fail
         host.log()
     );
     assert_eq!(
-        succeed(&root, &["call", "hello", r#""Get""#]).trim(),
+        succeed_graft(&root, &["call", "hello", r#""Get""#]).trim(),
         "10",
         "state kept across the swap"
     );
@@ -617,7 +580,7 @@ fn graft_dev_hot_swaps_a_rebuilt_plugin_and_rejects_a_build_whose_migration_fail
         host.log()
     );
     assert_eq!(
-        succeed(&root, &["call", "hello", r#""Double""#]).trim(),
+        succeed_graft(&root, &["call", "hello", r#""Double""#]).trim(),
         "20",
         "the old code keeps running"
     );

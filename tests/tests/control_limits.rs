@@ -4,47 +4,13 @@
 //! (`--idle-timeout`), the accept loop's backoff at the file-descriptor limit, and the
 //! validation of those flags.
 
-use graft_tests::{
-    Host, copy_tree, eventually_blocking as eventually, graft_binary, workspace_root,
-};
+use graft_tests::{Host, built_root, eventually_blocking as eventually, graft_binary};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-/// The example releases assembled once by `graft build`; each test gets a copy.
-fn assembled() -> &'static Path {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let root = workspace_root()
-            .join("target")
-            .join("graft-test-artifacts")
-            .join(format!("control-limits-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let output = Command::new(graft_binary())
-            .args(["build", "--debug", "--workspace"])
-            .arg(workspace_root())
-            .arg("--root")
-            .arg(&root)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "graft build: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        root
-    })
-}
-
-fn fresh_root() -> tempfile::TempDir {
-    let root = tempfile::tempdir().unwrap();
-    copy_tree(&assembled().join("releases"), &root.path().join("releases"));
-    root
-}
 
 fn socket(root: &Path) -> PathBuf {
     root.join("run").join("control.sock")
@@ -159,7 +125,7 @@ fn a_limit_of_zero_or_not_a_number_is_a_usage_error_naming_the_flag() {
 
 #[test]
 fn connections_over_the_cap_get_a_one_line_error_and_new_ones_are_served_once_some_close() {
-    let root = fresh_root();
+    let root = built_root();
     let root = root.path();
     let _host = Host::start(root, &["--max-connections", "8"]);
     // Eight clients, each served once (so each surely holds its connection slot).
@@ -231,7 +197,7 @@ fn a_flood_of_unterminated_megabyte_requests_is_bounded_and_its_memory_returned(
     // The test holds one descriptor per client, and so does the host.
     let clients = 2000.min(open_file_limit(2200).saturating_sub(200) as usize);
     assert!(clients >= 200, "the open-file limit allows too few clients");
-    let root = fresh_root();
+    let root = built_root();
     let root = root.path();
     let host = Host::start(root, &["--max-connections", "10000"]);
     let pid = host.child.id();
@@ -337,7 +303,7 @@ fn a_flood_of_unterminated_megabyte_requests_is_bounded_and_its_memory_returned(
 fn an_idle_connection_is_closed_after_the_idle_timeout_and_an_active_one_is_not() {
     // 2 s rather than 1: the active client below must get a request in within it even on
     // a loaded machine.
-    let root = fresh_root();
+    let root = built_root();
     let root = root.path();
     let _host = Host::start(root, &["--idle-timeout", "2"]);
     let idle = UnixStream::connect(socket(root)).unwrap();
@@ -375,7 +341,7 @@ fn an_idle_connection_is_closed_after_the_idle_timeout_and_an_active_one_is_not(
 
 #[test]
 fn at_the_open_file_limit_the_accept_loop_backs_off_and_serves_again_once_clients_leave() {
-    let root = fresh_root();
+    let root = built_root();
     let root = root.path();
     let log = root.join("host.log");
     let child = Command::new("prlimit")

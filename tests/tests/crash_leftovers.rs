@@ -10,34 +10,20 @@
 use graft::ownership::libraries_directory;
 use graft::release::assemble::read_assembled;
 use graft_tests::{
-    Host, eventually_blocking, example_root, gone, graft_binary, run_graft, version, workspace_root,
+    Host, eventually_blocking, example_root, gone, graft_binary, run_graft, stderr_text,
+    succeed_graft, version, workspace_root,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Runs `graft` and requires it to succeed; its stdout.
-fn succeed(root: &Path, args: &[&str]) -> String {
-    let output = run_graft(root, args);
-    assert!(
-        output.status.success(),
-        "graft {args:?}: {}",
-        stderr(&output)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 /// The running release, per `graft status --json`.
 fn running_release(root: &Path) -> String {
-    let status: Value = serde_json::from_str(&succeed(root, &["status", "--json"])).unwrap();
+    let status: Value = serde_json::from_str(&succeed_graft(root, &["status", "--json"])).unwrap();
     status["release"].as_str().unwrap_or_default().to_owned()
 }
 
@@ -207,8 +193,8 @@ fn an_install_over_the_file_size_limit_fails_cleanly_and_the_host_keeps_answerin
     assert!(limited.success(), "prlimit");
 
     let install = run_graft(root, &["install", "1.1.0"]);
-    assert_eq!(install.status.code(), Some(1), "{}", stderr(&install));
-    let message = stderr(&install);
+    assert_eq!(install.status.code(), Some(1), "{}", stderr_text(&install));
+    let message = stderr_text(&install);
     assert!(message.contains("File too large"), "{message}");
     assert!(
         message.contains(&own.display().to_string()),
@@ -228,7 +214,7 @@ fn an_install_over_the_file_size_limit_fails_cleanly_and_the_host_keeps_answerin
         .status()
         .unwrap();
     assert!(unlimited.success());
-    succeed(root, &["install", "1.1.0"]);
+    succeed_graft(root, &["install", "1.1.0"]);
     assert_eq!(running_release(root), "1.1.0");
 }
 
@@ -249,7 +235,10 @@ impl Tmpfs {
             .output()
             .map_err(|error| format!("cannot run mount: {error}"))?;
         if !output.status.success() {
-            return Err(format!("mount -t tmpfs failed: {}", stderr(&output).trim()));
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                stderr_text(&output).trim()
+            ));
         }
         Ok(Tmpfs { mount_point })
     }
@@ -315,8 +304,8 @@ fn out_of_space_fails_build_install_and_make_permanent_cleanly() {
     // Install: the new libraries cannot be copied.
     fill(&filler);
     let install = run_graft(&root, &["install", "1.1.0"]);
-    assert_eq!(install.status.code(), Some(1), "{}", stderr(&install));
-    let message = stderr(&install);
+    assert_eq!(install.status.code(), Some(1), "{}", stderr_text(&install));
+    let message = stderr_text(&install);
     assert!(message.contains("No space left on device"), "{message}");
     assert!(message.contains(&own.display().to_string()), "{message}");
     assert_eq!(running_release(&root), "1.0.0");
@@ -324,13 +313,18 @@ fn out_of_space_fails_build_install_and_make_permanent_cleanly() {
 
     // Make-permanent: the record cannot be written; it stays as it was, whole.
     std::fs::remove_file(&filler).unwrap();
-    succeed(&root, &["install", "1.1.0"]);
+    succeed_graft(&root, &["install", "1.1.0"]);
     let record = std::fs::read(releases.join("RELEASES.json")).unwrap();
     let before = names(&releases);
     fill(&filler);
     let permanent = run_graft(&root, &["make-permanent", "1.1.0"]);
-    assert_eq!(permanent.status.code(), Some(1), "{}", stderr(&permanent));
-    let message = stderr(&permanent);
+    assert_eq!(
+        permanent.status.code(),
+        Some(1),
+        "{}",
+        stderr_text(&permanent)
+    );
+    let message = stderr_text(&permanent);
     assert!(message.contains("No space left on device"), "{message}");
     assert!(message.contains("RELEASES.json"), "{message}");
     assert_eq!(
@@ -349,8 +343,8 @@ fn out_of_space_fails_build_install_and_make_permanent_cleanly() {
         .arg(&root)
         .output()
         .unwrap();
-    assert_eq!(build.status.code(), Some(1), "{}", stderr(&build));
-    let message = stderr(&build);
+    assert_eq!(build.status.code(), Some(1), "{}", stderr_text(&build));
+    let message = stderr_text(&build);
     assert!(message.contains("No space left on device"), "{message}");
     assert!(message.contains("1.2.0"), "{message}");
     assert_eq!(names(&releases), before, "no staging directory remains");
@@ -366,8 +360,8 @@ fn a_corrupt_record_boots_from_the_previous_copy_or_names_the_command_that_repai
     let record = root.join("releases").join("RELEASES.json");
     let previous = root.join("releases").join("RELEASES.json.previous");
     let mut host = Host::start(root, &[]);
-    succeed(root, &["install", "1.1.0"]);
-    succeed(root, &["make-permanent", "1.1.0"]);
+    succeed_graft(root, &["install", "1.1.0"]);
+    succeed_graft(root, &["make-permanent", "1.1.0"]);
     host.signal("TERM");
     assert_eq!(host.wait(), 0);
     assert!(previous.exists(), "the record replaced was kept");
@@ -394,7 +388,7 @@ fn a_corrupt_record_boots_from_the_previous_copy_or_names_the_command_that_repai
     std::fs::write(&previous, b"\x00\x01").unwrap();
     let refused = run_graft(root, &["start"]);
     assert_eq!(refused.status.code(), Some(1));
-    let message = stderr(&refused);
+    let message = stderr_text(&refused);
     let command = format!("rm '{}'", record.display());
     assert!(message.contains(&command), "{message}");
     assert!(
@@ -494,7 +488,7 @@ fn a_symbolic_link_where_the_copies_go_is_refused_and_not_followed() {
     std::os::unix::fs::symlink(elsewhere.path(), &link).unwrap();
     let refused = run_graft(root, &["start"]);
     assert_eq!(refused.status.code(), Some(1));
-    let message = stderr(&refused);
+    let message = stderr_text(&refused);
     assert!(
         message.contains(&format!("{} is a symbolic link", link.display())),
         "{message}"

@@ -12,7 +12,7 @@ use graft::release::handler::{InstallPhase, ReleaseHandler};
 use graft::runtime::Runtime;
 use graft_plugin::codec;
 use graft_tests::version_of;
-use graft_tests::{Host, boot, eventually_blocking, graft_binary, version};
+use graft_tests::{Host, boot, eventually_blocking, graft_binary, run_graft, version};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Command;
@@ -650,14 +650,6 @@ async fn a_worker_killed_while_its_actors_suspend_aborts_the_install() {
     handler.shutdown().await;
 }
 
-fn graft(root: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(graft_binary())
-        .env("GRAFT_ROOT", root)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 /// `graft start` with an isolated kv: the binary finds itself as the worker program,
 /// `graft call` reaches kv in its worker, `graft status` lists the worker with its pid,
 /// and a host killed with SIGKILL takes the worker with it.
@@ -676,7 +668,7 @@ fn graft_start_runs_an_isolated_plugin_in_a_worker_that_dies_with_the_host() {
     let root = root.path();
     let mut host = Host::start(root, &[]);
 
-    let put = graft(
+    let put = run_graft(
         root,
         &[
             "call",
@@ -691,7 +683,7 @@ fn graft_start_runs_an_isolated_plugin_in_a_worker_that_dies_with_the_host() {
         "{}",
         String::from_utf8_lossy(&put.stderr)
     );
-    let get = graft(
+    let get = run_graft(
         root,
         &["call", "kv", r#"{"Get":"a"}"#, "--timeout", "10000"],
     );
@@ -702,7 +694,7 @@ fn graft_start_runs_an_isolated_plugin_in_a_worker_that_dies_with_the_host() {
     );
     assert!(String::from_utf8_lossy(&get.stdout).contains("\"1\""));
 
-    let status = graft(root, &["status", "--json"]);
+    let status = run_graft(root, &["status", "--json"]);
     assert!(status.status.success());
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
     let worker = &status["workers"][0];
@@ -715,7 +707,7 @@ fn graft_start_runs_an_isolated_plugin_in_a_worker_that_dies_with_the_host() {
         String::from_utf8_lossy(&command_line).contains("worker"),
         "pid {pid} is a graft worker"
     );
-    let human = graft(root, &["status"]);
+    let human = run_graft(root, &["status"]);
     assert!(
         String::from_utf8_lossy(&human.stdout)
             .contains(&format!("worker of kv: pid {pid}, started 1 time(s)")),

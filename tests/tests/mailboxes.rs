@@ -16,11 +16,9 @@ use graft::runtime::{ActorOptions, ActorRef, CallError, PluginFactory, Runtime, 
 use graft_plugin::{StopReason, codec};
 use graft_tests::{
     Host, assembled_root, boot, eventually, eventually_blocking, graft_binary, load_plugin,
-    version, workspace_root,
+    run_graft as graft, stderr_text as stderr, succeed_graft, version, workspace_root,
 };
 use serde_json::{Value, json};
-use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -64,6 +62,21 @@ fn entry<'a>(status: &'a Value, id: &str) -> &'a Value {
         .iter()
         .find(|child| child["id"] == id)
         .unwrap_or_else(|| panic!("no {id} in {status}"))
+}
+
+/// What status shows of a mailbox, in order.
+const MAILBOX_FIGURES: [&str; 5] = [
+    "state",
+    "mailbox",
+    "mailbox_high_water",
+    "max_mailbox",
+    "mailbox_refused",
+];
+
+/// The named fields of actor `id`'s entry in a status report, as one JSON array.
+fn figures(status: &Value, id: &str, fields: &[&str]) -> Value {
+    let shown = entry(status, id);
+    Value::Array(fields.iter().map(|field| shown[*field].clone()).collect())
 }
 
 const FULL: &str = "mailbox of actor counter is full (max_mailbox = 3)";
@@ -128,23 +141,9 @@ async fn a_full_mailbox_refuses_casts_and_calls_but_not_system_messages() {
     // System messages reach the full mailbox.
     assert_eq!(counter.get_state(PATIENCE).await.unwrap()["count"], 0);
     let status = graft::control::status(&handler).await;
-    let shown = entry(&status, "counter");
     assert_eq!(
-        (
-            &shown["state"],
-            &shown["mailbox"],
-            &shown["mailbox_high_water"],
-            &shown["max_mailbox"],
-            &shown["mailbox_refused"]
-        ),
-        (
-            &json!("suspended"),
-            &json!(3),
-            &json!(3),
-            &json!(3),
-            &json!(5)
-        ),
-        "{shown}"
+        figures(&status, "counter", &MAILBOX_FIGURES),
+        json!(["suspended", 3, 3, 3, 5])
     );
     let kv = entry(&status, "kv");
     assert_eq!(
@@ -164,16 +163,9 @@ async fn a_full_mailbox_refuses_casts_and_calls_but_not_system_messages() {
     // The target release's bound applies to the running actor too.
     assert_eq!(counter.max_mailbox(), Some(5));
     let status = graft::control::status(&handler).await;
-    let shown = entry(&status, "counter");
     assert_eq!(
-        (
-            &shown["state"],
-            &shown["mailbox"],
-            &shown["mailbox_high_water"],
-            &shown["max_mailbox"]
-        ),
-        (&json!("running"), &json!(0), &json!(3), &json!(5)),
-        "{shown}"
+        figures(&status, "counter", &MAILBOX_FIGURES[..4]),
+        json!(["running", 0, 3, 5])
     );
     // Room again: accepted.
     runtime.cast("counter", encode(&json!({"Add": 1}))).unwrap();
@@ -215,17 +207,9 @@ async fn a_busy_actor_shows_its_mailbox_in_status() {
         "mailbox of actor slow is full (max_mailbox = 2)"
     );
     let status = graft::control::status(&handler).await;
-    let shown = entry(&status, "slow");
     assert_eq!(
-        (
-            &shown["state"],
-            &shown["mailbox"],
-            &shown["mailbox_high_water"],
-            &shown["max_mailbox"],
-            &shown["mailbox_refused"]
-        ),
-        (&json!("busy"), &json!(2), &json!(2), &json!(2), &json!(1)),
-        "{shown}"
+        figures(&status, "slow", &MAILBOX_FIGURES),
+        json!(["busy", 2, 2, 2, 1])
     );
     sleeping.await.unwrap().unwrap();
     assert!(eventually(PATIENCE, || slow.mailbox_length() == 0).await);
@@ -530,28 +514,6 @@ async fn the_memory_of_a_drained_flood_is_returned() {
     );
 }
 
-fn graft(root: &Path, args: &[&str]) -> Output {
-    Command::new(graft_binary())
-        .env("GRAFT_ROOT", root)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn succeed(root: &Path, args: &[&str]) -> String {
-    let output = graft(root, args);
-    assert!(
-        output.status.success(),
-        "graft {args:?} failed: {}",
-        stderr(&output)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 /// `graft cast` and `graft call` to a full mailbox of a `graft start` host exit non-zero
 /// and say whose mailbox is full and its limit; `graft status` shows the mailbox, its
 /// high-water mark, the bound and the refusals; the host carries on.
@@ -562,9 +524,9 @@ async fn graft_cast_and_call_to_a_full_mailbox_exit_non_zero() {
     let root = root.path();
     let _host = Host::start(root, &[]);
 
-    assert!(succeed(root, &["suspend", "counter"]).contains("counter suspended"));
+    assert!(succeed_graft(root, &["suspend", "counter"]).contains("counter suspended"));
     for _ in 0..3 {
-        succeed(root, &["cast", "counter", r#"{"Add": 1}"#]);
+        succeed_graft(root, &["cast", "counter", r#"{"Add": 1}"#]);
     }
     for args in [
         &["cast", "counter", r#"{"Add": 1}"#][..],
@@ -579,27 +541,24 @@ async fn graft_cast_and_call_to_a_full_mailbox_exit_non_zero() {
         );
     }
 
-    let text = succeed(root, &["status"]);
+    let text = succeed_graft(root, &["status"]);
     assert!(
         text.contains("mailbox 3 (high-water 3, max 3, 2 refused)"),
         "{text}"
     );
-    let status: Value = serde_json::from_str(&succeed(root, &["status", "--json"])).unwrap();
-    let shown = entry(&status, "counter");
+    let status: Value = serde_json::from_str(&succeed_graft(root, &["status", "--json"])).unwrap();
     assert_eq!(
-        (
-            &shown["mailbox"],
-            &shown["mailbox_high_water"],
-            &shown["max_mailbox"]
-        ),
-        (&json!(3), &json!(3), &json!(3)),
-        "{shown}"
+        figures(&status, "counter", &MAILBOX_FIGURES[1..4]),
+        json!([3, 3, 3])
     );
 
-    succeed(root, &["resume", "counter"]);
+    succeed_graft(root, &["resume", "counter"]);
     assert!(
-        eventually_blocking(PATIENCE, || succeed(root, &["call", "counter", r#""Get""#])
-            .trim()
+        eventually_blocking(PATIENCE, || succeed_graft(
+            root,
+            &["call", "counter", r#""Get""#]
+        )
+        .trim()
             == "3"),
         "the accepted casts ran, the refused one did not"
     );
