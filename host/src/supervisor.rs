@@ -658,7 +658,7 @@ impl Supervisor {
                     args: worker.args.clone(),
                     trap_exit: worker.trap_exit,
                     restarts,
-                    max_mailbox: worker.max_mailbox,
+                    max_mailbox: worker.factory.max_mailbox(worker.max_mailbox),
                 };
                 match self.runtime.spawn(options).await {
                     Ok(actor) => ChildRef::Worker(actor),

@@ -169,6 +169,16 @@ async fn a_full_mailbox_refuses_casts_and_calls_but_not_system_messages() {
     );
     // Room again: accepted.
     runtime.cast("counter", encode(&json!({"Add": 1}))).unwrap();
+    // A restart after the install takes the target's bound, not the boot spec's.
+    counter.kill();
+    assert!(
+        eventually(PATIENCE, || runtime
+            .whereis("counter")
+            .is_some_and(|restarted| restarted.id() != counter.id()))
+        .await,
+        "counter was not restarted"
+    );
+    assert_eq!(runtime.whereis("counter").unwrap().max_mailbox(), Some(5));
     handler.shutdown().await;
 }
 

@@ -182,6 +182,12 @@ pub trait BehaviourFactory: Send + Sync {
     /// The plugin and version new actors will run, when a plugin.
     fn identity(&self) -> Option<PluginIdentity>;
 
+    /// The mailbox bound of the actors it starts, given the child spec's (a factory that
+    /// follows releases may know a newer one).
+    fn max_mailbox(&self, from_spec: Option<usize>) -> Option<usize> {
+        from_spec
+    }
+
     /// How long each callback of the actors it starts may run (`None`: no deadline).
     fn callback_timeout(&self) -> Option<std::time::Duration> {
         Some(super::DEFAULT_CALLBACK_TIMEOUT)

@@ -1,0 +1,278 @@
+//! Phase 2 of an install: the migration each suspended actor runs (snapshot, then move to
+//! the new code and prove the way back), the restoration that undoes it, and the checks
+//! of the answers collected under one deadline; `rollback` puts every migrated actor back
+//! on its old code from its snapshot.
+//!
+//! Invariant: a restoration queues behind its migration in the actor's mailbox, so even a
+//! migration that returns after the deadline is undone.
+
+use super::*;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Direction {
+    Up,
+    Down,
+}
+
+/// One planned `update`.
+pub(super) struct PlannedUpdate {
+    pub(super) plugin: String,
+    pub(super) target: PluginVersion,
+    /// The update moves the plugin between the host and a worker process.
+    pub(super) switches_isolation: bool,
+    pub(super) mode: UpdateMode,
+    pub(super) extra: Vec<u8>,
+    pub(super) suspend_timeout: Duration,
+    pub(super) purge: PurgePolicy,
+}
+
+/// What a swap did.
+pub(super) struct Swapped {
+    pub(super) migrated: usize,
+    pub(super) suspended: usize,
+    pub(super) longest_pause: Duration,
+}
+
+/// What an actor looked like before its migration, to restore it.
+pub(super) struct Snapshot {
+    pub(super) plugin: PluginVersion,
+    /// Shared with the migration that reads it: a large state is not copied twice.
+    pub(super) state: Arc<Vec<u8>>,
+}
+
+/// The snapshots of one install, and whether it was abandoned. Both live under one lock:
+/// a migration either sees the abort (and changes nothing) or files its snapshot before
+/// the rollback collects them.
+#[derive(Default)]
+pub(super) struct SnapshotBook {
+    pub(super) taken: HashMap<ProcessId, Snapshot>,
+    pub(super) aborted: bool,
+    /// Actors whose migrated state was over the state cap, with its size.
+    pub(super) too_large: HashMap<ProcessId, usize>,
+}
+
+pub(super) type Snapshots = Arc<Mutex<SnapshotBook>>;
+
+pub(super) fn migration(
+    update: &PlannedUpdate,
+    direction: Direction,
+    snapshots: &Snapshots,
+    actor: &ActorRef,
+) -> Migration {
+    let target = update.target.clone();
+    let mode = update.mode;
+    let extra = update.extra.clone();
+    let snapshots = Arc::clone(snapshots);
+    let id = actor.id();
+    let label = actor.label();
+    Box::new(move |current| {
+        let Some(old) = PluginVersion::of(current.as_ref()) else {
+            return Ok(None);
+        };
+        if old.same(&target) {
+            return Ok(None);
+        }
+        let state = Arc::new(current.encode_state().map_err(|error| error.to_string())?);
+        {
+            let mut book = lock(&snapshots);
+            if book.aborted {
+                return Ok(None);
+            }
+            book.taken.insert(
+                id,
+                Snapshot {
+                    plugin: old.clone(),
+                    state: Arc::clone(&state),
+                },
+            );
+        }
+        let services = Detached::new(label);
+        // The state travels as bytes, so the old and the new version may run in different
+        // places (the host, a worker process).
+        let converted = match (direction, mode) {
+            (Direction::Down, UpdateMode::Advanced) => Some(
+                current
+                    .downgrade(target.version(), &extra)
+                    .map_err(|error| error.to_string())?,
+            ),
+            _ => None,
+        };
+        let source: &[u8] = converted.as_deref().unwrap_or(&state);
+        let code_change = direction == Direction::Up && mode == UpdateMode::Advanced;
+        // Prove the way back before the commit: a downgrade or a restore from a snapshot
+        // starts from the new state, so it must come out of the plugin under the state cap.
+        let (behaviour, size): (Box<dyn Behaviour>, _) = match &target {
+            PluginVersion::InProcess(plugin) => {
+                let instance = if code_change {
+                    Instance::code_change(plugin, old.version(), source, &extra, &services)
+                } else {
+                    Instance::restore(plugin, source, &services)
+                };
+                let mut instance = instance.map_err(|error| error.to_string())?;
+                drop((converted, state));
+                // Measured, not copied, even when it is over the cap.
+                let size = instance.encoded_state_size();
+                (Box::new(instance), size)
+            }
+            PluginVersion::Isolated(plugin) => {
+                let behaviour = if code_change {
+                    plugin.code_change(old.version(), source, &extra, &services)
+                } else {
+                    plugin.restore(source, &services)
+                };
+                let mut behaviour = behaviour.map_err(|error| error.to_string())?;
+                drop((converted, state));
+                // The state comes over the wire (frames carry up to the state cap and a
+                // little more); the worker refuses one over the cap with an error.
+                let size = behaviour.encode_state().map(|state| state.len());
+                (behaviour, size)
+            }
+        };
+        let size = size.map_err(|error| format!("the way back is not proven: {error}"))?;
+        if size > MAX_STATE_BYTES {
+            lock(&snapshots).too_large.insert(id, size);
+            return Err(format!(
+                "the migrated state is {size} bytes, over the {MAX_STATE_BYTES}-byte cap a rollback could carry"
+            ));
+        }
+        Ok(Some(behaviour))
+    })
+}
+
+pub(super) fn restoration(snapshot: Snapshot, label: String) -> Migration {
+    Box::new(move |_current| {
+        // An isolated version whose worker died is restored in a fresh worker.
+        let behaviour = snapshot
+            .plugin
+            .restore(&snapshot.state, &Detached::new(label))
+            .map_err(|error| error.to_string())?;
+        Ok(Some(behaviour))
+    })
+}
+
+/// A failed phase: the first error, and the actors that did not answer in time.
+pub(super) type Failure = Box<(ReleaseError, HashSet<ProcessId>)>;
+
+/// Checks the suspend answers. An actor that exited meanwhile is not in the way: its
+/// supervisor restarts it, and the sweep after the commit moves it to the new code.
+pub(super) fn check_suspended(
+    actors: &[(ActorRef, String, Duration)],
+    results: Vec<Result<(), SystemError>>,
+) -> Result<(), Failure> {
+    let mut first_error = None;
+    let mut late = HashSet::new();
+    for ((actor, plugin, _), result) in actors.iter().zip(results) {
+        match result {
+            Ok(()) | Err(SystemError::Exited { .. }) => {}
+            Err(error) => {
+                late.insert(actor.id());
+                first_error.get_or_insert_with(|| ReleaseError::Suspend {
+                    actor: actor.label(),
+                    plugin: plugin.clone(),
+                    reason: error.to_string(),
+                });
+            }
+        }
+    }
+    match first_error {
+        None => Ok(()),
+        Some(error) => Err(Box::new((error, late))),
+    }
+}
+
+pub(super) async fn resume_all(actors: &[(ActorRef, String, Duration)]) {
+    let refs: Vec<ActorRef> = actors.iter().map(|(actor, _, _)| actor.clone()).collect();
+    for (actor, result) in refs
+        .iter()
+        .zip(runtime::resume_all(&refs, Duration::from_secs(5)).await)
+    {
+        if let Err(error) = result
+            && !matches!(error, SystemError::Exited { .. })
+        {
+            tracing::warn!(actor = %actor.label(), "resume: {error}");
+        }
+    }
+}
+
+/// Checks the change_code answers: the first error and the actors still busy migrating at
+/// the deadline (a `code_change` that does not return), if any failed. A migration refused
+/// for a state over the cap is reported as [`ReleaseError::NoWayBack`].
+pub(super) fn check_migrated(
+    actors: &[(ActorRef, &PlannedUpdate)],
+    results: Vec<Result<(), SystemError>>,
+    snapshots: &Snapshots,
+) -> Option<Failure> {
+    let too_large = std::mem::take(&mut lock(snapshots).too_large);
+    let mut first_error = None;
+    let mut busy = HashSet::new();
+    for ((actor, update), result) in actors.iter().zip(results) {
+        match result {
+            Ok(()) | Err(SystemError::Exited { .. }) => {}
+            Err(error) => {
+                if matches!(error, SystemError::Timeout { .. }) {
+                    busy.insert(actor.id());
+                }
+                first_error.get_or_insert_with(|| match too_large.get(&actor.id()) {
+                    Some(&size) => ReleaseError::NoWayBack {
+                        actor: actor.label(),
+                        plugin: update.plugin.clone(),
+                        size,
+                        cap: MAX_STATE_BYTES,
+                    },
+                    None => ReleaseError::Migration {
+                        actor: actor.label(),
+                        plugin: update.plugin.clone(),
+                        reason: error.to_string(),
+                    },
+                });
+            }
+        }
+    }
+    first_error.map(|error| Box::new((error, busy)))
+}
+
+/// Puts every migrated actor back on its old code, from its snapshot.
+///
+/// A restoration queues behind the migration in the actor's mailbox, so it runs after it
+/// even when the migration is still running (a `code_change` that has not returned):
+/// those are not waited for.
+pub(super) async fn rollback(
+    actors: &[(ActorRef, &PlannedUpdate)],
+    snapshots: &Snapshots,
+    busy: &HashSet<ProcessId>,
+) {
+    let mut taken = {
+        let mut book = lock(snapshots);
+        book.aborted = true;
+        std::mem::take(&mut book.taken)
+    };
+    let mut restoring = Vec::new();
+    let mut restorations = Vec::new();
+    for (actor, _) in actors {
+        let Some(snapshot) = taken.remove(&actor.id()) else {
+            continue;
+        };
+        let restore = restoration(snapshot, actor.label());
+        if busy.contains(&actor.id()) {
+            let actor = actor.clone();
+            tokio::spawn(async move {
+                if let Err(error) = actor.change_code(restore, Duration::from_secs(3600)).await {
+                    tracing::error!(actor = %actor.label(), "rollback could not restore the old code: {error}");
+                }
+            });
+        } else {
+            restorations.push(restore);
+            restoring.push(actor.clone());
+        }
+    }
+    let results = runtime::change_code_all(&restoring, restorations, Duration::from_secs(5)).await;
+    for (actor, result) in restoring.iter().zip(results) {
+        match result {
+            // Gone (a worker crash, say): its supervisor restarts it on the old code.
+            Ok(()) | Err(SystemError::Exited { .. }) => {}
+            Err(error) => {
+                tracing::error!(actor = %actor.label(), "rollback could not restore the old code: {error}")
+            }
+        }
+    }
+}
