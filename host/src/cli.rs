@@ -211,7 +211,8 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             Some(
                 ControlError::PermissionDenied { .. }
                 | ControlError::Untrusted(_)
-                | ControlError::Impostor { .. },
+                | ControlError::Impostor { .. }
+                | ControlError::PeerUnknown { .. },
             ) => 3,
             _ if matches!(
                 error.downcast_ref::<graft::release::handler::ReleaseError>(),
@@ -539,7 +540,7 @@ fn print_status(status: &Value, json: bool) {
         "release {}{}\nroot (supervisor)\n",
         status["release"].as_str().unwrap_or("?"),
         if status["install_in_progress"] == json!(true) {
-            " (an install is in progress; shown as of before it)"
+            " (an install is in progress: the release as of before it; the tree is live)"
         } else {
             ""
         }
@@ -644,8 +645,9 @@ async fn start(
     limits: graft::control::ControlLimits,
 ) -> Result<ExitCode, Failure> {
     init_tracing();
-    let handler = Arc::new(ReleaseHandler::boot(root, Runtime::new()).await?);
+    // Bound first: a second host on a live root stops here, before it boots anything.
     let server = ControlServer::bind(root).await?;
+    let handler = Arc::new(ReleaseHandler::boot(root, Runtime::new()).await?);
     tracing::info!(socket = %server.path().display(), release = %handler.current_version().await, "host started");
     let serving = tokio::spawn(server.serve_with(Arc::clone(&handler), limits));
     let watching = watch.then(|| {
@@ -734,8 +736,9 @@ async fn dev(root: &Path, workspace: &Path, version: Option<Version>) -> Result<
         watched.push((plugin.clone(), artifact, digest));
     }
 
-    let handler = Arc::new(ReleaseHandler::boot(root, Runtime::new()).await?);
+    // Bound first: a second host on a live root stops here, before it boots anything.
     let server = ControlServer::bind(root).await?;
+    let handler = Arc::new(ReleaseHandler::boot(root, Runtime::new()).await?);
     tracing::info!(release = %version, socket = %server.path().display(), "dev host started; rebuild a plugin with cargo build to hot-swap it");
     let serving = tokio::spawn(server.serve(Arc::clone(&handler)));
 

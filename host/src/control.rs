@@ -154,6 +154,15 @@ pub enum ControlError {
         /// This user.
         expected: u32,
     },
+    /// Who serves the socket could not be learned, so nothing is sent.
+    #[error("refusing to talk to {path}: cannot learn which user serves it: {source}")]
+    PeerUnknown {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The socket could not be set up.
     #[error("cannot serve the control socket at {path}: {source}")]
     Bind {

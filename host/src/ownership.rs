@@ -180,7 +180,18 @@ impl OwnedDirectory {
                 }
                 Err(errno) => return Err(io_error("creating", &path)(errno)),
             }
-            let fd = open_directory_at(&parent_fd, &candidate, &path)?;
+            let fd = match open_directory_at(&parent_fd, &candidate, &path) {
+                Ok(fd) => fd,
+                // Swept (or replaced) between its creation and its opening by a sweep of
+                // another process that found it unlocked: take another name.
+                Err(OwnershipError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    suffix += 1;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {}
                 // A sweeper holds it and is removing it: take another name.

@@ -6,9 +6,11 @@
 //!   default action kills the host mid-install.
 //! - [`return_free_memory`]: glibc keeps freed heap memory in its arenas; after a burst
 //!   (a flood of casts drained, thousands of clients gone) the host hands it back to the
-//!   OS so its resident size falls back.
+//!   OS so its resident size falls back. [`return_free_memory_soon`] asks for it without
+//!   waiting: one background thread (`graft-trim`) trims, at most every 250 ms, so no
+//!   actor runner or async worker ever blocks on the allocator's locks for it.
 //!
-//! Invariant: both are safe to call at any time from any thread, any number of times.
+//! Invariant: all are safe to call at any time from any thread, any number of times.
 
 /// Makes writes past the file-size limit fail with `EFBIG` instead of killing the process
 /// with `SIGXFSZ`. Idempotent.
@@ -29,5 +31,37 @@ pub fn return_free_memory() {
     // lists under the allocator's locks, and is documented as safe to call at any time.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// The shortest time between two trims by the background thread.
+const TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Asks the background thread to return free memory to the OS; never blocks. Requests
+/// made while a trim is pending or running are merged into it.
+pub fn return_free_memory_soon() {
+    use std::sync::OnceLock;
+    use std::sync::mpsc::{SyncSender, sync_channel};
+    static TRIMMER: OnceLock<Option<SyncSender<()>>> = OnceLock::new();
+    let trimmer = TRIMMER.get_or_init(|| {
+        let (sender, requests) = sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("graft-trim".to_owned())
+            .spawn(move || {
+                while requests.recv().is_ok() {
+                    return_free_memory();
+                    std::thread::sleep(TRIM_INTERVAL);
+                }
+            })
+            .ok()
+            .map(|_| sender)
+    });
+    match trimmer {
+        // Full: a trim is already pending, which covers this request.
+        Some(sender) => {
+            let _ = sender.try_send(());
+        }
+        // No thread could be started: trim here rather than never.
+        None => return_free_memory(),
     }
 }

@@ -19,8 +19,10 @@
 //! missing is not an error here (the caller creates it or reports it missing).
 //!
 //! Tricky: checks and uses are separate system calls. That is sound because everything
-//! checked is writable only by this user (or root): nobody else can swap a path between
-//! the check and its use.
+//! checked is writable only by this user (or root) — a link on the root's path included:
+//! only its owner, this user or root, can repoint it — so nobody else can swap a path
+//! between the check and its use. The exception is a group-writable ancestor, whose group
+//! is trusted.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -164,8 +166,7 @@ fn check_owner_and_mode(
         });
     }
     let mode = metadata.mode() & 0o7777;
-    // A socket's mode does not matter for writing files; its directory's does. Others
-    // may still not connect to it.
+    // The same rule for every kind: a socket writable by others would let them connect.
     let group_writable = mode & 0o020 != 0 && place == Place::Inside;
     let who = match (group_writable, mode & 0o002 != 0) {
         (true, true) => Some("group and others"),
@@ -192,14 +193,40 @@ fn check_ancestors(root: &Path) -> Result<(), TrustError> {
         path: root.to_owned(),
         source,
     })?;
+    let inspect = |path: &Path| {
+        std::fs::symlink_metadata(path).map_err(|source| TrustError::Inspect {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    // The path as written: a link on it must belong to this user or root (only they can
+    // repoint it); a directory on it must be safe like any ancestor.
     for ancestor in absolute.ancestors().skip(1) {
-        // `metadata` follows links: an ancestor may be a link (e.g. /tmp on some systems);
-        // what matters is the directory it resolves to.
-        let metadata = std::fs::metadata(ancestor).map_err(|source| TrustError::Inspect {
-            path: ancestor.to_owned(),
+        let metadata = inspect(ancestor)?;
+        if metadata.file_type().is_symlink() {
+            let owner = metadata.uid();
+            let expected = current_user();
+            if owner != expected && owner != 0 {
+                return Err(TrustError::Owner {
+                    path: ancestor.to_owned(),
+                    owner,
+                    expected,
+                });
+            }
+        } else {
+            check_owner_and_mode(ancestor, &metadata, Place::Ancestor)?;
+        }
+    }
+    // The directories the links lead through.
+    let parent = absolute.parent().unwrap_or(&absolute);
+    let resolved = parent
+        .canonicalize()
+        .map_err(|source| TrustError::Inspect {
+            path: parent.to_owned(),
             source,
         })?;
-        check_owner_and_mode(ancestor, &metadata, Place::Ancestor)?;
+    for ancestor in resolved.ancestors() {
+        check_owner_and_mode(ancestor, &inspect(ancestor)?, Place::Ancestor)?;
     }
     Ok(())
 }
@@ -302,6 +329,23 @@ mod tests {
         check_root(&root).unwrap();
         set_mode(parent.path(), 0o770);
         check_root(&root).unwrap();
+    }
+
+    #[test]
+    fn a_link_on_the_roots_path_is_followed_and_its_target_checked() {
+        let parent = tempfile::tempdir().unwrap();
+        let real = parent.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::create_dir(real.join("root")).unwrap();
+        let link = parent.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        check_root(&link.join("root")).unwrap();
+        set_mode(&real, 0o777);
+        let error = check_root(&link.join("root")).unwrap_err();
+        assert!(
+            matches!(&error, TrustError::Writable { path, .. } if path.ends_with("real")),
+            "{error}"
+        );
     }
 
     #[test]

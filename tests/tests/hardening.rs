@@ -81,6 +81,30 @@ fn injected_a_root_part_others_can_write_the_host_refuses_to_start_naming_path_a
     let _host = Host::start(root.path(), &[]);
 }
 
+/// Under a umask of 002 (many desktop sessions), what `graft build` makes is still a root
+/// `graft start` trusts: its directories and files get explicit modes.
+#[test]
+fn a_root_built_under_a_group_writable_umask_starts() {
+    let root = tempfile::tempdir().unwrap();
+    let output = Command::new("sh")
+        .args(["-c", "umask 002 && exec \"$0\" \"$@\""])
+        .arg(graft_tests::graft_binary())
+        .args(["build", "--debug", "--workspace"])
+        .arg(graft_tests::workspace_root())
+        .arg("--root")
+        .arg(root.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let releases = root.path().join("releases");
+    assert_eq!(mode_of(&releases), 0o755);
+    assert_eq!(mode_of(&releases.join("1.0.0/lib")), 0o755);
+    assert_eq!(mode_of(&releases.join("1.0.0/release.toml")), 0o644);
+    let _host = Host::start(root.path(), &[]);
+    let status = graft(root.path(), &["status"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+}
+
 #[test]
 fn injected_a_run_directory_others_can_write_the_client_refuses_to_connect() {
     let root = example_root();
@@ -96,10 +120,11 @@ fn injected_a_run_directory_others_can_write_the_client_refuses_to_connect() {
     drop(host);
 }
 
-/// Run as `nobody`: listens on `GRAFT_IMPOSTOR_SOCKET` and writes whatever a client sends
-/// to `GRAFT_IMPOSTOR_RECEIVED`. Only does anything when those are set (the impostor row
-/// runs this test binary so).
+/// Not a test: the impostor, run as `nobody` by the impostor row (this test binary with
+/// `--ignored --exact impostor_process`). Listens on `GRAFT_IMPOSTOR_SOCKET` and writes
+/// whatever a client sends to `GRAFT_IMPOSTOR_RECEIVED`.
 #[test]
+#[ignore = "the impostor process of the impostor row, not a test"]
 fn impostor_process() {
     let (Ok(socket), Ok(received)) = (
         std::env::var("GRAFT_IMPOSTOR_SOCKET"),
@@ -140,7 +165,7 @@ fn injected_an_impostor_of_another_user_on_the_socket_the_client_sends_nothing()
     let mut impostor = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(&program)
-        .args(["--exact", "impostor_process", "--nocapture"])
+        .args(["--exact", "impostor_process", "--ignored", "--nocapture"])
         .env("GRAFT_IMPOSTOR_SOCKET", &socket)
         .env("GRAFT_IMPOSTOR_RECEIVED", &received)
         .stdout(std::process::Stdio::null())
@@ -308,6 +333,19 @@ async fn injected_a_long_install_status_releases_and_state_answer_meanwhile() {
             );
         }
     }
+    // An operator's suspend would race the install's own: refused while it runs.
+    let refused = request(
+        root.path(),
+        Request::Suspend {
+            actor: "f1".to_owned(),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains("an install is in progress"),
+        "{refused}"
+    );
     // Each answered while the install still ran (it waits 3 s on f3's code_change).
     assert!(
         !install.is_finished(),

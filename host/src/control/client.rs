@@ -48,7 +48,12 @@ impl ControlClient {
         let stream = UnixStream::connect(&path)
             .await
             .map_err(|source| refused(path.clone(), source))?;
-        let peer = stream.peer_cred()?;
+        let peer = stream
+            .peer_cred()
+            .map_err(|source| ControlError::PeerUnknown {
+                path: path.clone(),
+                source,
+            })?;
         if peer.uid() != uid {
             return Err(ControlError::Impostor {
                 path,

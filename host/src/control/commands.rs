@@ -1,13 +1,14 @@
 //! What each request does, and the `status` report (the tree with every actor's plugin,
 //! version, state, restarts and mailbox; resident libraries; workers; releases).
 //!
-//! Invariant: nothing here waits on an actor without a deadline; `status` asks every actor
-//! at once under one deadline, shorter while an install runs.
+//! Invariant: nothing here waits on an actor or a supervisor without a deadline; `status`
+//! asks every actor at once under one deadline, shorter while an install runs, and takes
+//! the release facts from one published view.
 
 use super::Request;
 use crate::release::handler::{InstallPhase, InstallReport, ProgressFn, ReleaseHandler};
 use crate::runtime::{ActorRef, ProcessId, SystemError};
-use crate::supervisor::{ChildRef, SupervisorRef};
+use crate::supervisor::{ChildInfo, ChildRef, SupervisorRef};
 use graft_plugin::codec;
 use semver::Version;
 use serde_json::{Value, json};
@@ -40,6 +41,17 @@ async fn actor(handler: &ReleaseHandler, name: &str) -> Result<ActorRef, String>
 
 fn system_error(error: SystemError) -> String {
     error.to_string()
+}
+
+/// An operator's suspend or resume would race the install's own (it suspends and resumes
+/// the actors it migrates): refused while one runs.
+fn refuse_during_install(handler: &ReleaseHandler, command: &str) -> Result<(), String> {
+    if handler.install_in_progress() {
+        return Err(format!(
+            "an install is in progress: {command} is refused until it ends (it suspends and resumes actors itself)"
+        ));
+    }
+    Ok(())
 }
 
 async fn is_suspended(actor: &ActorRef) -> Result<bool, String> {
@@ -116,6 +128,7 @@ pub(super) async fn execute(
             .await
             .map_err(system_error),
         Request::Suspend { actor: name } => {
+            refuse_during_install(handler, "suspend")?;
             let target = actor(handler, &name).await?;
             if is_suspended(&target).await? {
                 return Err(format!("actor {name} is already suspended"));
@@ -124,6 +137,7 @@ pub(super) async fn execute(
             Ok(json!({"suspended": name}))
         }
         Request::Resume { actor: name } => {
+            refuse_during_install(handler, "resume")?;
             let target = actor(handler, &name).await?;
             if !is_suspended(&target).await? {
                 return Err(format!("actor {name} is not suspended: nothing to resume"));
@@ -173,15 +187,22 @@ fn install_value(report: &InstallReport, permanent: bool) -> Value {
 /// restarts, mailbox length, high-water mark, bound and refusals; the resident libraries
 /// (in-process versions); the worker process of each isolated plugin (pid, processes
 /// started); the releases.
+///
+/// The release facts (`release`, `releases`, `resident`) come from one published view of
+/// the handler's state, as of its last finished operation; the tree and the actors'
+/// figures are live, each supervisor and actor asked under a deadline (one that does not
+/// answer in time shows as `busy`).
 pub async fn status(handler: &ReleaseHandler) -> Value {
-    let root = handler.root_supervisor().await;
+    let view = handler.read_view();
+    let wait = status_wait(handler);
+    let tree = list_supervisor("root".to_owned(), view.root_supervisor.clone(), wait).await;
     // Every actor is asked at once under one deadline, so actors stuck in callbacks cost
     // one wait, not one each.
     let mut actors = Vec::new();
-    collect_workers(root.clone(), &mut actors).await;
+    tree.collect_workers(&mut actors);
     let statuses: HashMap<ProcessId, Value> = actors
         .iter()
-        .zip(crate::runtime::status_all(&actors, status_wait(handler)).await)
+        .zip(crate::runtime::status_all(&actors, wait).await)
         .map(|(actor, status)| {
             let entry = match status {
                 Ok(status) => json!({
@@ -212,13 +233,12 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
             (actor.id(), entry)
         })
         .collect();
-    let tree = describe_supervisor("root", root, &statuses).await;
-    let (resident, unloaded) = handler.resident().await;
+    let unloaded = handler.unload_reports();
     json!({
-        "release": handler.current_version().await,
+        "release": view.current,
         "install_in_progress": handler.install_in_progress(),
-        "tree": tree,
-        "resident": resident,
+        "tree": tree.describe(&statuses),
+        "resident": view.resident,
         "workers": handler.isolated_workers(),
         "still_mapped_after_close": unloaded
             .iter()
@@ -231,15 +251,15 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
             })
             .collect::<Vec<_>>(),
         "stuck_callbacks": crate::runtime::executor::stuck_callbacks(),
-        "releases": handler.which_releases().await,
+        "releases": view.releases,
     })
 }
 
-/// How long `status` waits for actors to report.
+/// How long `status` waits for actors and supervisors to report.
 const STATUS_WAIT: Duration = Duration::from_millis(300);
 
-/// How long `status` waits for actors while an install runs: actors in the middle of a
-/// migration show as busy rather than hold up the answer.
+/// How long `status` waits while an install runs: actors in the middle of a migration show
+/// as busy rather than hold up the answer.
 const STATUS_WAIT_DURING_INSTALL: Duration = Duration::from_millis(30);
 
 fn status_wait(handler: &ReleaseHandler) -> Duration {
@@ -250,44 +270,68 @@ fn status_wait(handler: &ReleaseHandler) -> Duration {
     }
 }
 
-fn collect_workers<'a>(
+/// A supervisor's children as it listed them; `None` when it did not answer in time.
+struct Listed {
+    id: String,
+    children: Option<Vec<(ChildInfo, Option<Listed>)>>,
+}
+
+/// Lists a supervisor and, recursively, its nested supervisors, each under `wait`.
+fn list_supervisor(
+    id: String,
     supervisor: SupervisorRef,
-    found: &'a mut Vec<ActorRef>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+    wait: Duration,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Listed> + Send>> {
     Box::pin(async move {
-        for child in supervisor.which_children().await.unwrap_or_default() {
-            match child.child {
-                Some(ChildRef::Supervisor(nested)) => collect_workers(nested, found).await,
-                Some(ChildRef::Worker(actor)) => found.push(actor),
-                None => {}
-            }
+        let Ok(answer) = tokio::time::timeout(wait, supervisor.which_children()).await else {
+            return Listed { id, children: None };
+        };
+        let mut children = Vec::new();
+        for child in answer.unwrap_or_default() {
+            let nested = match &child.child {
+                Some(ChildRef::Supervisor(nested)) => {
+                    Some(list_supervisor(child.id.clone(), nested.clone(), wait).await)
+                }
+                _ => None,
+            };
+            children.push((child, nested));
+        }
+        Listed {
+            id,
+            children: Some(children),
         }
     })
 }
 
-fn describe_supervisor<'a>(
-    id: &'a str,
-    supervisor: SupervisorRef,
-    statuses: &'a HashMap<ProcessId, Value>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Value> + Send + 'a>> {
-    Box::pin(async move {
-        let mut children = Vec::new();
-        for child in supervisor.which_children().await.unwrap_or_default() {
-            let entry = match &child.child {
-                Some(ChildRef::Supervisor(nested)) => {
-                    describe_supervisor(&child.id, nested.clone(), statuses).await
-                }
-                Some(ChildRef::Worker(actor)) => {
+impl Listed {
+    fn collect_workers(&self, found: &mut Vec<ActorRef>) {
+        for (child, nested) in self.children.iter().flatten() {
+            match (&child.child, nested) {
+                (_, Some(nested)) => nested.collect_workers(found),
+                (Some(ChildRef::Worker(actor)), None) => found.push(actor.clone()),
+                _ => {}
+            }
+        }
+    }
+
+    fn describe(&self, statuses: &HashMap<ProcessId, Value>) -> Value {
+        let Some(children) = &self.children else {
+            return json!({"id": self.id, "supervisor": true, "state": "busy", "children": []});
+        };
+        let children: Vec<Value> = children
+            .iter()
+            .map(|(child, nested)| match (&child.child, nested) {
+                (_, Some(nested)) => nested.describe(statuses),
+                (Some(ChildRef::Worker(actor)), None) => {
                     let mut entry = statuses.get(&actor.id()).cloned().unwrap_or_else(
                         || json!({"name": actor.name(), "state": "started after the count"}),
                     );
                     entry["id"] = json!(child.id);
                     entry
                 }
-                None => json!({"id": child.id, "state": "stopped", "restarts": child.restarts}),
-            };
-            children.push(entry);
-        }
-        json!({"id": id, "supervisor": true, "children": children})
-    })
+                _ => json!({"id": child.id, "state": "stopped", "restarts": child.restarts}),
+            })
+            .collect();
+        json!({"id": self.id, "supervisor": true, "children": children})
+    }
 }

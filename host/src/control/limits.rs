@@ -27,7 +27,7 @@ pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
 pub(super) const READ_CHUNK: usize = 8 * 1024;
 
 /// A request buffer larger than this goes back to the OS when freed.
-pub(super) const LARGE_BUFFER: usize = 64 * 1024;
+const LARGE_BUFFER: usize = 64 * 1024;
 
 /// Refused clients kept open (unread) at once, each for [`REFUSAL_LINGER`]: a client whose
 /// socket closed before it wrote its request would see a broken pipe instead of the
@@ -36,9 +36,6 @@ pub(super) const MAX_LINGERING_REFUSALS: usize = 64;
 
 /// The longest a refused client is kept open.
 pub(super) const REFUSAL_LINGER: Duration = Duration::from_secs(1);
-
-/// Freed memory is returned to the OS at most once per this interval.
-pub(super) const MEMORY_RETURN_INTERVAL: Duration = Duration::from_millis(250);
 
 /// What the control socket's clients can make the host hold. Memory for requests is at
 /// most `max_connections` × 8 KiB plus `max_buffered_bytes`.
@@ -84,8 +81,6 @@ impl Default for ControlLimits {
 pub(super) struct ByteBudget {
     limit: usize,
     used: std::sync::atomic::AtomicUsize,
-    /// Woken when a large buffer is freed, so that the memory goes back to the OS.
-    pub(super) large_buffer_freed: tokio::sync::Notify,
 }
 
 impl ByteBudget {
@@ -93,12 +88,11 @@ impl ByteBudget {
         ByteBudget {
             limit,
             used: std::sync::atomic::AtomicUsize::new(0),
-            large_buffer_freed: tokio::sync::Notify::new(),
         }
     }
 
     /// Takes `bytes` if they fit; whether they did.
-    pub(super) fn try_take(&self, bytes: usize) -> bool {
+    fn try_take(&self, bytes: usize) -> bool {
         self.used
             .fetch_update(
                 std::sync::atomic::Ordering::AcqRel,
@@ -108,7 +102,7 @@ impl ByteBudget {
             .is_ok()
     }
 
-    pub(super) fn give_back(&self, bytes: usize) {
+    fn give_back(&self, bytes: usize) {
         self.used
             .fetch_sub(bytes, std::sync::atomic::Ordering::AcqRel);
     }
@@ -147,7 +141,7 @@ impl LineBuffer {
         }
     }
 
-    pub(super) fn capacity(&self) -> usize {
+    fn capacity(&self) -> usize {
         self.storage.as_ref().map_or(0, |storage| storage.len())
     }
 
@@ -198,7 +192,7 @@ impl LineBuffer {
 
     /// Moves the bytes to the front of a new mapping of `capacity` bytes (the old one is
     /// unmapped).
-    pub(super) fn move_to(&mut self, capacity: usize) -> std::io::Result<()> {
+    fn move_to(&mut self, capacity: usize) -> std::io::Result<()> {
         let mut storage = memmap2::MmapMut::map_anon(capacity)?;
         let bytes = self.bytes();
         storage[..bytes.len()].copy_from_slice(bytes);
@@ -210,7 +204,7 @@ impl LineBuffer {
 
     /// Brings the charge to what `capacity` costs; false (and no change) when that needs
     /// more than the budget has left.
-    pub(super) fn charge_for(&mut self, capacity: usize) -> bool {
+    fn charge_for(&mut self, capacity: usize) -> bool {
         let due = capacity.saturating_sub(READ_CHUNK);
         if due > self.charged {
             if !self.budget.try_take(due - self.charged) {
@@ -242,7 +236,7 @@ impl LineBuffer {
         let shrunk = self.charge_for(self.capacity());
         debug_assert!(shrunk, "a smaller buffer needs no more budget");
         if capacity > LARGE_BUFFER {
-            self.budget.large_buffer_freed.notify_one();
+            crate::process::return_free_memory_soon();
         }
     }
 }
@@ -252,7 +246,7 @@ impl Drop for LineBuffer {
         self.budget.give_back(self.charged);
         if self.capacity() > LARGE_BUFFER {
             self.storage = None;
-            self.budget.large_buffer_freed.notify_one();
+            crate::process::return_free_memory_soon();
         }
     }
 }
@@ -324,7 +318,7 @@ mod tests {
     use super::*;
 
     #[test]
-    pub(super) fn the_byte_budget_refuses_what_does_not_fit_and_takes_back_what_is_given() {
+    fn the_byte_budget_refuses_what_does_not_fit_and_takes_back_what_is_given() {
         let budget = ByteBudget::new(100);
         assert!(budget.try_take(60));
         assert!(!budget.try_take(41), "60 + 41 is over 100");
@@ -334,8 +328,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn a_line_buffer_charges_its_capacity_beyond_the_first_chunk_and_frees_what_it_consumed()
-     {
+    fn a_line_buffer_charges_its_capacity_beyond_the_first_chunk_and_frees_what_it_consumed() {
         let budget = Arc::new(ByteBudget::new(4 * READ_CHUNK));
         let mut buffer = LineBuffer::new(Arc::clone(&budget));
         let max_capacity = 1024 * 1024;
@@ -387,7 +380,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn a_large_buffer_shrinks_to_what_remains_after_a_line_and_returns_its_charge() {
+    fn a_large_buffer_shrinks_to_what_remains_after_a_line_and_returns_its_charge() {
         let budget = Arc::new(ByteBudget::new(usize::MAX));
         let mut buffer = LineBuffer::new(Arc::clone(&budget));
         while buffer.capacity() < 256 * 1024 {
@@ -402,8 +395,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn failed_accepts_pause_longer_each_time_up_to_the_longest_and_a_success_resets_it()
-    {
+    fn failed_accepts_pause_longer_each_time_up_to_the_longest_and_a_success_resets_it() {
         let mut backoff = AcceptBackoff::new(&ControlLimits::default());
         let pauses: Vec<_> = (0..6).map(|_| backoff.failed().as_millis()).collect();
         assert_eq!(pauses, [100, 200, 400, 800, 1000, 1000]);
@@ -412,7 +404,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn a_warning_is_due_once_per_interval_with_the_count_of_those_suppressed() {
+    fn a_warning_is_due_once_per_interval_with_the_count_of_those_suppressed() {
         let mut warning = RateLimitedWarning::new(Duration::from_secs(10));
         let start = std::time::Instant::now();
         assert_eq!(warning.due(start), Some(0));

@@ -141,14 +141,7 @@ impl ControlServer {
                 }
             }
         };
-        let returning_memory = async {
-            loop {
-                budget.large_buffer_freed.notified().await;
-                let _ = tokio::task::spawn_blocking(crate::process::return_free_memory).await;
-                tokio::time::sleep(MEMORY_RETURN_INTERVAL).await;
-            }
-        };
-        tokio::join!(accepting, returning_memory);
+        accepting.await
     }
 }
 

@@ -406,9 +406,16 @@ impl SocketDirectory {
             return None;
         }
         let name = format!("{}-socket", std::process::id());
-        crate::ownership::OwnedDirectory::create(libraries, &name)
-            .map(SocketDirectory::Owned)
-            .ok()
+        match crate::ownership::OwnedDirectory::create(libraries, &name) {
+            Ok(directory) => Some(SocketDirectory::Owned(directory)),
+            Err(error) => {
+                tracing::warn!(
+                    "worker socket: cannot use a directory under {}: {error}; using $TMPDIR",
+                    libraries.display()
+                );
+                None
+            }
+        }
     }
 
     fn path(&self) -> &Path {

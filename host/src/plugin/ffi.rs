@@ -2,7 +2,10 @@
 //! the host callbacks plugins call back into.
 //!
 //! **Architecture Invariant:** this is the only module of the host that calls into plugin
-//! code through raw pointers, and the only one with `unsafe`.
+//! code through raw pointers. The host's other `unsafe` is a few libc calls about its own
+//! process (`process.rs`: signal disposition, `malloc_trim`; `isolation/worker.rs`:
+//! `prctl`; `isolation/wire.rs`: `recvmsg` of a file descriptor) and handing a checked
+//! vtable to this module (`plugin.rs`), each with its `// SAFETY:` comment.
 //!
 //! Invariants this module keeps:
 //! - A [`PluginCode`] owns the open library *and* the copy of its vtable; every function

@@ -31,6 +31,9 @@ use thiserror::Error;
 /// A release could not be assembled.
 #[derive(Debug, Error)]
 pub enum AssembleError {
+    /// The root could be written by another user, or is a link.
+    #[error("refusing to assemble into the root: {0}")]
+    Untrusted(#[source] crate::trust::TrustError),
     /// The source manifest is invalid.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
@@ -136,7 +139,17 @@ pub fn assemble(
         }
     };
     let releases = releases_directory(root);
-    fs::create_dir_all(&releases).map_err(write_error(&releases))?;
+    // Explicit modes (less the umask): under a umask of 002 the defaults would make a root
+    // that `graft start` refuses as group-writable.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&releases)
+            .map_err(write_error(&releases))?;
+    }
+    crate::trust::check_root(root).map_err(AssembleError::Untrusted)?;
     remove_interrupted_builds(root);
     super::record::remove_interrupted_writes(root);
     // Removed when dropped: on any error below, and after the swap (then it holds the old
@@ -150,7 +163,13 @@ pub fn assemble(
         source,
     })?;
     let staging = staging_directory.path().to_owned();
-    fs::create_dir(staging.join("lib")).map_err(write_error(&staging))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(staging.join("lib"))
+            .map_err(write_error(&staging))?;
+    }
 
     // Resolve every crate first, then build them all in one cargo run.
     let mut packages = Vec::new();
@@ -216,9 +235,11 @@ pub fn assemble(
 /// Writes `bytes` to a new file at `path` and fsyncs it.
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o644)
         .open(path)?;
     file.write_all(bytes)?;
     file.sync_all()

@@ -114,6 +114,19 @@ use migration::*;
 use plan::*;
 use table::*;
 
+/// The release facts of one published state (see [`ReleaseHandler::read_view`]).
+#[derive(Debug, Clone)]
+pub struct ReadView {
+    /// The running release.
+    pub current: Version,
+    /// The root of its supervision tree.
+    pub root_supervisor: SupervisorRef,
+    /// Every assembled release with its status.
+    pub releases: Vec<ReleaseInfo>,
+    /// The plugin versions still loaded.
+    pub resident: Vec<ResidentLibrary>,
+}
+
 /// A release's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -573,7 +586,12 @@ impl ReleaseHandler {
                 } else {
                     ReleaseStatus::Unpacked
                 };
-                let name = read_assembled(&self.root, &version)
+                // Checked before it is read, as every release directory is; one that
+                // fails shows no name (an install of it says why).
+                let directory = releases_directory(&self.root).join(version.to_string());
+                let name = crate::trust::check_release(&directory)
+                    .ok()
+                    .and_then(|()| read_assembled(&self.root, &version).ok())
                     .map(|release| release.manifest.release.name)
                     .unwrap_or_default();
                 ReleaseInfo {
@@ -584,6 +602,23 @@ impl ReleaseHandler {
                 }
             })
             .collect()
+    }
+
+    /// The release facts read-only requests report, all from one published state (as of
+    /// the last finished operation; never waits for an install).
+    pub fn read_view(&self) -> ReadView {
+        let published = self.published();
+        ReadView {
+            current: published.current.clone(),
+            root_supervisor: published.root_supervisor.clone(),
+            releases: self.releases_with(&published.current, &published.record),
+            resident: Self::resident_with(&published.loaded),
+        }
+    }
+
+    /// What became of the most recently closed libraries.
+    pub fn unload_reports(&self) -> Vec<UnloadReport> {
+        self.loader.unload_reports()
     }
 
     /// How many plugin libraries this host has closed in all.

@@ -157,12 +157,21 @@ fn write_atomically(directory: &Path, name: &str, bytes: &[u8]) -> Result<(), Re
         path: path.clone(),
         source,
     };
-    let mut temporary = tempfile::Builder::new()
-        .prefix(TEMPORARY_PREFIX)
-        .suffix(TEMPORARY_SUFFIX)
-        .tempfile_in(directory)
-        .map_err(write_error)?;
-    lock_new_file(temporary.as_file(), temporary.path()).map_err(RecordError::Lock)?;
+    // A sweep by another process (a boot, a build) may remove a new temporary file in
+    // the instant before it is locked: then take another.
+    let mut attempts = 0;
+    let mut temporary = loop {
+        let temporary = tempfile::Builder::new()
+            .prefix(TEMPORARY_PREFIX)
+            .suffix(TEMPORARY_SUFFIX)
+            .tempfile_in(directory)
+            .map_err(write_error)?;
+        match lock_new_file(temporary.as_file(), temporary.path()) {
+            Ok(()) => break temporary,
+            Err(_) if attempts < 8 => attempts += 1,
+            Err(error) => return Err(RecordError::Lock(error)),
+        }
+    };
     temporary.write_all(bytes).map_err(write_error)?;
     temporary.as_file().sync_all().map_err(write_error)?;
     temporary

@@ -26,7 +26,7 @@
 //! takes it up to handle it; moving between the channel, the side queue and the stash
 //! changes nothing. When a mailbox that grew past [`LARGE_MAILBOX`] drains to empty, the
 //! loop frees its queues' buffers and hands the freed heap back to the OS
-//! ([`crate::process::return_free_memory`]), so a flood that has passed leaves no
+//! ([`crate::process::return_free_memory_soon`]), so a flood that has passed leaves no
 //! resident memory behind.
 
 use super::behaviour::Behaviour;
@@ -438,7 +438,7 @@ impl Actor {
             self.longest_since_returned = 0;
             self.deferred.shrink_to_fit();
             self.stashed.shrink_to_fit();
-            crate::process::return_free_memory();
+            crate::process::return_free_memory_soon();
             tracing::debug!(actor = %self.services.label, "a large mailbox drained: memory returned");
         }
     }
@@ -475,7 +475,8 @@ impl Actor {
             }),
             Envelope::ExitSignal(signal) if self.trap_exit => {
                 let message = codec::encode(&*signal).unwrap_or_default();
-                // Counted again: it is now an ordinary message.
+                // Handled as an info message (exit signals are never counted in the
+                // mailbox's length, nor refused by its bound).
                 self.handle(Envelope::Info {
                     kind: abi::INFO_EXIT,
                     message,
