@@ -645,15 +645,20 @@ async fn start(
     limits: graft::control::ControlLimits,
 ) -> Result<ExitCode, Failure> {
     init_tracing();
-    // Bound first: a second host on a live root stops here, before it boots anything.
-    let server = ControlServer::bind(root).await?;
+    // A second host on a live root stops here, before it boots anything.
+    ControlServer::refuse_if_served(root).await?;
     let handler = Arc::new(ReleaseHandler::boot(root, Runtime::new()).await?);
+    // Watching starts before the socket answers: a client that sees the host up and then
+    // drops in a release gets it installed.
+    let watch = watch
+        .then(|| graft::watch::ReleaseWatch::start(Arc::clone(&handler)))
+        .transpose()?;
+    let server = ControlServer::bind(root).await?;
     tracing::info!(socket = %server.path().display(), release = %handler.current_version().await, "host started");
     let serving = tokio::spawn(server.serve_with(Arc::clone(&handler), limits));
-    let watching = watch.then(|| {
-        let handler = Arc::clone(&handler);
+    let watching = watch.map(|watch| {
         tokio::spawn(async move {
-            if let Err(error) = graft::watch::watch(handler, auto_permanent, None).await {
+            if let Err(error) = watch.run(auto_permanent, None).await {
                 tracing::error!("watch mode stopped: {error}");
             }
         })
@@ -736,9 +741,10 @@ async fn dev(root: &Path, workspace: &Path, version: Option<Version>) -> Result<
         watched.push((plugin.clone(), artifact, digest));
     }
 
-    // Bound first: a second host on a live root stops here, before it boots anything.
-    let server = ControlServer::bind(root).await?;
+    // A second host on a live root stops here, before it boots anything.
+    ControlServer::refuse_if_served(root).await?;
     let handler = Arc::new(ReleaseHandler::boot(root, Runtime::new()).await?);
+    let server = ControlServer::bind(root).await?;
     tracing::info!(release = %version, socket = %server.path().display(), "dev host started; rebuild a plugin with cargo build to hot-swap it");
     let serving = tokio::spawn(server.serve(Arc::clone(&handler)));
 

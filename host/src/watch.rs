@@ -67,76 +67,117 @@ pub async fn watch(
     auto_permanent: Option<Duration>,
     events: Option<tokio::sync::mpsc::UnboundedSender<WatchEvent>>,
 ) -> Result<(), WatchError> {
-    let directory = releases_directory(handler.root());
-    let (notices, mut changes) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = notices.send(());
-        }
-    })
-    .map_err(|source| WatchError {
-        path: directory.clone(),
-        source,
-    })?;
-    watcher
-        .watch(&directory, RecursiveMode::NonRecursive)
-        .map_err(|source| WatchError {
-            path: directory.clone(),
-            source,
-        })?;
-    let mut attempted: HashSet<Version> = assembled_versions(handler.root()).into_iter().collect();
-    let report = |event: WatchEvent| {
-        if let Some(events) = &events {
-            let _ = events.send(event);
-        }
-    };
-    while changes.recv().await.is_some() {
-        // Let a burst of events settle before looking.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        while changes.try_recv().is_ok() {}
-        let current = handler.current_version().await;
-        let candidates: Vec<Version> = assembled_versions(handler.root())
-            .into_iter()
-            .filter(|version| *version > current && !attempted.contains(version))
-            .collect();
-        let Some(target) = candidates.into_iter().max() else {
-            continue;
-        };
-        attempted.insert(target.clone());
-        tracing::info!(release = %target, "watch: new release, installing");
-        let before = crash_indicator(handler.root_supervisor().await).await;
-        match handler.install(&target, None).await {
-            Ok(_) => report(WatchEvent::Installed(target.clone())),
-            Err(error) => {
-                tracing::error!(release = %target, "watch: install refused: {error}");
-                report(WatchEvent::Refused(target, error.to_string()));
-                continue;
+    ReleaseWatch::start(handler)?
+        .run(auto_permanent, events)
+        .await
+}
+
+/// Watch mode, set up: the releases directory is watched from [`ReleaseWatch::start`] on,
+/// so a release that appears after it returns is installed by [`ReleaseWatch::run`] even if
+/// `run` begins later.
+pub struct ReleaseWatch {
+    handler: Arc<ReleaseHandler>,
+    _watcher: notify::RecommendedWatcher,
+    changes: tokio::sync::mpsc::UnboundedReceiver<()>,
+    /// Releases present when watching began (not installed by the watch), and those tried.
+    attempted: HashSet<Version>,
+}
+
+impl ReleaseWatch {
+    /// Starts watching `<root>/releases` now.
+    pub fn start(handler: Arc<ReleaseHandler>) -> Result<ReleaseWatch, WatchError> {
+        let directory = releases_directory(handler.root());
+        let (notices, changes) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    let _ = notices.send(());
+                }
+            })
+            .map_err(|source| WatchError {
+                path: directory.clone(),
+                source,
+            })?;
+        watcher
+            .watch(&directory, RecursiveMode::NonRecursive)
+            .map_err(|source| WatchError {
+                path: directory.clone(),
+                source,
+            })?;
+        let attempted: HashSet<Version> = assembled_versions(handler.root()).into_iter().collect();
+        Ok(ReleaseWatch {
+            handler,
+            _watcher: watcher,
+            changes,
+            attempted,
+        })
+    }
+
+    /// Installs new releases as they appear, until the task ends.
+    pub async fn run(
+        self,
+        auto_permanent: Option<Duration>,
+        events: Option<tokio::sync::mpsc::UnboundedSender<WatchEvent>>,
+    ) -> Result<(), WatchError> {
+        let ReleaseWatch {
+            handler,
+            _watcher,
+            mut changes,
+            mut attempted,
+        } = self;
+        let report = |event: WatchEvent| {
+            if let Some(events) = &events {
+                let _ = events.send(event);
             }
-        }
-        let Some(window) = auto_permanent else {
-            continue;
         };
-        tokio::time::sleep(window).await;
-        let root = handler.root_supervisor().await;
-        let after = crash_indicator(root.clone()).await;
-        let healthy = after == before && root.exit_reason().is_none();
-        if healthy {
-            match handler.make_permanent(&target).await {
-                Ok(()) => report(WatchEvent::MadePermanent(target)),
+        while changes.recv().await.is_some() {
+            // Let a burst of events settle before looking.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while changes.try_recv().is_ok() {}
+            let current = handler.current_version().await;
+            let candidates: Vec<Version> = assembled_versions(handler.root())
+                .into_iter()
+                .filter(|version| *version > current && !attempted.contains(version))
+                .collect();
+            let Some(target) = candidates.into_iter().max() else {
+                continue;
+            };
+            attempted.insert(target.clone());
+            tracing::info!(release = %target, "watch: new release, installing");
+            let before = crash_indicator(handler.root_supervisor().await).await;
+            match handler.install(&target, None).await {
+                Ok(_) => report(WatchEvent::Installed(target.clone())),
                 Err(error) => {
-                    tracing::error!(release = %target, "watch: make_permanent failed: {error}")
+                    tracing::error!(release = %target, "watch: install refused: {error}");
+                    report(WatchEvent::Refused(target, error.to_string()));
+                    continue;
                 }
             }
-        } else {
-            tracing::warn!(release = %target, "watch: actors crashed in the health window; rolling back to {current}");
-            match handler.install(&current, None).await {
-                Ok(_) => report(WatchEvent::RolledBack {
-                    from: target,
-                    to: current,
-                }),
-                Err(error) => tracing::error!("watch: rollback to {current} failed: {error}"),
+            let Some(window) = auto_permanent else {
+                continue;
+            };
+            tokio::time::sleep(window).await;
+            let root = handler.root_supervisor().await;
+            let after = crash_indicator(root.clone()).await;
+            let healthy = after == before && root.exit_reason().is_none();
+            if healthy {
+                match handler.make_permanent(&target).await {
+                    Ok(()) => report(WatchEvent::MadePermanent(target)),
+                    Err(error) => {
+                        tracing::error!(release = %target, "watch: make_permanent failed: {error}")
+                    }
+                }
+            } else {
+                tracing::warn!(release = %target, "watch: actors crashed in the health window; rolling back to {current}");
+                match handler.install(&current, None).await {
+                    Ok(_) => report(WatchEvent::RolledBack {
+                        from: target,
+                        to: current,
+                    }),
+                    Err(error) => tracing::error!("watch: rollback to {current} failed: {error}"),
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
 }

@@ -46,15 +46,23 @@ impl ControlServer {
         std::fs::set_permissions(directory, std::fs::Permissions::from_mode(0o700))
             .map_err(bind_error(directory))?;
         if check(&path, Kind::Socket)? {
-            if UnixStream::connect(&path).await.is_ok() {
-                return Err(ControlError::AlreadyRunning(path));
-            }
+            Self::refuse_if_served(root).await?;
             std::fs::remove_file(&path).map_err(bind_error(&path))?;
         }
         let listener = UnixListener::bind(&path).map_err(bind_error(&path))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(bind_error(&path))?;
         Ok(ControlServer { listener, path })
+    }
+
+    /// [`ControlError::AlreadyRunning`] when a host answers on the root's socket: a host
+    /// checks this before it boots, so a second one on a live root starts nothing.
+    pub async fn refuse_if_served(root: &Path) -> Result<(), ControlError> {
+        let path = socket_path(root);
+        if UnixStream::connect(&path).await.is_ok() {
+            return Err(ControlError::AlreadyRunning(path));
+        }
+        Ok(())
     }
 
     /// The socket's path.
