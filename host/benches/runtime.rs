@@ -9,7 +9,7 @@
 //!   the bare actor gets `(i64, oneshot::Sender<i64>)`; ractor uses `ActorRef::call`. A
 //!   fourth contender, the bare actor with a `tokio::time::timeout` around the reply, shows
 //!   what the timeout that every graft and ractor call carries costs by itself.
-//! - `cast_throughput`: [`CASTS`] casts `{"Add": 1}`, then one call that returns once all of
+//! - `cast_throughput`: [`CASTS`] casts `{"Add": 1}` (graft: also to a bounded mailbox), then one call that returns once all of
 //!   them have been handled (mailboxes are FIFO); criterion reports elements per second.
 //! - Spawning, timed by hand: [`SPAWNED_ACTORS`] counter actors under a `dynamic`
 //!   supervisor, one `start_dynamic_child` after the other, and the memory of an idle actor;
@@ -74,6 +74,10 @@ const PACKAGE: &str = "counter-1-0-0";
 
 /// Casts per `cast_throughput` iteration.
 const CASTS: u64 = 100_000;
+
+/// The bounded counter's `max_mailbox`: far above a batch of [`CASTS`], so nothing is
+/// refused and only the counting is measured.
+const BOUNDED_MAILBOX: usize = 1_000_000;
 
 /// Actors spawned per round of the spawn measurement.
 const SPAWNED_ACTORS: usize = 100_000;
@@ -378,6 +382,9 @@ enum Contender {
     BareTokioWithTimeout,
     /// The ractor actor.
     Ractor,
+    /// The plugin actor on graft's runtime, with a bounded mailbox (`max_mailbox`, never
+    /// reached here): the cost of counting against the bound.
+    GraftBounded,
 }
 
 impl Contender {
@@ -387,8 +394,13 @@ impl Contender {
         Contender::BareTokioWithTimeout,
         Contender::Ractor,
     ];
-    const CASTING: [Contender; 3] = [Contender::Graft, Contender::BareTokio, Contender::Ractor];
-    const SPAWNING: [Contender; 3] = Contender::CASTING;
+    const CASTING: [Contender; 4] = [
+        Contender::Graft,
+        Contender::BareTokio,
+        Contender::Ractor,
+        Contender::GraftBounded,
+    ];
+    const SPAWNING: [Contender; 3] = [Contender::Graft, Contender::BareTokio, Contender::Ractor];
 
     fn name(self) -> &'static str {
         match self {
@@ -396,6 +408,7 @@ impl Contender {
             Contender::BareTokio => "bare_tokio",
             Contender::BareTokioWithTimeout => "bare_tokio_with_timeout",
             Contender::Ractor => "ractor",
+            Contender::GraftBounded => "graft_bounded_mailbox",
         }
     }
 
@@ -405,6 +418,7 @@ impl Contender {
             Contender::BareTokio => "bare tokio",
             Contender::BareTokioWithTimeout => "bare tokio + timeout",
             Contender::Ractor => "ractor",
+            Contender::GraftBounded => "graft, bounded mailbox",
         }
     }
 }
@@ -516,6 +530,8 @@ struct Fixture {
     factory: Arc<dyn BehaviourFactory>,
     start_arguments: Vec<u8>,
     graft_counter: ActorRef,
+    /// The same plugin actor with a `max_mailbox` it never reaches.
+    graft_bounded_counter: ActorRef,
     bare_counter: BareCounter,
     ractor_counter: ractor::ActorRef<RactorMessage>,
     /// Keeps the loader's directory (where the loaded copy lives) for the whole run.
@@ -544,27 +560,49 @@ impl Fixture {
             .build()
             .expect("building the tokio runtime");
         let actors = Runtime::new();
-        let (graft_counter, bare_counter, ractor_counter) = executor.block_on(async {
-            let graft_counter = actors
-                .spawn(ActorOptions::new(
-                    Arc::clone(&factory),
-                    start_arguments.clone(),
-                ))
-                .await
-                .unwrap_or_else(|error| panic!("spawning the counter actor: {error}"));
-            let (bare_counter, _) = BareCounter::start().await;
-            let (ractor_counter, _) = ractor_start().await;
-            (graft_counter, bare_counter, ractor_counter)
-        });
+        let (graft_counter, graft_bounded_counter, bare_counter, ractor_counter) = executor
+            .block_on(async {
+                let graft_counter = actors
+                    .spawn(ActorOptions::new(
+                        Arc::clone(&factory),
+                        start_arguments.clone(),
+                    ))
+                    .await
+                    .unwrap_or_else(|error| panic!("spawning the counter actor: {error}"));
+                let graft_bounded_counter = actors
+                    .spawn(
+                        ActorOptions::new(Arc::clone(&factory), start_arguments.clone())
+                            .max_mailbox(BOUNDED_MAILBOX),
+                    )
+                    .await
+                    .unwrap_or_else(|error| panic!("spawning the bounded counter actor: {error}"));
+                let (bare_counter, _) = BareCounter::start().await;
+                let (ractor_counter, _) = ractor_start().await;
+                (
+                    graft_counter,
+                    graft_bounded_counter,
+                    bare_counter,
+                    ractor_counter,
+                )
+            });
         Fixture {
             executor,
             actors,
             factory,
             start_arguments,
             graft_counter,
+            graft_bounded_counter,
             bare_counter,
             ractor_counter,
             _loader: loader,
+        }
+    }
+
+    /// Graft's counter for `contender`: bounded or not.
+    fn graft_counter_of(&self, contender: Contender) -> &ActorRef {
+        match contender {
+            Contender::GraftBounded => &self.graft_bounded_counter,
+            _ => &self.graft_counter,
         }
     }
 
@@ -611,8 +649,8 @@ impl Fixture {
     /// The time `iterations` calls `{"Add": 1}` take, one after the other.
     fn time_calls(&self, contender: Contender, placement: Placement, iterations: u64) -> Duration {
         match contender {
-            Contender::Graft => {
-                let counter = self.graft_counter.clone();
+            Contender::Graft | Contender::GraftBounded => {
+                let counter = self.graft_counter_of(contender).clone();
                 let batch = async move {
                     let start = Instant::now();
                     for _ in 0..iterations {
@@ -665,11 +703,12 @@ impl Fixture {
             let start = Instant::now();
             for _ in 0..batches {
                 match contender {
-                    Contender::Graft => {
+                    Contender::Graft | Contender::GraftBounded => {
+                        let counter = self.graft_counter_of(contender);
                         for _ in 0..CASTS {
-                            graft_cast(&self.graft_counter, black_box(Command::Add(1)));
+                            graft_cast(counter, black_box(Command::Add(1)));
                         }
-                        black_box(graft_call(&self.graft_counter, Request::Get).await);
+                        black_box(graft_call(counter, Request::Get).await);
                     }
                     Contender::BareTokio | Contender::BareTokioWithTimeout => {
                         for _ in 0..CASTS {
@@ -693,7 +732,7 @@ impl Fixture {
     /// dynamic supervisor), then all of them stopped.
     fn spawn_round(&self, contender: Contender, placement: Placement, count: usize) -> SpawnRound {
         match contender {
-            Contender::Graft => {
+            Contender::Graft | Contender::GraftBounded => {
                 let actors = self.actors.clone();
                 let template = ChildSpec::worker(
                     "counter",
@@ -1011,6 +1050,11 @@ fn print_summary(fixture: &Fixture, sampling: Sampling) {
         casts[0] / casts[1],
         human_rate(casts[2]),
         casts[0] / casts[2],
+    );
+    println!(
+        "summary: casts to a bounded mailbox (max_mailbox {BOUNDED_MAILBOX}, never reached): {} ({:.2}x unbounded) [(x) = bounded rate / unbounded]",
+        human_rate(casts[3]),
+        casts[3] / casts[0],
     );
     for (contender, placement, medians) in &spawns {
         println!(
