@@ -9,8 +9,9 @@
 //!   the bare actor gets `(i64, oneshot::Sender<i64>)`; ractor uses `ActorRef::call`. A
 //!   fourth contender, the bare actor with a `tokio::time::timeout` around the reply, shows
 //!   what the timeout that every graft and ractor call carries costs by itself.
-//! - `cast_throughput`: [`CASTS`] casts `{"Add": 1}` (graft: also to a bounded mailbox), then one call that returns once all of
+//! - `cast_throughput`: [`CASTS`] casts `{"Add": 1}`, then one call that returns once all of
 //!   them have been handled (mailboxes are FIFO); criterion reports elements per second.
+//!   Graft runs twice: unbounded, and with a `max_mailbox` it never reaches.
 //! - Spawning, timed by hand: [`SPAWNED_ACTORS`] counter actors under a `dynamic`
 //!   supervisor, one `start_dynamic_child` after the other, and the memory of an idle actor;
 //!   then the supervisor is shut down (timed too). The bare and ractor floors spawn the same
