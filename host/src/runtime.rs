@@ -393,6 +393,13 @@ impl ActorRef {
         self.shared.lifecycle.id
     }
 
+    /// A key unique among the actors alive in this process, whatever their `Runtime`
+    /// (process ids repeat across runtimes): the address of the actor's shared state,
+    /// which cannot be reused while any handle, this one included, keeps it alive.
+    pub(crate) fn identity(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
+    }
+
     /// The registered name, if any.
     pub fn name(&self) -> Option<&str> {
         self.shared.name.as_deref()

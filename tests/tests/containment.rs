@@ -341,9 +341,15 @@ async fn a_never_returning_callback_of_any_kind_ends_in_a_callback_timeout() {
                     .await;
             }
         }
-        let reason = tokio::time::timeout(Duration::from_secs(30), actor.exited())
-            .await
-            .unwrap_or_else(|_| panic!("{callback}: no exit"));
+        let Ok(reason) = tokio::time::timeout(Duration::from_secs(30), actor.exited()).await else {
+            panic!(
+                "{callback}: no exit; mailbox {}, runners {}, stuck {:?}, status {:?}",
+                actor.mailbox_length(),
+                graft::runtime::executor::runner_count(),
+                graft::runtime::executor::stuck_callbacks(),
+                actor.status(Duration::from_secs(1)).await
+            );
+        };
         assert_eq!(
             reason.to_string(),
             format!("callback timeout: {callback} of faulty 0.3.0 after 200 ms")

@@ -31,6 +31,10 @@
 //! - Nothing a stuck runner holds is lost: its deque is stealable, and wakes from inside a
 //!   callback go to the injector, never to the deque of a runner that may be stuck.
 //! - Pool growth is bounded ([`MAX_RUNNERS`]); past it, a stuck runner is not replaced.
+//! - A runner's slot names the actor of its callback by identity (the address of the
+//!   actor's shared state), never by process id: ids repeat across `Runtime`s and the
+//!   pool serves them all, so an id would let the watchdog kill another runtime's actor
+//!   and leave the stuck one running.
 //!
 //! - Waking threads is what costs (a parked thread, on a virtual machine a halted vCPU,
 //!   takes tens of microseconds to wake): one idle runner at a time spins briefly before
@@ -141,8 +145,9 @@ struct RunnerSlot {
     deadline: AtomicU64,
     /// The current callback, as an index into [`Callback::ALL`].
     callback: AtomicUsize,
-    /// The process id of the actor in `actor`.
-    actor_id: AtomicU64,
+    /// Which actor is in `actor`: its [`ActorRef::identity`], unique in the process
+    /// (process ids are unique only within one `Runtime`, and the pool serves them all).
+    actor_key: AtomicUsize,
     /// The actor of the current (or last) callback; cleared when the runner parks.
     actor: Mutex<Option<ActorRef>>,
     /// The callback is blocked waiting for another actor: replace the runner at once.
@@ -340,7 +345,7 @@ fn start_runner(pool: &Arc<Pool>) {
         generation: AtomicU64::new(0),
         deadline: AtomicU64::new(u64::MAX),
         callback: AtomicUsize::new(0),
-        actor_id: AtomicU64::new(0),
+        actor_key: AtomicUsize::new(0),
         actor: Mutex::new(None),
         blocking: AtomicBool::new(false),
         replaced: AtomicBool::new(false),
@@ -447,7 +452,7 @@ fn run_runner(pool: &Arc<Pool>, number: usize, slot: Arc<RunnerSlot>) {
 /// Registers as idle, looks for work once more, then sleeps until unparked.
 fn park(pool: &Arc<Pool>, number: usize, slot: &RunnerSlot) {
     // Let go of the last actor's handle, so an idle runner keeps no actor alive.
-    if slot.actor_id.swap(0, Ordering::Relaxed) != 0 {
+    if slot.actor_key.swap(0, Ordering::Relaxed) != 0 {
         lock(&slot.actor).take();
     }
     {
@@ -631,10 +636,10 @@ pub(crate) fn enter_callback(
             return false;
         };
         let slot = &local.slot;
-        let id = actor.id().0;
-        if slot.actor_id.load(Ordering::Relaxed) != id {
+        let key = actor.identity();
+        if slot.actor_key.load(Ordering::Relaxed) != key {
             *lock(&slot.actor) = Some(actor.clone());
-            slot.actor_id.store(id, Ordering::Relaxed);
+            slot.actor_key.store(key, Ordering::Relaxed);
         }
         slot.callback.store(callback as usize, Ordering::Relaxed);
         slot.deadline.store(
