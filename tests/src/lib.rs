@@ -493,11 +493,7 @@ impl Host {
 
     /// Sends a signal (`TERM`, `KILL`, …) to the host.
     pub fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill")
-            .args(["-s", signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        send_signal(self.child.id(), signal);
     }
 
     /// Waits for the host to exit; its exit code.
@@ -703,4 +699,18 @@ pub fn built_root() -> tempfile::TempDir {
         &root.path().join("releases"),
     );
     root
+}
+
+/// Sends `signal` (`TERM`, `KILL`, …) to process `pid`, which must exist.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -s {signal} {pid}");
+}
+
+/// Kills process `pid` with SIGKILL.
+pub fn kill_9(pid: u32) {
+    send_signal(pid, "KILL");
 }

@@ -135,11 +135,7 @@ fn a_killed_host_leaves_nothing_in_tmpdir_and_the_next_host_removes_its_copies()
 
     // A worker killed while the host runs: the host removes its directory, and the
     // restarted actor's new worker has its own.
-    let killed = Command::new("kill")
-        .args(["-KILL", &first_worker])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    graft_tests::kill_9(first_worker.parse().unwrap());
     assert!(
         eventually_blocking(PATIENCE, || worker_of(&host_pid)
             .is_some_and(|worker| worker != first_worker)

@@ -13,7 +13,7 @@ use graft::plugin::Expectations;
 use graft::runtime::{ActorOptions, ActorRef, Behaviour, PluginFactory, Runtime};
 use graft::supervisor::{ChildSpec, Strategy, SupervisorSpec, start_supervisor};
 use graft_plugin::codec;
-use graft_tests::{eventually, graft_binary, load_plugin, plugin_library, version};
+use graft_tests::{eventually, graft_binary, kill_9, load_plugin, plugin_library, version};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,14 +102,6 @@ async fn restarted(runtime: &Runtime, name: &str, old: &ActorRef) -> ActorRef {
     .await;
     assert!(ok, "{name} was not restarted");
     found.unwrap()
-}
-
-fn kill_9(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

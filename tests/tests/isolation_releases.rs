@@ -12,10 +12,9 @@ use graft::release::handler::{InstallPhase, ReleaseHandler};
 use graft::runtime::Runtime;
 use graft_plugin::codec;
 use graft_tests::version_of;
-use graft_tests::{Host, boot, eventually_blocking, graft_binary, run_graft, version};
+use graft_tests::{Host, boot, eventually_blocking, graft_binary, kill_9, run_graft, version};
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,14 +139,6 @@ async fn pid_of(runtime: &Runtime, actor: &str) -> u32 {
 }
 
 use graft_tests::gone;
-
-fn kill_9(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
 
 fn record(root: &Path) -> String {
     std::fs::read_to_string(root.join("releases").join("RELEASES.json")).unwrap_or_default()
@@ -507,6 +498,41 @@ fn crash_releases(f1_args: &str) -> tempfile::TempDir {
 /// After an install aborted by a worker's death: the release is unchanged, the worker's
 /// actors answer again on the old code in a fresh worker, kv was untouched, the record is
 /// as it was, and the dead worker is reaped.
+/// Installs 2.0.0, kills the worker with SIGKILL once the install reports a phase that
+/// `at` accepts, and checks the install aborts naming the crash.
+async fn install_killing_the_worker_at(
+    handler: &Arc<ReleaseHandler>,
+    worker: u32,
+    at: fn(&InstallPhase) -> bool,
+) {
+    let (reached, mut reached_now) = tokio::sync::mpsc::unbounded_channel();
+    let progress: graft::release::handler::ProgressFn = Arc::new(move |phase| {
+        if at(&phase) {
+            let _ = reached.send(());
+        }
+    });
+    let installing = {
+        let handler = Arc::clone(handler);
+        tokio::spawn(async move { handler.install(&version("2.0.0"), Some(progress)).await })
+    };
+    tokio::time::timeout(PATIENCE, reached_now.recv())
+        .await
+        .expect("the install reaches the phase")
+        .unwrap();
+    kill_9(worker);
+    let error = tokio::time::timeout(PATIENCE, installing)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("upgrade aborted")
+            && error.contains("worker crashed: killed by signal 9 (SIGKILL)"),
+        "{error}"
+    );
+}
+
 async fn check_after_crashed_install(
     root: &Path,
     runtime: &Runtime,
@@ -566,35 +592,13 @@ async fn a_worker_killed_during_an_install_aborts_it_and_its_actors_restart_on_t
     call(&runtime, "kv", json!({"Put": {"key": "a", "value": "1"}})).await;
     let old_worker = worker_pid(&handler, "faulty").unwrap();
 
-    let (migrating, mut migrating_now) = tokio::sync::mpsc::unbounded_channel();
-    let progress: graft::release::handler::ProgressFn = Arc::new(move |phase| {
-        if matches!(phase, InstallPhase::Migrating(_)) {
-            let _ = migrating.send(());
-        }
-    });
-    let installing = {
-        let handler = Arc::clone(&handler);
-        tokio::spawn(async move { handler.install(&version("2.0.0"), Some(progress)).await })
-    };
-    tokio::time::timeout(PATIENCE, migrating_now.recv())
-        .await
-        .expect("the install reaches its migration")
-        .unwrap();
     // f1's code_change sleeps 3 s in the worker; kill the worker meanwhile (or, on a very
     // slow machine, right after: either way the worker dies inside the install window,
     // since the suspend timeout is 30 s and the hang keeps the migration going).
-    kill_9(old_worker);
-    let error = tokio::time::timeout(PATIENCE, installing)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("upgrade aborted")
-            && error.contains("worker crashed: killed by signal 9 (SIGKILL)"),
-        "{error}"
-    );
+    install_killing_the_worker_at(&handler, old_worker, |phase| {
+        matches!(phase, InstallPhase::Migrating(_))
+    })
+    .await;
     check_after_crashed_install(root.path(), &runtime, &handler, old_worker, &record_before).await;
     handler.shutdown().await;
 }
@@ -619,32 +623,10 @@ async fn a_worker_killed_while_its_actors_suspend_aborts_the_install() {
         tokio::spawn(async move { try_call(&runtime, "f1", &json!({"Echo": "x"})).await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (suspending, mut suspending_now) = tokio::sync::mpsc::unbounded_channel();
-    let progress: graft::release::handler::ProgressFn = Arc::new(move |phase| {
-        if matches!(phase, InstallPhase::Suspending(_)) {
-            let _ = suspending.send(());
-        }
-    });
-    let installing = {
-        let handler = Arc::clone(&handler);
-        tokio::spawn(async move { handler.install(&version("2.0.0"), Some(progress)).await })
-    };
-    tokio::time::timeout(PATIENCE, suspending_now.recv())
-        .await
-        .expect("the install reaches its suspension")
-        .unwrap();
-    kill_9(old_worker);
-    let error = tokio::time::timeout(PATIENCE, installing)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("upgrade aborted")
-            && error.contains("worker crashed: killed by signal 9 (SIGKILL)"),
-        "{error}"
-    );
+    install_killing_the_worker_at(&handler, old_worker, |phase| {
+        matches!(phase, InstallPhase::Suspending(_))
+    })
+    .await;
     let _ = busy.await;
     check_after_crashed_install(root.path(), &runtime, &handler, old_worker, &record_before).await;
     handler.shutdown().await;
