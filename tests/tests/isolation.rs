@@ -69,6 +69,16 @@ async fn spawn(
         .unwrap_or_else(|error| panic!("spawning {name}: {error}"))
 }
 
+/// Spawns `name` from an isolated `plugin` with start `args`.
+async fn spawn_isolated(
+    runtime: &Runtime,
+    plugin: Arc<IsolatedPlugin>,
+    name: &str,
+    args: Value,
+) -> ActorRef {
+    spawn(runtime, Arc::new(IsolatedFactory::new(plugin)), name, args).await
+}
+
 async fn pid_of(actor: &ActorRef) -> u32 {
     call(actor, json!("Pid"))
         .await
@@ -110,13 +120,7 @@ async fn an_isolated_kv_answers_calls_and_casts_in_another_process() {
     let kv_worker = worker("kv");
     let plugin = isolated(&kv_worker, "kv-1-0-0");
     assert_eq!(plugin.identity().to_string(), "kv 1.0.0");
-    let kv = spawn(
-        &runtime,
-        Arc::new(IsolatedFactory::new(plugin)),
-        "kv",
-        json!({}),
-    )
-    .await;
+    let kv = spawn_isolated(&runtime, plugin, "kv", json!({})).await;
     assert!(kv_worker.pid().is_some_and(|pid| pid != std::process::id()));
     assert_eq!(
         call(&kv, json!({"Put": {"key": "a", "value": "1"}})).await,
@@ -387,13 +391,7 @@ async fn state_migrates_up_and_down_between_isolated_and_in_process_versions() {
     let isolated_new = isolated(&kv_worker, "kv-1-1-0");
     let in_process_old = load_plugin("kv-1-0-0");
     let in_process_new = load_plugin("kv-1-1-0");
-    let kv = spawn(
-        &runtime,
-        Arc::new(IsolatedFactory::new(Arc::clone(&isolated_old))),
-        "kv",
-        json!({}),
-    )
-    .await;
+    let kv = spawn_isolated(&runtime, Arc::clone(&isolated_old), "kv", json!({})).await;
     call(&kv, json!({"Put": {"key": "a", "value": "1"}})).await;
     let services = graft::plugin::Detached::new("kv");
 
@@ -482,13 +480,7 @@ async fn state_migrates_up_and_down_between_isolated_and_in_process_versions() {
     kill_9(kv_worker.pid().unwrap());
     let reason = tokio::time::timeout(PATIENCE, kv.exited()).await.unwrap();
     assert!(reason.to_string().contains("worker crashed"), "{reason}");
-    let again = spawn(
-        &runtime,
-        Arc::new(IsolatedFactory::new(isolated_new)),
-        "kv",
-        json!({}),
-    )
-    .await;
+    let again = spawn_isolated(&runtime, isolated_new, "kv", json!({})).await;
     assert_eq!(call(&again, json!("Requests")).await, json!(0));
 }
 
@@ -588,13 +580,7 @@ async fn casts_to_an_isolated_actor_keep_their_order_and_a_stop_ends_the_batch()
     let kv_worker = worker("kv");
     let plugin = isolated(&kv_worker, "kv-1-0-0");
     let runtime = Runtime::new();
-    let kv = spawn(
-        &runtime,
-        Arc::new(IsolatedFactory::new(plugin)),
-        "kv",
-        json!(null),
-    )
-    .await;
+    let kv = spawn_isolated(&runtime, plugin, "kv", json!(null)).await;
     for value in 0..5_000 {
         kv.cast(encode(
             &json!({"Put": {"key": "k", "value": value.to_string()}}),
@@ -608,13 +594,7 @@ async fn casts_to_an_isolated_actor_keep_their_order_and_a_stop_ends_the_batch()
 
     let faulty_worker = worker("faulty");
     let faulty = isolated(&faulty_worker, "graft-fixture-faulty");
-    let actor = spawn(
-        &runtime,
-        Arc::new(IsolatedFactory::new(faulty)),
-        "stopper",
-        json!({}),
-    )
-    .await;
+    let actor = spawn_isolated(&runtime, faulty, "stopper", json!({})).await;
     for _ in 0..100 {
         actor.cast(encode(&json!("before")));
     }
