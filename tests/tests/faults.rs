@@ -228,6 +228,22 @@ fn record_bytes(root: &Path) -> Vec<u8> {
     std::fs::read(root.join("releases").join(RECORD_FILE)).unwrap()
 }
 
+/// Boots a state-cap root; `big` and the bystander `counter` answer. The record's bytes
+/// as booted.
+async fn boot_answering(root: &Path) -> (Runtime, Arc<ReleaseHandler>, Vec<u8>) {
+    let (runtime, handler) = boot(root).await;
+    let record = record_bytes(root);
+    assert_eq!(
+        call_slowly(&runtime, "big", json!({"Echo": "before"})).await,
+        json!("before")
+    );
+    assert_eq!(
+        call_slowly(&runtime, "counter", json!({"Add": 2})).await,
+        json!(42)
+    );
+    (runtime, Arc::new(handler), record)
+}
+
 /// Calls `actor` under a generous deadline (a loaded machine, a GiB moving next door).
 async fn call_slowly(runtime: &Runtime, actor: &str, request: Value) -> Value {
     let reply = runtime
@@ -287,18 +303,8 @@ async fn injected_a_migrated_state_of_half_a_gib_the_upgrade_commits_and_rolls_b
     // answering all along; the release record, untouched; the ability to roll back: the
     // downgrade carries the whole state back to 0.3.0.
     let root = state_cap_releases(&[("2.0.0", "extra = { grow_state_mb = 500 }")]);
-    let (runtime, handler) = boot(root.path()).await;
-    let handler = Arc::new(handler);
-    let record = record_bytes(root.path());
+    let (runtime, handler, record) = boot_answering(root.path()).await;
     let grown = json!((GROWN_MB << 20).to_string());
-    assert_eq!(
-        call_slowly(&runtime, "big", json!({"Echo": "before"})).await,
-        json!("before")
-    );
-    assert_eq!(
-        call_slowly(&runtime, "counter", json!({"Add": 2})).await,
-        json!(42)
-    );
 
     install_while_calling(&handler, &runtime, "2.0.0")
         .await
@@ -335,17 +341,7 @@ async fn injected_a_migrated_state_over_the_state_cap_the_install_is_refused_bef
     let over = (MAX_STATE_BYTES >> 20) + 1;
     let extra = format!("extra = {{ grow_state_mb = {over} }}");
     let root = state_cap_releases(&[("2.0.0", &extra), ("3.0.0", "")]);
-    let (runtime, handler) = boot(root.path()).await;
-    let handler = Arc::new(handler);
-    let record = record_bytes(root.path());
-    assert_eq!(
-        call_slowly(&runtime, "big", json!({"Echo": "before"})).await,
-        json!("before")
-    );
-    assert_eq!(
-        call_slowly(&runtime, "counter", json!({"Add": 2})).await,
-        json!(42)
-    );
+    let (runtime, handler, record) = boot_answering(root.path()).await;
 
     let error = install_while_calling(&handler, &runtime, "2.0.0")
         .await
