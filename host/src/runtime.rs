@@ -904,6 +904,18 @@ pub async fn change_code_all(
     )
 }
 
+/// Queues a migration in each actor at once (behind what its mailbox already holds) and
+/// returns the wait for their answers under one deadline: the requests are sent by this
+/// call, whether or not the wait is ever awaited.
+pub fn queue_change_code_all(
+    actors: &[ActorRef],
+    migrations: Vec<Migration>,
+    timeout: Duration,
+) -> impl std::future::Future<Output = Vec<Result<(), SystemError>>> + Send + 'static {
+    let pending = send_change_code_all(actors, migrations);
+    async move { flatten(pending.collect(timeout).await) }
+}
+
 /// Merges a change_code's own result into the request's.
 fn flatten(
     results: Vec<Result<Result<(), SystemError>, SystemError>>,

@@ -254,10 +254,17 @@ pub(super) async fn rollback(
         };
         let restore = restoration(snapshot, actor.label());
         if busy.contains(&actor.id()) {
-            let actor = actor.clone();
+            // Queued now, behind the migration still running, so nothing sent after the
+            // install returns is handled before it; only the answer is awaited apart.
+            let waiting = runtime::queue_change_code_all(
+                std::slice::from_ref(actor),
+                vec![restore],
+                Duration::from_secs(3600),
+            );
+            let label = actor.label();
             tokio::spawn(async move {
-                if let Err(error) = actor.change_code(restore, Duration::from_secs(3600)).await {
-                    tracing::error!(actor = %actor.label(), "rollback could not restore the old code: {error}");
+                for error in waiting.await.into_iter().filter_map(Result::err) {
+                    tracing::error!(actor = %label, "rollback could not restore the old code: {error}");
                 }
             });
         } else {
