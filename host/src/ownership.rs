@@ -16,9 +16,12 @@
 //!   it creates another one.
 //! - A sweeper removes an entry only while holding its lock and only if the path still names
 //!   the inode it locked, so it never removes an entry that a live process owns.
-//! - Nothing here follows a symbolic link: the directories of [`private_directories`] are
-//!   created and opened component by component with `O_NOFOLLOW` (mode 0700), and a
-//!   symbolic link where an entry should be is refused (there) or skipped (by a sweep).
+//! - No entry made or swept here is reached through a symbolic link: the directories of
+//!   [`private_directories`] are created and opened component by component with
+//!   `O_NOFOLLOW` (mode 0700), and a symbolic link where an entry should be is refused
+//!   (there) or skipped (by a sweep). The parent directory a caller passes by path is
+//!   opened as given: it is the caller's to have checked (the root's parts pass
+//!   [`crate::trust::check_root`] first).
 
 use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
