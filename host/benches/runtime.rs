@@ -766,7 +766,7 @@ impl Fixture {
                         .unwrap_or_else(|error| panic!("counting children: {error}"));
                     assert_eq!(counts.active, count, "every child is running");
                     let start = Instant::now();
-                    assert_eq!(supervisor.shutdown().await, StopReason::Shutdown);
+                    assert_eq!(supervisor.shutdown().await, StopReason::Shutdown(None));
                     SpawnRound {
                         spawning: spawned.spawning,
                         stopping: start.elapsed(),
@@ -815,7 +815,7 @@ impl Fixture {
     fn stop(self) {
         self.executor.block_on(async {
             self.graft_counter
-                .stop(StopReason::Shutdown, Some(CALL_TIMEOUT))
+                .stop(StopReason::Shutdown(None), Some(CALL_TIMEOUT))
                 .await;
             self.ractor_counter.stop(None);
         });

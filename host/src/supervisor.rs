@@ -454,7 +454,7 @@ impl SupervisorRef {
         build: impl FnOnce(oneshot::Sender<T>) -> Control,
     ) -> Result<T, SupervisorError> {
         let (reply, receiver) = oneshot::channel();
-        let exited = || SupervisorError::Exited(self.exit_reason().unwrap_or(StopReason::Shutdown));
+        let exited = || SupervisorError::Exited(self.exit_reason().unwrap_or(StopReason::Shutdown(None)));
         self.shared
             .sender
             .send(build(reply))
@@ -699,7 +699,7 @@ impl Supervisor {
                 message = control.recv() => match message {
                     Some(Control::Shutdown { brutal }) => {
                         self.stop_all(brutal).await;
-                        break StopReason::Shutdown;
+                        break StopReason::Shutdown(None);
                     }
                     Some(message) => {
                         if let Some(reason) = self.on_control(message).await {
@@ -708,7 +708,7 @@ impl Supervisor {
                     }
                     None => {
                         self.stop_all(false).await;
-                        break StopReason::Shutdown;
+                        break StopReason::Shutdown(None);
                     }
                 },
             }
@@ -1207,10 +1207,10 @@ async fn stop_child(child: &ChildRef, shutdown: Shutdown) {
     match (child, shutdown) {
         (ChildRef::Worker(actor), Shutdown::BrutalKill) => actor.kill(),
         (ChildRef::Worker(actor), Shutdown::Timeout(timeout)) => {
-            actor.stop(StopReason::Shutdown, Some(timeout)).await;
+            actor.stop(StopReason::Shutdown(None), Some(timeout)).await;
         }
         (ChildRef::Worker(actor), Shutdown::Infinity) => {
-            actor.stop(StopReason::Shutdown, None).await;
+            actor.stop(StopReason::Shutdown(None), None).await;
         }
         (ChildRef::Supervisor(supervisor), Shutdown::BrutalKill) => {
             supervisor.kill();

@@ -217,24 +217,41 @@ pub enum Flow {
 }
 
 /// Why an actor stopped. `Normal` and `Shutdown` are clean exits (a transient child is not
-/// restarted); anything else is an error.
+/// restarted, a linked actor is not taken down); anything else is an error.
+///
+/// `Shutdown(Some(info))` is OTP's `{shutdown, Info}`: a clean exit that says why.
+///
+/// ```
+/// use graft_plugin::StopReason;
+///
+/// let reason = StopReason::Shutdown(Some("drained".to_owned()));
+/// assert!(reason.is_clean());
+/// assert_eq!(reason.to_string(), "shutdown: drained");
+/// assert_eq!(StopReason::from_text("shutdown: drained"), reason);
+/// assert_eq!(StopReason::from_text("shutdown"), StopReason::Shutdown(None));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
     /// A normal exit.
     Normal,
-    /// Stopped by its supervisor or the host.
-    Shutdown,
+    /// Stopped by its supervisor or the host, or a clean exit with details
+    /// (OTP's `shutdown` and `{shutdown, Info}`).
+    Shutdown(Option<String>),
     /// Any other reason: a crash.
     Error(String),
 }
 
 impl StopReason {
-    /// Parses the text form: `normal`, `shutdown`, or anything else as an error.
+    /// Parses the text form: `normal`, `shutdown`, `shutdown: INFO`, or anything else as an
+    /// error.
     pub fn from_text(text: &str) -> StopReason {
         match text {
             "normal" => StopReason::Normal,
-            "shutdown" => StopReason::Shutdown,
-            other => StopReason::Error(other.to_owned()),
+            "shutdown" => StopReason::Shutdown(None),
+            other => match other.strip_prefix("shutdown: ") {
+                Some(info) => StopReason::Shutdown(Some(info.to_owned())),
+                None => StopReason::Error(other.to_owned()),
+            },
         }
     }
 
@@ -248,7 +265,8 @@ impl fmt::Display for StopReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StopReason::Normal => f.write_str("normal"),
-            StopReason::Shutdown => f.write_str("shutdown"),
+            StopReason::Shutdown(None) => f.write_str("shutdown"),
+            StopReason::Shutdown(Some(info)) => write!(f, "shutdown: {info}"),
             StopReason::Error(text) => f.write_str(text),
         }
     }

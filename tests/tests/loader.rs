@@ -510,7 +510,7 @@ fn a_panic_in_each_message_callback_is_an_error() {
     let (faulty, args) = panicking_in("terminate");
     let mut actor = start(&faulty, args);
     let error = actor
-        .terminate(&graft_plugin::StopReason::Shutdown, &services())
+        .terminate(&graft_plugin::StopReason::Shutdown(None), &services())
         .unwrap_err();
     assert_panicked(&error, "terminate");
 }

@@ -259,8 +259,8 @@ async fn a_full_mailbox_still_stops() {
     counter.suspend(PATIENCE).await.unwrap();
     counter.try_cast(encode(&json!({"Add": 1}))).unwrap();
     assert!(counter.try_cast(encode(&json!({"Add": 1}))).is_err());
-    let reason = counter.stop(StopReason::Shutdown, Some(PATIENCE)).await;
-    assert_eq!(reason, StopReason::Shutdown);
+    let reason = counter.stop(StopReason::Shutdown(None), Some(PATIENCE)).await;
+    assert_eq!(reason, StopReason::Shutdown(None));
 }
 
 /// The bound is exact under concurrent senders: four threads each try 600 casts into a

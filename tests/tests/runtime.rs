@@ -154,8 +154,8 @@ async fn stop_runs_terminate_and_frees_the_name_for_reuse() {
     assert_ne!(first.id(), second.id());
     assert_eq!(runtime.whereis("reused"), Some(second.clone()));
     assert_eq!(
-        second.stop(StopReason::Shutdown, Some(SECOND)).await,
-        StopReason::Shutdown
+        second.stop(StopReason::Shutdown(None), Some(SECOND)).await,
+        StopReason::Shutdown(None)
     );
     assert!(entries(&journal).contains(&"terminate reused shutdown".to_owned()));
 }

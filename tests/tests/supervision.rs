@@ -106,7 +106,7 @@ async fn one_for_one_restarts_only_the_failed_child_with_fresh_state() {
     let restarts: Vec<u32> = children.iter().map(|child| child.restarts).collect();
     assert_eq!(restarts, vec![0, 1, 0]);
     assert_eq!(new_middle.status(SECOND).await.unwrap().restarts, 1);
-    assert_eq!(supervisor.shutdown().await, StopReason::Shutdown);
+    assert_eq!(supervisor.shutdown().await, StopReason::Shutdown(None));
     assert!(!left.is_alive() && !new_middle.is_alive() && !right.is_alive());
 }
 
@@ -622,7 +622,7 @@ async fn static_child_operations() {
     supervisor.shutdown().await;
     assert!(matches!(
         supervisor.which_children().await.unwrap_err(),
-        SupervisorError::Exited(StopReason::Shutdown)
+        SupervisorError::Exited(StopReason::Shutdown(None))
     ));
 }
 
