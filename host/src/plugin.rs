@@ -1167,6 +1167,12 @@ pub enum CallbackError {
         /// The decode error.
         message: String,
     },
+    /// `init` declined to start (OTP's `ignore`): no instance, and not a failure.
+    #[error("{code}: init declined to start (ignore)")]
+    Ignored {
+        /// What declined: the plugin and version, or "native code".
+        code: String,
+    },
     /// The plugin broke the ABI contract (unknown status, missing output).
     #[error("{plugin}: {callback} broke the plugin ABI: {message}")]
     Protocol {

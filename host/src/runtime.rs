@@ -327,6 +327,12 @@ pub enum SpawnError {
         /// The callback error.
         error: Box<CallbackError>,
     },
+    /// `init` declined to start (OTP's `ignore`): no actor runs, and its name is free.
+    #[error("{actor} declined to start (ignore)")]
+    Ignored {
+        /// The actor.
+        actor: String,
+    },
     /// `init` succeeded but its continuation stopped the actor at once.
     #[error("{actor} stopped during start: {reason}")]
     Stopped {

@@ -332,6 +332,12 @@ pub(crate) async fn run(
     drop(initialising);
     let (mut behaviour, outputs) = match started_behaviour {
         Ok(started) => started,
+        Err(CallbackError::Ignored { .. }) => {
+            runtime.unregister(&me);
+            let _ = started.send(Err(SpawnError::Ignored { actor: label }));
+            me.lifecycle().finish(StopReason::Normal);
+            return;
+        }
         Err(error) => {
             let reason = StopReason::Error(error.to_string());
             runtime.unregister(&me);
