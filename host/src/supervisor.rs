@@ -454,7 +454,8 @@ impl SupervisorRef {
         build: impl FnOnce(oneshot::Sender<T>) -> Control,
     ) -> Result<T, SupervisorError> {
         let (reply, receiver) = oneshot::channel();
-        let exited = || SupervisorError::Exited(self.exit_reason().unwrap_or(StopReason::Shutdown(None)));
+        let exited =
+            || SupervisorError::Exited(self.exit_reason().unwrap_or(StopReason::Shutdown(None)));
         self.shared
             .sender
             .send(build(reply))

@@ -48,12 +48,45 @@ pub fn abort_plugin_library() -> PathBuf {
         .rustc_flags(&["-C", "panic=abort"])
         .build("graft-fixture-abort")
         .unwrap_or_else(|error| panic!("building the abort fixture: {error}"));
-    let directory = workspace_root().join("target").join("graft-test-artifacts");
-    std::fs::create_dir_all(&directory).expect("creating target/graft-test-artifacts");
+    let directory = artifact_directory();
     let copy = directory.join(format!("abort-{}.so", std::process::id()));
     std::fs::copy(&built, &copy).expect("copying the abort fixture");
     cache.insert(key.to_owned(), copy.clone());
     copy
+}
+
+/// `target/graft-test-artifacts`, where each test process keeps what it builds under a name
+/// ending in its pid. The first call in a process removes what processes no longer running
+/// left there (otherwise every test run would leave hundreds of megabytes behind).
+pub fn artifact_directory() -> PathBuf {
+    static SWEPT: OnceLock<PathBuf> = OnceLock::new();
+    SWEPT
+        .get_or_init(|| {
+            let directory = workspace_root().join("target").join("graft-test-artifacts");
+            std::fs::create_dir_all(&directory).expect("creating target/graft-test-artifacts");
+            for entry in std::fs::read_dir(&directory)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let stem = name.strip_suffix(".so").unwrap_or(&name);
+                let Some(pid) = stem
+                    .rsplit('-')
+                    .next()
+                    .and_then(|pid| pid.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if Path::new(&format!("/proc/{pid}")).exists() {
+                    continue;
+                }
+                let path = entry.path();
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            }
+            directory
+        })
+        .clone()
 }
 
 /// Finds `needle` in `haystack`; panics when it is absent or not unique.
@@ -317,10 +350,7 @@ pub fn example_root() -> tempfile::TempDir {
     static ASSEMBLED: OnceLock<PathBuf> = OnceLock::new();
     let assembled = ASSEMBLED.get_or_init(|| {
         let workspace = workspace_root();
-        let root = workspace
-            .join("target")
-            .join("graft-test-artifacts")
-            .join(format!("releases-{}", std::process::id()));
+        let root = artifact_directory().join(format!("releases-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         for release in ["1.0.0", "1.1.0", "1.2.0"] {
             let manifest = workspace
@@ -668,10 +698,7 @@ pub fn succeed_graft(root: &Path, args: &[&str]) -> String {
 pub fn built_releases() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let root = workspace_root()
-            .join("target")
-            .join("graft-test-artifacts")
-            .join(format!("built-{}", std::process::id()));
+        let root = artifact_directory().join(format!("built-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let output = std::process::Command::new(graft_binary())
             .args(["build", "--debug", "--workspace"])

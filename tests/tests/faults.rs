@@ -404,9 +404,18 @@ async fn injected_a_panic_in_terminate_the_stop_completes_with_the_reason() {
     let (runtime, handler) = boot(root.path()).await;
     let f1 = runtime.whereis("f1").unwrap();
     let f2 = runtime.whereis("f2").unwrap();
-    assert_eq!(handler.shutdown().await, graft_plugin::StopReason::Shutdown(None));
-    assert_eq!(f1.exit_reason(), Some(graft_plugin::StopReason::Shutdown(None)));
-    assert_eq!(f2.exit_reason(), Some(graft_plugin::StopReason::Shutdown(None)));
+    assert_eq!(
+        handler.shutdown().await,
+        graft_plugin::StopReason::Shutdown(None)
+    );
+    assert_eq!(
+        f1.exit_reason(),
+        Some(graft_plugin::StopReason::Shutdown(None))
+    );
+    assert_eq!(
+        f2.exit_reason(),
+        Some(graft_plugin::StopReason::Shutdown(None))
+    );
 }
 
 /// Not a test on its own: the host process the SIGKILL rows start and kill. It prints each

@@ -259,7 +259,9 @@ async fn a_full_mailbox_still_stops() {
     counter.suspend(PATIENCE).await.unwrap();
     counter.try_cast(encode(&json!({"Add": 1}))).unwrap();
     assert!(counter.try_cast(encode(&json!({"Add": 1}))).is_err());
-    let reason = counter.stop(StopReason::Shutdown(None), Some(PATIENCE)).await;
+    let reason = counter
+        .stop(StopReason::Shutdown(None), Some(PATIENCE))
+        .await;
     assert_eq!(reason, StopReason::Shutdown(None));
 }
 

@@ -251,7 +251,10 @@ async fn make_permanent_remove_and_boot_follow_the_release_record() {
     );
     handler.remove(&version("1.2.0")).await.unwrap();
     assert_eq!(handler.which_releases().await.len(), 2);
-    assert_eq!(handler.shutdown().await, graft_plugin::StopReason::Shutdown(None));
+    assert_eq!(
+        handler.shutdown().await,
+        graft_plugin::StopReason::Shutdown(None)
+    );
 
     // A restart boots the permanent release.
     let runtime = Runtime::new();
