@@ -83,9 +83,13 @@ enum Command {
         /// The release.
         version: Version,
         /// Make it permanent once installed.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "dry_run")]
         permanent: bool,
-        /// Print the report as JSON.
+        /// Print the plan in the order it would run (before the suspend, the atomic update
+        /// batch, after the commit) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report (or the plan) as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -317,8 +321,23 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Install {
             version,
+            dry_run: true,
+            json,
+            ..
+        } => {
+            let answer = request(&root, &Request::Plan { version }).await?;
+            if json {
+                println!("{}", answer["plan"]);
+            } else {
+                print!("{}", answer["text"].as_str().unwrap_or_default());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Install {
+            version,
             permanent,
             json,
+            ..
         } => {
             let report =
                 request_with_progress(&root, &Request::Install { version, permanent }).await?;

@@ -66,6 +66,11 @@ pub enum Request {
         #[serde(default)]
         permanent: bool,
     },
+    /// The plan an install of `version` would run, in order; changes nothing.
+    Plan {
+        /// The version.
+        version: Version,
+    },
     /// Makes the current release permanent.
     MakePermanent {
         /// The version.

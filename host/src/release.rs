@@ -16,6 +16,7 @@
 
 pub mod assemble;
 pub mod handler;
+pub mod plan;
 pub mod record;
 
 use crate::plugin::Sha256Digest;

@@ -76,6 +76,10 @@ pub(super) async fn execute(
         Request::Install { version, permanent } => {
             install(handler, &version, permanent, progress).await
         }
+        Request::Plan { version } => {
+            let plan = handler.plan(&version).map_err(|error| error.to_string())?;
+            Ok(json!({"plan": plan, "text": plan.to_string()}))
+        }
         Request::MakePermanent { version } => {
             handler
                 .make_permanent(&version)

@@ -105,14 +105,34 @@ use thiserror::Error;
 
 mod error;
 mod migration;
-mod plan;
 mod table;
 
 pub use super::record::RECORD_FILE;
 pub use error::ReleaseError;
 use migration::*;
-use plan::*;
 use table::*;
+
+pub use super::plan::{Direction, Plan, PlanError, Step};
+use super::plan::{PlanRelease, instruction_name};
+
+/// The plan from the `current` release to the `target`, checked against both.
+fn plan_between(
+    current: &AssembledRelease,
+    target: &AssembledRelease,
+) -> Result<Plan, ReleaseError> {
+    let current_path = current.directory.join("release.toml");
+    let target_path = target.directory.join("release.toml");
+    Ok(Plan::new(
+        PlanRelease {
+            manifest: &current.manifest,
+            path: &current_path,
+        },
+        PlanRelease {
+            manifest: &target.manifest,
+            path: &target_path,
+        },
+    )?)
+}
 
 /// The release facts of one published state (see [`ReleaseHandler::read_view`]).
 #[derive(Debug, Clone)]
@@ -728,6 +748,20 @@ impl ReleaseHandler {
             .await
     }
 
+    /// The plan an install of `target` would run, in the order it would run (before the
+    /// suspend, the atomic update batch, after the commit), checked as the install checks
+    /// it; changes nothing and loads nothing. Reads the running release as of the last
+    /// finished operation (never waits for an install).
+    pub fn plan(&self, target: &Version) -> Result<Plan, ReleaseError> {
+        let current = self.published().current.clone();
+        if *target == current {
+            return Err(ReleaseError::AlreadyCurrent(current));
+        }
+        let current = Self::read_release(&self.root, &current)?;
+        let target = Self::read_release(&self.root, target)?;
+        plan_between(&current, &target)
+    }
+
     /// Goes back to the release that was current before the last install (undoing it);
     /// refused when no install of this host's life is left to undo.
     pub async fn rollback(
@@ -765,14 +799,8 @@ impl ReleaseHandler {
             return Err(ReleaseError::AlreadyCurrent(from));
         }
         let target_release = Self::read_release(&self.root, target)?;
-        let (direction, script_manifest, instructions) =
-            self.find_script(&state.current, &target_release)?;
-        self.check_plan(
-            &state.current,
-            &target_release,
-            &script_manifest,
-            &instructions,
-        )?;
+        let plan = plan_between(&state.current, &target_release)?;
+        let direction = plan.direction;
 
         // Phase 1: load and verify every library of the target.
         let current_plugins = lock(&self.table.current).clone();
@@ -785,9 +813,10 @@ impl ReleaseHandler {
         )
         .inspect_err(|_| settle_workers(&self.workers, &state.current))?;
 
-        let updates: Vec<PlannedUpdate> = instructions
+        let updates: Vec<PlannedUpdate> = plan
+            .updates
             .iter()
-            .filter_map(|instruction| match instruction {
+            .filter_map(|step| match &step.instruction {
                 Instruction::Update {
                     plugin,
                     mode,
@@ -809,13 +838,38 @@ impl ReleaseHandler {
                 _ => None,
             })
             .collect();
-        let companions: HashSet<String> = instructions
+        let companions: HashSet<String> = plan
+            .updates
             .iter()
-            .flat_map(|instruction| match instruction {
+            .flat_map(|step| match &step.instruction {
                 Instruction::Update { suspend_with, .. } => suspend_with.clone(),
                 _ => Vec::new(),
             })
             .collect();
+
+        // Before the suspend: the instructions written before the first update, on the
+        // running release's code (children they start run the old versions and are
+        // migrated with the rest).
+        let total_instructions = plan.len();
+        for step in &plan.before_suspend {
+            report(InstallPhase::Instruction {
+                index: step.index,
+                total: total_instructions,
+            });
+            if let Err(message) = self
+                .run_instruction(&target_release.manifest, &step.instruction)
+                .await
+            {
+                settle_workers(&self.workers, &state.current);
+                return Err(ReleaseError::BeforeSuspend {
+                    version: target.clone(),
+                    current: from.clone(),
+                    index: step.index,
+                    instruction: instruction_name(&step.instruction),
+                    message,
+                });
+            }
+        }
 
         let swapped = self
             .swap(
@@ -858,21 +912,18 @@ impl ReleaseHandler {
             state.record.old.insert(previous.version.clone());
         }
         state.record.old.remove(target);
-        let total_instructions = instructions.len();
-        for (index, instruction) in instructions.iter().enumerate() {
-            if matches!(instruction, Instruction::Update { .. }) {
-                continue;
-            }
+        // After the commit: the instructions written after the last update, on the new code.
+        for step in &plan.after_commit {
             report(InstallPhase::Instruction {
-                index,
+                index: step.index,
                 total: total_instructions,
             });
-            self.run_instruction(&state, instruction)
+            self.run_instruction(&state.current.manifest, &step.instruction)
                 .await
                 .map_err(|message| ReleaseError::AfterCommit {
                     version: target.clone(),
-                    index,
-                    instruction: instruction_name(instruction),
+                    index: step.index,
+                    instruction: instruction_name(&step.instruction),
                     message,
                 })?;
         }
@@ -1124,7 +1175,7 @@ impl ReleaseHandler {
                 &mut state,
                 &[update],
                 &HashSet::new(),
-                Direction::Up,
+                Direction::Upgrade,
                 &targets,
                 &|_| {},
             )
@@ -1229,12 +1280,13 @@ impl ReleaseHandler {
         }
     }
 
+    /// Runs one instruction other than `update`; children and supervisor specs come from
+    /// the target release's `manifest`.
     async fn run_instruction(
         &self,
-        state: &State,
+        manifest: &Manifest,
         instruction: &Instruction,
     ) -> Result<(), String> {
-        let manifest = &state.current.manifest;
         let supervisor_of = |id: &str| {
             self.runtime
                 .supervisor(id)

@@ -142,6 +142,24 @@ pub enum ReleaseError {
         /// The supervisor's error.
         source: SupervisorError,
     },
+    /// An instruction written before the first update failed, before the suspend: nothing
+    /// was migrated and the running release is still current (the instructions before it
+    /// ran, and are not undone).
+    #[error(
+        "install of {version} stopped before the suspend: instruction {index} ({instruction}) failed: {message}; nothing was migrated and release {current} is still current"
+    )]
+    BeforeSuspend {
+        /// The target release.
+        version: Version,
+        /// The running release, still current.
+        current: Version,
+        /// The instruction's index in the script.
+        index: usize,
+        /// Its `op`.
+        instruction: &'static str,
+        /// Why.
+        message: String,
+    },
     /// A step after the commit failed; the target release is current.
     #[error(
         "release {version} is current, but instruction {index} ({instruction}) failed: {message}"
@@ -192,4 +210,33 @@ pub enum ReleaseError {
         #[source]
         source: crate::ownership::OwnershipError,
     },
+}
+
+impl From<PlanError> for ReleaseError {
+    fn from(error: PlanError) -> ReleaseError {
+        match error {
+            PlanError::NoPath {
+                manifest,
+                direction,
+                from,
+                to,
+                expected,
+            } => ReleaseError::NoPath {
+                manifest,
+                direction,
+                from,
+                to,
+                expected,
+            },
+            PlanError::Invalid {
+                manifest,
+                field,
+                message,
+            } => ReleaseError::Plan {
+                manifest,
+                field,
+                message,
+            },
+        }
+    }
 }

@@ -8,12 +8,6 @@
 
 use super::*;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Direction {
-    Up,
-    Down,
-}
-
 /// One planned `update`.
 pub(super) struct PlannedUpdate {
     pub(super) plugin: String,
@@ -90,7 +84,7 @@ pub(super) fn migration(
         // The state travels as bytes, so the old and the new version may run in different
         // places (the host, a worker process).
         let converted = match (direction, mode) {
-            (Direction::Down, UpdateMode::Advanced) => Some(
+            (Direction::Downgrade, UpdateMode::Advanced) => Some(
                 current
                     .downgrade(target.version(), &extra)
                     .map_err(|error| error.to_string())?,
@@ -98,7 +92,7 @@ pub(super) fn migration(
             _ => None,
         };
         let source: &[u8] = converted.as_deref().unwrap_or(&state);
-        let code_change = direction == Direction::Up && mode == UpdateMode::Advanced;
+        let code_change = direction == Direction::Upgrade && mode == UpdateMode::Advanced;
         // Prove the way back before the commit: a downgrade or a restore from a snapshot
         // starts from the new state, so it must come out of the plugin under the state cap.
         let (behaviour, size): (Box<dyn Behaviour>, _) = match &target {

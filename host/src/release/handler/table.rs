@@ -196,11 +196,3 @@ pub(super) fn settle_workers(workers: &Workers, release: &AssembledRelease) {
         }
     });
 }
-
-/// `in_process` or `process`, as in `release.toml`.
-pub(super) fn isolation_name(isolation: Isolation) -> &'static str {
-    match isolation {
-        Isolation::InProcess => "in_process",
-        Isolation::Process => "process",
-    }
-}
