@@ -18,6 +18,7 @@ pub mod assemble;
 pub mod handler;
 pub mod plan;
 pub mod record;
+pub mod tree;
 
 use crate::plugin::Sha256Digest;
 use crate::supervisor::{Restart, Shutdown, Strategy};

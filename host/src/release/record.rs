@@ -1,5 +1,6 @@
 //! The release record, `releases/RELEASES.json`: which release is permanent (booted on
-//! restart) and which were installed before (*old*). Read at boot; written only by the
+//! restart) and which were installed before (*old*); the statuses it gives each assembled
+//! release (OTP's *unpacked*, *current*, *permanent*, *old*). Read at boot; written only by the
 //! release handler's `make_permanent` and `remove` (and by the first boot, which makes the
 //! oldest assembled release permanent).
 //!
@@ -17,7 +18,7 @@
 //!   log; when neither parses, boot refuses with [`RecordError::Corrupt`], which names both
 //!   files and the command that repairs the root.
 
-use super::assemble::{assembled_versions, releases_directory};
+use super::assemble::{assembled_versions, read_assembled, releases_directory};
 use crate::ownership::{OwnershipError, lock_new_file, remove_abandoned};
 use semver::Version;
 use serde::{Deserialize, Serialize};
@@ -78,6 +79,83 @@ pub(super) struct Record {
     /// Releases installed before.
     #[serde(default)]
     pub(super) old: BTreeSet<Version>,
+}
+
+/// A release's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseStatus {
+    /// Assembled, never installed here.
+    Unpacked,
+    /// Running, not yet permanent.
+    Current,
+    /// Booted on restart (and running, unless another release is current).
+    Permanent,
+    /// Installed before, now replaced.
+    Old,
+}
+
+/// One line of `which_releases`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseInfo {
+    /// The release's name.
+    pub name: String,
+    /// Its version.
+    pub version: Version,
+    /// Its status.
+    pub status: ReleaseStatus,
+    /// Whether it is running now.
+    pub running: bool,
+}
+
+impl Record {
+    /// The status of `version` with `current` running: *permanent* wins over *current*
+    /// (a permanent release that is running is reported as permanent, and `running`).
+    pub(super) fn status(&self, version: &Version, current: &Version) -> ReleaseStatus {
+        if self.permanent.as_ref() == Some(version) {
+            ReleaseStatus::Permanent
+        } else if version == current {
+            ReleaseStatus::Current
+        } else if self.old.contains(version) {
+            ReleaseStatus::Old
+        } else {
+            ReleaseStatus::Unpacked
+        }
+    }
+
+    /// The record once `version` is made permanent: the permanent release it replaces
+    /// becomes *old*; `version` is no longer *old*.
+    pub(super) fn made_permanent(&self, version: &Version) -> Record {
+        let mut record = self.clone();
+        if let Some(previous) = record.permanent.replace(version.clone()) {
+            record.old.insert(previous);
+        }
+        record.old.remove(version);
+        record
+    }
+}
+
+/// Every assembled release under `root` with its status, oldest first. Each release
+/// directory is checked before it is read, as every one is; one that fails shows no name
+/// (an install of it says why).
+pub(super) fn statuses(root: &Path, current: &Version, record: &Record) -> Vec<ReleaseInfo> {
+    assembled_versions(root)
+        .into_iter()
+        .map(|version| {
+            let directory = releases_directory(root).join(version.to_string());
+            let name = crate::trust::check_release(&directory)
+                .ok()
+                .and_then(|()| read_assembled(root, &version).ok())
+                .map(|release| release.manifest.release.name)
+                .unwrap_or_default();
+            ReleaseInfo {
+                name,
+                status: record.status(&version, current),
+                running: version == *current,
+                version,
+            }
+        })
+        .collect()
 }
 
 /// The record's path under `root`.
@@ -284,5 +362,28 @@ mod tests {
         assert_eq!(removed, expected);
         assert!(live.path().exists());
         assert!(directory.join(RECORD_FILE).exists());
+    }
+
+    #[test]
+    fn statuses_follow_otp_and_making_permanent_moves_the_previous_to_old() {
+        let version = |text: &str| Version::parse(text).unwrap();
+        let record = record("1.0.0");
+        let current = version("1.1.0");
+        assert_eq!(
+            record.status(&version("1.0.0"), &current),
+            ReleaseStatus::Permanent
+        );
+        assert_eq!(record.status(&current, &current), ReleaseStatus::Current);
+        assert_eq!(
+            record.status(&version("1.2.0"), &current),
+            ReleaseStatus::Unpacked
+        );
+        let made = record.made_permanent(&current);
+        assert_eq!(made.permanent, Some(current.clone()));
+        assert!(made.old.contains(&version("1.0.0")));
+        assert_eq!(made.status(&version("1.0.0"), &current), ReleaseStatus::Old);
+        let back = made.made_permanent(&version("1.0.0"));
+        assert_eq!(back.permanent, Some(version("1.0.0")));
+        assert!(!back.old.contains(&version("1.0.0")) && back.old.contains(&current));
     }
 }

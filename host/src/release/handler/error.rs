@@ -146,11 +146,9 @@ pub enum ReleaseError {
     /// was migrated and the running release is still current (the instructions before it
     /// ran, and are not undone).
     #[error(
-        "install of {version} stopped before the suspend: instruction {index} ({instruction}) failed: {message}; nothing was migrated and release {current} is still current"
+        "install stopped before the suspend: instruction {index} ({instruction}) failed: {message}; nothing was migrated and release {current} is still current"
     )]
     BeforeSuspend {
-        /// The target release.
-        version: Version,
         /// The running release, still current.
         current: Version,
         /// The instruction's index in the script.

@@ -1,7 +1,8 @@
 //! What new actors start from: the plugin table (the version of each plugin, switched at an
-//! install's commit, and its callback deadline), the factory supervisors use to start an
-//! actor from it, the supervisor specs built from a manifest's tree, and keeping the worker
-//! processes of isolated plugins in step with the running release.
+//! install's commit, and its callback deadline), loading a release's plugins into it, the
+//! factory supervisors use to start an actor from it (handed to the tree translation,
+//! [`super::super::tree`]), and keeping the worker processes of isolated plugins in step
+//! with the running release.
 //!
 //! Invariant: a factory reads the table when it starts an actor, never before, so a
 //! restart after the commit starts on the new code.
@@ -93,69 +94,32 @@ impl BehaviourFactory for ReleaseFactory {
     }
 }
 
+/// Makes each worker's factory: a [`ReleaseFactory`] on this table.
+fn factories(table: &Arc<PluginTable>) -> impl Fn(&str, &str) -> Arc<dyn BehaviourFactory> + '_ {
+    move |plugin: &str, name: &str| -> Arc<dyn BehaviourFactory> {
+        Arc::new(ReleaseFactory {
+            plugin: plugin.to_owned(),
+            name: name.to_owned(),
+            table: Arc::clone(table),
+        })
+    }
+}
+
+/// A child's spec ([`super::super::tree`]), its workers started from the table.
 pub(super) fn child_spec(
     child: &ChildManifest,
     table: &Arc<PluginTable>,
 ) -> Result<ChildSpec, String> {
-    let restart = child
-        .restart
-        .map(Restart::from)
-        .unwrap_or(Restart::Permanent);
-    if let Some(nested) = child.as_supervisor() {
-        let spec = supervisor_spec(&nested, &child.id, table)?;
-        return Ok(ChildSpec {
-            id: child.id.clone(),
-            start: ChildStart::Supervisor(spec),
-            restart,
-            shutdown: child
-                .shutdown
-                .map(Shutdown::from)
-                .unwrap_or(Shutdown::Infinity),
-        });
-    }
-    let plugin = child.plugin.clone().unwrap_or_default();
-    let args = encode_value(child.args.as_ref())
-        .map_err(|error| format!("child {}: args: {error}", child.id))?;
-    Ok(ChildSpec {
-        id: child.id.clone(),
-        start: ChildStart::Worker(WorkerSpec {
-            factory: Arc::new(ReleaseFactory {
-                plugin,
-                name: child.registered_name().to_owned(),
-                table: Arc::clone(table),
-            }),
-            args,
-            name: Some(child.registered_name().to_owned()),
-            trap_exit: child.trap_exit.unwrap_or(false),
-            max_mailbox: child
-                .max_mailbox
-                .and_then(crate::release::MaxMailbox::limit),
-        }),
-        restart,
-        shutdown: child
-            .shutdown
-            .map(Shutdown::from)
-            .unwrap_or(Shutdown::Timeout(Duration::from_secs(5))),
-    })
+    tree::child_spec(child, &factories(table)).map_err(|error| error.to_string())
 }
 
+/// A supervisor's spec ([`super::super::tree`]), its workers started from the table.
 pub(super) fn supervisor_spec(
     manifest: &SupervisorManifest,
     id: &str,
     table: &Arc<PluginTable>,
 ) -> Result<SupervisorSpec, String> {
-    let children = manifest
-        .children
-        .iter()
-        .map(|child| child_spec(child, table))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(SupervisorSpec {
-        name: Some(id.to_owned()),
-        strategy: manifest.strategy.into(),
-        max_restarts: manifest.max_restarts,
-        max_seconds: manifest.max_seconds,
-        children,
-    })
+    tree::supervisor_spec(manifest, id, &factories(table)).map_err(|error| error.to_string())
 }
 
 /// A worker and the plugin its spec starts.
@@ -195,4 +159,90 @@ pub(super) fn settle_workers(workers: &Workers, release: &AssembledRelease) {
             None => false,
         }
     });
+}
+
+impl ReleaseHandler {
+    /// Loads every plugin of a release, reusing versions already loaded (the same library
+    /// in the same place): in-process ones in the host, `isolation = "process"` ones in
+    /// their plugin's worker process (started if need be).
+    pub(super) fn load_plugins(
+        loader: &Loader,
+        workers: &Workers,
+        release: &AssembledRelease,
+        already: &HashMap<String, PluginVersion>,
+    ) -> Result<HashMap<String, PluginVersion>, ReleaseError> {
+        let manifest = release.directory.join("release.toml");
+        let mut plugins = HashMap::new();
+        for (name, entry) in &release.manifest.plugins {
+            let same_library = |loaded: &&PluginVersion| {
+                *loaded.version() == entry.version
+                    && loaded.isolation() == entry.isolation()
+                    && entry.sha256.as_deref() == Some(loaded.sha256().to_string().as_str())
+            };
+            if let Some(loaded) = already.get(name).filter(same_library) {
+                plugins.insert(name.clone(), loaded.clone());
+                continue;
+            }
+            let plan_error = |message: String| ReleaseError::Plan {
+                manifest: manifest.clone(),
+                field: format!("plugins.{name}.library"),
+                message,
+            };
+            let library = resolve_inside(
+                &release.directory,
+                entry.library.as_deref().unwrap_or(Path::new("")),
+            )
+            .map_err(plan_error)?;
+            let sha256 = entry
+                .sha256
+                .as_deref()
+                .unwrap_or_default()
+                .parse::<Sha256Digest>()
+                .map_err(|error| plan_error(error.to_string()))?;
+            let expect = Expectations {
+                sha256: Some(sha256),
+                name: Some(name.clone()),
+                version: Some(entry.version.clone()),
+            };
+            let plugin = match entry.isolation() {
+                Isolation::InProcess => {
+                    PluginVersion::InProcess(loader.load(&library, &expect).map_err(|source| {
+                        ReleaseError::Load {
+                            manifest: manifest.clone(),
+                            plugin: name.clone(),
+                            source: Box::new(source),
+                        }
+                    })?)
+                }
+                Isolation::Process => {
+                    // A new worker takes this release's memory limit; a running one takes
+                    // it at the commit.
+                    let worker = lock(workers)
+                        .entry(name.clone())
+                        .or_insert_with(|| {
+                            crate::isolation::Worker::with_libraries(
+                                name.clone(),
+                                WorkerOptions {
+                                    program: WorkerProgram::Search,
+                                    memory_limit_mb: entry.memory_limit_mb,
+                                },
+                                loader.process_directories().map(Path::to_owned),
+                            )
+                        })
+                        .clone();
+                    PluginVersion::Isolated(
+                        IsolatedPlugin::load(&worker, &library, &expect).map_err(|source| {
+                            ReleaseError::Isolation {
+                                manifest: manifest.clone(),
+                                plugin: name.clone(),
+                                source: Box::new(source),
+                            }
+                        })?,
+                    )
+                }
+            };
+            plugins.insert(name.clone(), plugin);
+        }
+        Ok(plugins)
+    }
 }
