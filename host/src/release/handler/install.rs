@@ -19,6 +19,8 @@ pub(super) enum InstallTarget<'a> {
 }
 
 impl ReleaseHandler {
+    /// Installs `target` (a version, or the one before the last install): the whole
+    /// transaction, in the order the module documentation gives.
     pub(super) async fn install_target(
         &self,
         target: InstallTarget<'_>,

@@ -73,7 +73,8 @@ pub enum InstallPhase {
     Resuming(usize),
     /// Rolled back: every actor is on its old code.
     RolledBack,
-    /// Running instruction `index` of `total` after the commit.
+    /// Running instruction `index` (as written) of `total`: before the suspend when it is
+    /// written before the first `update`, after the commit when after the last.
     Instruction {
         /// Which.
         index: usize,
