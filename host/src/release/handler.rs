@@ -70,12 +70,13 @@
 //!
 //! # Layout
 //!
-//! This file is the facade: the handler, boot, and the operations, each handing off to
-//! the module that does it. Beside it, in `handler/`: `install` (the install transaction,
-//! and `hot_swap`), `batch` (the atomic update batch: suspend, migrate, commit or roll
-//! back; stragglers; purge), `migration` (what each actor runs in the batch, the checks of
-//! its answers, rolling back), `table` (the plugin table new actors start from, loading
-//! into it, workers), `state` (the state, its lock and the published copy), `report` (what
+//! This file is the facade: the handler and its operations, each handing off to the
+//! module that does it. Beside it, in `handler/`: `boot` (boot, reading a release),
+//! `install` (the install transaction, and `hot_swap`), `batch` (the atomic update batch:
+//! suspend, migrate, commit or roll back; stragglers; purge), `migration` (what each actor
+//! runs in the batch, the checks of its answers, rolling back), `table` (the plugin table
+//! new actors start from, loading into it, workers), `permanence` (`make_permanent`,
+//! `remove`), `state` (the state, its lock and the published copy), `report` (what
 //! operations report), `error` ([`ReleaseError`]). Plain values and translations live in
 //! `release/`: the plan ([`super::plan`]), the supervision tree ([`super::tree`]), the
 //! record and statuses ([`super::record`]).
@@ -115,9 +116,11 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 mod batch;
+mod boot;
 mod error;
 mod install;
 mod migration;
+mod permanence;
 mod report;
 mod state;
 mod table;
@@ -181,96 +184,7 @@ impl ReleaseHandler {
     /// Boots the permanent release under `root` (the first boot makes the oldest assembled
     /// release permanent) and starts its supervision tree.
     pub async fn boot(root: &Path, runtime: Runtime) -> Result<ReleaseHandler, ReleaseError> {
-        crate::trust::check_root(root).map_err(ReleaseError::Untrusted)?;
-        // Leftovers of processes that died: library copies, record writes, builds.
-        let copy_directory_error = |source| ReleaseError::CopyDirectory {
-            root: root.to_owned(),
-            source,
-        };
-        let libraries = crate::ownership::private_directories(root, &["run", "libraries"])
-            .map_err(copy_directory_error)?;
-        crate::ownership::remove_abandoned(&libraries, |_| true);
-        remove_interrupted_writes(root);
-        remove_interrupted_builds(root);
-        let mut record = read_record(root)?;
-        let permanent = match &record.permanent {
-            Some(version) => version.clone(),
-            None => {
-                let oldest = assembled_versions(root)
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| ReleaseError::NothingToBoot(root.to_owned()))?;
-                record.permanent = Some(oldest.clone());
-                write_record(root, &record)?;
-                oldest
-            }
-        };
-        let release = Self::read_release(root, &permanent)?;
-        let loader = Loader::in_process_directory(&libraries).map_err(copy_directory_error)?;
-        let table = Arc::new(PluginTable::default());
-        let workers = Workers::default();
-        let mut loaded = Vec::new();
-        for (name, plugin) in Self::load_plugins(&loader, &workers, &release, &HashMap::new())? {
-            if let Some(library) = plugin.in_process() {
-                loaded.push(Arc::downgrade(library));
-            }
-            lock(&table.current).insert(name, plugin);
-        }
-        table.set_limits(&release);
-        settle_workers(&workers, &release);
-        let manifest_path = release.directory.join("release.toml");
-        let spec = supervisor_spec(&release.manifest.supervisor, ROOT_SUPERVISOR, &table).map_err(
-            |message| ReleaseError::Plan {
-                manifest: manifest_path.clone(),
-                field: "supervisor".to_owned(),
-                message,
-            },
-        )?;
-        let root_supervisor =
-            start_supervisor(&runtime, spec)
-                .await
-                .map_err(|source| ReleaseError::Boot {
-                    version: permanent.clone(),
-                    source,
-                })?;
-        tracing::info!(release = %permanent, "release booted");
-        let state = State {
-            current: release,
-            record,
-            root_supervisor,
-            loaded,
-            history: Vec::new(),
-        };
-        Ok(ReleaseHandler {
-            root: root.to_owned(),
-            runtime,
-            loader,
-            table,
-            workers,
-            published: Mutex::new(Arc::new(Published::of(&state))),
-            state: tokio::sync::Mutex::new(state),
-            installing: std::sync::atomic::AtomicBool::new(false),
-        })
-    }
-
-    fn read_release(root: &Path, version: &Version) -> Result<AssembledRelease, ReleaseError> {
-        let directory = releases_directory(root).join(version.to_string());
-        // Checked before anything in it is read: not a link, nothing another user can write.
-        let exists = crate::trust::check(&directory, crate::trust::Kind::Directory)
-            .and_then(|exists| {
-                if exists {
-                    crate::trust::check_release(&directory)?;
-                }
-                Ok(exists)
-            })
-            .map_err(ReleaseError::Untrusted)?;
-        if !exists || !directory.join("release.toml").is_file() {
-            return Err(ReleaseError::UnknownRelease {
-                version: version.clone(),
-                root: root.to_owned(),
-            });
-        }
-        Ok(read_assembled(root, version)?)
+        Self::boot_release(root, runtime).await
     }
 
     /// The worker process of each plugin with `isolation = "process"` in the running
@@ -353,64 +267,12 @@ impl ReleaseHandler {
 
     /// Makes the current release permanent (recorded on disk; booted on restart).
     pub async fn make_permanent(&self, version: &Version) -> Result<(), ReleaseError> {
-        let mut state = self.lock_state().await;
-        if state.record.permanent.as_ref() == Some(version) {
-            return Ok(());
-        }
-        if state.current.version != *version {
-            let status = statuses(&self.root, &state.current.version, &state.record)
-                .into_iter()
-                .find(|release| release.version == *version)
-                .map(|release| release.status)
-                .ok_or_else(|| ReleaseError::UnknownRelease {
-                    version: version.clone(),
-                    root: self.root.clone(),
-                })?;
-            return Err(ReleaseError::BadStatus {
-                version: version.clone(),
-                status,
-            });
-        }
-        let record = state.record.made_permanent(version);
-        write_record(&self.root, &record)?;
-        state.record = record;
-        tracing::info!(release = %version, "release made permanent");
-        Ok(())
+        self.record_permanent(version).await
     }
 
     /// Removes an assembled release (not the permanent one, not the running one).
     pub async fn remove(&self, version: &Version) -> Result<(), ReleaseError> {
-        let mut state = self.lock_state().await;
-        if state.record.permanent.as_ref() == Some(version) {
-            return Err(ReleaseError::InUse {
-                version: version.clone(),
-                status: "permanent",
-            });
-        }
-        if state.current.version == *version {
-            return Err(ReleaseError::InUse {
-                version: version.clone(),
-                status: "current",
-            });
-        }
-        let directory = releases_directory(&self.root).join(version.to_string());
-        if !directory.is_dir() {
-            return Err(ReleaseError::UnknownRelease {
-                version: version.clone(),
-                root: self.root.clone(),
-            });
-        }
-        if state.record.old.contains(version) {
-            let mut record = state.record.clone();
-            record.old.remove(version);
-            write_record(&self.root, &record)?;
-            state.record = record;
-        }
-        std::fs::remove_dir_all(&directory).map_err(|source| ReleaseError::Write {
-            path: directory,
-            source,
-        })?;
-        Ok(())
+        self.remove_release(version).await
     }
 
     /// Installs `target` into the running host: an upgrade when it is newer than the
