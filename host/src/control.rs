@@ -247,7 +247,7 @@ mod properties {
 
         #[test]
         fn json_shaped_lines_decode_to_a_request_or_an_error(
-            command in "(status|releases|install|make_permanent|rollback|remove|call|cast|state|suspend|resume|[a-z]{1,8})",
+            command in "(status|releases|install|plan|make_permanent|rollback|remove|call|cast|state|suspend|resume|[a-z]{1,8})",
             field in "(version|actor|message|timeout_ms|permanent|[a-z]{1,6})",
             value in "(\"1.0.0\"|\"x\"|1|-1|true|null|\\{\\}|\\[\\]|\"[a-z]{0,5}\")",
         ) {
