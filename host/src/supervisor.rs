@@ -37,12 +37,11 @@ use crate::plugin::PluginIdentity;
 use crate::runtime::{ActorRef, Lifecycle, ProcessId, Registered, Runtime};
 use graft_plugin::StopReason;
 use serde::Serialize;
-use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
+use task::Supervisor;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
-use task::Supervisor;
 
 /// A supervisor operation failed.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -362,17 +361,7 @@ pub async fn start_supervisor(
             })?;
     }
     let (exits, exit_notices) = mpsc::unbounded_channel();
-    let mut supervisor = Supervisor {
-        runtime: runtime.clone(),
-        me: me.clone(),
-        children: Vec::new(),
-        restart_times: VecDeque::new(),
-        exits,
-        by_process: std::collections::HashMap::new(),
-        retry: VecDeque::new(),
-        label,
-        spec,
-    };
+    let mut supervisor = Supervisor::new(runtime.clone(), me.clone(), spec, label, exits);
     if let Err(error) = supervisor.start_initial_children().await {
         supervisor.stop_all(false).await;
         supervisor.finish(StopReason::Error(error.to_string()));

@@ -10,8 +10,13 @@
 //! stopped or replaced; notices are matched against the *current* process of each child,
 //! so stale ones are ignored.
 
-use super::spec::{ChildSpec, ChildStart, Restart, Shutdown, Strategy, SupervisorSpec, SupervisorUpdate};
-use super::{ChildCounts, ChildInfo, ChildKey, ChildRef, Control, SupervisorError, SupervisorRef, start_nested};
+use super::spec::{
+    ChildSpec, ChildStart, Restart, Shutdown, Strategy, SupervisorSpec, SupervisorUpdate,
+};
+use super::{
+    ChildCounts, ChildInfo, ChildKey, ChildRef, Control, SupervisorError, SupervisorRef,
+    start_nested,
+};
 use crate::runtime::{ActorOptions, ExitNotice, ProcessId, Runtime, SpawnError, Watcher};
 use graft_plugin::StopReason;
 use std::collections::VecDeque;
@@ -47,6 +52,26 @@ fn describe_reason(reason: &StopReason) -> &'static str {
 }
 
 impl Supervisor {
+    pub(super) fn new(
+        runtime: Runtime,
+        me: SupervisorRef,
+        spec: SupervisorSpec,
+        label: String,
+        exits: mpsc::UnboundedSender<ExitNotice>,
+    ) -> Supervisor {
+        Supervisor {
+            runtime,
+            me,
+            children: Vec::new(),
+            restart_times: VecDeque::new(),
+            exits,
+            by_process: std::collections::HashMap::new(),
+            retry: VecDeque::new(),
+            label,
+            spec,
+        }
+    }
+
     pub(super) async fn start_initial_children(&mut self) -> Result<(), SupervisorError> {
         if self.spec.strategy == Strategy::Dynamic {
             return Ok(());
