@@ -12,8 +12,15 @@
 //!   already started and fails the supervisor's own start.
 //! - Restart intensity is a sliding window over monotonic time: more than `max_restarts`
 //!   restart attempts within `max_seconds` — failed attempts count too, each retry again —
-//!   stops every child in reverse order and exits the supervisor with an error reason, which
-//!   its parent treats as a child failure (escalation).
+//!   stops every child in reverse order and exits the supervisor with reason `shutdown`
+//!   (`reached maximum restart intensity`): a permanent parent restarts it, a transient one
+//!   does not (escalation is the parent's restart type's call, as in OTP).
+//! - A child whose restart failed is `restarting` until a queued retry starts it;
+//!   `restart_child`/`delete_child` refuse it, `terminate_child` cancels the retry.
+//! - An `init` that declines (OTP's `ignore`) is not a failure: a static child keeps its
+//!   spec with no process (a temporary one's spec goes), a dynamic child is not kept.
+//! - Significant children and `auto_shutdown` (OTP 24): a significant child's exit for good
+//!   may shut the supervisor down, with reason `shutdown`.
 //! - `temporary` children are never restarted, even by `one_for_all`/`rest_for_one`, and
 //!   their specs vanish when they exit; `transient` ones are restarted only after an
 //!   abnormal exit (not `normal`, not `shutdown`).
@@ -29,9 +36,10 @@ mod spec;
 mod task;
 
 pub use spec::{
-    ChildSpec, ChildStart, Restart, Shutdown, Strategy, SupervisorSpec, SupervisorUpdate,
-    WorkerSpec,
+    AutoShutdown, ChildSpec, ChildStart, Restart, Shutdown, SpecError, Strategy, SupervisorSpec,
+    SupervisorUpdate, WorkerSpec,
 };
+pub use task::REACHED_MAXIMUM_INTENSITY;
 
 use crate::plugin::PluginIdentity;
 use crate::runtime::{ActorRef, Lifecycle, ProcessId, Registered, Runtime};
@@ -39,7 +47,6 @@ use graft_plugin::StopReason;
 use serde::Serialize;
 use std::fmt;
 use std::sync::Arc;
-use task::Supervisor;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -49,12 +56,19 @@ pub enum SupervisorError {
     /// No child with this id (or process).
     #[error("no child {0}")]
     NotFound(String),
-    /// A child with this id exists.
+    /// A child with this id exists, stopped (OTP's `already_present`).
     #[error("a child with id {0:?} already exists")]
     AlreadyPresent(String),
+    /// A child with this id exists and is running (OTP's `already_started`).
+    #[error("a child with id {0:?} is already started")]
+    AlreadyStarted(String),
     /// The child is running (restart_child, delete_child need it stopped).
     #[error("child {0:?} is running")]
     Running(String),
+    /// The child's restart failed and a retry is queued (restart_child, delete_child need
+    /// it stopped; terminate_child cancels the retry).
+    #[error("child {0:?} is restarting")]
+    Restarting(String),
     /// The operation does not apply to this kind of supervisor.
     #[error("{operation} is not supported by a {strategy:?} supervisor")]
     Unsupported {
@@ -73,7 +87,7 @@ pub enum SupervisorError {
     },
     /// The spec is invalid.
     #[error("invalid supervisor spec: {0}")]
-    InvalidSpec(String),
+    InvalidSpec(#[from] SpecError),
     /// The supervisor has exited.
     #[error("the supervisor has exited: {0}")]
     Exited(StopReason),
@@ -82,9 +96,10 @@ pub enum SupervisorError {
 /// Which child an operation is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChildKey {
-    /// By spec id (static supervisors).
+    /// By spec id (static supervisors; a dynamic child's name or first process id).
     Id(String),
-    /// By process (dynamic supervisors).
+    /// By process (dynamic supervisors only: a static supervisor answers not found, as
+    /// OTP's does for a pid).
     Process(ProcessId),
 }
 
@@ -153,8 +168,12 @@ pub struct ChildInfo {
     pub supervisor: bool,
     /// The registered name of a worker.
     pub name: Option<String>,
+    /// Running, restarting (a failed restart's retry is queued) or stopped.
+    pub state: ChildState,
     /// The restart type.
     pub restart: Restart,
+    /// Whether significant for the supervisor's `auto_shutdown`.
+    pub significant: bool,
     /// How many times it was restarted.
     pub restarts: u32,
     /// The plugin new instances start on, for plugin workers.
@@ -162,16 +181,30 @@ pub struct ChildInfo {
     pub plugin: Option<PluginIdentity>,
 }
 
-/// `count_children`.
+/// Where a child is: OTP's `which_children` shows a pid, `restarting` or `undefined`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildState {
+    /// It has a process.
+    Running,
+    /// A restart failed; a retry is queued.
+    Restarting,
+    /// No process (terminated, exited for good, or its `init` declined).
+    Stopped,
+}
+
+/// `count_children`, with OTP's fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ChildCounts {
-    /// Child specs.
+    /// Child specs (a dynamic supervisor: 1, its template).
     pub specs: usize,
     /// Running children.
     pub active: usize,
-    /// Child specs that are supervisors.
+    /// Children that are supervisors, running or not (a dynamic supervisor: its children,
+    /// when its template is a supervisor).
     pub supervisors: usize,
-    /// Child specs that are workers.
+    /// Children that are workers, running or not (a dynamic supervisor: its children,
+    /// when its template is a worker).
     pub workers: usize,
 }
 
@@ -179,17 +212,22 @@ pub(super) enum Control {
     WhichChildren(oneshot::Sender<Vec<ChildInfo>>),
     RunningChildren(oneshot::Sender<Vec<(ChildRef, Option<String>)>>),
     CountChildren(oneshot::Sender<ChildCounts>),
-    StartChild(
-        ChildSpec,
-        oneshot::Sender<Result<ChildRef, SupervisorError>>,
+    WhichChild(
+        ChildKey,
+        oneshot::Sender<Result<ChildInfo, SupervisorError>>,
     ),
+    GetChildSpec(
+        ChildKey,
+        oneshot::Sender<Result<ChildSpec, SupervisorError>>,
+    ),
+    StartChild(ChildSpec, oneshot::Sender<Started>),
     StartDynamic {
         args: Vec<u8>,
         name: Option<String>,
-        reply: oneshot::Sender<Result<ChildRef, SupervisorError>>,
+        reply: oneshot::Sender<Started>,
     },
     TerminateChild(ChildKey, oneshot::Sender<Result<(), SupervisorError>>),
-    RestartChild(String, oneshot::Sender<Result<ChildRef, SupervisorError>>),
+    RestartChild(String, oneshot::Sender<Started>),
     DeleteChild(String, oneshot::Sender<Result<(), SupervisorError>>),
     Update(
         SupervisorUpdate,
@@ -198,8 +236,13 @@ pub(super) enum Control {
     Shutdown {
         brutal: bool,
     },
-    TryAgainRestart,
+    /// Retry the failed restart of this child, if it is still `restarting`.
+    TryAgainRestart(String),
 }
+
+/// What a start answers: the child, or `None` when its `init` declined (OTP's
+/// `{ok, undefined}`).
+type Started = Result<Option<ChildRef>, SupervisorError>;
 
 struct SupervisorShared {
     name: Option<String>,
@@ -283,44 +326,61 @@ impl SupervisorRef {
         self.request(Control::CountChildren).await
     }
 
-    /// Adds a child spec to a static supervisor and starts it.
-    pub async fn start_child(&self, spec: ChildSpec) -> Result<ChildRef, SupervisorError> {
+    /// One child's line of `which_children` (OTP 26's `which_child`).
+    pub async fn which_child(&self, key: ChildKey) -> Result<ChildInfo, SupervisorError> {
+        self.request(|reply| Control::WhichChild(key, reply))
+            .await?
+    }
+
+    /// One child's spec (OTP's `get_childspec`); a dynamic child's carries its own
+    /// arguments and name.
+    pub async fn get_childspec(&self, key: ChildKey) -> Result<ChildSpec, SupervisorError> {
+        self.request(|reply| Control::GetChildSpec(key, reply))
+            .await?
+    }
+
+    /// Adds a child spec to a static supervisor and starts it. `Ok(None)`: its `init`
+    /// declined (OTP's `ignore`); the spec is kept with no process, unless temporary.
+    /// An id in use answers `AlreadyStarted` (running) or `AlreadyPresent` (stopped).
+    pub async fn start_child(&self, spec: ChildSpec) -> Started {
         self.request(|reply| Control::StartChild(spec, reply))
             .await?
     }
 
     /// Starts a child of a dynamic supervisor from its template, with these arguments and
     /// optionally a name.
-    pub async fn start_dynamic_child(
-        &self,
-        args: Vec<u8>,
-        name: Option<String>,
-    ) -> Result<ChildRef, SupervisorError> {
+    /// `Ok(None)`: its `init` declined, and nothing is kept.
+    pub async fn start_dynamic_child(&self, args: Vec<u8>, name: Option<String>) -> Started {
         self.request(|reply| Control::StartDynamic { args, name, reply })
             .await?
     }
 
-    /// Stops a child (its spec stays for a static supervisor, unless temporary).
+    /// Stops a child (its spec stays for a static supervisor, unless temporary) and cancels
+    /// a queued restart retry, so the child stays stopped.
     pub async fn terminate_child(&self, key: ChildKey) -> Result<(), SupervisorError> {
         self.request(|reply| Control::TerminateChild(key, reply))
             .await?
     }
 
-    /// Starts a stopped child of a static supervisor again.
-    pub async fn restart_child(&self, id: &str) -> Result<ChildRef, SupervisorError> {
+    /// Starts a stopped child of a static supervisor again (`Ok(None)`: its `init`
+    /// declined). A running or restarting child is refused.
+    pub async fn restart_child(&self, id: &str) -> Started {
         let id = id.to_owned();
         self.request(|reply| Control::RestartChild(id, reply))
             .await?
     }
 
-    /// Removes a stopped child's spec from a static supervisor.
+    /// Removes a stopped child's spec from a static supervisor (not a running or restarting
+    /// one).
     pub async fn delete_child(&self, id: &str) -> Result<(), SupervisorError> {
         let id = id.to_owned();
         self.request(|reply| Control::DeleteChild(id, reply))
             .await?
     }
 
-    /// Applies new flags and child specs (see [`SupervisorUpdate`]).
+    /// Applies new flags and child specs (see [`SupervisorUpdate`]), checked first: duplicate
+    /// ids, a dynamic supervisor without exactly one template, or significance its new
+    /// `auto_shutdown` does not allow are refused and change nothing.
     pub async fn update(&self, update: SupervisorUpdate) -> Result<(), SupervisorError> {
         self.request(|reply| Control::Update(update, reply)).await?
     }
@@ -360,14 +420,7 @@ pub async fn start_supervisor(
                 reason: error.to_string(),
             })?;
     }
-    let (exits, exit_notices) = mpsc::unbounded_channel();
-    let mut supervisor = Supervisor::new(runtime.clone(), me.clone(), spec, label, exits);
-    if let Err(error) = supervisor.start_initial_children().await {
-        supervisor.stop_all(false).await;
-        supervisor.finish(StopReason::Error(error.to_string()));
-        return Err(error);
-    }
-    tokio::spawn(supervisor.run(control, exit_notices));
+    task::spawn(runtime.clone(), me.clone(), spec, label, control).await?;
     Ok(me)
 }
 

@@ -1287,12 +1287,7 @@ impl ReleaseHandler {
                     .ok_or_else(|| format!("no supervisor {supervisor:?}"))?;
                 let spec = supervisor_spec(&target, supervisor, &self.table)?;
                 supervisor_of(supervisor)?
-                    .update(SupervisorUpdate {
-                        strategy: spec.strategy,
-                        max_restarts: spec.max_restarts,
-                        max_seconds: spec.max_seconds,
-                        children: spec.children,
-                    })
+                    .update(SupervisorUpdate::from(spec))
                     .await
                     .map_err(|error| error.to_string())
             }

@@ -9,10 +9,11 @@
 
 use super::SupervisorError;
 use crate::runtime::BehaviourFactory;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
+use thiserror::Error;
 
 /// Which siblings restart with a failed child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -88,6 +89,10 @@ pub struct ChildSpec {
     pub restart: Restart,
     /// How to stop it.
     pub shutdown: Shutdown,
+    /// Whether its exit for good may shut the supervisor down (see [`AutoShutdown`]); only
+    /// for transient and temporary children, under a supervisor whose `auto_shutdown` is
+    /// not `never`.
+    pub significant: bool,
 }
 
 impl fmt::Debug for ChildSpec {
@@ -96,6 +101,7 @@ impl fmt::Debug for ChildSpec {
             .field("id", &self.id)
             .field("restart", &self.restart)
             .field("shutdown", &self.shutdown)
+            .field("significant", &self.significant)
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +124,7 @@ impl ChildSpec {
             }),
             restart: Restart::Permanent,
             shutdown: Shutdown::Timeout(Duration::from_secs(5)),
+            significant: false,
         }
     }
 
@@ -128,6 +135,7 @@ impl ChildSpec {
             start: ChildStart::Supervisor(spec),
             restart: Restart::Permanent,
             shutdown: Shutdown::Infinity,
+            significant: false,
         }
     }
 
@@ -158,6 +166,28 @@ impl ChildSpec {
         self.shutdown = shutdown;
         self
     }
+
+    /// Marks the child significant (or not) for its supervisor's `auto_shutdown`.
+    pub fn significant(mut self, significant: bool) -> ChildSpec {
+        self.significant = significant;
+        self
+    }
+}
+
+/// When a supervisor shuts itself down because significant children exited (OTP 24's
+/// `auto_shutdown`). A significant child has exited for good when it is not restarted: a
+/// transient one after a clean exit, a temporary one after any exit. Children the
+/// supervisor stops itself (`terminate_child`, its own shutdown) do not count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoShutdown {
+    /// Never (the default); significant children are refused.
+    #[default]
+    Never,
+    /// When any significant child has exited for good.
+    AnySignificant,
+    /// When no significant child is left running (or about to be restarted).
+    AllSignificant,
 }
 
 /// A supervisor: its flags and children (for `dynamic`, the one template child).
@@ -173,6 +203,8 @@ pub struct SupervisorSpec {
     pub max_seconds: u64,
     /// Children in start order (for `dynamic`: exactly one template).
     pub children: Vec<ChildSpec>,
+    /// Whether significant children's exits shut it down.
+    pub auto_shutdown: AutoShutdown,
 }
 
 impl SupervisorSpec {
@@ -184,7 +216,14 @@ impl SupervisorSpec {
             max_restarts: 1,
             max_seconds: 5,
             children,
+            auto_shutdown: AutoShutdown::Never,
         }
+    }
+
+    /// Sets when significant children's exits shut it down.
+    pub fn auto_shutdown(mut self, auto_shutdown: AutoShutdown) -> SupervisorSpec {
+        self.auto_shutdown = auto_shutdown;
+        self
     }
 
     /// Registers the supervisor under `name`.
@@ -212,28 +251,100 @@ pub struct SupervisorUpdate {
     pub max_restarts: u32,
     /// The new intensity window.
     pub max_seconds: u64,
-    /// The new child specs (for a dynamic supervisor: its template).
+    /// The new child specs (for a dynamic supervisor: exactly one, its template).
     pub children: Vec<ChildSpec>,
+    /// The new `auto_shutdown`.
+    pub auto_shutdown: AutoShutdown,
 }
 
-pub(crate) fn validate(spec: &SupervisorSpec) -> Result<(), SupervisorError> {
-    if spec.strategy == Strategy::Dynamic && spec.children.len() != 1 {
-        return Err(SupervisorError::InvalidSpec(format!(
-            "a dynamic supervisor needs exactly one template child spec, found {}",
-            spec.children.len()
-        )));
-    }
-    let mut ids = std::collections::HashSet::new();
-    for child in &spec.children {
-        if !ids.insert(child.id.as_str()) {
-            return Err(SupervisorError::InvalidSpec(format!(
-                "duplicate child id {:?}",
-                child.id
-            )));
+impl From<SupervisorSpec> for SupervisorUpdate {
+    /// The flags and children of `spec` (its name is not part of an update).
+    fn from(spec: SupervisorSpec) -> SupervisorUpdate {
+        SupervisorUpdate {
+            strategy: spec.strategy,
+            max_restarts: spec.max_restarts,
+            max_seconds: spec.max_seconds,
+            children: spec.children,
+            auto_shutdown: spec.auto_shutdown,
         }
+    }
+}
+
+/// What is wrong with a supervisor or child spec (OTP's `check_childspecs` errors).
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum SpecError {
+    /// Two children share an id (OTP's `duplicate_child_name`).
+    #[error("duplicate child id {0:?}")]
+    DuplicateChildId(String),
+    /// A dynamic supervisor has not exactly one template.
+    #[error("a dynamic supervisor needs exactly one template child spec, found {found}")]
+    TemplateCount {
+        /// How many there were.
+        found: usize,
+    },
+    /// A significant child is permanent (it would never exit for good).
+    #[error(
+        "child {0:?} is significant and permanent: only transient or temporary children can be significant"
+    )]
+    SignificantPermanent(String),
+    /// A significant child under a supervisor whose `auto_shutdown` is `never`.
+    #[error("child {0:?} is significant but the supervisor's auto_shutdown is never")]
+    SignificantWithoutAutoShutdown(String),
+}
+
+/// Checks a whole tree of specs before anything starts.
+pub(crate) fn validate(spec: &SupervisorSpec) -> Result<(), SupervisorError> {
+    check_children(spec.strategy, spec.auto_shutdown, &spec.children)?;
+    for child in &spec.children {
         if let ChildStart::Supervisor(nested) = &child.start {
             validate(nested)?;
         }
+    }
+    Ok(())
+}
+
+/// Checks one level's children against its flags: the template count, unique ids, each
+/// child's significance.
+pub(crate) fn check_children(
+    strategy: Strategy,
+    auto_shutdown: AutoShutdown,
+    children: &[ChildSpec],
+) -> Result<(), SupervisorError> {
+    if strategy == Strategy::Dynamic && children.len() != 1 {
+        return Err(SupervisorError::InvalidSpec(SpecError::TemplateCount {
+            found: children.len(),
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for child in children {
+        if !ids.insert(child.id.as_str()) {
+            return Err(SupervisorError::InvalidSpec(SpecError::DuplicateChildId(
+                child.id.clone(),
+            )));
+        }
+        check_child(child, auto_shutdown)?;
+    }
+    Ok(())
+}
+
+/// OTP's `validSignificant`: significant children are transient or temporary, under a
+/// supervisor whose `auto_shutdown` is not `never`.
+pub(crate) fn check_child(
+    child: &ChildSpec,
+    auto_shutdown: AutoShutdown,
+) -> Result<(), SupervisorError> {
+    if !child.significant {
+        return Ok(());
+    }
+    if auto_shutdown == AutoShutdown::Never {
+        return Err(SupervisorError::InvalidSpec(
+            SpecError::SignificantWithoutAutoShutdown(child.id.clone()),
+        ));
+    }
+    if child.restart == Restart::Permanent {
+        return Err(SupervisorError::InvalidSpec(
+            SpecError::SignificantPermanent(child.id.clone()),
+        ));
     }
     Ok(())
 }

@@ -1,36 +1,71 @@
 //! The running supervisor: one tokio task owning the ordered children, their exits, the
 //! restart decisions and the child operations.
 //!
-//! Invariants: children start in order and stop in reverse (a dynamic supervisor stops
-//! them in parallel); every restart attempt counts against the intensity; the task never
-//! panics on its own, and if code it calls panics anyway, its wrapper stops the children it
-//! left and finishes the supervisor with the panic as the exit reason.
+//! Invariants:
+//! - Children start in order and stop in reverse (a dynamic supervisor stops them in
+//!   parallel). Every restart attempt counts against the intensity, retries too.
+//! - A child is `running` (it has a process), `restarting` (a restart failed and a retry is
+//!   queued, OTP's `try_again_restart`) or `stopped`. A retry only runs while its child is
+//!   still `restarting`: `terminate_child` and a group restart clear the flag, which is how
+//!   they cancel it.
+//! - The task never panics on its own (no indexing it has not checked, no `unwrap`). If
+//!   code it calls panics anyway (a third-party `BehaviourFactory`), [`spawn`]'s watcher
+//!   stops the children the task left behind (its `Drop` hands them over) and finishes the
+//!   supervisor with the panic message as its exit reason, so its parent hears of it.
 //!
 //! What is tricky: an exit notice may arrive for a child the supervisor itself just
 //! stopped or replaced; notices are matched against the *current* process of each child,
 //! so stale ones are ignored.
 
 use super::spec::{
-    ChildSpec, ChildStart, Restart, Shutdown, Strategy, SupervisorSpec, SupervisorUpdate,
+    self, AutoShutdown, ChildSpec, ChildStart, Restart, Shutdown, SpecError, Strategy,
+    SupervisorSpec, SupervisorUpdate,
 };
 use super::{
-    ChildCounts, ChildInfo, ChildKey, ChildRef, Control, SupervisorError, SupervisorRef,
-    start_nested,
+    ChildCounts, ChildInfo, ChildKey, ChildRef, ChildState, Control, SupervisorError,
+    SupervisorRef, start_nested,
 };
-use crate::runtime::{ActorOptions, ExitNotice, ProcessId, Runtime, SpawnError, Watcher};
+use crate::runtime::{ActorOptions, ExitNotice, ProcessId, Runtime, SpawnError, Watcher, lock};
 use graft_plugin::StopReason;
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-pub(super) struct Child {
+/// The exit reason after too many restarts (OTP's `shutdown`, with the why).
+pub const REACHED_MAXIMUM_INTENSITY: &str = "reached maximum restart intensity";
+
+/// Children a panicked task left running, with how to stop each, in start order.
+type Leftovers = Arc<Mutex<Vec<(ChildRef, Shutdown)>>>;
+
+struct Child {
     spec: ChildSpec,
     running: Option<ChildRef>,
     restarts: u32,
+    /// A restart failed and a retry is queued (OTP's `{restarting, Pid}`).
+    restarting: bool,
 }
 
-pub(super) struct Supervisor {
+impl Child {
+    fn new(spec: ChildSpec, running: Option<ChildRef>) -> Child {
+        Child {
+            spec,
+            running,
+            restarts: 0,
+            restarting: false,
+        }
+    }
+
+    fn state(&self) -> ChildState {
+        match (&self.running, self.restarting) {
+            (Some(_), _) => ChildState::Running,
+            (None, true) => ChildState::Restarting,
+            (None, false) => ChildState::Stopped,
+        }
+    }
+}
+
+struct Supervisor {
     runtime: Runtime,
     me: SupervisorRef,
     spec: SupervisorSpec,
@@ -38,9 +73,108 @@ pub(super) struct Supervisor {
     restart_times: VecDeque<Instant>,
     exits: mpsc::UnboundedSender<ExitNotice>,
     /// Where each running child is in `children`, by process (exits are looked up here).
-    by_process: std::collections::HashMap<ProcessId, usize>,
-    retry: VecDeque<String>,
+    by_process: HashMap<ProcessId, usize>,
     label: String,
+    /// Where `Drop` leaves the running children if the task ends without stopping them.
+    leftovers: Leftovers,
+}
+
+impl Drop for Supervisor {
+    /// Every normal end stops the children first; only a panic leaves some running. Hand
+    /// them to the watcher, which stops them (it can wait; a `Drop` cannot).
+    fn drop(&mut self) {
+        let running: Vec<(ChildRef, Shutdown)> = self
+            .children
+            .iter_mut()
+            .filter_map(|child| {
+                child
+                    .running
+                    .take()
+                    .map(|running| (running, child.spec.shutdown))
+            })
+            .collect();
+        if !running.is_empty() {
+            lock(&self.leftovers).extend(running);
+        }
+    }
+}
+
+/// Starts the supervisor's task (and its children, in order, inside it); returns once they
+/// have all started, or why not.
+pub(super) async fn spawn(
+    runtime: Runtime,
+    me: SupervisorRef,
+    spec: SupervisorSpec,
+    label: String,
+    control: mpsc::UnboundedReceiver<Control>,
+) -> Result<(), SupervisorError> {
+    let (exits, exit_notices) = mpsc::unbounded_channel();
+    let leftovers: Leftovers = Arc::default();
+    let name = spec.name.clone();
+    let supervisor = Supervisor {
+        runtime: runtime.clone(),
+        me: me.clone(),
+        spec,
+        children: Vec::new(),
+        restart_times: VecDeque::new(),
+        exits,
+        by_process: HashMap::new(),
+        label: label.clone(),
+        leftovers: Arc::clone(&leftovers),
+    };
+    let (started, start_result) = oneshot::channel();
+    let task = tokio::spawn(supervisor.start_and_run(control, exit_notices, started));
+    tokio::spawn(watch_over(
+        task,
+        me.clone(),
+        runtime,
+        name,
+        label.clone(),
+        leftovers,
+    ));
+    match start_result.await {
+        Ok(result) => result,
+        // The task panicked while starting the children: the watcher finishes it.
+        Err(_) => Err(SupervisorError::StartFailed {
+            id: label,
+            reason: me.exited().await.to_string(),
+        }),
+    }
+}
+
+/// Waits for the supervisor's task; if it panicked (or was cancelled), stops the children
+/// it left, frees its name and finishes it with the panic as the reason.
+async fn watch_over(
+    task: tokio::task::JoinHandle<()>,
+    me: SupervisorRef,
+    runtime: Runtime,
+    name: Option<String>,
+    label: String,
+    leftovers: Leftovers,
+) {
+    let Err(error) = task.await else {
+        return;
+    };
+    let message = if error.is_panic() {
+        let payload = error.into_panic();
+        let text = payload
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        format!("supervisor panicked: {text}")
+    } else {
+        "supervisor task cancelled".to_owned()
+    };
+    let children = std::mem::take(&mut *lock(&leftovers));
+    for (child, shutdown) in children.into_iter().rev() {
+        stop_child(&child, shutdown).await;
+    }
+    if let Some(name) = &name {
+        runtime.unregister_supervisor(name, me.id());
+    }
+    tracing::error!(supervisor = %label, reason = %message, "supervisor exited");
+    me.shared.lifecycle.finish(StopReason::Error(message));
 }
 
 fn describe_reason(reason: &StopReason) -> &'static str {
@@ -51,28 +185,27 @@ fn describe_reason(reason: &StopReason) -> &'static str {
     }
 }
 
+/// What starting one child gave.
+type Started = Result<Option<ChildRef>, String>;
+
 impl Supervisor {
-    pub(super) fn new(
-        runtime: Runtime,
-        me: SupervisorRef,
-        spec: SupervisorSpec,
-        label: String,
-        exits: mpsc::UnboundedSender<ExitNotice>,
-    ) -> Supervisor {
-        Supervisor {
-            runtime,
-            me,
-            children: Vec::new(),
-            restart_times: VecDeque::new(),
-            exits,
-            by_process: std::collections::HashMap::new(),
-            retry: VecDeque::new(),
-            label,
-            spec,
+    async fn start_and_run(
+        mut self,
+        control: mpsc::UnboundedReceiver<Control>,
+        exit_notices: mpsc::UnboundedReceiver<ExitNotice>,
+        started: oneshot::Sender<Result<(), SupervisorError>>,
+    ) {
+        if let Err(error) = self.start_initial_children().await {
+            self.stop_all(false).await;
+            self.finish(StopReason::Error(error.to_string()));
+            let _ = started.send(Err(error));
+            return;
         }
+        let _ = started.send(Ok(()));
+        self.run(control, exit_notices).await;
     }
 
-    pub(super) async fn start_initial_children(&mut self) -> Result<(), SupervisorError> {
+    async fn start_initial_children(&mut self) -> Result<(), SupervisorError> {
         if self.spec.strategy == Strategy::Dynamic {
             return Ok(());
         }
@@ -82,8 +215,9 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Starts one child and watches its exit.
-    async fn start(&self, spec: &ChildSpec, restarts: u32) -> Result<ChildRef, String> {
+    /// Starts one child and watches its exit; `Ok(None)` when its `init` declined (OTP's
+    /// `ignore`).
+    async fn start(&self, spec: &ChildSpec, restarts: u32) -> Started {
         let child = match &spec.start {
             ChildStart::Worker(worker) => {
                 let options = ActorOptions {
@@ -96,9 +230,10 @@ impl Supervisor {
                 };
                 match self.runtime.spawn(options).await {
                     Ok(actor) => ChildRef::Worker(actor),
+                    Err(SpawnError::Ignored { .. }) => return Ok(None),
                     Err(SpawnError::Stopped { reason, .. }) if reason.is_clean() => {
-                        // Like OTP's `ignore`: started and done (a one-off task). Report
-                        // the exit so restart rules still apply.
+                        // Started and done at once (a one-off task): counted as a failed
+                        // start, so restart rules still apply.
                         return Err(format!("stopped during start: {reason}"));
                     }
                     Err(error) => return Err(error.to_string()),
@@ -114,10 +249,10 @@ impl Supervisor {
         child
             .lifecycle()
             .watch(Watcher::Channel(self.exits.clone()));
-        Ok(child)
+        Ok(Some(child))
     }
 
-    pub(super) async fn run(
+    async fn run(
         mut self,
         mut control: mpsc::UnboundedReceiver<Control>,
         mut exit_notices: mpsc::UnboundedReceiver<ExitNotice>,
@@ -131,10 +266,6 @@ impl Supervisor {
                     }
                 }
                 message = control.recv() => match message {
-                    Some(Control::Shutdown { brutal }) => {
-                        self.stop_all(brutal).await;
-                        break StopReason::Shutdown(None);
-                    }
                     Some(message) => {
                         if let Some(reason) = self.on_control(message).await {
                             break reason;
@@ -150,7 +281,7 @@ impl Supervisor {
         self.finish(reason);
     }
 
-    pub(super) fn finish(&self, reason: StopReason) {
+    fn finish(&self, reason: StopReason) {
         if let Some(name) = &self.spec.name {
             self.runtime.unregister_supervisor(name, self.me.id());
         }
@@ -161,20 +292,32 @@ impl Supervisor {
     }
 
     fn position(&self, process: ProcessId) -> Option<usize> {
-        self.by_process.get(&process).copied()
+        self.by_process
+            .get(&process)
+            .copied()
+            .filter(|&index| index < self.children.len())
+    }
+
+    fn position_of(&self, id: &str) -> Option<usize> {
+        self.children.iter().position(|child| child.spec.id == id)
     }
 
     /// Sets the running process of the child at `index`, keeping the index current.
     fn set_running(&mut self, index: usize, running: ChildRef) {
-        self.by_process.insert(running.id(), index);
-        if let Some(previous) = self.children[index].running.replace(running) {
+        let Some(child) = self.children.get_mut(index) else {
+            return;
+        };
+        child.restarting = false;
+        let previous = child.running.replace(running.clone());
+        if let Some(previous) = previous {
             self.by_process.remove(&previous.id());
         }
+        self.by_process.insert(running.id(), index);
     }
 
     /// Takes the running process of the child at `index`, keeping the index current.
     fn take_running(&mut self, index: usize) -> Option<ChildRef> {
-        let running = self.children[index].running.take()?;
+        let running = self.children.get_mut(index)?.running.take()?;
         self.by_process.remove(&running.id());
         Some(running)
     }
@@ -191,6 +334,9 @@ impl Supervisor {
     /// last one takes its place (constant time with 100,000 children); a static one keeps
     /// its start order.
     fn remove_child(&mut self, index: usize) {
+        if index >= self.children.len() {
+            return;
+        }
         self.take_running(index);
         if self.spec.strategy == Strategy::Dynamic {
             self.children.swap_remove(index);
@@ -222,7 +368,7 @@ impl Supervisor {
     async fn on_child_exit(&mut self, notice: ExitNotice) -> Option<StopReason> {
         let index = self.position(notice.id)?;
         self.take_running(index);
-        let child = &self.children[index];
+        let child = self.children.get(index)?;
         tracing::debug!(
             supervisor = %self.label,
             child = %child.spec.id,
@@ -235,13 +381,37 @@ impl Supervisor {
             Restart::Transient => !notice.reason.is_clean(),
             Restart::Temporary => false,
         };
-        if !restart {
-            if child.spec.restart == Restart::Temporary || self.spec.strategy == Strategy::Dynamic {
-                self.remove_child(index);
-            }
+        if restart {
+            return self.restart_from(index).await;
+        }
+        let (id, significant) = (child.spec.id.clone(), child.spec.significant);
+        if child.spec.restart == Restart::Temporary || self.spec.strategy == Strategy::Dynamic {
+            self.remove_child(index);
+        }
+        if significant {
+            return self.auto_shutdown(&id).await;
+        }
+        None
+    }
+
+    /// A significant child has exited for good: shuts the supervisor down if its
+    /// `auto_shutdown` says so (OTP's `do_auto_shutdown`).
+    async fn auto_shutdown(&mut self, id: &str) -> Option<StopReason> {
+        let shut_down = match self.spec.auto_shutdown {
+            AutoShutdown::Never => false,
+            AutoShutdown::AnySignificant => true,
+            AutoShutdown::AllSignificant => !self.children.iter().any(|child| {
+                child.spec.significant && (child.running.is_some() || child.restarting)
+            }),
+        };
+        if !shut_down {
             return None;
         }
-        self.restart_from(index).await
+        tracing::info!(supervisor = %self.label, child = %id, "significant child exited; shutting down (auto_shutdown)");
+        self.stop_all(false).await;
+        Some(StopReason::Shutdown(Some(format!(
+            "auto_shutdown: significant child {id:?} exited"
+        ))))
     }
 
     /// Records a restart attempt; `false` when the intensity is exceeded.
@@ -259,95 +429,143 @@ impl Supervisor {
         self.restart_times.len() <= self.spec.max_restarts as usize
     }
 
+    /// A restart of `id` failed: it is `restarting` until a retry, queued behind the
+    /// requests already waiting (OTP's `try_again_restart`), starts it or something cancels
+    /// it.
+    fn retry_later(&mut self, index: usize, reason: &str) {
+        let Some(child) = self.children.get_mut(index) else {
+            return;
+        };
+        tracing::error!(supervisor = %self.label, child = %child.spec.id, "restart failed: {reason}");
+        child.restarting = true;
+        let _ = self
+            .me
+            .shared
+            .sender
+            .send(Control::TryAgainRestart(child.spec.id.clone()));
+    }
+
     /// Restarts the child at `index` (with its siblings, by strategy).
     async fn restart_from(&mut self, index: usize) -> Option<StopReason> {
+        let id = self.children.get(index)?.spec.id.clone();
         if !self.add_restart() {
             tracing::error!(
                 supervisor = %self.label,
-                child = %self.children[index].spec.id,
+                child = %id,
                 max_restarts = self.spec.max_restarts,
                 max_seconds = self.spec.max_seconds,
                 "reached maximum restart intensity; shutting down"
             );
             self.stop_all(false).await;
-            return Some(StopReason::Error(
-                "shutdown: reached maximum restart intensity".to_owned(),
-            ));
+            return Some(StopReason::Shutdown(Some(
+                REACHED_MAXIMUM_INTENSITY.to_owned(),
+            )));
         }
-        let group: Vec<usize> = match self.spec.strategy {
-            Strategy::OneForOne | Strategy::Dynamic => vec![index],
-            Strategy::OneForAll => (0..self.children.len()).collect(),
-            Strategy::RestForOne => (index..self.children.len()).collect(),
-        };
-        // Stop the running siblings of the group, in reverse start order.
-        let mut was_running = Vec::new();
-        for &sibling in group.iter().rev() {
-            if let Some(running) = self.take_running(sibling) {
-                was_running.push(self.children[sibling].spec.id.clone());
-                stop_child(&running, self.children[sibling].spec.shutdown).await;
+        match self.spec.strategy {
+            Strategy::OneForOne | Strategy::Dynamic => {
+                self.restart_one(index).await;
+                None
+            }
+            Strategy::OneForAll => {
+                self.restart_group(0).await;
+                None
+            }
+            Strategy::RestForOne => {
+                self.restart_group(index).await;
+                None
             }
         }
-        // Restart the failed child and the siblings that were running, in start order;
-        // temporary siblings are not restarted: their specs go.
-        let failed = self.children[index].spec.id.clone();
-        let restart_ids: Vec<String> = group
-            .iter()
-            .map(|&sibling| &self.children[sibling])
-            .filter(|child| {
-                child.spec.id == failed
-                    || (was_running.contains(&child.spec.id)
-                        && child.spec.restart != Restart::Temporary)
-            })
-            .map(|child| child.spec.id.clone())
-            .collect();
-        let stopped_temporary: Vec<String> = group
-            .iter()
-            .map(|&sibling| &self.children[sibling])
-            .filter(|child| {
-                child.spec.restart == Restart::Temporary && was_running.contains(&child.spec.id)
-            })
-            .map(|child| child.spec.id.clone())
-            .collect();
-        if !stopped_temporary.is_empty() {
-            self.children
-                .retain(|child| !stopped_temporary.contains(&child.spec.id));
-            self.reindex();
-        }
-        for id in restart_ids {
-            let position = if self
-                .children
-                .get(index)
-                .is_some_and(|child| child.spec.id == id)
-            {
-                index
-            } else {
-                match self.children.iter().position(|child| child.spec.id == id) {
-                    Some(position) => position,
-                    None => continue,
+    }
+
+    /// Starts the child at `index` again (one for one).
+    async fn restart_one(&mut self, index: usize) {
+        let Some(child) = self.children.get_mut(index) else {
+            return;
+        };
+        child.restarts += 1;
+        let (spec, restarts) = (child.spec.clone(), child.restarts);
+        match self.start(&spec, restarts).await {
+            Ok(Some(running)) => self.set_running(index, running),
+            Ok(None) => {
+                // Ignored: a dynamic child goes; a static one stays, with no process.
+                if self.spec.strategy == Strategy::Dynamic {
+                    self.remove_child(index);
+                } else if let Some(child) = self.children.get_mut(index) {
+                    child.restarting = false;
                 }
+            }
+            Err(reason) => self.retry_later(index, &reason),
+        }
+    }
+
+    /// Stops the children from `first` on (in reverse order) and starts them all again in
+    /// order, as OTP's `one_for_all` (from 0) and `rest_for_one` do: every child of the
+    /// group comes back, including ones stopped with `terminate_child`; temporary ones are
+    /// stopped and their specs go.
+    async fn restart_group(&mut self, first: usize) {
+        for sibling in (first..self.children.len()).rev() {
+            if let Some(running) = self.take_running(sibling) {
+                let shutdown = self
+                    .children
+                    .get(sibling)
+                    .map_or(Shutdown::BrutalKill, |child| child.spec.shutdown);
+                stop_child(&running, shutdown).await;
+            }
+        }
+        let mut position = first;
+        while position < self.children.len() {
+            if self
+                .children
+                .get(position)
+                .is_some_and(|child| child.spec.restart == Restart::Temporary)
+            {
+                self.children.remove(position);
+            } else {
+                position += 1;
+            }
+        }
+        self.reindex();
+        for index in first..self.children.len() {
+            let Some(child) = self.children.get_mut(index) else {
+                break;
             };
-            let child = &mut self.children[position];
+            // Any retry queued for a child of the group is now moot.
+            child.restarting = false;
             child.restarts += 1;
             let (spec, restarts) = (child.spec.clone(), child.restarts);
             match self.start(&spec, restarts).await {
-                Ok(running) => self.set_running(position, running),
+                Ok(Some(running)) => self.set_running(index, running),
+                Ok(None) => {}
                 Err(reason) => {
-                    tracing::error!(supervisor = %self.label, child = %spec.id, "restart failed: {reason}");
-                    // OTP's try_again_restart: let other requests in, then try again; every
-                    // attempt counts against the intensity.
-                    self.retry.push_back(spec.id.clone());
-                    let _ = self.me.shared.sender.send(Control::TryAgainRestart);
-                    return None;
+                    // The rest of the group waits, stopped, for the retry, which restarts
+                    // the group again.
+                    self.retry_later(index, &reason);
+                    return;
                 }
             }
         }
-        None
     }
 
     async fn on_control(&mut self, message: Control) -> Option<StopReason> {
         match message {
             Control::WhichChildren(reply) => {
                 let _ = reply.send(self.which_children());
+            }
+            Control::WhichChild(key, reply) => {
+                let _ = reply.send(
+                    self.find(&key)
+                        .and_then(|index| self.children.get(index))
+                        .map(|child| self.child_info(child))
+                        .ok_or_else(|| SupervisorError::NotFound(key.to_string())),
+                );
+            }
+            Control::GetChildSpec(key, reply) => {
+                let _ = reply.send(
+                    self.find(&key)
+                        .and_then(|index| self.children.get(index))
+                        .map(|child| child.spec.clone())
+                        .ok_or_else(|| SupervisorError::NotFound(key.to_string())),
+                );
             }
             Control::RunningChildren(reply) => {
                 let running = self
@@ -364,22 +582,7 @@ impl Supervisor {
                 let _ = reply.send(running);
             }
             Control::CountChildren(reply) => {
-                let specs = self.children.len();
-                let supervisors = self
-                    .children
-                    .iter()
-                    .filter(|child| matches!(child.spec.start, ChildStart::Supervisor(_)))
-                    .count();
-                let _ = reply.send(ChildCounts {
-                    specs,
-                    active: self
-                        .children
-                        .iter()
-                        .filter(|child| child.running.is_some())
-                        .count(),
-                    supervisors,
-                    workers: specs - supervisors,
-                });
+                let _ = reply.send(self.count_children());
             }
             Control::StartChild(spec, reply) => {
                 let _ = reply.send(self.start_static_child(spec).await);
@@ -396,10 +599,12 @@ impl Supervisor {
             Control::DeleteChild(id, reply) => {
                 let _ = reply.send(self.delete_child(&id));
             }
-            Control::TryAgainRestart => {
-                if let Some(id) = self.retry.pop_front()
-                    && let Some(index) = self.children.iter().position(|child| child.spec.id == id)
-                    && self.children[index].running.is_none()
+            Control::TryAgainRestart(id) => {
+                if let Some(index) = self.position_of(&id)
+                    && self
+                        .children
+                        .get(index)
+                        .is_some_and(|child| child.restarting && child.running.is_none())
                 {
                     return self.restart_from(index).await;
                 }
@@ -407,11 +612,16 @@ impl Supervisor {
             Control::Update(update, reply) => {
                 let _ = reply.send(self.update(update));
             }
-            Control::Shutdown { .. } => unreachable!("handled by the loop"),
+            Control::Shutdown { brutal } => {
+                self.stop_all(brutal).await;
+                return Some(StopReason::Shutdown(None));
+            }
         }
         None
     }
 
+    /// OTP's supervisor `code_change`: checked whole first, then applied; a refused update
+    /// changes nothing.
     fn update(&mut self, update: SupervisorUpdate) -> Result<(), SupervisorError> {
         if (self.spec.strategy == Strategy::Dynamic) != (update.strategy == Strategy::Dynamic) {
             return Err(SupervisorError::Unsupported {
@@ -419,9 +629,23 @@ impl Supervisor {
                 strategy: self.spec.strategy,
             });
         }
+        spec::check_children(update.strategy, update.auto_shutdown, &update.children)?;
+        // Specs the update does not mention are kept: they must suit the new flags too.
+        if update.strategy != Strategy::Dynamic
+            && update.auto_shutdown == AutoShutdown::Never
+            && let Some(child) = self.children.iter().find(|child| {
+                child.spec.significant
+                    && !update.children.iter().any(|spec| spec.id == child.spec.id)
+            })
+        {
+            return Err(SupervisorError::InvalidSpec(
+                SpecError::SignificantWithoutAutoShutdown(child.spec.id.clone()),
+            ));
+        }
         self.spec.strategy = update.strategy;
         self.spec.max_restarts = update.max_restarts;
         self.spec.max_seconds = update.max_seconds;
+        self.spec.auto_shutdown = update.auto_shutdown;
         if self.spec.strategy == Strategy::Dynamic {
             self.spec.children = update.children;
             return Ok(());
@@ -433,36 +657,71 @@ impl Supervisor {
                 .find(|child| child.spec.id == spec.id)
             {
                 Some(child) => child.spec = spec,
-                None => self.children.push(Child {
-                    spec,
-                    running: None,
-                    restarts: 0,
-                }),
+                None => self.children.push(Child::new(spec, None)),
             }
         }
         Ok(())
     }
 
+    fn child_info(&self, child: &Child) -> ChildInfo {
+        let (name, plugin) = match &child.spec.start {
+            ChildStart::Worker(worker) => (worker.name.clone(), worker.factory.identity()),
+            ChildStart::Supervisor(nested) => (nested.name.clone(), None),
+        };
+        ChildInfo {
+            id: child.spec.id.clone(),
+            process: child.running.as_ref().map(|running| running.id().0),
+            child: child.running.clone(),
+            state: child.state(),
+            supervisor: matches!(child.spec.start, ChildStart::Supervisor(_)),
+            name,
+            restart: child.spec.restart,
+            significant: child.spec.significant,
+            restarts: child.restarts,
+            plugin,
+        }
+    }
+
     fn which_children(&self) -> Vec<ChildInfo> {
         self.children
             .iter()
-            .map(|child| {
-                let (name, plugin) = match &child.spec.start {
-                    ChildStart::Worker(worker) => (worker.name.clone(), worker.factory.identity()),
-                    ChildStart::Supervisor(nested) => (nested.name.clone(), None),
-                };
-                ChildInfo {
-                    id: child.spec.id.clone(),
-                    process: child.running.as_ref().map(|running| running.id().0),
-                    child: child.running.clone(),
-                    supervisor: matches!(child.spec.start, ChildStart::Supervisor(_)),
-                    name,
-                    restart: child.spec.restart,
-                    restarts: child.restarts,
-                    plugin,
-                }
-            })
+            .map(|child| self.child_info(child))
             .collect()
+    }
+
+    /// OTP's `count_children`: a dynamic supervisor has one spec (its template) and counts
+    /// its children as workers or supervisors by that template.
+    fn count_children(&self) -> ChildCounts {
+        let active = self
+            .children
+            .iter()
+            .filter(|child| child.running.is_some())
+            .count();
+        if self.spec.strategy == Strategy::Dynamic {
+            let nested = self
+                .spec
+                .children
+                .first()
+                .is_some_and(|template| matches!(template.start, ChildStart::Supervisor(_)));
+            let count = self.children.len();
+            return ChildCounts {
+                specs: 1,
+                active,
+                supervisors: if nested { count } else { 0 },
+                workers: if nested { 0 } else { count },
+            };
+        }
+        let supervisors = self
+            .children
+            .iter()
+            .filter(|child| matches!(child.spec.start, ChildStart::Supervisor(_)))
+            .count();
+        ChildCounts {
+            specs: self.children.len(),
+            active,
+            supervisors,
+            workers: self.children.len() - supervisors,
+        }
     }
 
     fn refuse_dynamic<T>(&self, operation: &'static str) -> Result<T, SupervisorError> {
@@ -472,18 +731,30 @@ impl Supervisor {
         })
     }
 
-    async fn start_static_child(&mut self, spec: ChildSpec) -> Result<ChildRef, SupervisorError> {
+    async fn start_static_child(
+        &mut self,
+        spec: ChildSpec,
+    ) -> Result<Option<ChildRef>, SupervisorError> {
         if self.spec.strategy == Strategy::Dynamic {
             return self.refuse_dynamic("start_child with a spec");
         }
-        if self.children.iter().any(|child| child.spec.id == spec.id) {
-            return Err(SupervisorError::AlreadyPresent(spec.id));
+        spec::check_child(&spec, self.spec.auto_shutdown)?;
+        if let Some(existing) = self.children.iter().find(|child| child.spec.id == spec.id) {
+            return Err(if existing.running.is_some() {
+                SupervisorError::AlreadyStarted(spec.id)
+            } else {
+                SupervisorError::AlreadyPresent(spec.id)
+            });
         }
         self.start_and_add(spec).await
     }
 
-    /// Starts a child and appends it to the children, in start order.
-    async fn start_and_add(&mut self, spec: ChildSpec) -> Result<ChildRef, SupervisorError> {
+    /// Starts a child and appends it to the children, in start order. An ignored start
+    /// keeps the spec, with no process, unless the child is temporary.
+    async fn start_and_add(
+        &mut self,
+        spec: ChildSpec,
+    ) -> Result<Option<ChildRef>, SupervisorError> {
         let running =
             self.start(&spec, 0)
                 .await
@@ -491,11 +762,9 @@ impl Supervisor {
                     id: spec.id.clone(),
                     reason,
                 })?;
-        self.push_child(Child {
-            spec,
-            running: Some(running.clone()),
-            restarts: 0,
-        });
+        if running.is_some() || spec.restart != Restart::Temporary {
+            self.push_child(Child::new(spec, running.clone()));
+        }
         Ok(running)
     }
 
@@ -503,93 +772,109 @@ impl Supervisor {
         &mut self,
         args: Vec<u8>,
         name: Option<String>,
-    ) -> Result<ChildRef, SupervisorError> {
+    ) -> Result<Option<ChildRef>, SupervisorError> {
         if self.spec.strategy != Strategy::Dynamic {
             return self.refuse_dynamic("start_dynamic_child");
         }
-        let mut spec = self.spec.children[0].clone();
+        let Some(template) = self.spec.children.first() else {
+            return Err(SupervisorError::InvalidSpec(SpecError::TemplateCount {
+                found: 0,
+            }));
+        };
+        let mut spec = template.clone();
         if let ChildStart::Worker(worker) = &mut spec.start {
             worker.args = args;
             worker.name = name.clone();
         }
-        let running =
+        let started =
             self.start(&spec, 0)
                 .await
                 .map_err(|reason| SupervisorError::StartFailed {
                     id: name.clone().unwrap_or_else(|| spec.id.clone()),
                     reason,
                 })?;
+        // Ignored: not recorded (OTP answers `{ok, undefined}`).
+        let Some(running) = started else {
+            return Ok(None);
+        };
         spec.id = name.unwrap_or_else(|| running.id().to_string());
-        self.push_child(Child {
-            spec,
-            running: Some(running.clone()),
-            restarts: 0,
-        });
-        Ok(running)
+        self.push_child(Child::new(spec, Some(running.clone())));
+        Ok(Some(running))
     }
 
+    /// Where the child `key` names is. A static supervisor's children are named by id
+    /// only (a process id is "not found", as in OTP); a dynamic one's by process, or by
+    /// the id it was given (its name, or its first process id).
     fn find(&self, key: &ChildKey) -> Option<usize> {
         match key {
-            ChildKey::Id(id) => self.children.iter().position(|child| child.spec.id == *id),
-            ChildKey::Process(process) => self.position(*process),
+            ChildKey::Id(id) => self.position_of(id),
+            ChildKey::Process(process) if self.spec.strategy == Strategy::Dynamic => {
+                self.position(*process)
+            }
+            ChildKey::Process(_) => None,
         }
     }
 
     async fn terminate_child(&mut self, key: ChildKey) -> Result<(), SupervisorError> {
-        if self.spec.strategy == Strategy::Dynamic && matches!(key, ChildKey::Id(_)) {
-            // Dynamic children are addressed by process, as in OTP; a name also works.
-            if let ChildKey::Id(id) = &key
-                && let Some(index) = self.children.iter().position(|child| child.spec.id == *id)
-            {
-                return self.terminate_at(index).await;
-            }
-            return Err(SupervisorError::NotFound(key.to_string()));
-        }
         let index = self
             .find(&key)
             .ok_or_else(|| SupervisorError::NotFound(key.to_string()))?;
-        self.terminate_at(index).await
-    }
-
-    async fn terminate_at(&mut self, index: usize) -> Result<(), SupervisorError> {
-        if let Some(running) = self.take_running(index) {
-            stop_child(&running, self.children[index].spec.shutdown).await;
-        }
-        if self.spec.strategy == Strategy::Dynamic
-            || self.children[index].spec.restart == Restart::Temporary
-        {
-            self.remove_child(index);
-        }
+        self.terminate_at(index).await;
         Ok(())
     }
 
-    /// The index of the static child `id`, which must exist and be stopped.
-    fn stopped_static_child(&self, id: &str) -> Result<usize, SupervisorError> {
-        let index = self
-            .children
-            .iter()
-            .position(|child| child.spec.id == id)
-            .ok_or_else(|| SupervisorError::NotFound(format!("{id:?}")))?;
-        if self.children[index].running.is_some() {
-            return Err(SupervisorError::Running(id.to_owned()));
+    /// Stops the child at `index` and cancels any retry queued for it; its spec stays,
+    /// unless it is temporary or dynamic.
+    async fn terminate_at(&mut self, index: usize) {
+        if let Some(running) = self.take_running(index) {
+            let shutdown = self
+                .children
+                .get(index)
+                .map_or(Shutdown::BrutalKill, |child| child.spec.shutdown);
+            stop_child(&running, shutdown).await;
         }
-        Ok(index)
+        let Some(child) = self.children.get_mut(index) else {
+            return;
+        };
+        child.restarting = false;
+        if self.spec.strategy == Strategy::Dynamic || child.spec.restart == Restart::Temporary {
+            self.remove_child(index);
+        }
     }
 
-    async fn restart_child(&mut self, id: &str) -> Result<ChildRef, SupervisorError> {
+    /// The index of the static child `id`, which must exist and be stopped (not running,
+    /// not restarting).
+    fn stopped_static_child(&self, id: &str) -> Result<usize, SupervisorError> {
+        let index = self
+            .position_of(id)
+            .ok_or_else(|| SupervisorError::NotFound(format!("{id:?}")))?;
+        match self.children.get(index).map(Child::state) {
+            Some(ChildState::Running) => Err(SupervisorError::Running(id.to_owned())),
+            Some(ChildState::Restarting) => Err(SupervisorError::Restarting(id.to_owned())),
+            Some(ChildState::Stopped) => Ok(index),
+            None => Err(SupervisorError::NotFound(format!("{id:?}"))),
+        }
+    }
+
+    async fn restart_child(&mut self, id: &str) -> Result<Option<ChildRef>, SupervisorError> {
         if self.spec.strategy == Strategy::Dynamic {
             return self.refuse_dynamic("restart_child");
         }
         let index = self.stopped_static_child(id)?;
-        let spec = self.children[index].spec.clone();
-        let running = self
-            .start(&spec, self.children[index].restarts)
-            .await
-            .map_err(|reason| SupervisorError::StartFailed {
-                id: id.to_owned(),
-                reason,
-            })?;
-        self.set_running(index, running.clone());
+        let Some(child) = self.children.get(index) else {
+            return Err(SupervisorError::NotFound(format!("{id:?}")));
+        };
+        let (spec, restarts) = (child.spec.clone(), child.restarts);
+        let running =
+            self.start(&spec, restarts)
+                .await
+                .map_err(|reason| SupervisorError::StartFailed {
+                    id: id.to_owned(),
+                    reason,
+                })?;
+        if let Some(running) = &running {
+            self.set_running(index, running.clone());
+        }
         Ok(running)
     }
 
@@ -603,13 +888,14 @@ impl Supervisor {
     }
 
     /// Stops every running child: in reverse start order, or all at once for a dynamic
-    /// supervisor (as OTP does).
-    pub(super) async fn stop_all(&mut self, brutal: bool) {
+    /// supervisor (as OTP does). Queued retries are cancelled.
+    async fn stop_all(&mut self, brutal: bool) {
         self.by_process.clear();
         let running: Vec<(ChildRef, Shutdown)> = self
             .children
             .iter_mut()
             .filter_map(|child| {
+                child.restarting = false;
                 child.running.take().map(|running| {
                     (
                         running,

@@ -111,6 +111,7 @@ pub(super) fn child_spec(
                 .shutdown
                 .map(Shutdown::from)
                 .unwrap_or(Shutdown::Infinity),
+            significant: child.significant.unwrap_or(false),
         });
     }
     let plugin = child.plugin.clone().unwrap_or_default();
@@ -136,6 +137,7 @@ pub(super) fn child_spec(
             .shutdown
             .map(Shutdown::from)
             .unwrap_or(Shutdown::Timeout(Duration::from_secs(5))),
+        significant: child.significant.unwrap_or(false),
     })
 }
 
@@ -155,6 +157,7 @@ pub(super) fn supervisor_spec(
         max_restarts: manifest.max_restarts,
         max_seconds: manifest.max_seconds,
         children,
+        auto_shutdown: manifest.auto_shutdown.unwrap_or_default(),
     })
 }
 
