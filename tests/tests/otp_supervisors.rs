@@ -8,14 +8,14 @@
 //! fails or declines on demand; every wait polls with a generous deadline.
 
 use graft::plugin::{CallbackError, HostServices, PluginIdentity};
-use graft::runtime::{BehaviourFactory, NativeFactory, Runtime, Started};
+use graft::runtime::{ActorOptions, BehaviourFactory, NativeFactory, Runtime, Started};
 use graft::supervisor::{
     AutoShutdown, ChildKey, ChildSpec, ChildState, REACHED_MAXIMUM_INTENSITY, Restart, SpecError,
     Strategy, SupervisorError, SupervisorRef, SupervisorSpec, SupervisorUpdate, start_supervisor,
 };
 use graft_plugin::{StopReason, codec};
 use graft_tests::native::{Journal, entries, journal, recorder};
-use graft_tests::{eventually, eventually_async};
+use graft_tests::{assembled_root, boot, eventually, eventually_async};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -859,4 +859,59 @@ async fn which_child_get_childspec_and_count_children() {
         (ChildState::Running, Some(child.id().0))
     );
     dynamic.shutdown().await;
+}
+
+/// `graft status` (the control plane's report): a child in a restart loop shows as
+/// `restarting`, and each supervisor carries its `count_children`.
+#[tokio::test]
+async fn status_shows_restarting_children_and_each_supervisors_counts() {
+    let text = "[release]\nname = \"otp-supervisors\"\nversion = \"1.0.0\"\n\n\
+                [plugins.counter]\nversion = \"1.0.0\"\ncrate = \"plugins/counter/1.0.0\"\n\n\
+                [supervisor]\nstrategy = \"one_for_one\"\nmax_restarts = 4000000000\nmax_seconds = 60\n\n\
+                [[supervisor.children]]\nid = \"contested\"\nplugin = \"counter\"\nargs = { start = 0 }\n\n\
+                [[supervisor.children]]\nid = \"steady\"\nplugin = \"counter\"\nargs = { start = 0 }\n";
+    let root = assembled_root(&[("1.0.0", text.to_owned())]);
+    let (runtime, handler) = boot(root.path()).await;
+    // An outsider takes the child's name once it is killed: every restart fails until the
+    // outsider goes. (The supervisor may win a race for the name: then kill it again.)
+    let journal = journal();
+    let squatter = loop {
+        if let Some(actor) = runtime.whereis("contested") {
+            actor.kill();
+        }
+        let options = ActorOptions::new(recorder(&journal), codec::encode("squatter").unwrap())
+            .named("contested");
+        if let Ok(actor) = runtime.spawn(options).await {
+            break actor;
+        }
+    };
+    let contested = |status: &serde_json::Value| {
+        status["tree"]["children"]
+            .as_array()
+            .and_then(|children| children.iter().find(|child| child["id"] == "contested"))
+            .map(|child| child["state"].clone())
+    };
+    let mut status = serde_json::Value::Null;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while contested(&status) != Some(serde_json::json!("restarting")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never restarting: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        status = graft::control::status(&handler).await;
+    }
+    assert_eq!(
+        status["tree"]["counts"],
+        serde_json::json!({"specs": 2, "active": 1, "supervisors": 0, "workers": 2}),
+        "{status}"
+    );
+    squatter.kill();
+    assert!(
+        eventually_async(DEADLINE, || async {
+            contested(&graft::control::status(&handler).await) == Some(serde_json::json!("running"))
+        })
+        .await
+    );
+    handler.shutdown().await;
 }
