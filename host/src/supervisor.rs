@@ -47,6 +47,7 @@ use graft_plugin::StopReason;
 use serde::Serialize;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -299,13 +300,20 @@ impl SupervisorRef {
         build: impl FnOnce(oneshot::Sender<T>) -> Control,
     ) -> Result<T, SupervisorError> {
         let (reply, receiver) = oneshot::channel();
-        let exited =
-            || SupervisorError::Exited(self.exit_reason().unwrap_or(StopReason::Shutdown(None)));
-        self.shared
-            .sender
-            .send(build(reply))
-            .map_err(|_| exited())?;
-        receiver.await.map_err(|_| exited())
+        if self.shared.sender.send(build(reply)).is_ok()
+            && let Ok(answer) = receiver.await
+        {
+            return Ok(answer);
+        }
+        // The task has ended. Its exit reason is set before it ends, except after a panic:
+        // then its watcher sets it once it has stopped the children left behind.
+        let reason = match self.exit_reason() {
+            Some(reason) => reason,
+            None => tokio::time::timeout(Duration::from_secs(5), self.exited())
+                .await
+                .unwrap_or(StopReason::Shutdown(None)),
+        };
+        Err(SupervisorError::Exited(reason))
     }
 
     /// The children, in start order.

@@ -529,6 +529,10 @@ async fn a_panicking_supervisor_task_stops_its_children_and_tells_its_parent() {
         reason,
         StopReason::Error("supervisor panicked: the factory exploded".to_owned())
     );
+    assert_eq!(
+        first.which_children().await.unwrap_err(),
+        SupervisorError::Exited(reason.clone())
+    );
     assert!(
         entries(&journal).contains(&"terminate bystander shutdown".to_owned()),
         "the children it left were stopped: {:?}",
