@@ -405,7 +405,8 @@ impl Fleet {
                 let child = supervisor
                     .start_dynamic_child(arguments.clone(), Some(actor_name(index)))
                     .await
-                    .unwrap_or_else(|error| panic!("starting {}: {error}", actor_name(index)));
+                    .unwrap_or_else(|error| panic!("starting {}: {error}", actor_name(index)))
+                    .expect("counter's init does not decline");
                 actors.push(child.actor().expect("a worker").clone());
             }
             actors

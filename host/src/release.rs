@@ -21,7 +21,7 @@ pub mod record;
 pub mod tree;
 
 use crate::plugin::Sha256Digest;
-use crate::supervisor::{Restart, Shutdown, Strategy};
+use crate::supervisor::{AutoShutdown, Restart, Shutdown, Strategy};
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -152,6 +152,9 @@ pub struct SupervisorManifest {
     /// Children in start order (a dynamic supervisor: its one template).
     #[serde(default)]
     pub children: Vec<ChildManifest>,
+    /// When significant children's exits shut it down (default `never`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_shutdown: Option<AutoShutdown>,
 }
 
 fn default_max_restarts() -> u32 {
@@ -281,6 +284,13 @@ pub struct ChildManifest {
     /// Supervisor: its children.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub children: Option<Vec<ChildManifest>>,
+    /// Supervisor: when significant children's exits shut it down (default `never`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_shutdown: Option<AutoShutdown>,
+    /// Whether its exit for good may shut its supervisor down (transient or temporary
+    /// children, under an `auto_shutdown` other than `never`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub significant: Option<bool>,
 }
 
 impl ChildManifest {
@@ -292,6 +302,7 @@ impl ChildManifest {
             max_restarts: self.max_restarts.unwrap_or_else(default_max_restarts),
             max_seconds: self.max_seconds.unwrap_or_else(default_max_seconds),
             children: self.children.clone().unwrap_or_default(),
+            auto_shutdown: self.auto_shutdown,
         })
     }
 
@@ -629,6 +640,20 @@ impl Manifest {
                     ),
                 ));
             }
+            if child.significant == Some(true) {
+                if supervisor.auto_shutdown.unwrap_or_default() == AutoShutdown::Never {
+                    return Err(invalid(
+                        format!("{child_field}.significant"),
+                        "a significant child needs its supervisor's auto_shutdown to be any_significant or all_significant (it is never)".into(),
+                    ));
+                }
+                if child.restart.unwrap_or(RestartName::Permanent) == RestartName::Permanent {
+                    return Err(invalid(
+                        format!("{child_field}.significant"),
+                        "a significant child must be transient or temporary (its restart is permanent)".into(),
+                    ));
+                }
+            }
             match (&child.plugin, child.as_supervisor()) {
                 (Some(plugin), None) => {
                     if !self.plugins.contains_key(plugin) {
@@ -654,10 +679,11 @@ impl Manifest {
                     if child.children.is_some()
                         || child.max_restarts.is_some()
                         || child.max_seconds.is_some()
+                        || child.auto_shutdown.is_some()
                     {
                         return Err(invalid(
                             child_field,
-                            "a worker (with `plugin`) cannot have supervisor fields (children, max_restarts, max_seconds)".into(),
+                            "a worker (with `plugin`) cannot have supervisor fields (children, max_restarts, max_seconds, auto_shutdown)".into(),
                         ));
                     }
                 }
@@ -929,6 +955,46 @@ args = { start = 1 }
         assert!(
             text.contains("release.version") || text.contains("unexpected character"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn significant_children_need_auto_shutdown_and_a_restart_that_can_end() {
+        let path = Path::new("release.toml");
+        let significant = MINIMAL.replace(
+            "args = { start = 1 }",
+            "args = { start = 1 }\nrestart = \"transient\"\nsignificant = true",
+        );
+        let with_flag = significant.replace(
+            "strategy = \"one_for_one\"",
+            "strategy = \"one_for_one\"\nauto_shutdown = \"any_significant\"",
+        );
+        let manifest = parse(&with_flag).unwrap();
+        manifest.validate(path, false).unwrap();
+        assert_eq!(
+            manifest.supervisor.auto_shutdown,
+            Some(AutoShutdown::AnySignificant)
+        );
+        assert_eq!(manifest.supervisor.children[0].significant, Some(true));
+
+        let error = parse(&significant)
+            .unwrap()
+            .validate(path, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("supervisor.children[0].significant") && error.contains("never"),
+            "{error}"
+        );
+        let permanent = with_flag.replace("restart = \"transient\"\n", "");
+        let error = parse(&permanent)
+            .unwrap()
+            .validate(path, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("significant") && error.contains("permanent"),
+            "{error}"
         );
     }
 

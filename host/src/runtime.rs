@@ -313,6 +313,16 @@ pub enum SendError {
     Refused(#[from] CastError),
 }
 
+/// `try_stop` of an actor that has already exited (OTP's `noproc`).
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error("no such process: actor {actor} has already exited ({reason})")]
+pub struct NoSuchProcess {
+    /// The actor (its name, or its process id).
+    pub actor: String,
+    /// Why it exited.
+    pub reason: StopReason,
+}
+
 /// An actor could not be started.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum SpawnError {
@@ -758,6 +768,23 @@ impl ActorRef {
             }
         }
         self.exited().await
+    }
+
+    /// `stop`, for an actor that should be alive: one that has already exited answers
+    /// [`NoSuchProcess`] (OTP's `gen_server:stop` exits with `noproc`) instead of its old
+    /// exit reason.
+    pub async fn try_stop(
+        &self,
+        reason: StopReason,
+        timeout: Option<Duration>,
+    ) -> Result<StopReason, NoSuchProcess> {
+        if let Some(exited) = self.exit_reason() {
+            return Err(NoSuchProcess {
+                actor: self.shared.lifecycle.label.clone(),
+                reason: exited,
+            });
+        }
+        Ok(self.stop(reason, timeout).await)
     }
 
     /// Kills the actor at once, without `terminate` (`brutal_kill`). A callback in progress

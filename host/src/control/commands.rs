@@ -8,7 +8,7 @@
 use super::Request;
 use crate::release::handler::{InstallPhase, InstallReport, ProgressFn, ReleaseHandler};
 use crate::runtime::{ActorRef, ProcessId, SystemError};
-use crate::supervisor::{ChildInfo, ChildRef, SupervisorRef};
+use crate::supervisor::{ChildCounts, ChildInfo, ChildRef, SupervisorRef};
 use graft_plugin::codec;
 use semver::Version;
 use serde_json::{Value, json};
@@ -274,10 +274,12 @@ fn status_wait(handler: &ReleaseHandler) -> Duration {
     }
 }
 
-/// A supervisor's children as it listed them; `None` when it did not answer in time.
+/// A supervisor's children as it listed them, and its `count_children`; `None` when it
+/// did not answer in time.
 struct Listed {
     id: String,
     children: Option<Vec<(ChildInfo, Option<Listed>)>>,
+    counts: Option<ChildCounts>,
 }
 
 /// Lists a supervisor and, recursively, its nested supervisors, each under `wait`.
@@ -288,8 +290,16 @@ fn list_supervisor(
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Listed> + Send>> {
     Box::pin(async move {
         let Ok(answer) = tokio::time::timeout(wait, supervisor.which_children()).await else {
-            return Listed { id, children: None };
+            return Listed {
+                id,
+                children: None,
+                counts: None,
+            };
         };
+        let counts = tokio::time::timeout(wait, supervisor.count_children())
+            .await
+            .ok()
+            .and_then(Result::ok);
         let mut children = Vec::new();
         for child in answer.unwrap_or_default() {
             let nested = match &child.child {
@@ -303,6 +313,7 @@ fn list_supervisor(
         Listed {
             id,
             children: Some(children),
+            counts,
         }
     })
 }
@@ -333,9 +344,10 @@ impl Listed {
                     entry["id"] = json!(child.id);
                     entry
                 }
-                _ => json!({"id": child.id, "state": "stopped", "restarts": child.restarts}),
+                // No process: `restarting` (a retry is queued) or `stopped`.
+                _ => json!({"id": child.id, "state": child.state, "restarts": child.restarts}),
             })
             .collect();
-        json!({"id": self.id, "supervisor": true, "children": children})
+        json!({"id": self.id, "supervisor": true, "counts": self.counts, "children": children})
     }
 }

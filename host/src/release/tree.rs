@@ -53,6 +53,7 @@ pub fn child_spec(child: &ChildManifest, factory: FactoryFor<'_>) -> Result<Chil
                 .shutdown
                 .map(Shutdown::from)
                 .unwrap_or(Shutdown::Infinity),
+            significant: child.significant.unwrap_or(false),
         });
     }
     let plugin = child.plugin.as_deref().unwrap_or_default();
@@ -75,6 +76,7 @@ pub fn child_spec(child: &ChildManifest, factory: FactoryFor<'_>) -> Result<Chil
             .shutdown
             .map(Shutdown::from)
             .unwrap_or(Shutdown::Timeout(DEFAULT_WORKER_SHUTDOWN)),
+        significant: child.significant.unwrap_or(false),
     })
 }
 
@@ -95,17 +97,13 @@ pub fn supervisor_spec(
         max_restarts: manifest.max_restarts,
         max_seconds: manifest.max_seconds,
         children,
+        auto_shutdown: manifest.auto_shutdown.unwrap_or_default(),
     })
 }
 
 /// What `update_supervisor` hands a running supervisor: the spec's flags and children.
 pub fn supervisor_update(spec: SupervisorSpec) -> SupervisorUpdate {
-    SupervisorUpdate {
-        strategy: spec.strategy,
-        max_restarts: spec.max_restarts,
-        max_seconds: spec.max_seconds,
-        children: spec.children,
-    }
+    SupervisorUpdate::from(spec)
 }
 
 #[cfg(test)]
