@@ -1064,6 +1064,8 @@ pub struct Outputs {
     /// An output refused for exceeding its cap ([`MAX_STATE_BYTES`] for a state,
     /// [`MAX_OUTPUT_BYTES`] for anything else): its `abi::OUTPUT_*` kind and its size.
     pub oversized: Option<(u32, usize)>,
+    /// `init` declined to start (`abi::OUTPUT_IGNORE`, OTP's `ignore`).
+    pub ignored: bool,
 }
 
 /// The cap on an output of `kind` (an `abi::OUTPUT_*`).
@@ -1104,6 +1106,7 @@ impl Outputs {
             }
             abi::OUTPUT_CONTINUE => self.continue_with = Some(data.to_vec()),
             abi::OUTPUT_MESSAGE => self.message = Some(String::from_utf8_lossy(data).into_owned()),
+            abi::OUTPUT_IGNORE => self.ignored = true,
             other => tracing::warn!("plugin produced an output of unknown kind {other}; ignored"),
         }
     }
@@ -1270,6 +1273,11 @@ impl Instance {
             plugin: Arc::clone(plugin),
             handle: Some(handle),
         });
+        if callback == "init" && status == abi::STATUS_ERROR && outputs.ignored {
+            return Err(CallbackError::Ignored {
+                code: plugin.identity.to_string(),
+            });
+        }
         let outputs = interpret(plugin, callback, status, outputs)?;
         match instance {
             Some(instance) => Ok((instance, outputs)),

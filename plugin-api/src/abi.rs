@@ -225,6 +225,9 @@ pub const OUTPUT_STOP: u32 = 3;
 pub const OUTPUT_CONTINUE: u32 = 4;
 /// An error or panic message (UTF-8).
 pub const OUTPUT_MESSAGE: u32 = 5;
+/// `init` declined to start (OTP's `ignore`); no data. Sent with `STATUS_ERROR`, so a host
+/// that does not know this kind reads it as a failed start.
+pub const OUTPUT_IGNORE: u32 = 6;
 
 /// A message of the plugin's own `Info` type.
 pub const INFO_MESSAGE: u32 = 0;

@@ -291,7 +291,12 @@ unsafe extern "C" fn init<T: GenServer>(
 ) -> u32 {
     guard(ctx, |raw| {
         let args: T::Args = decode_input("start arguments", args)?;
-        let server = T::init(args, &mut Context::new(raw)).map_err(Failure::error)?;
+        let server = T::init(args, &mut Context::new(raw)).map_err(|error| {
+            if error.is_ignore() {
+                host_output(raw, abi::OUTPUT_IGNORE, &[]);
+            }
+            Failure::error(error)
+        })?;
         store_instance(instance, server);
         Ok(())
     })

@@ -124,7 +124,8 @@ pub trait GenServer: Serialize + DeserializeOwned + Send + 'static {
     type Continue: DeserializeOwned;
 
     /// Creates the state. Call [`Context::continue_with`] to run `handle_continue` before
-    /// any message.
+    /// any message. Return [`Error::ignore`] to decline to start (OTP's `ignore`); any
+    /// other error fails the start (OTP's `{stop, Reason}`: `terminate` does not run).
     fn init(args: Self::Args, ctx: &mut Context<'_>) -> Result<Self, Error>;
 
     /// Handles a call: reply now, reply later through `from` ([`Context::reply`]), or stop.
@@ -324,9 +325,32 @@ pub struct Exit {
 /// A callback's error: becomes the actor's exit reason.
 ///
 /// Like `anyhow::Error`, any `std::error::Error` converts into it with `?`.
+///
+/// From [`GenServer::init`], [`Error::ignore`] declines to start instead (OTP's `ignore`):
+/// no actor runs, its name is free, and the start is not a failure. A supervisor keeps a
+/// permanent or transient child's spec with no process, and drops a temporary one.
+///
+/// ```
+/// use graft_plugin::{Context, Error};
+///
+/// # struct Args { enabled: bool }
+/// # struct Worker;
+/// fn init(args: Args, _ctx: &mut Context<'_>) -> Result<Worker, Error> {
+///     if !args.enabled {
+///         // Not needed on this node: start nothing, and that is not an error.
+///         return Err(Error::ignore());
+///     }
+///     Ok(Worker)
+/// }
+///
+/// assert!(Error::ignore().is_ignore());
+/// assert!(!Error::new("disk full").is_ignore());
+/// assert_eq!(Error::ignore().message(), "ignore");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     message: String,
+    ignore: bool,
 }
 
 impl Error {
@@ -334,7 +358,22 @@ impl Error {
     pub fn new(message: impl fmt::Display) -> Error {
         Error {
             message: message.to_string(),
+            ignore: false,
         }
+    }
+
+    /// From `init`: decline to start (OTP's `ignore`). Returned from any other callback it
+    /// is an ordinary error with the message `ignore`.
+    pub fn ignore() -> Error {
+        Error {
+            message: "ignore".to_owned(),
+            ignore: true,
+        }
+    }
+
+    /// Whether this is [`Error::ignore`].
+    pub fn is_ignore(&self) -> bool {
+        self.ignore
     }
 
     /// The message.

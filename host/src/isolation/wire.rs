@@ -451,6 +451,7 @@ impl From<WireOutputs> for Outputs {
             continue_with: outputs.continue_with,
             message: outputs.message,
             oversized: None,
+            ignored: false,
         }
     }
 }
@@ -466,6 +467,8 @@ pub enum ErrorKind {
     BadInput,
     /// `Protocol`.
     Protocol,
+    /// `Ignored`: `init` declined to start (its message is what declined).
+    Ignored,
 }
 
 /// A [`CallbackError`] on the wire (the host knows the plugin and the callback).
@@ -483,6 +486,7 @@ impl From<CallbackError> for WireCallbackError {
             CallbackError::Failed { .. } => ErrorKind::Failed,
             CallbackError::Panicked { .. } => ErrorKind::Panicked,
             CallbackError::BadInput { .. } => ErrorKind::BadInput,
+            CallbackError::Ignored { .. } => ErrorKind::Ignored,
             _ => ErrorKind::Protocol,
         };
         // Variants without a plain message (an output over its cap) travel as their text.
@@ -492,6 +496,7 @@ impl From<CallbackError> for WireCallbackError {
             | CallbackError::Panicked { message, .. }
             | CallbackError::BadInput { message, .. }
             | CallbackError::Protocol { message, .. } => message,
+            CallbackError::Ignored { code } => code,
             other => other.to_string(),
         };
         WireCallbackError { kind, message }
@@ -530,6 +535,9 @@ impl WireCallbackError {
                 plugin,
                 callback,
                 message,
+            },
+            ErrorKind::Ignored => CallbackError::Ignored {
+                code: plugin.to_string(),
             },
         }
     }
