@@ -6,9 +6,13 @@
 //! - While suspended, every non-system message moves, in arrival order, to a side queue
 //!   that is drained before the mailbox after `resume`, so nothing is lost or reordered.
 //! - A pending continuation runs before any other message (OTP's `{continue, _}`).
-//! - On exit: `terminate` (unless killed or after a panic), the behaviour is dropped (so its
-//!   plugin version can be unloaded), the name is freed, and only then are watchers told;
-//!   callers still waiting see "exited" with the reason.
+//! - On exit: `terminate` (unless killed, after a panic, or after a failed start), the
+//!   behaviour is dropped (so its plugin version can be unloaded), the name is freed, and
+//!   only then are watchers told; callers still waiting see "exited" with the reason.
+//! - A failed start (`init` fails, declines, or stops) answers its spawner only once the
+//!   name is free, so an immediate retry can take it (OTP's `{stop, Reason}` and `ignore`
+//!   run no `terminate`; a continuation that stops after a successful `init` is a running
+//!   actor stopping, and does).
 //!
 //! What is tricky: the reply channel of the call in progress sits in a slot, not the
 //! pending map, so the common "reply now" path costs no map operations; only a call left
@@ -365,23 +369,23 @@ pub(crate) async fn run(
         continue_with: outputs.continue_with,
         longest_since_returned: 0,
     };
-    let exit = match outputs.stop {
-        Some(reason) => {
-            let _ = started.send(Err(SpawnError::Stopped {
-                actor: label,
-                reason: reason.clone(),
-            }));
-            Ending {
-                reason,
-                run_terminate: true,
-            }
-        }
-        None => {
-            let _ = started.send(Ok(()));
-            actor.run_loop().await
-        }
-    };
-    actor.exit(&runtime, &me, exit);
+    if let Some(reason) = outputs.stop {
+        // OTP's `{stop, Reason}` from `init`: the start failed, so no `terminate`; the
+        // name is freed before the spawner hears, so that it can retry at once.
+        let exit = Ending {
+            reason: reason.clone(),
+            run_terminate: false,
+        };
+        let failed = SpawnError::Stopped {
+            actor: label,
+            reason,
+        };
+        actor.exit(&runtime, &me, exit, Some((started, failed)));
+        return;
+    }
+    let _ = started.send(Ok(()));
+    let exit = actor.run_loop().await;
+    actor.exit(&runtime, &me, exit, None);
 }
 
 impl Actor {
@@ -696,7 +700,15 @@ impl Actor {
         }
     }
 
-    fn exit(self, runtime: &Runtime, me: &ActorRef, exit: Ending) {
+    /// The exit path: `terminate` (when it runs), the behaviour dropped, the name freed,
+    /// then a failed start answered (`start_failed`), and only then the watchers told.
+    fn exit(
+        self,
+        runtime: &Runtime,
+        me: &ActorRef,
+        exit: Ending,
+        start_failed: Option<(oneshot::Sender<Result<(), SpawnError>>, SpawnError)>,
+    ) {
         let Actor {
             mut behaviour,
             services,
@@ -720,6 +732,11 @@ impl Actor {
         drop(dropping);
         me.set_interrupt(None);
         runtime.unregister(me);
+        // The spawner hears before the exit is recorded: it also watches the exit (for an
+        // `init` killed at its deadline), and must not mistake this failure for such a kill.
+        if let Some((started, error)) = start_failed {
+            let _ = started.send(Err(error));
+        }
         me.lifecycle().finish(exit.reason);
         // Callers waiting on a deferred reply or still queued now see "exited".
         drop(services);

@@ -1,0 +1,279 @@
+//! The OTP semantics of actors (issue 11), against the real `otp` fixture plugin, each in
+//! process and isolated in a worker process (`isolation = "process"`): `init` may decline
+//! to start (`ignore`); a failed start returns only once the name is free and runs no
+//! `terminate`; a crash in `terminate` is the exit reason; a cast to a plugin without
+//! `handle_cast` stops it; `{shutdown, Info}` crosses the ABI, the wire, monitors and links
+//! intact and is a clean exit for transient restarts; an inactivity timeout; and
+//! `replace_state` while suspended.
+//!
+//! The machine running these may be loaded: every wait polls with a generous deadline, and
+//! what the actor did is read from its journal file, not by sending it messages.
+
+use graft::isolation::{IsolatedFactory, IsolatedPlugin, Worker, WorkerOptions, WorkerProgram};
+use graft::plugin::{CallbackError, Expectations, HostServices, Outputs, PluginIdentity};
+use graft::runtime::{
+    ActorOptions, ActorRef, Behaviour, BehaviourFactory, NativeFactory, PluginFactory, Runtime,
+    SpawnError,
+};
+use graft::supervisor::{ChildSpec, Restart, Strategy, SupervisorSpec, start_supervisor};
+use graft_plugin::{StopReason, codec};
+use graft_tests::{eventually, graft_binary, load_plugin, plugin_library};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+const CALL: Duration = Duration::from_secs(10);
+const PACKAGE: &str = "graft-fixture-otp";
+
+/// Where the plugin runs.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    InProcess,
+    Isolated,
+}
+
+const MODES: [Mode; 2] = [Mode::InProcess, Mode::Isolated];
+
+/// A factory of `otp` actors in `mode`, and the worker it uses (kept alive by the caller).
+fn factory(mode: Mode) -> (Arc<dyn BehaviourFactory>, Option<Worker>) {
+    match mode {
+        Mode::InProcess => (Arc::new(PluginFactory::new(load_plugin(PACKAGE))), None),
+        Mode::Isolated => {
+            let worker = Worker::new(
+                "otp",
+                WorkerOptions {
+                    program: WorkerProgram::Path(graft_binary()),
+                    memory_limit_mb: None,
+                },
+            );
+            let plugin =
+                IsolatedPlugin::load(&worker, &plugin_library(PACKAGE), &Expectations::default())
+                    .unwrap_or_else(|error| panic!("loading otp in a worker: {error}"));
+            (Arc::new(IsolatedFactory::new(plugin)), Some(worker))
+        }
+    }
+}
+
+fn encode(value: &Value) -> Vec<u8> {
+    codec::encode(value).unwrap()
+}
+
+fn options(factory: &Arc<dyn BehaviourFactory>, name: &str, args: Value) -> ActorOptions {
+    ActorOptions::new(Arc::clone(factory), encode(&args)).named(name)
+}
+
+async fn call(actor: &ActorRef, request: Value) -> Value {
+    let reply = actor
+        .call(encode(&request), CALL)
+        .await
+        .unwrap_or_else(|error| panic!("call {request}: {error}"));
+    codec::decode(&reply).unwrap()
+}
+
+/// A journal file in `directory`.
+fn journal(directory: &Path, name: &str) -> PathBuf {
+    directory.join(format!("{name}.journal"))
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `init` returning `Error::ignore()` is OTP's `ignore`: the start answers `Ignored`, the
+/// name is free at once, and `terminate` never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_may_decline_to_start_and_leaves_the_name_free() {
+    let directory = tempfile::tempdir().unwrap();
+    for mode in MODES {
+        let (factory, _worker) = factory(mode);
+        let runtime = Runtime::new();
+        let log = journal(directory.path(), &format!("ignore-{mode:?}"));
+        let declined = runtime
+            .spawn(options(
+                &factory,
+                "declines",
+                json!({"init": "ignore", "journal": log}),
+            ))
+            .await;
+        match declined {
+            Err(SpawnError::Ignored { actor }) => assert_eq!(actor, "declines", "{mode:?}"),
+            Err(other) => panic!("{mode:?}: expected Ignored, got {other}"),
+            Ok(_) => panic!("{mode:?}: an ignoring init started"),
+        }
+        assert!(runtime.whereis("declines").is_none(), "{mode:?}");
+        let again = runtime
+            .spawn(options(&factory, "declines", json!({"journal": log})))
+            .await
+            .unwrap_or_else(|error| panic!("{mode:?}: the retry: {error}"));
+        assert_eq!(call(&again, json!("Ping")).await, json!("pong"));
+        assert_eq!(lines(&log), ["init", "init"], "{mode:?}: no terminate");
+    }
+}
+
+/// A failed `init` (an error): the start answers `InitFailed` only once the name is free
+/// (an immediate retry takes it), and `terminate` does not run, as in OTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_init_frees_the_name_before_it_answers_and_runs_no_terminate() {
+    let directory = tempfile::tempdir().unwrap();
+    for mode in MODES {
+        let (factory, _worker) = factory(mode);
+        let runtime = Runtime::new();
+        let log = journal(directory.path(), &format!("fail-{mode:?}"));
+        for attempt in 0..5 {
+            match runtime
+                .spawn(options(
+                    &factory,
+                    "fails",
+                    json!({"init": "fail", "journal": log}),
+                ))
+                .await
+            {
+                Err(SpawnError::InitFailed { error, .. }) => assert!(
+                    error.to_string().contains("init fails on purpose"),
+                    "{mode:?}: {error}"
+                ),
+                Err(other) => panic!("{mode:?} attempt {attempt}: {other}"),
+                Ok(_) => panic!("{mode:?}: a failing init started"),
+            }
+        }
+        let started = runtime
+            .spawn(options(&factory, "fails", json!({"journal": log})))
+            .await
+            .unwrap_or_else(|error| panic!("{mode:?}: the retry: {error}"));
+        assert!(started.is_alive());
+        assert_eq!(lines(&log), vec!["init"; 6], "{mode:?}: no terminate");
+    }
+}
+
+/// OTP: `init` returning `{ok, State, {continue, C}}` has started (the caller gets the
+/// pid); a `handle_continue` that then stops is a running process stopping, so
+/// `terminate` runs with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_that_stops_runs_terminate_as_in_otp() {
+    let directory = tempfile::tempdir().unwrap();
+    for mode in MODES {
+        let (factory, _worker) = factory(mode);
+        let runtime = Runtime::new();
+        let log = journal(directory.path(), &format!("continue-{mode:?}"));
+        let args = json!({"continue_then_stop": "shutdown: done early", "journal": log});
+        let actor = match runtime.spawn(options(&factory, "brief", args)).await {
+            Ok(actor) => actor,
+            Err(error) => panic!("{mode:?}: {error}"),
+        };
+        let reason = tokio::time::timeout(PATIENCE, actor.exited()).await.unwrap();
+        assert_eq!(
+            reason,
+            StopReason::Shutdown(Some("done early".to_owned())),
+            "{mode:?}"
+        );
+        assert_eq!(
+            lines(&log),
+            ["init", "terminate: shutdown: done early"],
+            "{mode:?}"
+        );
+        assert!(runtime.whereis("brief").is_none(), "{mode:?}");
+    }
+}
+
+/// A host-native behaviour whose `init` asks to stop at once: what it journals.
+struct StopsAtInit {
+    journal: Arc<Mutex<Vec<String>>>,
+}
+
+impl Behaviour for StopsAtInit {
+    fn identity(&self) -> Option<&PluginIdentity> {
+        None
+    }
+
+    fn handle_call(
+        &mut self,
+        _request: &[u8],
+        _reply_token: u64,
+        _services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError> {
+        Ok(Outputs::default())
+    }
+
+    fn handle_cast(
+        &mut self,
+        _message: &[u8],
+        _services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError> {
+        Ok(Outputs::default())
+    }
+
+    fn handle_info(
+        &mut self,
+        _kind: u32,
+        _message: &[u8],
+        _services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError> {
+        Ok(Outputs::default())
+    }
+
+    fn handle_continue(
+        &mut self,
+        _argument: &[u8],
+        _services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError> {
+        Ok(Outputs::default())
+    }
+
+    fn terminate(
+        &mut self,
+        reason: &StopReason,
+        _services: &dyn HostServices,
+    ) -> Result<(), CallbackError> {
+        self.journal
+            .lock()
+            .unwrap()
+            .push(format!("terminate: {reason}"));
+        Ok(())
+    }
+
+    fn encode_state(&mut self) -> Result<Vec<u8>, CallbackError> {
+        Ok(codec::encode(&()).unwrap())
+    }
+}
+
+/// An `init` that stops (OTP's `{stop, Reason}`): the start answers `Stopped` only once the
+/// name is free, and `terminate` does not run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_init_that_stops_frees_the_name_first_and_runs_no_terminate() {
+    let journal = Arc::new(Mutex::new(Vec::new()));
+    let recorded = Arc::clone(&journal);
+    let stops: Arc<dyn BehaviourFactory> =
+        Arc::new(NativeFactory(move |_args: &[u8], _services: &dyn HostServices| {
+            let behaviour: Box<dyn Behaviour> = Box::new(StopsAtInit {
+                journal: Arc::clone(&recorded),
+            });
+            Ok((
+                behaviour,
+                Outputs {
+                    stop: Some(StopReason::Error("no thanks".to_owned())),
+                    ..Outputs::default()
+                },
+            ))
+        }));
+    let runtime = Runtime::new();
+    for attempt in 0..20 {
+        match runtime
+            .spawn(ActorOptions::new(Arc::clone(&stops), Vec::new()).named("stops"))
+            .await
+        {
+            Err(SpawnError::Stopped { reason, .. }) => {
+                assert_eq!(reason, StopReason::Error("no thanks".to_owned()));
+            }
+            Err(other) => panic!("attempt {attempt}: {other}"),
+            Ok(_) => panic!("attempt {attempt}: started"),
+        }
+        assert!(runtime.whereis("stops").is_none(), "attempt {attempt}");
+    }
+    assert!(journal.lock().unwrap().is_empty(), "{:?}", journal);
+}
