@@ -277,3 +277,70 @@ async fn an_init_that_stops_frees_the_name_first_and_runs_no_terminate() {
     }
     assert!(journal.lock().unwrap().is_empty(), "{:?}", journal);
 }
+
+/// A crash in `terminate` is the exit reason (OTP): stopped with `normal`, an actor whose
+/// `terminate` panics exits with that panic, and its monitors and supervisor hear it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_terminate_becomes_the_exit_reason() {
+    let directory = tempfile::tempdir().unwrap();
+    for mode in MODES {
+        let (factory, _worker) = factory(mode);
+        let runtime = Runtime::new();
+        let log = journal(directory.path(), &format!("terminate-{mode:?}"));
+        let actor = runtime
+            .spawn(options(
+                &factory,
+                "fragile",
+                json!({"panic_in_terminate": true, "journal": log}),
+            ))
+            .await
+            .unwrap();
+        let watcher = runtime
+            .spawn(options(&factory, "watcher", json!({})))
+            .await
+            .unwrap();
+        runtime.monitor(&watcher, &actor);
+        let reason = actor.stop(StopReason::Normal, Some(PATIENCE)).await;
+        let text = reason.to_string();
+        assert!(!reason.is_clean(), "{mode:?}: {text}");
+        assert!(
+            text.contains("terminate panicked: otp panics in terminate on purpose"),
+            "{mode:?}: {text}"
+        );
+        assert_eq!(lines(&log), ["init", "terminate: normal"], "{mode:?}");
+        let expected = json!(format!("down: fragile: {text}"));
+        let mut last = Value::Null;
+        for _ in 0..1000 {
+            last = call(&watcher, json!("LastInfo")).await;
+            if last == expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(last, expected, "{mode:?}");
+    }
+}
+
+/// A cast to a plugin that does not handle casts stops it with a reason that says so
+/// (OTP's `undef` crash, Elixir's default `handle_cast`), instead of dropping the cast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cast_to_a_plugin_without_handle_cast_stops_it_with_a_clear_reason() {
+    for mode in MODES {
+        let (factory, _worker) = factory(mode);
+        let runtime = Runtime::new();
+        let actor = runtime
+            .spawn(options(&factory, "no_casts", json!({})))
+            .await
+            .unwrap();
+        actor.cast(encode(&json!("hello")));
+        let reason = tokio::time::timeout(PATIENCE, actor.exited())
+            .await
+            .unwrap_or_else(|_| panic!("{mode:?}: the cast was ignored"));
+        assert_eq!(
+            reason.to_string(),
+            "otp 0.1.0: handle_cast failed: this plugin does not handle casts \
+             (GenServer::handle_cast is not implemented)",
+            "{mode:?}"
+        );
+    }
+}

@@ -6,8 +6,8 @@
 //! - While suspended, every non-system message moves, in arrival order, to a side queue
 //!   that is drained before the mailbox after `resume`, so nothing is lost or reordered.
 //! - A pending continuation runs before any other message (OTP's `{continue, _}`).
-//! - On exit: `terminate` (unless killed, after a panic, or after a failed start), the
-//!   behaviour is dropped (so its plugin version can be unloaded), the name is freed, and
+//! - On exit: `terminate` (unless killed, after a panic, or after a failed start; an error
+//!   or panic in it becomes the exit reason, as in OTP), the behaviour is dropped (so its plugin version can be unloaded), the name is freed, and
 //!   only then are watchers told; callers still waiting see "exited" with the reason.
 //! - A failed start (`init` fails, declines, or stops) answers its spawner only once the
 //!   name is free, so an immediate retry can take it (OTP's `{stop, Reason}` and `ignore`
@@ -706,7 +706,7 @@ impl Actor {
         self,
         runtime: &Runtime,
         me: &ActorRef,
-        exit: Ending,
+        mut exit: Ending,
         start_failed: Option<(oneshot::Sender<Result<(), SpawnError>>, SpawnError)>,
     ) {
         let Actor {
@@ -720,7 +720,9 @@ impl Actor {
         if exit.run_terminate
             && let Err(error) = behaviour.terminate(&exit.reason, &services)
         {
-            tracing::error!(actor = %services.label, "terminate failed: {error}");
+            // OTP: a crash in `terminate` is the exit reason.
+            tracing::error!(actor = %services.label, stopping_with = %exit.reason, "terminate failed: {error}");
+            exit.reason = StopReason::Error(error.to_string());
         }
         drop(terminating);
         if !exit.reason.is_clean() {
