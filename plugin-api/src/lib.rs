@@ -136,11 +136,15 @@ pub trait GenServer: Serialize + DeserializeOwned + Send + 'static {
         ctx: &mut Context<'_>,
     ) -> Result<CallResult<Self::Reply>, Error>;
 
-    /// Handles a cast. The default ignores it with a warning.
+    /// Handles a cast. The default fails, which stops the actor with the reason
+    /// "this plugin does not handle casts …", as a missing `handle_cast` does in OTP (an
+    /// `undef` crash) and Elixir's default `handle_cast` does: a cast to the wrong actor is
+    /// a bug to hear of, not to drop.
     fn handle_cast(&mut self, message: Self::Cast, ctx: &mut Context<'_>) -> Result<Flow, Error> {
         let _ = (message, ctx);
-        log::warn!("cast ignored: this plugin does not handle casts");
-        Ok(Flow::Run)
+        Err(Error::new(
+            "this plugin does not handle casts (GenServer::handle_cast is not implemented)",
+        ))
     }
 
     /// Handles an info message: the plugin's own, a monitor's `down`, or a trapped exit.
@@ -168,7 +172,12 @@ pub trait GenServer: Serialize + DeserializeOwned + Send + 'static {
         ))
     }
 
-    /// Runs when the actor stops (not on a brutal kill). The default does nothing.
+    /// Runs when the actor stops (not on a brutal kill, nor after a failed `init`). The
+    /// default does nothing.
+    ///
+    /// To fail, panic: as in OTP, a crash in `terminate` becomes the actor's exit reason
+    /// (`… terminate panicked: MESSAGE`), replacing the reason it was stopping with, so
+    /// its supervisor and monitors see an abnormal exit.
     fn terminate(&mut self, reason: &StopReason, ctx: &mut Context<'_>) {
         let _ = (reason, ctx);
     }
