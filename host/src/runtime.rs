@@ -1188,8 +1188,9 @@ impl Runtime {
         monitor
     }
 
-    /// Links two actors: when either exits abnormally, the other gets an exit signal
-    /// (which stops it unless it traps exits).
+    /// Links two actors: when either exits with a reason other than `normal`, the other
+    /// gets an exit signal, which stops it with that reason unless it traps exits (OTP's
+    /// links: `shutdown` and `{shutdown, Info}` propagate too).
     pub fn link(&self, first: &ActorRef, second: &ActorRef) {
         first.lifecycle().watch(Watcher::Link(second.clone()));
         second.lifecycle().watch(Watcher::Link(first.clone()));

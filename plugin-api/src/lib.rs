@@ -227,9 +227,12 @@ pub enum Flow {
 }
 
 /// Why an actor stopped. `Normal` and `Shutdown` are clean exits (a transient child is not
-/// restarted, a linked actor is not taken down); anything else is an error.
+/// restarted, nothing is logged as a crash); anything else is an error.
 ///
-/// `Shutdown(Some(info))` is OTP's `{shutdown, Info}`: a clean exit that says why.
+/// `Shutdown(Some(info))` is OTP's `{shutdown, Info}`: a clean exit that says why. It
+/// crosses to `terminate`, monitors' [`Down`] and links' [`Exit`] intact. As in OTP, only
+/// `Normal` leaves a linked actor that does not trap exits running: `Shutdown`, with or
+/// without details, takes it down with the same reason.
 ///
 /// ```
 /// use graft_plugin::StopReason;

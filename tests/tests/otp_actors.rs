@@ -344,3 +344,120 @@ async fn a_cast_to_a_plugin_without_handle_cast_stops_it_with_a_clear_reason() {
         );
     }
 }
+
+/// Polls `watcher`'s `LastInfo` until it is `expected` (each poll is a call: `LastInfo`
+/// arms nothing, so polling changes nothing).
+async fn await_last_info(watcher: &ActorRef, expected: &str, mode: Mode) {
+    let mut last = Value::Null;
+    let end = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < end {
+        last = call(watcher, json!("LastInfo")).await;
+        if last == json!(expected) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{mode:?}: {} saw {last}, not {expected}", watcher.label());
+}
+
+/// `{shutdown, Info}` crosses the plugin ABI and the worker wire intact: `terminate` gets
+/// it, it is the exit reason, a monitor's `down` and a trapping link's `exit` carry it, and
+/// a linked actor that does not trap exits goes down with it (OTP: only `normal` leaves a
+/// linked actor running).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_details_reaches_terminate_monitors_and_links_intact() {
+    let directory = tempfile::tempdir().unwrap();
+    for mode in MODES {
+        let (factory, _worker) = factory(mode);
+        let runtime = Runtime::new();
+        let log = journal(directory.path(), &format!("shutdown-{mode:?}"));
+        let spawn = |name: &'static str, args: Value, trap_exit: bool| {
+            let runtime = runtime.clone();
+            let mut options = options(&factory, name, args);
+            options.trap_exit = trap_exit;
+            async move { runtime.spawn(options).await.unwrap() }
+        };
+        let draining = spawn("draining", json!({"journal": log}), false).await;
+        let monitoring = spawn("monitoring", json!({}), false).await;
+        let trapping = spawn("trapping", json!({}), true).await;
+        let linked = spawn("linked", json!({}), false).await;
+        runtime.monitor(&monitoring, &draining);
+        runtime.link(&trapping, &draining);
+        runtime.link(&linked, &draining);
+
+        assert_eq!(
+            call(&draining, json!({"Stop": "shutdown: drained"})).await,
+            json!("stopping")
+        );
+        let drained = StopReason::Shutdown(Some("drained".to_owned()));
+        let reason = tokio::time::timeout(PATIENCE, draining.exited())
+            .await
+            .unwrap();
+        assert_eq!(reason, drained, "{mode:?}");
+        assert_eq!(
+            lines(&log),
+            ["init", "terminate: shutdown: drained"],
+            "{mode:?}"
+        );
+        await_last_info(&monitoring, "down: draining: shutdown: drained", mode).await;
+        await_last_info(&trapping, "exit: draining: shutdown: drained", mode).await;
+        let linked_reason = tokio::time::timeout(PATIENCE, linked.exited())
+            .await
+            .unwrap_or_else(|_| panic!("{mode:?}: the linked actor ignored the shutdown"));
+        assert_eq!(linked_reason, drained, "{mode:?}");
+        assert!(trapping.is_alive() && monitoring.is_alive(), "{mode:?}");
+    }
+}
+
+/// A transient child that exits with `{shutdown, Info}` is not restarted (a clean exit);
+/// its sibling that exits with an error is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_child_stopping_with_shutdown_details_is_not_restarted() {
+    for mode in MODES {
+        let (factory, _worker) = factory(mode);
+        let runtime = Runtime::new();
+        let child = |id: &str| {
+            ChildSpec::worker(id, Arc::clone(&factory), encode(&json!({})))
+                .named(id)
+                .restart(Restart::Transient)
+        };
+        let supervisor = start_supervisor(
+            &runtime,
+            SupervisorSpec::new(
+                Strategy::OneForOne,
+                vec![child("clean"), child("crashing")],
+            )
+            .intensity(10, 60),
+        )
+        .await
+        .unwrap();
+        let clean = runtime.whereis("clean").unwrap();
+        call(&clean, json!({"Stop": "shutdown: done"})).await;
+        assert_eq!(
+            tokio::time::timeout(PATIENCE, clean.exited())
+                .await
+                .unwrap(),
+            StopReason::Shutdown(Some("done".to_owned()))
+        );
+        // The supervisor handles exits in order: once the later crash is restarted, the
+        // clean exit has been handled too.
+        let crashing = runtime.whereis("crashing").unwrap();
+        call(&crashing, json!({"Stop": "boom"})).await;
+        let restarted = eventually(PATIENCE, || {
+            runtime
+                .whereis("crashing")
+                .is_some_and(|actor| actor != crashing)
+        })
+        .await;
+        assert!(restarted, "{mode:?}: the crashed transient child was not restarted");
+        let children = supervisor.which_children().await.unwrap();
+        let clean_info = children.iter().find(|info| info.id == "clean").unwrap();
+        assert_eq!(
+            (clean_info.process, clean_info.restarts),
+            (None, 0),
+            "{mode:?}"
+        );
+        assert!(runtime.whereis("clean").is_none(), "{mode:?}");
+        supervisor.shutdown().await;
+    }
+}
