@@ -1066,6 +1066,8 @@ pub struct Outputs {
     pub oversized: Option<(u32, usize)>,
     /// `init` declined to start (`abi::OUTPUT_IGNORE`, OTP's `ignore`).
     pub ignored: bool,
+    /// The actor asked for an inactivity timeout (`abi::OUTPUT_TIMEOUT`, OTP's `timeout`).
+    pub inactivity_timeout: Option<Duration>,
 }
 
 /// The cap on an output of `kind` (an `abi::OUTPUT_*`).
@@ -1107,6 +1109,15 @@ impl Outputs {
             abi::OUTPUT_CONTINUE => self.continue_with = Some(data.to_vec()),
             abi::OUTPUT_MESSAGE => self.message = Some(String::from_utf8_lossy(data).into_owned()),
             abi::OUTPUT_IGNORE => self.ignored = true,
+            abi::OUTPUT_TIMEOUT => match <[u8; 8]>::try_from(data) {
+                Ok(bytes) => {
+                    self.inactivity_timeout = Some(Duration::from_millis(u64::from_le_bytes(bytes)))
+                }
+                Err(_) => tracing::warn!(
+                    "plugin asked for an inactivity timeout of {} bytes, not 8; ignored",
+                    data.len()
+                ),
+            },
             other => tracing::warn!("plugin produced an output of unknown kind {other}; ignored"),
         }
     }

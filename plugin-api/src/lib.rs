@@ -159,6 +159,16 @@ pub trait GenServer: Serialize + DeserializeOwned + Send + 'static {
         Ok(Flow::Run)
     }
 
+    /// Runs when the inactivity timeout the previous callback asked for
+    /// ([`Context::set_inactivity_timeout`]) passed without a message: OTP's `timeout`
+    /// info message. Ask again here to keep a periodic idle check going. The default logs a
+    /// warning and keeps running.
+    fn handle_timeout(&mut self, ctx: &mut Context<'_>) -> Result<Flow, Error> {
+        let _ = ctx;
+        log::warn!("inactivity timeout dropped: this plugin does not handle timeouts");
+        Ok(Flow::Run)
+    }
+
     /// Runs right after a callback that called [`Context::continue_with`], before any
     /// other message. The default fails, as a missing `handle_continue` does in OTP.
     fn handle_continue(

@@ -461,3 +461,63 @@ async fn a_transient_child_stopping_with_shutdown_details_is_not_restarted() {
         supervisor.shutdown().await;
     }
 }
+
+fn count(path: &Path, line: &str) -> usize {
+    lines(path).iter().filter(|seen| *seen == line).count()
+}
+
+/// An inactivity timeout (OTP's `timeout` in a callback's return): after a callback that
+/// asked for one, no message within the time brings `handle_timeout`; a callback that asks
+/// again keeps it going (three in a row), and one that does not ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inactivity_timeout_fires_when_no_message_comes_and_lasts_one_callback() {
+    let directory = tempfile::tempdir().unwrap();
+    for mode in MODES {
+        let (factory, _worker) = factory(mode);
+        let runtime = Runtime::new();
+        let log = journal(directory.path(), &format!("timeout-{mode:?}"));
+        let actor = runtime
+            .spawn(options(&factory, "idle", json!({"journal": log})))
+            .await
+            .unwrap();
+        assert_eq!(
+            call(&actor, json!({"Arm": {"ms": 50, "times": 3}})).await,
+            json!("armed")
+        );
+        assert!(
+            eventually(PATIENCE, || count(&log, "timeout") == 3).await,
+            "{mode:?}: {:?}",
+            lines(&log)
+        );
+        // `handle_timeout` asked for no fourth: none comes (a loaded machine only delays
+        // timeouts: it could hide a wrong fourth, never invent one).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(count(&log, "timeout"), 3, "{mode:?}");
+        assert_eq!(call(&actor, json!("Ping")).await, json!("pong"));
+    }
+}
+
+/// Any message cancels an armed inactivity timeout, and a callback that does not ask again
+/// leaves none: a `Ping` right behind the `Arm` means no timeout ever fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_cancels_the_inactivity_timeout() {
+    let directory = tempfile::tempdir().unwrap();
+    for mode in MODES {
+        let (factory, _worker) = factory(mode);
+        let runtime = Runtime::new();
+        let log = journal(directory.path(), &format!("cancel-{mode:?}"));
+        let actor = runtime
+            .spawn(options(&factory, "busy", json!({"journal": log})))
+            .await
+            .unwrap();
+        // Both are in the mailbox within microseconds of each other.
+        let (armed, pinged) = tokio::join!(
+            actor.call(encode(&json!({"Arm": {"ms": 1000, "times": 1}})), CALL),
+            actor.call(encode(&json!("Ping")), CALL),
+        );
+        assert_eq!(codec::decode::<Value>(&armed.unwrap()).unwrap(), "armed");
+        assert_eq!(codec::decode::<Value>(&pinged.unwrap()).unwrap(), "pong");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(count(&log, "timeout"), 0, "{mode:?}: {:?}", lines(&log));
+    }
+}

@@ -428,6 +428,8 @@ pub struct WireOutputs {
     pub continue_with: Option<Vec<u8>>,
     /// A message.
     pub message: Option<String>,
+    /// An inactivity timeout, in milliseconds.
+    pub inactivity_timeout_ms: Option<u64>,
 }
 
 impl From<Outputs> for WireOutputs {
@@ -438,6 +440,9 @@ impl From<Outputs> for WireOutputs {
             stop: outputs.stop.map(|reason| reason.to_string()),
             continue_with: outputs.continue_with,
             message: outputs.message,
+            inactivity_timeout_ms: outputs
+                .inactivity_timeout
+                .map(|timeout| u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 }
@@ -452,6 +457,9 @@ impl From<WireOutputs> for Outputs {
             message: outputs.message,
             oversized: None,
             ignored: false,
+            inactivity_timeout: outputs
+                .inactivity_timeout_ms
+                .map(std::time::Duration::from_millis),
         }
     }
 }
@@ -626,7 +634,8 @@ mod tests {
         }
         let outputs = FromWorker::Done(Ok(WireOutputs {
             reply: Some(vec![1, 2, 3]),
-            stop: Some("normal".to_owned()),
+            stop: Some("shutdown: drained".to_owned()),
+            inactivity_timeout_ms: Some(250),
             ..WireOutputs::default()
         }));
         let mut buffer = Vec::new();
@@ -635,7 +644,14 @@ mod tests {
             FromWorker::Done(Ok(outputs)) => {
                 let outputs = Outputs::from(outputs);
                 assert_eq!(outputs.reply, Some(vec![1, 2, 3]));
-                assert_eq!(outputs.stop, Some(StopReason::Normal));
+                assert_eq!(
+                    outputs.stop,
+                    Some(StopReason::Shutdown(Some("drained".to_owned())))
+                );
+                assert_eq!(
+                    outputs.inactivity_timeout,
+                    Some(std::time::Duration::from_millis(250))
+                );
             }
             other => panic!("{other:?}"),
         }

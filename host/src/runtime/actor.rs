@@ -309,6 +309,9 @@ struct Actor {
     trap_exit: bool,
     restarts: u32,
     continue_with: Option<Vec<u8>>,
+    /// When the inactivity timeout the last callback asked for fires (OTP's `timeout`):
+    /// any message clears it, each callback sets it again or not.
+    inactivity_deadline: Option<tokio::time::Instant>,
     /// The longest the mailbox has been since its memory was last returned.
     longest_since_returned: usize,
 }
@@ -367,8 +370,10 @@ pub(crate) async fn run(
         trap_exit: options.trap_exit,
         restarts: options.restarts,
         continue_with: outputs.continue_with,
+        inactivity_deadline: None,
         longest_since_returned: 0,
     };
+    actor.arm_inactivity_timeout(outputs.inactivity_timeout);
     if let Some(reason) = outputs.stop {
         // OTP's `{stop, Reason}` from `init`: the start failed, so no `terminate`; the
         // name is freed before the spawner hears, so that it can retry at once.
@@ -465,14 +470,43 @@ impl Actor {
         }
     }
 
+    /// The mailbox's next message; while an inactivity timeout is armed (and the actor
+    /// is not suspended), the timeout's info message if it passes first. A sleep exists
+    /// only while one is armed: the common wait costs no timer.
     async fn next_from_mailbox(&mut self) -> Option<Envelope> {
-        self.mailbox.recv().await
+        let deadline = match self.inactivity_deadline {
+            Some(deadline) if !self.suspended => deadline,
+            _ => return self.mailbox.recv().await,
+        };
+        tokio::select! {
+            biased;
+            envelope = self.mailbox.recv() => envelope,
+            () = tokio::time::sleep_until(deadline) => {
+                self.inactivity_deadline = None;
+                Some(Envelope::Info {
+                    kind: abi::INFO_TIMEOUT,
+                    message: Vec::new(),
+                })
+            }
+        }
+    }
+
+    fn arm_inactivity_timeout(&mut self, timeout: Option<Duration>) {
+        self.inactivity_deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
     }
 
     fn handle(&mut self, envelope: Envelope) -> Option<Ending> {
         // A counted message is taken up now, unless it waits while suspended.
         if !self.suspended && envelope.is_counted() {
             self.taken(1);
+        }
+        // Any message cancels an inactivity timeout (system messages do not, and an exit
+        // signal that does not stop the actor is no message in OTP).
+        if matches!(
+            envelope,
+            Envelope::Call { .. } | Envelope::Cast(_) | Envelope::Info { .. }
+        ) {
+            self.inactivity_deadline = None;
         }
         match envelope {
             Envelope::System(request) => {
@@ -612,6 +646,7 @@ impl Actor {
     fn after(&mut self, result: Result<Outputs, CallbackError>) -> Option<Ending> {
         match result {
             Ok(outputs) => {
+                self.arm_inactivity_timeout(outputs.inactivity_timeout);
                 if let Some(argument) = outputs.continue_with {
                     self.continue_with = Some(argument);
                 }
