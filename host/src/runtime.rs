@@ -11,10 +11,11 @@
 //! - A call waits at most its timeout (default [`DEFAULT_CALL_TIMEOUT`]); a reply that
 //!   arrives later is dropped with its one-shot channel, never delivered to a later call.
 //!   A caller sees a distinct error for timeout, not found, and exited (with the reason).
-//! - System messages (`suspend`, `resume`, `get_state`, `status`, `change_code`) are
-//!   handled between callbacks. While suspended, other messages wait in order in a side
-//!   queue and run first after `resume`; none is lost. `change_code` is accepted only while
-//!   suspended, and a failed one leaves the old behaviour and state in place.
+//! - System messages (`suspend`, `resume`, `get_state`, `status`, `change_code`,
+//!   `replace_state`) are handled between callbacks. While suspended, other messages wait
+//!   in order in a side queue and run first after `resume`; none is lost. `change_code` and
+//!   `replace_state` are accepted only while suspended, and a failed one leaves the old
+//!   behaviour and state in place.
 //! - A mailbox is bounded when its actor has a `max_mailbox` (default unbounded, as in
 //!   OTP). Its length — calls, casts and info messages not yet handled — is counted
 //!   exactly by the senders (one atomic, incremented on send, decremented when the actor
@@ -378,6 +379,23 @@ pub enum SystemError {
         /// Why.
         message: String,
     },
+    /// A request accepted only while suspended (`replace_state`) came while running.
+    #[error("{actor} is not suspended; {request} is only accepted while suspended")]
+    NotSuspendedFor {
+        /// The actor.
+        actor: String,
+        /// The request.
+        request: &'static str,
+    },
+    /// `replace_state` failed (the bytes did not decode as the plugin's state, or the
+    /// behaviour has no plugin); the actor keeps its state.
+    #[error("replace_state of {actor} failed: {message}; it keeps its state")]
+    ReplaceStateFailed {
+        /// The actor.
+        actor: String,
+        /// Why.
+        message: String,
+    },
     /// The state could not be read.
     #[error("cannot read the state of {actor}: {message}")]
     State {
@@ -723,6 +741,19 @@ impl ActorRef {
     pub async fn get_state(&self, timeout: Duration) -> Result<serde_json::Value, SystemError> {
         self.system("get_state", timeout, SystemRequest::GetState)
             .await?
+    }
+
+    /// Replaces the state with `state`, encoded in the wire format (MessagePack) in the
+    /// shape of the plugin's own state, as `sys:replace_state` does; accepted only while
+    /// suspended ([`SystemError::NotSuspendedFor`]). The plugin decodes it as it decodes a
+    /// snapshot (`restore_state`); a state that does not decode leaves the old one in place
+    /// ([`SystemError::ReplaceStateFailed`]).
+    pub async fn replace_state(&self, state: Vec<u8>, timeout: Duration) -> Result<(), SystemError> {
+        self.system("replace_state", timeout, |reply| SystemRequest::ReplaceState {
+            state,
+            reply,
+        })
+        .await?
     }
 
     /// The actor's status (like `sys:get_status`).

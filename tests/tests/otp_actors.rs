@@ -521,3 +521,98 @@ async fn a_message_cancels_the_inactivity_timeout() {
         assert_eq!(count(&log, "timeout"), 0, "{mode:?}: {:?}", lines(&log));
     }
 }
+
+/// `replace_state` (OTP's `sys:replace_state`): refused while running, with a typed error;
+/// while suspended the plugin's `restore_state` builds the new state; a state that does not
+/// decode is refused and the old one stays; messages sent meanwhile run on the new state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_state_is_accepted_only_while_suspended() {
+    use graft::runtime::SystemError;
+    for mode in MODES {
+        let (factory, _worker) = factory(mode);
+        let runtime = Runtime::new();
+        let actor = runtime
+            .spawn(options(&factory, "replaced", json!({})))
+            .await
+            .unwrap();
+        actor.send_info(encode(&json!("before")));
+        let new_state = encode(&json!({"last_info": "after"}));
+        match actor.replace_state(new_state.clone(), CALL).await {
+            Err(SystemError::NotSuspendedFor { actor, request }) => {
+                assert_eq!((actor.as_str(), request), ("replaced", "replace_state"));
+            }
+            other => panic!("{mode:?}: replaced while running: {other:?}"),
+        }
+        assert_eq!(call(&actor, json!("LastInfo")).await, json!("before"));
+
+        actor.suspend(CALL).await.unwrap();
+        match actor.replace_state(encode(&json!(42)), CALL).await {
+            Err(SystemError::ReplaceStateFailed { message, .. }) => {
+                assert!(message.contains("restore_state"), "{mode:?}: {message}");
+            }
+            other => panic!("{mode:?}: a bad state was taken: {other:?}"),
+        }
+        assert_eq!(
+            actor.get_state(CALL).await.unwrap()["last_info"],
+            json!("before"),
+            "{mode:?}"
+        );
+        actor.replace_state(new_state, CALL).await.unwrap();
+        let waiting = tokio::spawn({
+            let actor = actor.clone();
+            async move { call(&actor, json!("LastInfo")).await }
+        });
+        actor.resume(CALL).await.unwrap();
+        assert_eq!(waiting.await.unwrap(), json!("after"), "{mode:?}");
+        assert!(actor.is_alive());
+    }
+}
+
+/// `graft state NAME --replace JSON_OR_FILE`: refused unless the actor is suspended, then
+/// replaces its state with the JSON (encoded as `graft call` encodes messages) or with the
+/// JSON in a file; a state the plugin cannot decode is refused and the old one stays.
+#[test]
+fn graft_state_replace_works_only_while_suspended() {
+    use graft_tests::{Host, built_root, run_graft, stderr_text, succeed_graft};
+    let root = built_root();
+    let root = root.path();
+    let _host = Host::start(root, &[]);
+    succeed_graft(root, &["call", "counter", r#"{"Add": 2}"#]);
+
+    let refused = run_graft(root, &["state", "counter", "--replace", r#"{"count": 41}"#]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr_text(&refused)
+            .contains("counter is not suspended; replace_state is only accepted while suspended"),
+        "{}",
+        stderr_text(&refused)
+    );
+
+    succeed_graft(root, &["suspend", "counter"]);
+    let bad = run_graft(root, &["state", "counter", "--replace", r#""nonsense""#]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr_text(&bad).contains("replace_state of counter failed"),
+        "{}",
+        stderr_text(&bad)
+    );
+    assert_eq!(
+        succeed_graft(root, &["state", "counter", "--replace", r#"{"count": 41}"#]).trim(),
+        "state of counter replaced"
+    );
+    assert_eq!(
+        succeed_graft(root, &["state", "counter", "--json"]).trim(),
+        r#"{"count":41}"#
+    );
+    let file = root.join("new-state.json");
+    std::fs::write(&file, r#"{"count": 40}"#).unwrap();
+    succeed_graft(
+        root,
+        &["state", "counter", "--replace", file.to_str().unwrap()],
+    );
+    succeed_graft(root, &["resume", "counter"]);
+    assert_eq!(
+        succeed_graft(root, &["call", "counter", r#""Get""#]).trim(),
+        "40"
+    );
+}

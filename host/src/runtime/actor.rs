@@ -112,6 +112,10 @@ pub(crate) enum SystemRequest {
         migration: Migration,
         reply: oneshot::Sender<Result<(), SystemError>>,
     },
+    ReplaceState {
+        state: Vec<u8>,
+        reply: oneshot::Sender<Result<(), SystemError>>,
+    },
 }
 
 /// What `status` reports about an actor.
@@ -713,14 +717,8 @@ impl Actor {
                     drop(running);
                     match migrated {
                         Ok(replacement) => {
-                            if let Some(mut replacement) = replacement {
-                                // The old behaviour's interrupt (and any connection it
-                                // holds) goes with it.
-                                self.services.me.set_interrupt(None);
-                                replacement.attach(&self.services.me);
-                                self.services.me.set_code_label(code_label(&*replacement));
-                                let _dropping = guard(&self.services.me, Callback::Drop);
-                                self.behaviour = replacement;
+                            if let Some(replacement) = replacement {
+                                self.install(replacement);
                             }
                             Ok(())
                         }
@@ -732,6 +730,56 @@ impl Actor {
                 };
                 let _ = reply.send(result);
             }
+            SystemRequest::ReplaceState { state, reply } => {
+                let _ = reply.send(self.replace_state(&state));
+            }
+        }
+    }
+
+    /// Puts `replacement` in the place of the current behaviour (a code change, a replaced
+    /// state); the old one is dropped.
+    fn install(&mut self, mut replacement: Box<dyn Behaviour>) {
+        // The old behaviour's interrupt (and any connection it holds) goes with it.
+        self.services.me.set_interrupt(None);
+        replacement.attach(&self.services.me);
+        self.services.me.set_code_label(code_label(&*replacement));
+        let _dropping = guard(&self.services.me, Callback::Drop);
+        self.behaviour = replacement;
+    }
+
+    /// `sys:replace_state`: a new instance of the same plugin version from `state` (its
+    /// `restore_state`), only while suspended; on failure the old one stays.
+    fn replace_state(&mut self, state: &[u8]) -> Result<(), SystemError> {
+        let actor = || self.services.label.clone();
+        if !self.suspended {
+            return Err(SystemError::NotSuspendedFor {
+                actor: actor(),
+                request: "replace_state",
+            });
+        }
+        let running = guard(&self.services.me, Callback::RestoreState);
+        let restored: Result<Box<dyn Behaviour>, String> =
+            if let Some(plugin) = self.behaviour.plugin() {
+                crate::plugin::Instance::restore(plugin, state, &self.services)
+                    .map(|instance| Box::new(instance) as Box<dyn Behaviour>)
+                    .map_err(|error| error.to_string())
+            } else if let Some(plugin) = self.behaviour.isolated_plugin() {
+                plugin
+                    .restore(state, &self.services)
+                    .map_err(|error| error.to_string())
+            } else {
+                Err("its behaviour is native code, which has no restore_state".to_owned())
+            };
+        drop(running);
+        match restored {
+            Ok(replacement) => {
+                self.install(replacement);
+                Ok(())
+            }
+            Err(message) => Err(SystemError::ReplaceStateFailed {
+                actor: actor(),
+                message,
+            }),
         }
     }
 
