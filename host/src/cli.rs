@@ -206,9 +206,8 @@ fn replacement_state(argument: &str) -> anyhow::Result<Value> {
         return serde_json::from_str(&text)
             .with_context(|| format!("the state in {} is not valid JSON", path.display()));
     }
-    parse_json(argument).map_err(|message| {
-        anyhow!("--replace {argument:?} is neither a file nor JSON: {message}")
-    })
+    parse_json(argument)
+        .map_err(|message| anyhow!("--replace {argument:?} is neither a file nor JSON: {message}"))
 }
 
 fn parse_json(text: &str) -> Result<Value, String> {

@@ -748,10 +748,13 @@ impl ActorRef {
     /// suspended ([`SystemError::NotSuspendedFor`]). The plugin decodes it as it decodes a
     /// snapshot (`restore_state`); a state that does not decode leaves the old one in place
     /// ([`SystemError::ReplaceStateFailed`]).
-    pub async fn replace_state(&self, state: Vec<u8>, timeout: Duration) -> Result<(), SystemError> {
-        self.system("replace_state", timeout, |reply| SystemRequest::ReplaceState {
-            state,
-            reply,
+    pub async fn replace_state(
+        &self,
+        state: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(), SystemError> {
+        self.system("replace_state", timeout, |reply| {
+            SystemRequest::ReplaceState { state, reply }
         })
         .await?
     }

@@ -166,7 +166,9 @@ async fn a_continuation_that_stops_runs_terminate_as_in_otp() {
             Ok(actor) => actor,
             Err(error) => panic!("{mode:?}: {error}"),
         };
-        let reason = tokio::time::timeout(PATIENCE, actor.exited()).await.unwrap();
+        let reason = tokio::time::timeout(PATIENCE, actor.exited())
+            .await
+            .unwrap();
         assert_eq!(
             reason,
             StopReason::Shutdown(Some("done early".to_owned())),
@@ -248,8 +250,8 @@ impl Behaviour for StopsAtInit {
 async fn an_init_that_stops_frees_the_name_first_and_runs_no_terminate() {
     let journal = Arc::new(Mutex::new(Vec::new()));
     let recorded = Arc::clone(&journal);
-    let stops: Arc<dyn BehaviourFactory> =
-        Arc::new(NativeFactory(move |_args: &[u8], _services: &dyn HostServices| {
+    let stops: Arc<dyn BehaviourFactory> = Arc::new(NativeFactory(
+        move |_args: &[u8], _services: &dyn HostServices| {
             let behaviour: Box<dyn Behaviour> = Box::new(StopsAtInit {
                 journal: Arc::clone(&recorded),
             });
@@ -260,7 +262,8 @@ async fn an_init_that_stops_frees_the_name_first_and_runs_no_terminate() {
                     ..Outputs::default()
                 },
             ))
-        }));
+        },
+    ));
     let runtime = Runtime::new();
     for attempt in 0..20 {
         match runtime
@@ -423,11 +426,8 @@ async fn a_transient_child_stopping_with_shutdown_details_is_not_restarted() {
         };
         let supervisor = start_supervisor(
             &runtime,
-            SupervisorSpec::new(
-                Strategy::OneForOne,
-                vec![child("clean"), child("crashing")],
-            )
-            .intensity(10, 60),
+            SupervisorSpec::new(Strategy::OneForOne, vec![child("clean"), child("crashing")])
+                .intensity(10, 60),
         )
         .await
         .unwrap();
@@ -449,7 +449,10 @@ async fn a_transient_child_stopping_with_shutdown_details_is_not_restarted() {
                 .is_some_and(|actor| actor != crashing)
         })
         .await;
-        assert!(restarted, "{mode:?}: the crashed transient child was not restarted");
+        assert!(
+            restarted,
+            "{mode:?}: the crashed transient child was not restarted"
+        );
         let children = supervisor.which_children().await.unwrap();
         let clean_info = children.iter().find(|info| info.id == "clean").unwrap();
         assert_eq!(
