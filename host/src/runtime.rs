@@ -334,7 +334,8 @@ pub enum SpawnError {
         /// The actor.
         actor: String,
     },
-    /// `init` succeeded but its continuation stopped the actor at once.
+    /// `init` asked to stop (OTP's `{stop, Reason}` from a host-native behaviour), or the
+    /// actor was killed during `init` (its deadline). No `terminate` ran; the name is free.
     #[error("{actor} stopped during start: {reason}")]
     Stopped {
         /// The actor.
@@ -1064,8 +1065,9 @@ impl Runtime {
         ProcessId(self.inner.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Starts an actor and waits for its `init` (and any continuation it asked for) to
-    /// finish, as OTP's `start_link` does.
+    /// Starts an actor and waits for its `init` to finish, as OTP's `start_link` does; a
+    /// continuation `init` asked for runs after the start has answered (OTP's
+    /// `{continue, _}`). A failed start answers only once the name is free again.
     pub async fn spawn(&self, options: ActorOptions) -> Result<ActorRef, SpawnError> {
         let id = self.next_id();
         let label = options.name.clone().unwrap_or_else(|| id.to_string());
