@@ -501,7 +501,8 @@ async fn an_inactivity_timeout_fires_when_no_message_comes_and_lasts_one_callbac
 }
 
 /// Any message cancels an armed inactivity timeout, and a callback that does not ask again
-/// leaves none: a `Ping` right behind the `Arm` means no timeout ever fires.
+/// leaves none: a `Ping` right behind the `Arm` means no timeout ever fires. System
+/// messages (`status`, `get_state`) cancel nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_cancels_the_inactivity_timeout() {
     let directory = tempfile::tempdir().unwrap();
@@ -522,6 +523,21 @@ async fn a_message_cancels_the_inactivity_timeout() {
         assert_eq!(codec::decode::<Value>(&pinged.unwrap()).unwrap(), "pong");
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(count(&log, "timeout"), 0, "{mode:?}: {:?}", lines(&log));
+
+        // System messages are not messages to the behaviour: they cancel nothing.
+        assert_eq!(
+            call(&actor, json!({"Arm": {"ms": 200, "times": 1}})).await,
+            json!("armed")
+        );
+        for _ in 0..3 {
+            actor.status(CALL).await.unwrap();
+            actor.get_state(CALL).await.unwrap();
+        }
+        assert!(
+            eventually(PATIENCE, || count(&log, "timeout") == 1).await,
+            "{mode:?}: {:?}",
+            lines(&log)
+        );
     }
 }
 
