@@ -1489,3 +1489,24 @@ impl Drop for Instance {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_record_ignore_and_inactivity_timeouts() {
+        let mut outputs = Outputs::default();
+        outputs.record(abi::OUTPUT_IGNORE, &[]);
+        outputs.record(abi::OUTPUT_TIMEOUT, &1500u64.to_le_bytes());
+        assert!(outputs.ignored);
+        assert_eq!(
+            outputs.inactivity_timeout,
+            Some(Duration::from_millis(1500))
+        );
+        // A timeout that is not 8 bytes is ignored (and logged), not misread.
+        let mut outputs = Outputs::default();
+        outputs.record(abi::OUTPUT_TIMEOUT, &[1, 2, 3]);
+        assert_eq!(outputs.inactivity_timeout, None);
+    }
+}

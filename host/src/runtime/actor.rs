@@ -7,12 +7,16 @@
 //!   that is drained before the mailbox after `resume`, so nothing is lost or reordered.
 //! - A pending continuation runs before any other message (OTP's `{continue, _}`).
 //! - On exit: `terminate` (unless killed, after a panic, or after a failed start; an error
-//!   or panic in it becomes the exit reason, as in OTP), the behaviour is dropped (so its plugin version can be unloaded), the name is freed, and
-//!   only then are watchers told; callers still waiting see "exited" with the reason.
+//!   or panic in it becomes the exit reason, as in OTP), the behaviour is dropped (so its
+//!   plugin version can be unloaded), the name is freed, and only then are watchers told;
+//!   callers still waiting see "exited" with the reason.
 //! - A failed start (`init` fails, declines, or stops) answers its spawner only once the
 //!   name is free, so an immediate retry can take it (OTP's `{stop, Reason}` and `ignore`
 //!   run no `terminate`; a continuation that stops after a successful `init` is a running
 //!   actor stopping, and does).
+//! - An inactivity timeout (OTP's `timeout`) lasts from the callback that asked for it to
+//!   the next message: any call, cast or info message clears it, system messages do not,
+//!   and it fires only while running (not suspended), as an `INFO_TIMEOUT` info message.
 //!
 //! What is tricky: the reply channel of the call in progress sits in a slot, not the
 //! pending map, so the common "reply now" path costs no map operations; only a call left
