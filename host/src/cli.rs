@@ -124,13 +124,17 @@ enum Command {
         #[arg(value_parser = parse_json)]
         message: Value,
     },
-    /// Print an actor's state as JSON.
+    /// Print an actor's state as JSON, or replace it (`--replace`, only while suspended).
     State {
         /// The actor's name.
         actor: String,
         /// Print compact JSON.
         #[arg(long)]
         json: bool,
+        /// Replace the state (`sys:replace_state`) with this JSON, or with the JSON in this
+        /// file (an existing file wins); refused unless the actor is suspended.
+        #[arg(long, value_name = "FILE_OR_JSON")]
+        replace: Option<String>,
     },
     /// Suspend an actor (its messages wait).
     Suspend {
@@ -194,6 +198,20 @@ fn parse_at_least_one(text: &str) -> Result<u64, String> {
         return Err("must be at least 1".to_owned());
     }
     Ok(value)
+}
+
+/// `graft state --replace`'s argument: the JSON in the file it names when one exists, else
+/// the argument itself as JSON.
+fn replacement_state(argument: &str) -> anyhow::Result<Value> {
+    let path = Path::new(argument);
+    if path.is_file() {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the state in {}", path.display()))?;
+        return serde_json::from_str(&text)
+            .with_context(|| format!("the state in {} is not valid JSON", path.display()));
+    }
+    parse_json(argument)
+        .map_err(|message| anyhow!("--replace {argument:?} is neither a file nor JSON: {message}"))
 }
 
 fn parse_json(text: &str) -> Result<Value, String> {
@@ -392,8 +410,36 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             request(&root, &Request::Cast { actor, message }).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::State { actor, json } => {
-            let state = request(&root, &Request::State { actor }).await?;
+        Command::State {
+            actor,
+            replace: Some(replacement),
+            ..
+        } => {
+            let state = replacement_state(&replacement)?;
+            request(
+                &root,
+                &Request::State {
+                    actor: actor.clone(),
+                    replace: Some(state),
+                },
+            )
+            .await?;
+            println!("state of {actor} replaced");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::State {
+            actor,
+            json,
+            replace: None,
+        } => {
+            let state = request(
+                &root,
+                &Request::State {
+                    actor,
+                    replace: None,
+                },
+            )
+            .await?;
             if json {
                 println!("{state}");
             } else {

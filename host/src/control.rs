@@ -101,10 +101,14 @@ pub enum Request {
         /// The message.
         message: Value,
     },
-    /// An actor's state as JSON.
+    /// An actor's state as JSON; with `replace`, replaces it instead (`sys:replace_state`,
+    /// refused unless the actor is suspended).
     State {
         /// The actor's name.
         actor: String,
+        /// The new state, as JSON in the shape of the plugin's own state.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replace: Option<Value>,
     },
     /// Suspends an actor.
     Suspend {

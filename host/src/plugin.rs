@@ -1064,6 +1064,10 @@ pub struct Outputs {
     /// An output refused for exceeding its cap ([`MAX_STATE_BYTES`] for a state,
     /// [`MAX_OUTPUT_BYTES`] for anything else): its `abi::OUTPUT_*` kind and its size.
     pub oversized: Option<(u32, usize)>,
+    /// `init` declined to start (`abi::OUTPUT_IGNORE`, OTP's `ignore`).
+    pub ignored: bool,
+    /// The actor asked for an inactivity timeout (`abi::OUTPUT_TIMEOUT`, OTP's `timeout`).
+    pub inactivity_timeout: Option<Duration>,
 }
 
 /// The cap on an output of `kind` (an `abi::OUTPUT_*`).
@@ -1104,6 +1108,16 @@ impl Outputs {
             }
             abi::OUTPUT_CONTINUE => self.continue_with = Some(data.to_vec()),
             abi::OUTPUT_MESSAGE => self.message = Some(String::from_utf8_lossy(data).into_owned()),
+            abi::OUTPUT_IGNORE => self.ignored = true,
+            abi::OUTPUT_TIMEOUT => match <[u8; 8]>::try_from(data) {
+                Ok(bytes) => {
+                    self.inactivity_timeout = Some(Duration::from_millis(u64::from_le_bytes(bytes)))
+                }
+                Err(_) => tracing::warn!(
+                    "plugin asked for an inactivity timeout of {} bytes, not 8; ignored",
+                    data.len()
+                ),
+            },
             other => tracing::warn!("plugin produced an output of unknown kind {other}; ignored"),
         }
     }
@@ -1270,6 +1284,11 @@ impl Instance {
             plugin: Arc::clone(plugin),
             handle: Some(handle),
         });
+        if callback == "init" && status == abi::STATUS_ERROR && outputs.ignored {
+            return Err(CallbackError::Ignored {
+                code: plugin.identity.to_string(),
+            });
+        }
         let outputs = interpret(plugin, callback, status, outputs)?;
         match instance {
             Some(instance) => Ok((instance, outputs)),
@@ -1468,5 +1487,26 @@ impl Drop for Instance {
         {
             tracing::warn!(plugin = %self.plugin.identity, "the instance's drop panicked inside the plugin");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_record_ignore_and_inactivity_timeouts() {
+        let mut outputs = Outputs::default();
+        outputs.record(abi::OUTPUT_IGNORE, &[]);
+        outputs.record(abi::OUTPUT_TIMEOUT, &1500u64.to_le_bytes());
+        assert!(outputs.ignored);
+        assert_eq!(
+            outputs.inactivity_timeout,
+            Some(Duration::from_millis(1500))
+        );
+        // A timeout that is not 8 bytes is ignored (and logged), not misread.
+        let mut outputs = Outputs::default();
+        outputs.record(abi::OUTPUT_TIMEOUT, &[1, 2, 3]);
+        assert_eq!(outputs.inactivity_timeout, None);
     }
 }

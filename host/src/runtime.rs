@@ -11,10 +11,11 @@
 //! - A call waits at most its timeout (default [`DEFAULT_CALL_TIMEOUT`]); a reply that
 //!   arrives later is dropped with its one-shot channel, never delivered to a later call.
 //!   A caller sees a distinct error for timeout, not found, and exited (with the reason).
-//! - System messages (`suspend`, `resume`, `get_state`, `status`, `change_code`) are
-//!   handled between callbacks. While suspended, other messages wait in order in a side
-//!   queue and run first after `resume`; none is lost. `change_code` is accepted only while
-//!   suspended, and a failed one leaves the old behaviour and state in place.
+//! - System messages (`suspend`, `resume`, `get_state`, `status`, `change_code`,
+//!   `replace_state`) are handled between callbacks. While suspended, other messages wait
+//!   in order in a side queue and run first after `resume`; none is lost. `change_code` and
+//!   `replace_state` are accepted only while suspended, and a failed one leaves the old
+//!   behaviour and state in place.
 //! - A mailbox is bounded when its actor has a `max_mailbox` (default unbounded, as in
 //!   OTP). Its length — calls, casts and info messages not yet handled — is counted
 //!   exactly by the senders (one atomic, incremented on send, decremented when the actor
@@ -343,7 +344,8 @@ pub enum SpawnError {
         /// The actor.
         actor: String,
     },
-    /// `init` succeeded but its continuation stopped the actor at once.
+    /// `init` asked to stop (OTP's `{stop, Reason}` from a host-native behaviour), or the
+    /// actor was killed during `init` (its deadline). No `terminate` ran; the name is free.
     #[error("{actor} stopped during start: {reason}")]
     Stopped {
         /// The actor.
@@ -383,6 +385,23 @@ pub enum SystemError {
     /// The migration failed; the actor keeps its old code and state.
     #[error("change_code of {actor} failed: {message}")]
     ChangeCodeFailed {
+        /// The actor.
+        actor: String,
+        /// Why.
+        message: String,
+    },
+    /// A request accepted only while suspended (`replace_state`) came while running.
+    #[error("{actor} is not suspended; {request} is only accepted while suspended")]
+    NotSuspendedFor {
+        /// The actor.
+        actor: String,
+        /// The request.
+        request: &'static str,
+    },
+    /// `replace_state` failed (the bytes did not decode as the plugin's state, or the
+    /// behaviour has no plugin); the actor keeps its state.
+    #[error("replace_state of {actor} failed: {message}; it keeps its state")]
+    ReplaceStateFailed {
         /// The actor.
         actor: String,
         /// Why.
@@ -735,6 +754,22 @@ impl ActorRef {
             .await?
     }
 
+    /// Replaces the state with `state`, encoded in the wire format (MessagePack) in the
+    /// shape of the plugin's own state, as `sys:replace_state` does; accepted only while
+    /// suspended ([`SystemError::NotSuspendedFor`]). The plugin decodes it as it decodes a
+    /// snapshot (`restore_state`); a state that does not decode leaves the old one in place
+    /// ([`SystemError::ReplaceStateFailed`]).
+    pub async fn replace_state(
+        &self,
+        state: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(), SystemError> {
+        self.system("replace_state", timeout, |reply| {
+            SystemRequest::ReplaceState { state, reply }
+        })
+        .await?
+    }
+
     /// The actor's status (like `sys:get_status`).
     pub async fn status(&self, timeout: Duration) -> Result<ActorStatus, SystemError> {
         self.system("status", timeout, SystemRequest::Status).await
@@ -1057,8 +1092,9 @@ impl Runtime {
         ProcessId(self.inner.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Starts an actor and waits for its `init` (and any continuation it asked for) to
-    /// finish, as OTP's `start_link` does.
+    /// Starts an actor and waits for its `init` to finish, as OTP's `start_link` does; a
+    /// continuation `init` asked for runs after the start has answered (OTP's
+    /// `{continue, _}`). A failed start answers only once the name is free again.
     pub async fn spawn(&self, options: ActorOptions) -> Result<ActorRef, SpawnError> {
         let id = self.next_id();
         let label = options.name.clone().unwrap_or_else(|| id.to_string());
@@ -1215,8 +1251,9 @@ impl Runtime {
         monitor
     }
 
-    /// Links two actors: when either exits abnormally, the other gets an exit signal
-    /// (which stops it unless it traps exits).
+    /// Links two actors: when either exits with a reason other than `normal`, the other
+    /// gets an exit signal, which stops it with that reason unless it traps exits (OTP's
+    /// links: `shutdown` and `{shutdown, Info}` propagate too).
     pub fn link(&self, first: &ActorRef, second: &ActorRef) {
         first.lifecycle().watch(Watcher::Link(second.clone()));
         second.lifecycle().watch(Watcher::Link(first.clone()));

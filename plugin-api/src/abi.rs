@@ -225,6 +225,13 @@ pub const OUTPUT_STOP: u32 = 3;
 pub const OUTPUT_CONTINUE: u32 = 4;
 /// An error or panic message (UTF-8).
 pub const OUTPUT_MESSAGE: u32 = 5;
+/// `init` declined to start (OTP's `ignore`); no data. Sent with `STATUS_ERROR`, so a host
+/// that does not know this kind reads it as a failed start.
+pub const OUTPUT_IGNORE: u32 = 6;
+/// The actor asks for an inactivity timeout (OTP's `timeout` in a callback's return): the
+/// data is the milliseconds, a little-endian `u64`. If no message arrives within them
+/// after this callback, the actor gets an `INFO_TIMEOUT` info message.
+pub const OUTPUT_TIMEOUT: u32 = 7;
 
 /// A message of the plugin's own `Info` type.
 pub const INFO_MESSAGE: u32 = 0;
@@ -232,6 +239,9 @@ pub const INFO_MESSAGE: u32 = 0;
 pub const INFO_DOWN: u32 = 1;
 /// A linked actor exited and this actor traps exits: the data is an encoded [`crate::Exit`].
 pub const INFO_EXIT: u32 = 2;
+/// The inactivity timeout the last callback asked for (`OUTPUT_TIMEOUT`) passed without a
+/// message: no data.
+pub const INFO_TIMEOUT: u32 = 3;
 
 /// `send` a cast.
 pub const SEND_CAST: u32 = 0;

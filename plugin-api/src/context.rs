@@ -185,6 +185,33 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// Asks for an inactivity timeout (OTP's `timeout` in a callback's return): if no
+    /// message (call, cast, info, `down`, trapped exit) arrives within `timeout` after this
+    /// callback, [`crate::GenServer::handle_timeout`] runs. Any message cancels it, and it
+    /// lasts one callback: each callback that wants one asks again. System messages
+    /// (`suspend`, `get_state`, …) do not cancel it, and it does not fire while the actor
+    /// is suspended.
+    ///
+    /// ```
+    /// use graft_plugin::{Context, Error, Flow};
+    /// use std::time::Duration;
+    ///
+    /// # struct Session { idle: u32 }
+    /// // In any callback: "tell me if nothing happens for 30 s".
+    /// fn handle_cast(session: &mut Session, ctx: &mut Context<'_>) -> Result<Flow, Error> {
+    ///     session.idle = 0;
+    ///     ctx.set_inactivity_timeout(Duration::from_secs(30));
+    ///     Ok(Flow::Run)
+    /// }
+    /// ```
+    pub fn set_inactivity_timeout(&mut self, timeout: Duration) {
+        export::host_output(
+            self.raw,
+            abi::OUTPUT_TIMEOUT,
+            &millis(timeout).to_le_bytes(),
+        );
+    }
+
     /// Asks for `handle_continue(argument)` to run right after this callback, before any
     /// other message (OTP's `{continue, Argument}`).
     pub fn continue_with<C: Serialize + ?Sized>(

@@ -291,7 +291,12 @@ unsafe extern "C" fn init<T: GenServer>(
 ) -> u32 {
     guard(ctx, |raw| {
         let args: T::Args = decode_input("start arguments", args)?;
-        let server = T::init(args, &mut Context::new(raw)).map_err(Failure::error)?;
+        let server = T::init(args, &mut Context::new(raw)).map_err(|error| {
+            if error.is_ignore() {
+                host_output(raw, abi::OUTPUT_IGNORE, &[]);
+            }
+            Failure::error(error)
+        })?;
         store_instance(instance, server);
         Ok(())
     })
@@ -348,6 +353,15 @@ unsafe extern "C" fn handle_info<T: GenServer>(
     message: Bytes,
 ) -> u32 {
     guard(ctx, |raw| {
+        if kind == abi::INFO_TIMEOUT {
+            // SAFETY: the host passes a live instance of this plugin, one call at a time.
+            let server = unsafe { server::<T>(instance) };
+            let flow = server
+                .handle_timeout(&mut Context::new(raw))
+                .map_err(Failure::error)?;
+            output_flow(raw, flow);
+            return Ok(());
+        }
         let info = match kind {
             abi::INFO_DOWN => Info::Down(decode_input::<Down>("down message", message)?),
             abi::INFO_EXIT => Info::Exit(decode_input::<Exit>("exit message", message)?),

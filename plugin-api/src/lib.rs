@@ -124,7 +124,8 @@ pub trait GenServer: Serialize + DeserializeOwned + Send + 'static {
     type Continue: DeserializeOwned;
 
     /// Creates the state. Call [`Context::continue_with`] to run `handle_continue` before
-    /// any message.
+    /// any message. Return [`Error::ignore`] to decline to start (OTP's `ignore`); any
+    /// other error fails the start (OTP's `{stop, Reason}`: `terminate` does not run).
     fn init(args: Self::Args, ctx: &mut Context<'_>) -> Result<Self, Error>;
 
     /// Handles a call: reply now, reply later through `from` ([`Context::reply`]), or stop.
@@ -135,11 +136,15 @@ pub trait GenServer: Serialize + DeserializeOwned + Send + 'static {
         ctx: &mut Context<'_>,
     ) -> Result<CallResult<Self::Reply>, Error>;
 
-    /// Handles a cast. The default ignores it with a warning.
+    /// Handles a cast. The default fails, which stops the actor with the reason
+    /// "this plugin does not handle casts …", as a missing `handle_cast` does in OTP (an
+    /// `undef` crash) and Elixir's default `handle_cast` does: a cast to the wrong actor is
+    /// a bug to hear of, not to drop.
     fn handle_cast(&mut self, message: Self::Cast, ctx: &mut Context<'_>) -> Result<Flow, Error> {
         let _ = (message, ctx);
-        log::warn!("cast ignored: this plugin does not handle casts");
-        Ok(Flow::Run)
+        Err(Error::new(
+            "this plugin does not handle casts (GenServer::handle_cast is not implemented)",
+        ))
     }
 
     /// Handles an info message: the plugin's own, a monitor's `down`, or a trapped exit.
@@ -151,6 +156,16 @@ pub trait GenServer: Serialize + DeserializeOwned + Send + 'static {
     ) -> Result<Flow, Error> {
         let _ = (message, ctx);
         log::warn!("info message dropped: this plugin does not handle info messages");
+        Ok(Flow::Run)
+    }
+
+    /// Runs when the inactivity timeout the previous callback asked for
+    /// ([`Context::set_inactivity_timeout`]) passed without a message: OTP's `timeout`
+    /// info message. Ask again here to keep a periodic idle check going. The default logs a
+    /// warning and keeps running.
+    fn handle_timeout(&mut self, ctx: &mut Context<'_>) -> Result<Flow, Error> {
+        let _ = ctx;
+        log::warn!("inactivity timeout dropped: this plugin does not handle timeouts");
         Ok(Flow::Run)
     }
 
@@ -167,7 +182,12 @@ pub trait GenServer: Serialize + DeserializeOwned + Send + 'static {
         ))
     }
 
-    /// Runs when the actor stops (not on a brutal kill). The default does nothing.
+    /// Runs when the actor stops (not on a brutal kill, nor after a failed `init`). The
+    /// default does nothing.
+    ///
+    /// To fail, panic: as in OTP, a crash in `terminate` becomes the actor's exit reason
+    /// (`… terminate panicked: MESSAGE`), replacing the reason it was stopping with, so
+    /// its supervisor and monitors see an abnormal exit.
     fn terminate(&mut self, reason: &StopReason, ctx: &mut Context<'_>) {
         let _ = (reason, ctx);
     }
@@ -217,9 +237,12 @@ pub enum Flow {
 }
 
 /// Why an actor stopped. `Normal` and `Shutdown` are clean exits (a transient child is not
-/// restarted, a linked actor is not taken down); anything else is an error.
+/// restarted, nothing is logged as a crash); anything else is an error.
 ///
-/// `Shutdown(Some(info))` is OTP's `{shutdown, Info}`: a clean exit that says why.
+/// `Shutdown(Some(info))` is OTP's `{shutdown, Info}`: a clean exit that says why. It
+/// crosses to `terminate`, monitors' [`Down`] and links' [`Exit`] intact. As in OTP, only
+/// `Normal` leaves a linked actor that does not trap exits running: `Shutdown`, with or
+/// without details, takes it down with the same reason.
 ///
 /// ```
 /// use graft_plugin::StopReason;
@@ -324,9 +347,32 @@ pub struct Exit {
 /// A callback's error: becomes the actor's exit reason.
 ///
 /// Like `anyhow::Error`, any `std::error::Error` converts into it with `?`.
+///
+/// From [`GenServer::init`], [`Error::ignore`] declines to start instead (OTP's `ignore`):
+/// no actor runs, its name is free, and the start is not a failure. A supervisor keeps a
+/// permanent or transient child's spec with no process, and drops a temporary one.
+///
+/// ```
+/// use graft_plugin::{Context, Error};
+///
+/// # struct Args { enabled: bool }
+/// # struct Worker;
+/// fn init(args: Args, _ctx: &mut Context<'_>) -> Result<Worker, Error> {
+///     if !args.enabled {
+///         // Not needed on this node: start nothing, and that is not an error.
+///         return Err(Error::ignore());
+///     }
+///     Ok(Worker)
+/// }
+///
+/// assert!(Error::ignore().is_ignore());
+/// assert!(!Error::new("disk full").is_ignore());
+/// assert_eq!(Error::ignore().message(), "ignore");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     message: String,
+    ignore: bool,
 }
 
 impl Error {
@@ -334,7 +380,22 @@ impl Error {
     pub fn new(message: impl fmt::Display) -> Error {
         Error {
             message: message.to_string(),
+            ignore: false,
         }
+    }
+
+    /// From `init`: decline to start (OTP's `ignore`). Returned from any other callback it
+    /// is an ordinary error with the message `ignore`.
+    pub fn ignore() -> Error {
+        Error {
+            message: "ignore".to_owned(),
+            ignore: true,
+        }
+    }
+
+    /// Whether this is [`Error::ignore`].
+    pub fn is_ignore(&self) -> bool {
+        self.ignore
     }
 
     /// The message.

@@ -126,11 +126,27 @@ pub(super) async fn execute(
                 .map_err(|error| error.to_string())?;
             Ok(json!({"cast": name}))
         }
-        Request::State { actor: name } => actor(handler, &name)
+        Request::State {
+            actor: name,
+            replace: None,
+        } => actor(handler, &name)
             .await?
             .get_state(SYSTEM_TIMEOUT)
             .await
             .map_err(system_error),
+        Request::State {
+            actor: name,
+            replace: Some(state),
+        } => {
+            refuse_during_install(handler, "state --replace")?;
+            let target = actor(handler, &name).await?;
+            let state = codec::encode(&state).map_err(|error| error.to_string())?;
+            target
+                .replace_state(state, SYSTEM_TIMEOUT)
+                .await
+                .map_err(system_error)?;
+            Ok(json!({"replaced": name}))
+        }
         Request::Suspend { actor: name } => {
             refuse_during_install(handler, "suspend")?;
             let target = actor(handler, &name).await?;

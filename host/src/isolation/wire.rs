@@ -428,6 +428,8 @@ pub struct WireOutputs {
     pub continue_with: Option<Vec<u8>>,
     /// A message.
     pub message: Option<String>,
+    /// An inactivity timeout, in milliseconds.
+    pub inactivity_timeout_ms: Option<u64>,
 }
 
 impl From<Outputs> for WireOutputs {
@@ -438,6 +440,9 @@ impl From<Outputs> for WireOutputs {
             stop: outputs.stop.map(|reason| reason.to_string()),
             continue_with: outputs.continue_with,
             message: outputs.message,
+            inactivity_timeout_ms: outputs
+                .inactivity_timeout
+                .map(|timeout| u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 }
@@ -451,6 +456,10 @@ impl From<WireOutputs> for Outputs {
             continue_with: outputs.continue_with,
             message: outputs.message,
             oversized: None,
+            ignored: false,
+            inactivity_timeout: outputs
+                .inactivity_timeout_ms
+                .map(std::time::Duration::from_millis),
         }
     }
 }
@@ -466,6 +475,8 @@ pub enum ErrorKind {
     BadInput,
     /// `Protocol`.
     Protocol,
+    /// `Ignored`: `init` declined to start (its message is what declined).
+    Ignored,
 }
 
 /// A [`CallbackError`] on the wire (the host knows the plugin and the callback).
@@ -483,6 +494,7 @@ impl From<CallbackError> for WireCallbackError {
             CallbackError::Failed { .. } => ErrorKind::Failed,
             CallbackError::Panicked { .. } => ErrorKind::Panicked,
             CallbackError::BadInput { .. } => ErrorKind::BadInput,
+            CallbackError::Ignored { .. } => ErrorKind::Ignored,
             _ => ErrorKind::Protocol,
         };
         // Variants without a plain message (an output over its cap) travel as their text.
@@ -492,6 +504,7 @@ impl From<CallbackError> for WireCallbackError {
             | CallbackError::Panicked { message, .. }
             | CallbackError::BadInput { message, .. }
             | CallbackError::Protocol { message, .. } => message,
+            CallbackError::Ignored { code } => code,
             other => other.to_string(),
         };
         WireCallbackError { kind, message }
@@ -530,6 +543,9 @@ impl WireCallbackError {
                 plugin,
                 callback,
                 message,
+            },
+            ErrorKind::Ignored => CallbackError::Ignored {
+                code: plugin.to_string(),
             },
         }
     }
@@ -618,7 +634,8 @@ mod tests {
         }
         let outputs = FromWorker::Done(Ok(WireOutputs {
             reply: Some(vec![1, 2, 3]),
-            stop: Some("normal".to_owned()),
+            stop: Some("shutdown: drained".to_owned()),
+            inactivity_timeout_ms: Some(250),
             ..WireOutputs::default()
         }));
         let mut buffer = Vec::new();
@@ -627,7 +644,14 @@ mod tests {
             FromWorker::Done(Ok(outputs)) => {
                 let outputs = Outputs::from(outputs);
                 assert_eq!(outputs.reply, Some(vec![1, 2, 3]));
-                assert_eq!(outputs.stop, Some(StopReason::Normal));
+                assert_eq!(
+                    outputs.stop,
+                    Some(StopReason::Shutdown(Some("drained".to_owned())))
+                );
+                assert_eq!(
+                    outputs.inactivity_timeout,
+                    Some(std::time::Duration::from_millis(250))
+                );
             }
             other => panic!("{other:?}"),
         }

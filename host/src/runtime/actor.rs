@@ -6,9 +6,17 @@
 //! - While suspended, every non-system message moves, in arrival order, to a side queue
 //!   that is drained before the mailbox after `resume`, so nothing is lost or reordered.
 //! - A pending continuation runs before any other message (OTP's `{continue, _}`).
-//! - On exit: `terminate` (unless killed or after a panic), the behaviour is dropped (so its
+//! - On exit: `terminate` (unless killed, after a panic, or after a failed start; an error
+//!   or panic in it becomes the exit reason, as in OTP), the behaviour is dropped (so its
 //!   plugin version can be unloaded), the name is freed, and only then are watchers told;
 //!   callers still waiting see "exited" with the reason.
+//! - A failed start (`init` fails, declines, or stops) answers its spawner only once the
+//!   name is free, so an immediate retry can take it (OTP's `{stop, Reason}` and `ignore`
+//!   run no `terminate`; a continuation that stops after a successful `init` is a running
+//!   actor stopping, and does).
+//! - An inactivity timeout (OTP's `timeout`) lasts from the callback that asked for it to
+//!   the next message: any call, cast or info message clears it, system messages do not,
+//!   and it fires only while running (not suspended), as an `INFO_TIMEOUT` info message.
 //!
 //! What is tricky: the reply channel of the call in progress sits in a slot, not the
 //! pending map, so the common "reply now" path costs no map operations; only a call left
@@ -106,6 +114,10 @@ pub(crate) enum SystemRequest {
     Status(oneshot::Sender<ActorStatus>),
     ChangeCode {
         migration: Migration,
+        reply: oneshot::Sender<Result<(), SystemError>>,
+    },
+    ReplaceState {
+        state: Vec<u8>,
         reply: oneshot::Sender<Result<(), SystemError>>,
     },
 }
@@ -305,6 +317,9 @@ struct Actor {
     trap_exit: bool,
     restarts: u32,
     continue_with: Option<Vec<u8>>,
+    /// When the inactivity timeout the last callback asked for fires (OTP's `timeout`):
+    /// any message clears it, each callback sets it again or not.
+    inactivity_deadline: Option<tokio::time::Instant>,
     /// The longest the mailbox has been since its memory was last returned.
     longest_since_returned: usize,
 }
@@ -363,25 +378,27 @@ pub(crate) async fn run(
         trap_exit: options.trap_exit,
         restarts: options.restarts,
         continue_with: outputs.continue_with,
+        inactivity_deadline: None,
         longest_since_returned: 0,
     };
-    let exit = match outputs.stop {
-        Some(reason) => {
-            let _ = started.send(Err(SpawnError::Stopped {
-                actor: label,
-                reason: reason.clone(),
-            }));
-            Ending {
-                reason,
-                run_terminate: true,
-            }
-        }
-        None => {
-            let _ = started.send(Ok(()));
-            actor.run_loop().await
-        }
-    };
-    actor.exit(&runtime, &me, exit);
+    actor.arm_inactivity_timeout(outputs.inactivity_timeout);
+    if let Some(reason) = outputs.stop {
+        // OTP's `{stop, Reason}` from `init`: the start failed, so no `terminate`; the
+        // name is freed before the spawner hears, so that it can retry at once.
+        let exit = Ending {
+            reason: reason.clone(),
+            run_terminate: false,
+        };
+        let failed = SpawnError::Stopped {
+            actor: label,
+            reason,
+        };
+        actor.exit(&runtime, &me, exit, Some((started, failed)));
+        return;
+    }
+    let _ = started.send(Ok(()));
+    let exit = actor.run_loop().await;
+    actor.exit(&runtime, &me, exit, None);
 }
 
 impl Actor {
@@ -461,14 +478,43 @@ impl Actor {
         }
     }
 
+    /// The mailbox's next message; while an inactivity timeout is armed (and the actor
+    /// is not suspended), the timeout's info message if it passes first. A sleep exists
+    /// only while one is armed: the common wait costs no timer.
     async fn next_from_mailbox(&mut self) -> Option<Envelope> {
-        self.mailbox.recv().await
+        let deadline = match self.inactivity_deadline {
+            Some(deadline) if !self.suspended => deadline,
+            _ => return self.mailbox.recv().await,
+        };
+        tokio::select! {
+            biased;
+            envelope = self.mailbox.recv() => envelope,
+            () = tokio::time::sleep_until(deadline) => {
+                self.inactivity_deadline = None;
+                Some(Envelope::Info {
+                    kind: abi::INFO_TIMEOUT,
+                    message: Vec::new(),
+                })
+            }
+        }
+    }
+
+    fn arm_inactivity_timeout(&mut self, timeout: Option<Duration>) {
+        self.inactivity_deadline = timeout.map(|timeout| tokio::time::Instant::now() + timeout);
     }
 
     fn handle(&mut self, envelope: Envelope) -> Option<Ending> {
         // A counted message is taken up now, unless it waits while suspended.
         if !self.suspended && envelope.is_counted() {
             self.taken(1);
+        }
+        // Any message cancels an inactivity timeout (system messages do not, and an exit
+        // signal that does not stop the actor is no message in OTP).
+        if matches!(
+            envelope,
+            Envelope::Call { .. } | Envelope::Cast(_) | Envelope::Info { .. }
+        ) {
+            self.inactivity_deadline = None;
         }
         match envelope {
             Envelope::System(request) => {
@@ -608,6 +654,7 @@ impl Actor {
     fn after(&mut self, result: Result<Outputs, CallbackError>) -> Option<Ending> {
         match result {
             Ok(outputs) => {
+                self.arm_inactivity_timeout(outputs.inactivity_timeout);
                 if let Some(argument) = outputs.continue_with {
                     self.continue_with = Some(argument);
                 }
@@ -674,14 +721,8 @@ impl Actor {
                     drop(running);
                     match migrated {
                         Ok(replacement) => {
-                            if let Some(mut replacement) = replacement {
-                                // The old behaviour's interrupt (and any connection it
-                                // holds) goes with it.
-                                self.services.me.set_interrupt(None);
-                                replacement.attach(&self.services.me);
-                                self.services.me.set_code_label(code_label(&*replacement));
-                                let _dropping = guard(&self.services.me, Callback::Drop);
-                                self.behaviour = replacement;
+                            if let Some(replacement) = replacement {
+                                self.install(replacement);
                             }
                             Ok(())
                         }
@@ -693,10 +734,68 @@ impl Actor {
                 };
                 let _ = reply.send(result);
             }
+            SystemRequest::ReplaceState { state, reply } => {
+                let _ = reply.send(self.replace_state(&state));
+            }
         }
     }
 
-    fn exit(self, runtime: &Runtime, me: &ActorRef, exit: Ending) {
+    /// Puts `replacement` in the place of the current behaviour (a code change, a replaced
+    /// state); the old one is dropped.
+    fn install(&mut self, mut replacement: Box<dyn Behaviour>) {
+        // The old behaviour's interrupt (and any connection it holds) goes with it.
+        self.services.me.set_interrupt(None);
+        replacement.attach(&self.services.me);
+        self.services.me.set_code_label(code_label(&*replacement));
+        let _dropping = guard(&self.services.me, Callback::Drop);
+        self.behaviour = replacement;
+    }
+
+    /// `sys:replace_state`: a new instance of the same plugin version from `state` (its
+    /// `restore_state`), only while suspended; on failure the old one stays.
+    fn replace_state(&mut self, state: &[u8]) -> Result<(), SystemError> {
+        let actor = || self.services.label.clone();
+        if !self.suspended {
+            return Err(SystemError::NotSuspendedFor {
+                actor: actor(),
+                request: "replace_state",
+            });
+        }
+        let running = guard(&self.services.me, Callback::RestoreState);
+        let restored: Result<Box<dyn Behaviour>, String> =
+            if let Some(plugin) = self.behaviour.plugin() {
+                crate::plugin::Instance::restore(plugin, state, &self.services)
+                    .map(|instance| Box::new(instance) as Box<dyn Behaviour>)
+                    .map_err(|error| error.to_string())
+            } else if let Some(plugin) = self.behaviour.isolated_plugin() {
+                plugin
+                    .restore(state, &self.services)
+                    .map_err(|error| error.to_string())
+            } else {
+                Err("its behaviour is native code, which has no restore_state".to_owned())
+            };
+        drop(running);
+        match restored {
+            Ok(replacement) => {
+                self.install(replacement);
+                Ok(())
+            }
+            Err(message) => Err(SystemError::ReplaceStateFailed {
+                actor: actor(),
+                message,
+            }),
+        }
+    }
+
+    /// The exit path: `terminate` (when it runs), the behaviour dropped, the name freed,
+    /// then a failed start answered (`start_failed`), and only then the watchers told.
+    fn exit(
+        self,
+        runtime: &Runtime,
+        me: &ActorRef,
+        mut exit: Ending,
+        start_failed: Option<(oneshot::Sender<Result<(), SpawnError>>, SpawnError)>,
+    ) {
         let Actor {
             mut behaviour,
             services,
@@ -708,7 +807,9 @@ impl Actor {
         if exit.run_terminate
             && let Err(error) = behaviour.terminate(&exit.reason, &services)
         {
-            tracing::error!(actor = %services.label, "terminate failed: {error}");
+            // OTP: a crash in `terminate` is the exit reason.
+            tracing::error!(actor = %services.label, stopping_with = %exit.reason, "terminate failed: {error}");
+            exit.reason = StopReason::Error(error.to_string());
         }
         drop(terminating);
         if !exit.reason.is_clean() {
@@ -720,6 +821,11 @@ impl Actor {
         drop(dropping);
         me.set_interrupt(None);
         runtime.unregister(me);
+        // The spawner hears before the exit is recorded: it also watches the exit (for an
+        // `init` killed at its deadline), and must not mistake this failure for such a kill.
+        if let Some((started, error)) = start_failed {
+            let _ = started.send(Err(error));
+        }
         me.lifecycle().finish(exit.reason);
         // Callers waiting on a deferred reply or still queued now see "exited".
         drop(services);

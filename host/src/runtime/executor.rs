@@ -103,10 +103,11 @@ pub(crate) enum Callback {
     CodeChange,
     EncodeState,
     Drop,
+    RestoreState,
 }
 
 impl Callback {
-    const ALL: [Callback; 9] = [
+    const ALL: [Callback; 10] = [
         Callback::Init,
         Callback::HandleCall,
         Callback::HandleCast,
@@ -116,6 +117,7 @@ impl Callback {
         Callback::CodeChange,
         Callback::EncodeState,
         Callback::Drop,
+        Callback::RestoreState,
     ];
 
     fn name(self) -> &'static str {
@@ -129,6 +131,7 @@ impl Callback {
             Callback::CodeChange => "code_change",
             Callback::EncodeState => "encode_state",
             Callback::Drop => "drop",
+            Callback::RestoreState => "restore_state",
         }
     }
 }
