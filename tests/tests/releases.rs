@@ -6,6 +6,7 @@
 
 use graft::plugin::LoadError;
 use graft::release::handler::{InstallPhase, ReleaseError, ReleaseHandler, ReleaseStatus};
+use graft::release::plan::PlanError;
 use graft::runtime::{ActorRef, CallError, Runtime};
 use graft_plugin::codec;
 use graft_tests::{
@@ -173,10 +174,10 @@ async fn upgrade_through_every_release_and_back_down_keeping_state() {
     assert!(
         matches!(
             &error,
-            ReleaseError::NoPath {
+            ReleaseError::Plan(PlanError::NoPath {
                 direction: "upgrade",
                 ..
-            }
+            })
         ),
         "no script leads from 1.0.0 to 1.2.0: {error}"
     );

@@ -10,6 +10,7 @@
 //! fails a `History` call.
 
 use graft::release::handler::{InstallPhase, ReleaseError};
+use graft::release::plan::PlanError;
 use graft_tests::{
     Host, assembled_root, boot, call_by_name as call, run_graft, stderr_text, stdout_text,
     succeed_graft, version, version_of,
@@ -187,7 +188,7 @@ async fn an_instruction_between_two_updates_is_refused_and_nothing_changes() {
     let root = root_with(&upgrade(&[UPDATE_COUNTER, &between, UPDATE_KV]));
     let (runtime, handler) = boot(root.path()).await;
     let error = handler.install(&version("2.0.0"), None).await.unwrap_err();
-    let ReleaseError::Plan { field, message, .. } = &error else {
+    let ReleaseError::Plan(PlanError::Invalid { field, message, .. }) = &error else {
         panic!("expected a plan error, got {error}");
     };
     assert_eq!(field, "instructions[1].op");

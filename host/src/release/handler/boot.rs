@@ -50,10 +50,12 @@ impl ReleaseHandler {
         settle_workers(&workers, &release);
         let manifest_path = release.directory.join("release.toml");
         let spec = supervisor_spec(&release.manifest.supervisor, ROOT_SUPERVISOR, &table).map_err(
-            |message| ReleaseError::Plan {
-                manifest: manifest_path.clone(),
-                field: "supervisor".to_owned(),
-                message,
+            |message| {
+                ReleaseError::Plan(PlanError::Invalid {
+                    manifest: manifest_path.clone(),
+                    field: "supervisor".to_owned(),
+                    message,
+                })
             },
         )?;
         let root_supervisor =

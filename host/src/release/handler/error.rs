@@ -38,30 +38,10 @@ pub enum ReleaseError {
     /// A manifest is invalid.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    /// No script leads from the running version to the target.
-    #[error("manifest {manifest}: no {direction} path from {from} to {to} ({expected})")]
-    NoPath {
-        /// The manifest searched.
-        manifest: PathBuf,
-        /// `upgrade` or `downgrade`.
-        direction: &'static str,
-        /// The running version.
-        from: String,
-        /// The target.
-        to: String,
-        /// What was looked for.
-        expected: String,
-    },
-    /// The script does not fit the releases.
-    #[error("manifest {manifest}: {field}: {message}")]
-    Plan {
-        /// The manifest holding the script.
-        manifest: PathBuf,
-        /// The instruction's field.
-        field: String,
-        /// What is wrong and what was expected.
-        message: String,
-    },
+    /// No script leads to the target, or the script does not fit the releases (checked
+    /// before anything changes).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
     /// A library was refused.
     #[error("manifest {manifest}: plugin {plugin}: {source}")]
     Load {
@@ -208,33 +188,4 @@ pub enum ReleaseError {
         #[source]
         source: crate::ownership::OwnershipError,
     },
-}
-
-impl From<PlanError> for ReleaseError {
-    fn from(error: PlanError) -> ReleaseError {
-        match error {
-            PlanError::NoPath {
-                manifest,
-                direction,
-                from,
-                to,
-                expected,
-            } => ReleaseError::NoPath {
-                manifest,
-                direction,
-                from,
-                to,
-                expected,
-            },
-            PlanError::Invalid {
-                manifest,
-                field,
-                message,
-            } => ReleaseError::Plan {
-                manifest,
-                field,
-                message,
-            },
-        }
-    }
 }

@@ -183,10 +183,12 @@ impl ReleaseHandler {
                 plugins.insert(name.clone(), loaded.clone());
                 continue;
             }
-            let plan_error = |message: String| ReleaseError::Plan {
-                manifest: manifest.clone(),
-                field: format!("plugins.{name}.library"),
-                message,
+            let plan_error = |message: String| {
+                ReleaseError::Plan(PlanError::Invalid {
+                    manifest: manifest.clone(),
+                    field: format!("plugins.{name}.library"),
+                    message,
+                })
             };
             let library = resolve_inside(
                 &release.directory,
