@@ -124,13 +124,18 @@ enum Command {
         #[arg(value_parser = parse_json)]
         message: Value,
     },
-    /// Print an actor's state as JSON, or replace it (`--replace`, only while suspended).
+    /// Print what an actor shows of its state as JSON (its `format_status`: secrets
+    /// redacted), or replace it (`--replace`, only while suspended).
     State {
         /// The actor's name.
         actor: String,
         /// Print compact JSON.
         #[arg(long)]
         json: bool,
+        /// Print the raw state, unredacted (what `--replace` takes), instead of what the
+        /// plugin's `format_status` shows.
+        #[arg(long, conflicts_with = "replace")]
+        raw: bool,
         /// Replace the state (`sys:replace_state`) with this JSON, or with the JSON in this
         /// file (an existing file wins); refused unless the actor is suspended.
         #[arg(long, value_name = "FILE_OR_JSON")]
@@ -421,6 +426,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 &Request::State {
                     actor: actor.clone(),
                     replace: Some(state),
+                    raw: false,
                 },
             )
             .await?;
@@ -430,6 +436,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::State {
             actor,
             json,
+            raw,
             replace: None,
         } => {
             let state = request(
@@ -437,6 +444,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 &Request::State {
                     actor,
                     replace: None,
+                    raw,
                 },
             )
             .await?;
@@ -585,8 +593,15 @@ fn print_tree(node: &Value, prefix: &str, out: &mut String) {
                 Some(refused) if refused > 0 => format!(", {refused} refused"),
                 _ => String::new(),
             };
+            // Shown where the plugin reports it (ABI 1.1 and later).
+            let health = match (child["health"].as_str(), child["health_reason"].as_str()) {
+                (Some(health), _) if health.starts_with("not reported") => String::new(),
+                (Some(health), Some(reason)) => format!(" health {health}: {reason}"),
+                (Some(health), None) => format!(" health {health}"),
+                _ => String::new(),
+            };
             out.push_str(&format!(
-                "{prefix}{branch}{id:<14} {plugin:<20} {:<10} restarts {:<3} mailbox {} (high-water {}{bound}{refused})\n",
+                "{prefix}{branch}{id:<14} {plugin:<20} {:<10} restarts {:<3} mailbox {} (high-water {}{bound}{refused}){health}\n",
                 child["state"].as_str().unwrap_or("?"),
                 child["restarts"].as_u64().unwrap_or(0),
                 child["mailbox"].as_u64().unwrap_or(0),

@@ -109,6 +109,10 @@ pub enum Request {
         /// The new state, as JSON in the shape of the plugin's own state.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         replace: Option<Value>,
+        /// The raw state (`sys:get_state`) instead of what the plugin's `format_status`
+        /// shows (secrets redacted).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        raw: bool,
     },
     /// Suspends an actor.
     Suspend {

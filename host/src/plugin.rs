@@ -32,8 +32,8 @@
 
 mod ffi;
 
-use graft_plugin::StopReason;
 use graft_plugin::abi;
+use graft_plugin::{Health, StopReason};
 use semver::Version;
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -648,9 +648,14 @@ impl Loader {
         let identity = check_header(path, &header, expect)?;
         // SAFETY: `check_header` verified magic, ABI major/minor, layout fingerprint and the
         // vtable size against this host's, and `vtable` comes from `read_header` on `library`.
-        let code = unsafe { ffi::PluginCode::new(library, vtable) };
+        let code = unsafe { ffi::PluginCode::new(library, vtable, header.vtable_size) }
+            .map_err(|detail| LoadError::MalformedHeader {
+                path: path.to_owned(),
+                detail,
+            })?;
         let mut plugin = LoadedPlugin {
             identity,
+            abi_minor: header.abi_minor,
             api_version: String::from_utf8_lossy(&header.api_version).into_owned(),
             target: String::from_utf8_lossy(&header.target).into_owned(),
             sha256,
@@ -728,24 +733,28 @@ fn check_header(
             supported: abi::ABI_MINOR,
         });
     }
-    if header.layout_fingerprint != abi::LAYOUT_FINGERPRINT {
+    // The fingerprint of the plugin's own minor: an ABI 1.0 plugin carries the 1.0 one.
+    let expected_fingerprint =
+        abi::layout_fingerprint(header.abi_minor).unwrap_or(abi::LAYOUT_FINGERPRINT);
+    if header.layout_fingerprint != expected_fingerprint {
         return Err(LoadError::LayoutMismatch {
             path: path_buf(),
             found: header.layout_fingerprint,
-            expected: abi::LAYOUT_FINGERPRINT,
+            expected: expected_fingerprint,
         });
     }
     if header.panic_unwind != 1 {
         return Err(LoadError::PanicAbort { path: path_buf() });
     }
-    if (header.vtable_size as usize) < abi::PLUGIN_VTABLE_SIZE_1_0 {
+    // A plugin's vtable holds at least the entries of the minor it declares; the host
+    // reads no further than the size declared (entries after it are not implemented).
+    let needed = abi::plugin_vtable_size(header.abi_minor).unwrap_or(abi::PLUGIN_VTABLE_SIZE_1_0);
+    if (header.vtable_size as usize) < needed {
         return Err(LoadError::MalformedHeader {
             path: path_buf(),
             detail: format!(
-                "vtable is {} bytes, ABI {}.0 needs {}",
-                header.vtable_size,
-                abi::ABI_MAJOR,
-                abi::PLUGIN_VTABLE_SIZE_1_0
+                "vtable is {} bytes, ABI {}.{} needs {needed}",
+                header.vtable_size, header.abi_major, header.abi_minor
             ),
         });
     }
@@ -816,6 +825,8 @@ fn thread_starter(bytes: &[u8]) -> Option<&'static str> {
 /// One loaded plugin version. Closed (and its unloading verified) when the last `Arc` goes.
 pub struct LoadedPlugin {
     identity: PluginIdentity,
+    /// The ABI minor its header declares.
+    abi_minor: u16,
     api_version: String,
     target: String,
     sha256: Sha256Digest,
@@ -858,6 +869,21 @@ impl LoadedPlugin {
     /// The `graft-plugin` version it was built with.
     pub fn api_version(&self) -> &str {
         &self.api_version
+    }
+
+    /// The ABI minor it was built against (its major is [`abi::ABI_MAJOR`]).
+    pub fn abi_minor(&self) -> u16 {
+        self.abi_minor
+    }
+
+    /// Whether it implements `health` (ABI 1.1 and later).
+    pub fn has_health(&self) -> bool {
+        self.code.has_health()
+    }
+
+    /// Whether it implements `format_status` (ABI 1.1 and later).
+    pub fn has_format_status(&self) -> bool {
+        self.code.has_format_status()
     }
 
     /// The target it was built for.
@@ -1463,6 +1489,47 @@ impl Instance {
         outputs
             .into_state(&self.plugin.identity, "encode_state")
             .map(|state| state.len())
+    }
+
+    /// The instance's own view of its health (ABI 1.1 `health`); `None` when the plugin
+    /// does not implement it (an ABI 1.0 plugin).
+    pub fn health(&mut self) -> Option<Result<Health, CallbackError>> {
+        if !self.plugin.code.has_health() {
+            return None;
+        }
+        let services = Detached::new("");
+        let outputs = self.run("health", &services, |code, handle, context| {
+            // Checked above: the entry exists.
+            code.health(handle, context).unwrap_or(abi::STATUS_ERROR)
+        });
+        Some(outputs.and_then(|outputs| {
+            let bytes = outputs.reply.ok_or_else(|| CallbackError::Protocol {
+                plugin: self.plugin.identity.clone(),
+                callback: "health",
+                message: "returned success without a health".to_owned(),
+            })?;
+            graft_plugin::codec::decode::<Health>(&bytes).map_err(|error| {
+                CallbackError::Protocol {
+                    plugin: self.plugin.identity.clone(),
+                    callback: "health",
+                    message: format!("the health does not decode: {error}"),
+                }
+            })
+        }))
+    }
+
+    /// What operators see of the state (ABI 1.1 `format_status`: secrets redacted),
+    /// encoded; `None` when the plugin does not implement it (an ABI 1.0 plugin).
+    pub fn format_status(&mut self) -> Option<Result<Vec<u8>, CallbackError>> {
+        if !self.plugin.code.has_format_status() {
+            return None;
+        }
+        let services = Detached::new("");
+        let outputs = self.run("format_status", &services, |code, handle, context| {
+            code.format_status(handle, context)
+                .unwrap_or(abi::STATUS_ERROR)
+        });
+        Some(outputs.and_then(|outputs| outputs.into_state(&self.plugin.identity, "format_status")))
     }
 
     /// Downgrade: the state converted to the shape of the older version `to_version`.

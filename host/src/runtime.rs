@@ -754,6 +754,17 @@ impl ActorRef {
             .await?
     }
 
+    /// What operators see of the state, as JSON (like the state part of `sys:get_status`,
+    /// through the plugin's `format_status`, which may redact secrets); the state itself
+    /// when the behaviour has no `format_status` (an ABI 1.0 plugin).
+    pub async fn format_status(
+        &self,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, SystemError> {
+        self.system("format_status", timeout, SystemRequest::FormatStatus)
+            .await?
+    }
+
     /// Replaces the state with `state`, encoded in the wire format (MessagePack) in the
     /// shape of the plugin's own state, as `sys:replace_state` does; accepted only while
     /// suspended ([`SystemError::NotSuspendedFor`]). The plugin decodes it as it decodes a

@@ -5,11 +5,15 @@
 //! place, so a directory event there means a whole release (or a removal). Each release
 //! newer than the running one is installed once; with `auto_permanent`, the host watches the
 //! new release for that long: if no actor crashed (no supervisor restarted anything, no
-//! supervisor gave up), it becomes permanent; otherwise the host rolls back to the release
-//! it came from — a health-gated upgrade, which OTP leaves to the operator.
+//! supervisor gave up) and, at the end of the window, no actor reports itself unhealthy
+//! (plugin ABI 1.1 `health`: `Unhealthy`, or a health check that fails), it becomes
+//! permanent; otherwise the host rolls back to the release it came from — a health-gated
+//! upgrade, which OTP leaves to the operator. Actors that report no health (ABI 1.0
+//! plugins) and actors too busy to answer within [`HEALTH_WAIT`] do not hold it back.
 
 use crate::release::assemble::{assembled_versions, releases_directory};
 use crate::release::handler::ReleaseHandler;
+use crate::runtime::ActorRef;
 use crate::supervisor::{ChildRef, SupervisorRef};
 use notify::{RecursiveMode, Watcher};
 use semver::Version;
@@ -58,6 +62,45 @@ fn crash_indicator(
         }
         total
     })
+}
+
+/// How long the health gate waits for the actors' health reports.
+pub const HEALTH_WAIT: Duration = Duration::from_secs(2);
+
+/// Every worker actor of a tree.
+fn workers(
+    supervisor: SupervisorRef,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<ActorRef>> + Send>> {
+    Box::pin(async move {
+        let mut found = Vec::new();
+        for child in supervisor.which_children().await.unwrap_or_default() {
+            match child.child {
+                Some(ChildRef::Supervisor(nested)) => found.extend(workers(nested).await),
+                Some(ChildRef::Worker(actor)) => found.push(actor),
+                None => {}
+            }
+        }
+        found
+    })
+}
+
+/// The actors of a tree that report themselves unhealthy, each with why (its name and
+/// health, or the failed check's message).
+pub async fn unhealthy_actors(root: SupervisorRef) -> Vec<String> {
+    let actors = workers(root).await;
+    crate::runtime::status_all(&actors, HEALTH_WAIT)
+        .await
+        .into_iter()
+        .zip(&actors)
+        .filter_map(|(status, actor)| {
+            let label = actor.name().map_or_else(|| actor.id().to_string(), str::to_owned);
+            match status.ok()?.health? {
+                Ok(health) if health.is_unhealthy() => Some(format!("{label}: {health}")),
+                Ok(_) => None,
+                Err(message) => Some(format!("{label}: the health check failed: {message}")),
+            }
+        })
+        .collect()
 }
 
 /// Watches the root's releases directory and installs new releases until the task ends.
@@ -159,8 +202,13 @@ impl ReleaseWatch {
             tokio::time::sleep(window).await;
             let root = handler.root_supervisor().await;
             let after = crash_indicator(root.clone()).await;
-            let healthy = after == before && root.exit_reason().is_none();
-            if healthy {
+            let crashed = after != before || root.exit_reason().is_some();
+            let unhealthy = if crashed {
+                Vec::new()
+            } else {
+                unhealthy_actors(root.clone()).await
+            };
+            if !crashed && unhealthy.is_empty() {
                 match handler.make_permanent(&target).await {
                     Ok(()) => report(WatchEvent::MadePermanent(target)),
                     Err(error) => {
@@ -168,7 +216,11 @@ impl ReleaseWatch {
                     }
                 }
             } else {
-                tracing::warn!(release = %target, "watch: actors crashed in the health window; rolling back to {current}");
+                if crashed {
+                    tracing::warn!(release = %target, "watch: actors crashed in the health window; rolling back to {current}");
+                } else {
+                    tracing::warn!(release = %target, "watch: actors report themselves unhealthy ({}); rolling back to {current}", unhealthy.join("; "));
+                }
                 match handler.install(&current, None).await {
                     Ok(_) => report(WatchEvent::RolledBack {
                         from: target,

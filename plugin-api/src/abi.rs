@@ -8,23 +8,57 @@
 //!
 //! The plugin exports exactly one symbol, [`ENTRY_SYMBOL`], a static [`PluginHeader`]
 //! whose name carries [`ABI_MAJOR`]. The host reads the header before it calls anything:
-//! magic, ABI version, [`LAYOUT_FINGERPRINT`], panic strategy, name and version. An
+//! magic, ABI version, the layout fingerprint, panic strategy, name and version. An
 //! incompatible major simply lacks the symbol.
 //!
-//! Evolution rules (what is tricky): both vtables only ever grow at their end, and each
-//! growth bumps [`ABI_MINOR`]. The host accepts plugins built against an older or equal
-//! minor and reads only the prefix of the vtable the plugin declares (`vtable_size`); the
-//! plugin reads only the prefix of the host vtable the host declares (`HostVtable::size`).
-//! The fingerprint covers the header, [`Bytes`] and the ABI 1.0 fields of both vtables, so
-//! appending fields does not change it but reordering or resizing anything does.
+//! # Evolution rules (what is tricky)
+//!
+//! - **Vtables only grow at their end, and each growth bumps [`ABI_MINOR`].** Each side
+//!   declares the size of its own vtable: the plugin in [`PluginHeader::vtable_size`], the
+//!   host in [`HostVtable::size`]. A reader reads only the entries that lie wholly inside
+//!   the size the other side declared, and treats the others as *not implemented*: the
+//!   host copies the plugin's declared prefix into a zeroed [`PluginVtable`], where every
+//!   entry added after ABI 1.0 is an `Option` (so an absent one reads as `None`); the
+//!   plugin checks [`HostVtable::size`] before it uses a host entry newer than ABI 1.0
+//!   (there is none yet).
+//! - **Which host runs which plugin.** A host runs every plugin of its major whose minor is
+//!   not newer than its own ([`ABI_MINOR`]); a plugin of a newer minor is refused before
+//!   any of its code is called (it may rely on host entries this host lacks). A plugin's
+//!   `vtable_size` must hold at least the entries of the minor it declares
+//!   ([`plugin_vtable_size`]).
+//! - ABI 1.0 has the twelve entries from `initialize` to `drop_instance`
+//!   ([`PLUGIN_VTABLE_SIZE_1_0`]); ABI 1.1 appends [`PluginVtable::health`] and
+//!   [`PluginVtable::format_status`].
+//!
+//! # The layout fingerprint, versioned by minor
+//!
+//! [`layout_fingerprint`]`(minor)` is the value a plugin of that minor carries in its
+//! header; the host compares the header's fingerprint with the one for the header's own
+//! minor, so plugins of every supported minor load.
+//! - For minor 0 it is the ABI 1.0 scheme, kept bit for bit because plugins built with the
+//!   frozen 1.0 crate carry it: an FNV-1a hash of the sizes, alignments and offsets of the
+//!   header, [`Bytes`] and the ABI 1.0 fields of both vtables. It does **not** cover
+//!   function signatures; for ABI 1.0 plugins that value is a known-good constant
+//!   ([`LAYOUT_FINGERPRINT_1_0`]), and a 1.0 plugin built from a modified crate with the
+//!   same layout but other signatures cannot be told apart. That is the cost of not
+//!   breaking every 1.0 plugin.
+//! - From minor 1 on it also hashes each vtable entry's function signature (the text of
+//!   its fn-pointer type, [`PLUGIN_VTABLE_SIGNATURES`] and [`HOST_VTABLE_SIGNATURES`]) for
+//!   every entry that exists at that minor, in order: a `graft-plugin` whose `handle_cast`
+//!   took other arguments with the same layout now carries another fingerprint and is
+//!   refused. A unit test checks each signature text against `std::any::type_name` of the
+//!   field's type, so the texts cannot drift from the structs.
+//! - Appending entries for a new minor leaves the fingerprints of older minors unchanged;
+//!   reordering or resizing anything changes them all.
 
 use std::ffi::c_void;
 use std::mem::{align_of, offset_of, size_of};
 
 /// The major ABI version. A change here is a new entry symbol name.
 pub const ABI_MAJOR: u16 = 1;
-/// The minor ABI version: bumped whenever a vtable grows at its end.
-pub const ABI_MINOR: u16 = 0;
+/// The minor ABI version: bumped whenever a vtable grows at its end. 1: the plugin vtable
+/// gained `health` and `format_status`.
+pub const ABI_MINOR: u16 = 1;
 /// The first eight bytes of every header: `GRAFTPLG` in little-endian order.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"GRAFTPLG");
 /// The exported symbol (NUL-terminated) whose address is the plugin's [`PluginHeader`].
@@ -89,7 +123,8 @@ pub struct PluginHeader {
     pub layout_fingerprint: u64,
     /// 1 when the plugin was built with `panic = "unwind"`, 0 for `panic = "abort"`.
     pub panic_unwind: u32,
-    /// `size_of::<PluginVtable>()` as the plugin saw it.
+    /// `size_of::<PluginVtable>()` as the plugin saw it: the host reads only the entries
+    /// inside it.
     pub vtable_size: u32,
     /// The plugin's name (UTF-8).
     pub name: Bytes,
@@ -204,6 +239,15 @@ pub struct PluginVtable {
     ) -> u32,
     /// Drops an instance (its `Drop` runs inside the plugin, panics caught).
     pub drop_instance: unsafe extern "C" fn(instance: *mut c_void) -> u32,
+    /// ABI 1.1: outputs the instance's own view of its health, an encoded
+    /// [`crate::Health`], as `OUTPUT_REPLY`. `None` (what the host reads for an ABI 1.0
+    /// plugin, whose vtable ends before it): not implemented.
+    pub health: Option<unsafe extern "C" fn(instance: *mut c_void, ctx: *mut c_void) -> u32>,
+    /// ABI 1.1: outputs what operators and logs see of the state (OTP's `format_status`,
+    /// secrets redacted), encoded, as `OUTPUT_STATE`. `None`: not implemented (the host
+    /// shows the state itself).
+    pub format_status:
+        Option<unsafe extern "C" fn(instance: *mut c_void, ctx: *mut c_void) -> u32>,
 }
 
 /// The callback succeeded.
@@ -215,9 +259,9 @@ pub const STATUS_PANIC: u32 = 2;
 /// The input bytes did not decode as the type the plugin expects; nothing ran.
 pub const STATUS_BAD_INPUT: u32 = 3;
 
-/// A reply to a call.
+/// A reply to a call, or the answer of a query callback (`health`).
 pub const OUTPUT_REPLY: u32 = 1;
-/// Encoded state.
+/// Encoded state (or, from `format_status`, the formatted state).
 pub const OUTPUT_STATE: u32 = 2;
 /// The actor asked to stop; the data is the reason text.
 pub const OUTPUT_STOP: u32 = 3;
@@ -279,9 +323,159 @@ const fn fnv(mut hash: u64, values: &[usize]) -> u64 {
     hash
 }
 
-/// A hash of the sizes, alignments and field offsets of the ABI structs (ABI 1.0 fields
-/// only, so that appending to a vtable keeps it). Host and plugin must agree on it.
-pub const LAYOUT_FINGERPRINT: u64 = {
+const fn fnv_text(mut hash: u64, text: &str) -> u64 {
+    let bytes = text.as_bytes();
+    let mut index = 0;
+    while index < bytes.len() {
+        hash ^= bytes[index] as u64;
+        hash = hash.wrapping_mul(FNV_PRIME);
+        index += 1;
+    }
+    // A terminator, so that ("ab", "c") and ("a", "bc") hash differently.
+    hash ^= 0xff;
+    hash.wrapping_mul(FNV_PRIME)
+}
+
+/// One vtable entry's signature, as the fingerprint hashes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntrySignature {
+    /// The field's name.
+    pub field: &'static str,
+    /// The ABI minor that added it.
+    pub since_minor: u16,
+    /// The field's type as `std::any::type_name` spells it.
+    pub signature: &'static str,
+}
+
+const fn entry(field: &'static str, since_minor: u16, signature: &'static str) -> EntrySignature {
+    EntrySignature {
+        field,
+        since_minor,
+        signature,
+    }
+}
+
+/// The signature of every [`PluginVtable`] entry, in field order.
+pub const PLUGIN_VTABLE_SIGNATURES: &[EntrySignature] = &[
+    entry(
+        "initialize",
+        0,
+        "unsafe extern \"C\" fn(*const graft_plugin::abi::HostVtable, u32) -> u32",
+    ),
+    entry(
+        "init",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void, graft_plugin::abi::Bytes, *mut *mut core::ffi::c_void) -> u32",
+    ),
+    entry(
+        "handle_call",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void, *mut core::ffi::c_void, graft_plugin::abi::Bytes, u64) -> u32",
+    ),
+    entry(
+        "handle_cast",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void, *mut core::ffi::c_void, graft_plugin::abi::Bytes) -> u32",
+    ),
+    entry(
+        "handle_info",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void, *mut core::ffi::c_void, u32, graft_plugin::abi::Bytes) -> u32",
+    ),
+    entry(
+        "handle_continue",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void, *mut core::ffi::c_void, graft_plugin::abi::Bytes) -> u32",
+    ),
+    entry(
+        "terminate",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void, *mut core::ffi::c_void, graft_plugin::abi::Bytes) -> u32",
+    ),
+    entry(
+        "encode_state",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void, *mut core::ffi::c_void) -> u32",
+    ),
+    entry(
+        "restore_state",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void, graft_plugin::abi::Bytes, *mut *mut core::ffi::c_void) -> u32",
+    ),
+    entry(
+        "code_change",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void, graft_plugin::abi::Bytes, graft_plugin::abi::Bytes, graft_plugin::abi::Bytes, *mut *mut core::ffi::c_void) -> u32",
+    ),
+    entry(
+        "downgrade_state",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void, *mut core::ffi::c_void, graft_plugin::abi::Bytes, graft_plugin::abi::Bytes) -> u32",
+    ),
+    entry(
+        "drop_instance",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void) -> u32",
+    ),
+    entry(
+        "health",
+        1,
+        "core::option::Option<unsafe extern \"C\" fn(*mut core::ffi::c_void, *mut core::ffi::c_void) -> u32>",
+    ),
+    entry(
+        "format_status",
+        1,
+        "core::option::Option<unsafe extern \"C\" fn(*mut core::ffi::c_void, *mut core::ffi::c_void) -> u32>",
+    ),
+];
+
+/// The signature of every [`HostVtable`] entry (after `size` and `abi_minor`), in field
+/// order.
+pub const HOST_VTABLE_SIGNATURES: &[EntrySignature] = &[
+    entry(
+        "output",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void, u32, graft_plugin::abi::Bytes)",
+    ),
+    entry(
+        "log",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void, u32, graft_plugin::abi::Bytes, graft_plugin::abi::Bytes)",
+    ),
+    entry(
+        "send",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void, u32, graft_plugin::abi::Bytes, graft_plugin::abi::Bytes) -> u32",
+    ),
+    entry(
+        "call",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void, graft_plugin::abi::Bytes, graft_plugin::abi::Bytes, u64, *mut core::ffi::c_void, unsafe extern \"C\" fn(*mut core::ffi::c_void, graft_plugin::abi::Bytes)) -> u32",
+    ),
+    entry(
+        "send_after",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void, u64, u32, graft_plugin::abi::Bytes) -> u64",
+    ),
+    entry(
+        "cancel_timer",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void, u64) -> u32",
+    ),
+    entry(
+        "reply",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void, u64, graft_plugin::abi::Bytes) -> u32",
+    ),
+    entry(
+        "self_name",
+        0,
+        "unsafe extern \"C\" fn(*mut core::ffi::c_void, *mut core::ffi::c_void, unsafe extern \"C\" fn(*mut core::ffi::c_void, graft_plugin::abi::Bytes))",
+    ),
+];
+
+/// The ABI 1.0 fingerprint: sizes, alignments and offsets only (see the module docs).
+const fn layout_fingerprint_1_0() -> u64 {
     let hash = fnv(
         FNV_OFFSET,
         &[
@@ -343,12 +537,86 @@ pub const LAYOUT_FINGERPRINT: u64 = {
             offset_of!(PluginVtable, drop_instance),
         ],
     )
+}
+
+/// The fingerprint every ABI 1.0 plugin carries (the frozen 1.0 crate's
+/// `LAYOUT_FINGERPRINT`): a known-good constant, checked against the 1.0 scheme by a test.
+pub const LAYOUT_FINGERPRINT_1_0: u64 = 0x762f_7ee5_a8b0_a7c7;
+
+/// The fingerprint of ABI minor `minor` computed from `signatures` (which tests alter to
+/// prove a signature change shows); `None` for a minor newer than this crate's.
+pub const fn fingerprint_with(
+    minor: u16,
+    plugin_signatures: &[EntrySignature],
+    host_signatures: &[EntrySignature],
+) -> Option<u64> {
+    if minor > ABI_MINOR {
+        return None;
+    }
+    let mut hash = layout_fingerprint_1_0();
+    if minor == 0 {
+        return Some(hash);
+    }
+    // From 1.1 on: the offset of every entry added after 1.0, then every entry's
+    // signature, for the entries that exist at `minor`.
+    hash = fnv(
+        hash,
+        &[
+            size_of::<PluginVtable>(),
+            offset_of!(PluginVtable, health),
+            offset_of!(PluginVtable, format_status),
+            minor as usize,
+        ],
+    );
+    let mut index = 0;
+    while index < plugin_signatures.len() {
+        if plugin_signatures[index].since_minor <= minor {
+            hash = fnv_text(hash, plugin_signatures[index].field);
+            hash = fnv_text(hash, plugin_signatures[index].signature);
+        }
+        index += 1;
+    }
+    let mut index = 0;
+    while index < host_signatures.len() {
+        if host_signatures[index].since_minor <= minor {
+            hash = fnv_text(hash, host_signatures[index].field);
+            hash = fnv_text(hash, host_signatures[index].signature);
+        }
+        index += 1;
+    }
+    Some(hash)
+}
+
+/// The layout fingerprint a plugin built against ABI `1.minor` carries; `None` for a
+/// minor newer than this crate's. See the module docs for what it covers.
+pub const fn layout_fingerprint(minor: u16) -> Option<u64> {
+    fingerprint_with(minor, PLUGIN_VTABLE_SIGNATURES, HOST_VTABLE_SIGNATURES)
+}
+
+/// The fingerprint of this crate's ABI ([`ABI_MINOR`]): what plugins built now carry.
+pub const LAYOUT_FINGERPRINT: u64 = match layout_fingerprint(ABI_MINOR) {
+    Some(fingerprint) => fingerprint,
+    None => panic!("the current minor always has a fingerprint"),
 };
 
-/// The size of the ABI 1.0 plugin vtable: the least a plugin may declare.
-pub const PLUGIN_VTABLE_SIZE_1_0: usize = size_of::<PluginVtable>();
+/// The size of the ABI 1.0 plugin vtable (its twelve entries): the least a plugin may
+/// declare.
+pub const PLUGIN_VTABLE_SIZE_1_0: usize =
+    offset_of!(PluginVtable, drop_instance) + size_of::<usize>();
+/// The size of the ABI 1.1 plugin vtable (`health` and `format_status` appended).
+pub const PLUGIN_VTABLE_SIZE_1_1: usize =
+    offset_of!(PluginVtable, format_status) + size_of::<usize>();
 /// The size of the ABI 1.0 host vtable: the least a host may declare.
-pub const HOST_VTABLE_SIZE_1_0: usize = size_of::<HostVtable>();
+pub const HOST_VTABLE_SIZE_1_0: usize = offset_of!(HostVtable, self_name) + size_of::<usize>();
+
+/// The least `vtable_size` a plugin of ABI `1.minor` declares (`None`: a newer minor).
+pub const fn plugin_vtable_size(minor: u16) -> Option<usize> {
+    match minor {
+        0 => Some(PLUGIN_VTABLE_SIZE_1_0),
+        1 => Some(PLUGIN_VTABLE_SIZE_1_1),
+        _ => None,
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -358,7 +626,16 @@ mod tests {
     /// `ABI_MAJOR` or `ABI_MINOR`: review both before updating the snapshot.
     #[test]
     fn layout_fingerprint_matches_the_committed_snapshot() {
-        assert_eq!(LAYOUT_FINGERPRINT, 0x762f_7ee5_a8b0_a7c7_u64);
+        assert_eq!(LAYOUT_FINGERPRINT, 0x9f6f_9617_113c_7586_u64);
+    }
+
+    /// Plugins built with the frozen ABI 1.0 crate carry this value: it must never change.
+    #[test]
+    fn the_abi_1_0_fingerprint_is_what_1_0_plugins_carry() {
+        assert_eq!(layout_fingerprint(0), Some(LAYOUT_FINGERPRINT_1_0));
+        assert_eq!(layout_fingerprint_1_0(), 0x762f_7ee5_a8b0_a7c7_u64);
+        assert_ne!(layout_fingerprint(1), layout_fingerprint(0));
+        assert_eq!(layout_fingerprint(ABI_MINOR + 1), None);
     }
 
     #[test]
@@ -366,7 +643,114 @@ mod tests {
         assert_eq!(size_of::<Bytes>(), 16);
         assert_eq!(size_of::<PluginHeader>(), 104);
         assert_eq!(PLUGIN_VTABLE_SIZE_1_0, 12 * 8);
+        assert_eq!(PLUGIN_VTABLE_SIZE_1_1, 14 * 8);
+        assert_eq!(size_of::<PluginVtable>(), PLUGIN_VTABLE_SIZE_1_1);
         assert_eq!(HOST_VTABLE_SIZE_1_0, 8 + 8 * 8);
+        assert_eq!(size_of::<HostVtable>(), HOST_VTABLE_SIZE_1_0);
+        assert_eq!(plugin_vtable_size(ABI_MINOR), Some(size_of::<PluginVtable>()));
+    }
+
+    /// The type name of a field, given a (non-capturing) accessor of it.
+    fn field_type<S, T>(_: for<'a> fn(&'a S) -> &'a T) -> &'static str {
+        std::any::type_name::<T>()
+    }
+
+    #[test]
+    fn each_plugin_entry_signature_is_its_fields_type() {
+        let actual: Vec<(&str, &str)> = vec![
+            ("initialize", field_type(|v: &PluginVtable| &v.initialize)),
+            ("init", field_type(|v: &PluginVtable| &v.init)),
+            ("handle_call", field_type(|v: &PluginVtable| &v.handle_call)),
+            ("handle_cast", field_type(|v: &PluginVtable| &v.handle_cast)),
+            ("handle_info", field_type(|v: &PluginVtable| &v.handle_info)),
+            (
+                "handle_continue",
+                field_type(|v: &PluginVtable| &v.handle_continue),
+            ),
+            ("terminate", field_type(|v: &PluginVtable| &v.terminate)),
+            ("encode_state", field_type(|v: &PluginVtable| &v.encode_state)),
+            (
+                "restore_state",
+                field_type(|v: &PluginVtable| &v.restore_state),
+            ),
+            ("code_change", field_type(|v: &PluginVtable| &v.code_change)),
+            (
+                "downgrade_state",
+                field_type(|v: &PluginVtable| &v.downgrade_state),
+            ),
+            (
+                "drop_instance",
+                field_type(|v: &PluginVtable| &v.drop_instance),
+            ),
+            ("health", field_type(|v: &PluginVtable| &v.health)),
+            (
+                "format_status",
+                field_type(|v: &PluginVtable| &v.format_status),
+            ),
+        ];
+        let declared: Vec<(&str, &str)> = PLUGIN_VTABLE_SIGNATURES
+            .iter()
+            .map(|entry| (entry.field, entry.signature))
+            .collect();
+        assert_eq!(declared, actual);
+        // Every field is listed, in order: the last one ends the struct.
+        assert_eq!(
+            PLUGIN_VTABLE_SIGNATURES.len() * size_of::<usize>(),
+            size_of::<PluginVtable>()
+        );
+    }
+
+    #[test]
+    fn each_host_entry_signature_is_its_fields_type() {
+        let actual: Vec<(&str, &str)> = vec![
+            ("output", field_type(|v: &HostVtable| &v.output)),
+            ("log", field_type(|v: &HostVtable| &v.log)),
+            ("send", field_type(|v: &HostVtable| &v.send)),
+            ("call", field_type(|v: &HostVtable| &v.call)),
+            ("send_after", field_type(|v: &HostVtable| &v.send_after)),
+            ("cancel_timer", field_type(|v: &HostVtable| &v.cancel_timer)),
+            ("reply", field_type(|v: &HostVtable| &v.reply)),
+            ("self_name", field_type(|v: &HostVtable| &v.self_name)),
+        ];
+        let declared: Vec<(&str, &str)> = HOST_VTABLE_SIGNATURES
+            .iter()
+            .map(|entry| (entry.field, entry.signature))
+            .collect();
+        assert_eq!(declared, actual);
+        assert_eq!(
+            8 + HOST_VTABLE_SIGNATURES.len() * size_of::<usize>(),
+            size_of::<HostVtable>()
+        );
+    }
+
+    /// The case: a `handle_cast` that took other arguments, with the same layout,
+    /// must carry another fingerprint.
+    #[test]
+    fn another_signature_with_the_same_layout_changes_the_fingerprint() {
+        let mut altered = PLUGIN_VTABLE_SIGNATURES.to_vec();
+        let handle_cast = altered
+            .iter_mut()
+            .find(|entry| entry.field == "handle_cast")
+            .unwrap();
+        handle_cast.signature = "unsafe extern \"C\" fn(*mut core::ffi::c_void, graft_plugin::abi::Bytes, *mut core::ffi::c_void) -> u32";
+        let altered = fingerprint_with(ABI_MINOR, &altered, HOST_VTABLE_SIGNATURES);
+        assert!(altered.is_some());
+        assert_ne!(altered, Some(LAYOUT_FINGERPRINT));
+        let mut altered_host = HOST_VTABLE_SIGNATURES.to_vec();
+        altered_host[0].signature = "unsafe extern \"C\" fn(*mut core::ffi::c_void, graft_plugin::abi::Bytes)";
+        assert_ne!(
+            fingerprint_with(ABI_MINOR, PLUGIN_VTABLE_SIGNATURES, &altered_host),
+            Some(LAYOUT_FINGERPRINT)
+        );
+        // Unchanged texts give the same value.
+        assert_eq!(
+            fingerprint_with(
+                ABI_MINOR,
+                &PLUGIN_VTABLE_SIGNATURES.to_vec(),
+                HOST_VTABLE_SIGNATURES
+            ),
+            Some(LAYOUT_FINGERPRINT)
+        );
     }
 
     #[test]

@@ -11,6 +11,11 @@
 //! static of this (per-library) copy. The current call's `ctx` is kept in a const-initialised
 //! `Cell` thread-local so that `log`/`tracing` records emitted deep inside author code reach
 //! the right actor; a `Cell` of a pointer has no destructor, so it never pins the library.
+//!
+//! ABI evolution: the host may be older than this crate. `initialize` refuses a host vtable
+//! smaller than ABI 1.0's; a host entry added after 1.0 (none yet) must be used only after
+//! checking that it lies inside `HostVtable::size`, as the host does for the plugin's
+//! `health` and `format_status` (ABI 1.1) against `PluginHeader::vtable_size`.
 
 use crate::abi::{self, Bytes, HostVtable, PluginHeader, PluginVtable};
 use crate::{CallResult, Context, Down, Error, Exit, Flow, GenServer, Info, Payload, ReplyTo};
@@ -468,6 +473,24 @@ unsafe extern "C" fn downgrade_state<T: GenServer>(
     })
 }
 
+unsafe extern "C" fn health<T: GenServer>(instance: *mut c_void, ctx: *mut c_void) -> u32 {
+    guard(ctx, |raw| {
+        // SAFETY: the host passes a live instance of this plugin, one call at a time.
+        let server = unsafe { server::<T>(instance) };
+        output_encoded(raw, abi::OUTPUT_REPLY, &server.health())
+    })
+}
+
+unsafe extern "C" fn format_status<T: GenServer>(instance: *mut c_void, ctx: *mut c_void) -> u32 {
+    guard(ctx, |raw| {
+        // SAFETY: the host passes a live instance of this plugin, one call at a time.
+        let server = unsafe { server::<T>(instance) };
+        let formatted = server.format_status().map_err(Failure::error)?;
+        host_output(raw, abi::OUTPUT_STATE, formatted.bytes());
+        Ok(())
+    })
+}
+
 unsafe extern "C" fn drop_instance<T: GenServer>(instance: *mut c_void) -> u32 {
     guard(ptr::null_mut(), |_| {
         if !instance.is_null() {
@@ -493,6 +516,8 @@ pub const fn vtable<T: GenServer>() -> PluginVtable {
         code_change: code_change::<T>,
         downgrade_state: downgrade_state::<T>,
         drop_instance: drop_instance::<T>,
+        health: Some(health::<T>),
+        format_status: Some(format_status::<T>),
     }
 }
 

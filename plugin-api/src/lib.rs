@@ -209,6 +209,71 @@ pub trait GenServer: Serialize + DeserializeOwned + Send + 'static {
         let _ = (to_version, extra);
         EncodedState::encode(self)
     }
+
+    /// The actor's own view of its health (ABI 1.1): `graft status` shows it, and the watch
+    /// mode's health gate (`--auto-permanent`) rolls a release back when an actor reports
+    /// [`Health::Unhealthy`]. Called between messages, so keep it cheap and do not block.
+    ///
+    /// The default reports [`Health::Healthy`]: an actor that runs and answers is healthy
+    /// unless it says otherwise (the host cannot tell an overridden `health` from this
+    /// default). Hosts older than ABI 1.1 never call it.
+    fn health(&self) -> Health {
+        Health::Healthy
+    }
+
+    /// What operators and logs see of the state (ABI 1.1; OTP's `format_status`):
+    /// `graft state` shows it, so redact secrets here. Encode any serializable view, for
+    /// example the state with its secret fields replaced. The default is the state itself.
+    ///
+    /// The raw state is still what migrations, snapshots and `graft state --raw` use.
+    fn format_status(&self) -> Result<EncodedState, Error> {
+        EncodedState::encode(self)
+    }
+}
+
+/// An actor's own view of its health, from [`GenServer::health`].
+///
+/// ```
+/// use graft_plugin::Health;
+///
+/// let health = Health::Degraded("cache cold, serving from disk".to_owned());
+/// assert!(!health.is_unhealthy());
+/// assert_eq!(health.to_string(), "degraded: cache cold, serving from disk");
+/// assert!(Health::Unhealthy("database unreachable".to_owned()).is_unhealthy());
+/// assert_eq!(Health::Healthy.to_string(), "healthy");
+///
+/// // It crosses the boundary in the wire format, like every other value.
+/// let bytes = graft_plugin::codec::encode(&health).unwrap();
+/// assert_eq!(graft_plugin::codec::decode::<Health>(&bytes).unwrap(), health);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Health {
+    /// Working as intended.
+    Healthy,
+    /// Working, with a problem worth an operator's attention (the reason). Does not stop
+    /// a release from becoming permanent.
+    Degraded(String),
+    /// Not doing its job (the reason). The watch mode's health gate rolls back a release
+    /// while any actor reports this.
+    Unhealthy(String),
+}
+
+impl Health {
+    /// Whether this is [`Health::Unhealthy`].
+    pub fn is_unhealthy(&self) -> bool {
+        matches!(self, Health::Unhealthy(_))
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Health::Healthy => f.write_str("healthy"),
+            Health::Degraded(reason) => write!(f, "degraded: {reason}"),
+            Health::Unhealthy(reason) => write!(f, "unhealthy: {reason}"),
+        }
+    }
 }
 
 /// What `handle_call` decided.
@@ -439,7 +504,8 @@ impl<'a> Payload<'a> {
     }
 }
 
-/// A state encoded for another version, returned by [`GenServer::downgrade`].
+/// An encoded state: for another version, returned by [`GenServer::downgrade`], or the
+/// view operators see, returned by [`GenServer::format_status`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedState(Vec<u8>);
 

@@ -1,5 +1,6 @@
 //! What each request does, and the `status` report (the tree with every actor's plugin,
-//! version, state, restarts and mailbox; resident libraries; workers; releases).
+//! version, state, restarts, mailbox and health; resident libraries; workers; releases).
+//! `state` shows what the plugin's `format_status` shows (the raw state with `raw`).
 //!
 //! Invariant: nothing here waits on an actor or a supervisor without a deadline; `status`
 //! asks every actor at once under one deadline, shorter while an install runs, and takes
@@ -129,14 +130,20 @@ pub(super) async fn execute(
         Request::State {
             actor: name,
             replace: None,
-        } => actor(handler, &name)
-            .await?
-            .get_state(SYSTEM_TIMEOUT)
-            .await
-            .map_err(system_error),
+            raw,
+        } => {
+            let target = actor(handler, &name).await?;
+            if raw {
+                target.get_state(SYSTEM_TIMEOUT).await
+            } else {
+                target.format_status(SYSTEM_TIMEOUT).await
+            }
+            .map_err(system_error)
+        }
         Request::State {
             actor: name,
             replace: Some(state),
+            ..
         } => {
             refuse_during_install(handler, "state --replace")?;
             let target = actor(handler, &name).await?;
@@ -225,7 +232,9 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
         .zip(crate::runtime::status_all(&actors, wait).await)
         .map(|(actor, status)| {
             let entry = match status {
-                Ok(status) => json!({
+                Ok(status) => {
+                    let (health, reason) = health_fields(&status);
+                    let mut entry = json!({
                     "name": status.name,
                     "plugin": status.plugin,
                     "version": status.version,
@@ -235,7 +244,13 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
                     "mailbox_high_water": status.mailbox_high_water,
                     "max_mailbox": status.max_mailbox,
                     "mailbox_refused": status.mailbox_refused,
-                }),
+                    "health": health,
+                    });
+                    if let Some(reason) = reason {
+                        entry["health_reason"] = json!(reason);
+                    }
+                    entry
+                }
                 // Busy in a callback: the mailbox figures are the senders' own counts.
                 Err(error) => {
                     json!({
@@ -273,6 +288,26 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
         "stuck_callbacks": crate::runtime::executor::stuck_callbacks(),
         "releases": view.releases,
     })
+}
+
+/// An actor's health as `status` shows it: `healthy`, `degraded` or `unhealthy` (a failed
+/// check is unhealthy), with the reason; `not reported (ABI 1.0)` for a plugin without a
+/// `health` callback, `not reported` for a host-native behaviour.
+fn health_fields(status: &crate::runtime::ActorStatus) -> (&'static str, Option<String>) {
+    use graft_plugin::Health;
+    match &status.health {
+        Some(Ok(Health::Healthy)) => ("healthy", None),
+        Some(Ok(Health::Degraded(reason))) => ("degraded", Some(reason.clone())),
+        Some(Ok(Health::Unhealthy(reason))) => ("unhealthy", Some(reason.clone())),
+        // A variant of a newer `graft-plugin` than this host's.
+        Some(Ok(other)) => ("unhealthy", Some(format!("unknown health {other}"))),
+        Some(Err(message)) => (
+            "unhealthy",
+            Some(format!("the health check failed: {message}")),
+        ),
+        None if status.plugin.is_some() => ("not reported (ABI 1.0)", None),
+        None => ("not reported", None),
+    }
 }
 
 /// How long `status` waits for actors and supervisors to report.

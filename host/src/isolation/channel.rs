@@ -1219,6 +1219,28 @@ impl Behaviour for RemoteInstance {
         outputs.into_state(&self.plugin.identity, "encode_state")
     }
 
+    fn health(&mut self) -> Option<Result<graft_plugin::Health, CallbackError>> {
+        let outputs = match self.run(Callback::Health, &Detached::new("")) {
+            Ok(outputs) => outputs,
+            Err(error) => return Some(Err(error)),
+        };
+        let bytes = outputs.reply?;
+        Some(
+            graft_plugin::codec::decode(&bytes).map_err(|error| CallbackError::Protocol {
+                plugin: self.plugin.identity.clone(),
+                callback: "health",
+                message: format!("the health does not decode: {error}"),
+            }),
+        )
+    }
+
+    fn format_status(&mut self) -> Option<Result<Vec<u8>, CallbackError>> {
+        match self.run(Callback::FormatStatus, &Detached::new("")) {
+            Ok(outputs) => outputs.state.map(Ok),
+            Err(error) => Some(Err(error)),
+        }
+    }
+
     fn attach(&mut self, actor: &ActorRef) {
         self.process.register(self.registration, actor);
         // A callback killed at its deadline frees its host thread: closing the connection

@@ -225,6 +225,12 @@ pub enum Callback {
         /// The messages.
         messages: Vec<WireBytes>,
     },
+    /// `health` (ABI 1.1): answered with the encoded health as the reply, or no reply
+    /// when the plugin does not implement it.
+    Health,
+    /// `format_status` (ABI 1.1): answered with the formatted state as the state, or no
+    /// state when the plugin does not implement it.
+    FormatStatus,
     /// `downgrade_state`.
     Downgrade {
         /// The older version.
@@ -248,6 +254,8 @@ impl Callback {
             Callback::HandleContinue { .. } => "handle_continue",
             Callback::Terminate { .. } => "terminate",
             Callback::EncodeState => "encode_state",
+            Callback::Health => "health",
+            Callback::FormatStatus => "format_status",
             Callback::Downgrade { .. } => "downgrade",
         }
     }

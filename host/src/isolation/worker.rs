@@ -346,6 +346,20 @@ fn call(
             Outputs::default()
         }
         Callback::EncodeState => state_outputs(instance.encode_state()?),
+        Callback::Health => match instance.health().transpose()? {
+            Some(health) => Outputs {
+                reply: Some(
+                    graft_plugin::codec::encode(&health)
+                        .map_err(|error| WireCallbackError::protocol(error.to_string()))?,
+                ),
+                ..Outputs::default()
+            },
+            None => Outputs::default(),
+        },
+        Callback::FormatStatus => match instance.format_status().transpose()? {
+            Some(formatted) => state_outputs(formatted),
+            None => Outputs::default(),
+        },
         Callback::Downgrade { to, extra } => {
             let to = semver::Version::parse(&to)
                 .map_err(|error| WireCallbackError::protocol(error.to_string()))?;

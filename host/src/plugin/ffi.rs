@@ -188,19 +188,63 @@ impl HeaderFields {
 }
 
 impl PluginCode {
-    /// Takes ownership of an open library whose header passed every check.
+    /// Takes ownership of an open library whose header passed every check, copying the
+    /// entries of its vtable that lie wholly inside the `vtable_size` it declared; the
+    /// entries after them (added by a newer ABI minor than the plugin's) read as `None`,
+    /// not implemented. Fails when an ABI 1.0 entry is null.
     ///
     /// # Safety
-    /// `vtable` must come from [`read_header`] on this `library`, after the caller checked
-    /// magic, ABI major/minor, layout fingerprint and `vtable_size >= size_of::<PluginVtable>()`.
-    pub(super) unsafe fn new(library: Library, vtable: *const PluginVtable) -> PluginCode {
-        // SAFETY: per the contract, `vtable` points to a complete vtable of the same layout
-        // inside the mapped image (range-checked by `read_header`).
-        let vtable = unsafe { ptr::read_unaligned(vtable) };
-        PluginCode {
+    /// `vtable` must come from [`read_header`] on this `library` (which range-checked
+    /// `min(vtable_size, size_of::<PluginVtable>())` bytes at it), after the caller checked
+    /// magic, ABI major/minor, layout fingerprint and `vtable_size >= PLUGIN_VTABLE_SIZE_1_0`.
+    pub(super) unsafe fn new(
+        library: Library,
+        vtable: *const PluginVtable,
+        vtable_size: u32,
+    ) -> Result<PluginCode, String> {
+        let word = size_of::<usize>();
+        let declared = (vtable_size as usize).min(size_of::<PluginVtable>()) / word * word;
+        if declared < abi::PLUGIN_VTABLE_SIZE_1_0 {
+            return Err(format!(
+                "vtable is {vtable_size} bytes, ABI 1.0 needs {}",
+                abi::PLUGIN_VTABLE_SIZE_1_0
+            ));
+        }
+        // SAFETY: `declared` bytes at `vtable` lie inside the mapped image (range-checked
+        // by `read_header`); unaligned reads cope with a misplaced table.
+        let words: Vec<usize> = (0..abi::PLUGIN_VTABLE_SIZE_1_0 / word)
+            .map(|index| unsafe { ptr::read_unaligned((vtable as *const usize).add(index)) })
+            .collect();
+        if let Some(index) = words.iter().position(|entry| *entry == 0) {
+            let field = abi::PLUGIN_VTABLE_SIGNATURES
+                .get(index)
+                .map_or("?", |entry| entry.field);
+            return Err(format!("the ABI 1.0 vtable entry `{field}` is null"));
+        }
+        let mut table = std::mem::MaybeUninit::<PluginVtable>::zeroed();
+        // SAFETY: copies `declared` readable bytes (see above) into the zeroed table, which
+        // is `size_of::<PluginVtable>() >= declared` bytes long; the two do not overlap.
+        unsafe {
+            ptr::copy_nonoverlapping(vtable as *const u8, table.as_mut_ptr() as *mut u8, declared)
+        };
+        // SAFETY: the ABI 1.0 entries (non-optional fn pointers) were copied and are non-null
+        // (checked above); every later entry is an `Option` of a fn pointer, for which both
+        // the copied bytes and the zeroes left after `declared` (`None`) are valid.
+        let vtable = unsafe { table.assume_init() };
+        Ok(PluginCode {
             vtable,
             library: Some(library),
-        }
+        })
+    }
+
+    /// Whether the plugin's vtable has `health` (ABI 1.1).
+    pub(super) fn has_health(&self) -> bool {
+        self.vtable.health.is_some()
+    }
+
+    /// Whether the plugin's vtable has `format_status` (ABI 1.1).
+    pub(super) fn has_format_status(&self) -> bool {
+        self.vtable.format_status.is_some()
     }
 
     /// Closes the library (`dlclose`). The vtable must not be used afterwards; `Drop`
@@ -377,6 +421,28 @@ impl PluginCode {
         }
     }
 
+    /// Runs `health`; `None` when the plugin's vtable lacks it (ABI 1.0).
+    pub(super) fn health(
+        &self,
+        instance: &mut InstanceHandle,
+        context: &mut CallContext<'_>,
+    ) -> Option<u32> {
+        let health = self.vtable.health?;
+        // SAFETY: as in `handle_call`; the entry was inside the vtable the plugin declared.
+        Some(unsafe { health(instance.0.as_ptr(), context.as_raw()) })
+    }
+
+    /// Runs `format_status`; `None` when the plugin's vtable lacks it (ABI 1.0).
+    pub(super) fn format_status(
+        &self,
+        instance: &mut InstanceHandle,
+        context: &mut CallContext<'_>,
+    ) -> Option<u32> {
+        let format_status = self.vtable.format_status?;
+        // SAFETY: as in `handle_call`; the entry was inside the vtable the plugin declared.
+        Some(unsafe { format_status(instance.0.as_ptr(), context.as_raw()) })
+    }
+
     pub(super) fn drop_instance(&self, instance: InstanceHandle) -> u32 {
         // SAFETY: the handle is consumed, so it is dropped exactly once, by its own plugin,
         // while the library is open.
@@ -405,7 +471,7 @@ impl<'a> CallContext<'a> {
     }
 }
 
-/// The host vtable handed to every plugin.
+/// The host vtable handed to every plugin; `size` tells plugins which entries it has.
 static HOST_VTABLE: HostVtable = HostVtable {
     size: size_of::<HostVtable>() as u32,
     abi_minor: abi::ABI_MINOR as u32,

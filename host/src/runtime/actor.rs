@@ -111,6 +111,7 @@ pub(crate) enum SystemRequest {
     Suspend(oneshot::Sender<()>),
     Resume(oneshot::Sender<()>),
     GetState(oneshot::Sender<Result<serde_json::Value, SystemError>>),
+    FormatStatus(oneshot::Sender<Result<serde_json::Value, SystemError>>),
     Status(oneshot::Sender<ActorStatus>),
     ChangeCode {
         migration: Migration,
@@ -145,6 +146,10 @@ pub struct ActorStatus {
     pub restarts: u32,
     /// Whether it is suspended.
     pub suspended: bool,
+    /// Its own view of its health (plugin ABI 1.1 `health`): `None` when it reports none
+    /// (an ABI 1.0 plugin, a host-native behaviour), `Err` with the message when the check
+    /// failed.
+    pub health: Option<Result<graft_plugin::Health, String>>,
 }
 
 /// The host services of one actor, handed to its callbacks.
@@ -697,9 +702,35 @@ impl Actor {
                     });
                 let _ = reply.send(state);
             }
+            SystemRequest::FormatStatus(reply) => {
+                let _running = guard(&self.services.me, Callback::FormatStatus);
+                let formatted = match self.behaviour.format_status() {
+                    Some(formatted) => formatted,
+                    // No formatted view (an ABI 1.0 plugin): the state itself.
+                    None => self.behaviour.encode_state(),
+                };
+                let state = formatted
+                    .map_err(|error| error.to_string())
+                    .and_then(|bytes| {
+                        rmp_serde::from_slice::<serde_json::Value>(&bytes)
+                            .map_err(|error| error.to_string())
+                    })
+                    .map_err(|message| SystemError::State {
+                        actor: self.services.label.clone(),
+                        message,
+                    });
+                let _ = reply.send(state);
+            }
             SystemRequest::Status(reply) => {
+                let health = {
+                    let _running = guard(&self.services.me, Callback::Health);
+                    self.behaviour
+                        .health()
+                        .map(|health| health.map_err(|error| error.to_string()))
+                };
                 let identity = self.behaviour.identity();
                 let _ = reply.send(ActorStatus {
+                    health,
                     id: self.services.me.id().0,
                     name: self.services.me.name().map(str::to_owned),
                     plugin: identity.map(|identity| identity.name.clone()),

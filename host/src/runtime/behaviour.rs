@@ -6,7 +6,7 @@
 //! encoded start arguments; child specs and dynamic supervisors hold factories.
 
 use crate::plugin::{CallbackError, HostServices, Instance, LoadedPlugin, Outputs, PluginIdentity};
-use graft_plugin::StopReason;
+use graft_plugin::{Health, StopReason};
 use std::fmt;
 use std::sync::Arc;
 
@@ -87,6 +87,17 @@ pub trait Behaviour: Send {
     fn isolated_plugin(&self) -> Option<&Arc<crate::isolation::IsolatedPlugin>> {
         None
     }
+    /// The behaviour's own view of its health (plugin ABI 1.1 `health`); `None` when it
+    /// reports none (an ABI 1.0 plugin, a host-native behaviour). A failed check is an
+    /// `Err`, which the health gate counts as unhealthy.
+    fn health(&mut self) -> Option<Result<Health, CallbackError>> {
+        None
+    }
+    /// What operators see of the state, encoded (plugin ABI 1.1 `format_status`, secrets
+    /// redacted); `None` when the behaviour has no such view, and the state itself is shown.
+    fn format_status(&mut self) -> Option<Result<Vec<u8>, CallbackError>> {
+        None
+    }
     /// Downgrade: the state in the shape of an older version.
     fn downgrade(
         &mut self,
@@ -151,6 +162,14 @@ impl Behaviour for Instance {
 
     fn plugin(&self) -> Option<&Arc<LoadedPlugin>> {
         Some(Instance::plugin(self))
+    }
+
+    fn health(&mut self) -> Option<Result<Health, CallbackError>> {
+        Instance::health(self)
+    }
+
+    fn format_status(&mut self) -> Option<Result<Vec<u8>, CallbackError>> {
+        Instance::format_status(self)
     }
 
     fn downgrade(

@@ -104,10 +104,12 @@ pub(crate) enum Callback {
     EncodeState,
     Drop,
     RestoreState,
+    Health,
+    FormatStatus,
 }
 
 impl Callback {
-    const ALL: [Callback; 10] = [
+    const ALL: [Callback; 12] = [
         Callback::Init,
         Callback::HandleCall,
         Callback::HandleCast,
@@ -118,6 +120,8 @@ impl Callback {
         Callback::EncodeState,
         Callback::Drop,
         Callback::RestoreState,
+        Callback::Health,
+        Callback::FormatStatus,
     ];
 
     fn name(self) -> &'static str {
@@ -132,6 +136,8 @@ impl Callback {
             Callback::EncodeState => "encode_state",
             Callback::Drop => "drop",
             Callback::RestoreState => "restore_state",
+            Callback::Health => "health",
+            Callback::FormatStatus => "format_status",
         }
     }
 }
