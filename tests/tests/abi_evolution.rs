@@ -426,3 +426,35 @@ async fn the_health_gate_makes_a_degraded_but_not_unhealthy_release_permanent() 
     watching.abort();
     handler.shutdown().await;
 }
+
+/// The operator's view through the `graft` binary: `graft state` shows what
+/// `format_status` shows (the secret redacted), `graft state --raw` the raw state, and
+/// `graft status` each actor's health.
+#[test]
+fn graft_state_shows_the_formatted_state_and_status_shows_health() {
+    let root = assembled_root(&[("1.1.0", release("1.1.0", "1.1.0", "", ""))]);
+    let root = root.path();
+    let host = graft_tests::Host::start(root, &[]);
+    let state = |args: &[&str]| -> Value {
+        serde_json::from_str(&graft_tests::succeed_graft(root, args)).unwrap()
+    };
+    assert_eq!(
+        state(&["state", "counter", "--json"]),
+        json!({"total": 40, "additions": 0, "secret": "<redacted>", "unhealthy": null}),
+        "{}",
+        host.log()
+    );
+    assert_eq!(
+        state(&["state", "counter", "--json", "--raw"])["secret"],
+        json!(SECRET)
+    );
+    let status = state(&["status", "--json"]);
+    let child = &status["tree"]["children"][0];
+    assert_eq!(child["health"], json!("degraded"), "{status}");
+    assert_eq!(child["health_reason"], json!("no additions yet"), "{status}");
+    let text = graft_tests::succeed_graft(root, &["status"]);
+    assert!(
+        text.contains("health degraded: no additions yet"),
+        "{text}"
+    );
+}
