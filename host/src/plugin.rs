@@ -648,11 +648,12 @@ impl Loader {
         let identity = check_header(path, &header, expect)?;
         // SAFETY: `check_header` verified magic, ABI major/minor, layout fingerprint and the
         // vtable size against this host's, and `vtable` comes from `read_header` on `library`.
-        let code = unsafe { ffi::PluginCode::new(library, vtable, header.vtable_size) }
-            .map_err(|detail| LoadError::MalformedHeader {
+        let code = unsafe { ffi::PluginCode::new(library, vtable, header.vtable_size) }.map_err(
+            |detail| LoadError::MalformedHeader {
                 path: path.to_owned(),
                 detail,
-            })?;
+            },
+        )?;
         let mut plugin = LoadedPlugin {
             identity,
             abi_minor: header.abi_minor,
@@ -1508,12 +1509,10 @@ impl Instance {
                 callback: "health",
                 message: "returned success without a health".to_owned(),
             })?;
-            graft_plugin::codec::decode::<Health>(&bytes).map_err(|error| {
-                CallbackError::Protocol {
-                    plugin: self.plugin.identity.clone(),
-                    callback: "health",
-                    message: format!("the health does not decode: {error}"),
-                }
+            graft_plugin::codec::decode::<Health>(&bytes).map_err(|error| CallbackError::Protocol {
+                plugin: self.plugin.identity.clone(),
+                callback: "health",
+                message: format!("the health does not decode: {error}"),
             })
         }))
     }

@@ -757,10 +757,7 @@ impl ActorRef {
     /// What operators see of the state, as JSON (like the state part of `sys:get_status`,
     /// through the plugin's `format_status`, which may redact secrets); the state itself
     /// when the behaviour has no `format_status` (an ABI 1.0 plugin).
-    pub async fn format_status(
-        &self,
-        timeout: Duration,
-    ) -> Result<serde_json::Value, SystemError> {
+    pub async fn format_status(&self, timeout: Duration) -> Result<serde_json::Value, SystemError> {
         self.system("format_status", timeout, SystemRequest::FormatStatus)
             .await?
     }

@@ -93,7 +93,9 @@ pub async fn unhealthy_actors(root: SupervisorRef) -> Vec<String> {
         .into_iter()
         .zip(&actors)
         .filter_map(|(status, actor)| {
-            let label = actor.name().map_or_else(|| actor.id().to_string(), str::to_owned);
+            let label = actor
+                .name()
+                .map_or_else(|| actor.id().to_string(), str::to_owned);
             match status.ok()?.health? {
                 Ok(health) if health.is_unhealthy() => Some(format!("{label}: {health}")),
                 Ok(_) => None,

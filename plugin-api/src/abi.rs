@@ -246,8 +246,7 @@ pub struct PluginVtable {
     /// ABI 1.1: outputs what operators and logs see of the state (OTP's `format_status`,
     /// secrets redacted), encoded, as `OUTPUT_STATE`. `None`: not implemented (the host
     /// shows the state itself).
-    pub format_status:
-        Option<unsafe extern "C" fn(instance: *mut c_void, ctx: *mut c_void) -> u32>,
+    pub format_status: Option<unsafe extern "C" fn(instance: *mut c_void, ctx: *mut c_void) -> u32>,
 }
 
 /// The callback succeeded.
@@ -647,7 +646,10 @@ mod tests {
         assert_eq!(size_of::<PluginVtable>(), PLUGIN_VTABLE_SIZE_1_1);
         assert_eq!(HOST_VTABLE_SIZE_1_0, 8 + 8 * 8);
         assert_eq!(size_of::<HostVtable>(), HOST_VTABLE_SIZE_1_0);
-        assert_eq!(plugin_vtable_size(ABI_MINOR), Some(size_of::<PluginVtable>()));
+        assert_eq!(
+            plugin_vtable_size(ABI_MINOR),
+            Some(size_of::<PluginVtable>())
+        );
     }
 
     /// The type name of a field, given a (non-capturing) accessor of it.
@@ -668,7 +670,10 @@ mod tests {
                 field_type(|v: &PluginVtable| &v.handle_continue),
             ),
             ("terminate", field_type(|v: &PluginVtable| &v.terminate)),
-            ("encode_state", field_type(|v: &PluginVtable| &v.encode_state)),
+            (
+                "encode_state",
+                field_type(|v: &PluginVtable| &v.encode_state),
+            ),
             (
                 "restore_state",
                 field_type(|v: &PluginVtable| &v.restore_state),
@@ -737,18 +742,15 @@ mod tests {
         assert!(altered.is_some());
         assert_ne!(altered, Some(LAYOUT_FINGERPRINT));
         let mut altered_host = HOST_VTABLE_SIGNATURES.to_vec();
-        altered_host[0].signature = "unsafe extern \"C\" fn(*mut core::ffi::c_void, graft_plugin::abi::Bytes)";
+        altered_host[0].signature =
+            "unsafe extern \"C\" fn(*mut core::ffi::c_void, graft_plugin::abi::Bytes)";
         assert_ne!(
             fingerprint_with(ABI_MINOR, PLUGIN_VTABLE_SIGNATURES, &altered_host),
             Some(LAYOUT_FINGERPRINT)
         );
         // Unchanged texts give the same value.
         assert_eq!(
-            fingerprint_with(
-                ABI_MINOR,
-                &PLUGIN_VTABLE_SIGNATURES.to_vec(),
-                HOST_VTABLE_SIGNATURES
-            ),
+            fingerprint_with(ABI_MINOR, PLUGIN_VTABLE_SIGNATURES, HOST_VTABLE_SIGNATURES),
             Some(LAYOUT_FINGERPRINT)
         );
     }

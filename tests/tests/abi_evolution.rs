@@ -87,8 +87,14 @@ async fn evolve(plugin_extra: &str) {
 
     // ABI 1.0 runs: calls and casts.
     assert_eq!(version_of(&runtime, "counter").await, "1.0.0");
-    assert_eq!(call(&runtime, "counter", json!("Version")).await, json!("1.0.0"));
-    assert_eq!(call(&runtime, "counter", json!({"Add": 1})).await, json!(41));
+    assert_eq!(
+        call(&runtime, "counter", json!("Version")).await,
+        json!("1.0.0")
+    );
+    assert_eq!(
+        call(&runtime, "counter", json!({"Add": 1})).await,
+        json!(41)
+    );
     runtime
         .whereis("counter")
         .unwrap()
@@ -96,7 +102,11 @@ async fn evolve(plugin_extra: &str) {
         .unwrap();
     assert_eq!(call(&runtime, "counter", json!("Get")).await, json!(42));
     // ABI 1.0 has neither callback: no health, and the state itself is what is shown.
-    assert_eq!(health(&runtime).await, None, "not reported by an ABI 1.0 plugin");
+    assert_eq!(
+        health(&runtime).await,
+        None,
+        "not reported by an ABI 1.0 plugin"
+    );
     let state = json!({"count": 42, "secret": SECRET});
     assert_eq!(shown_state(&runtime).await, state);
     assert_eq!(raw_state(&runtime).await, state);
@@ -105,7 +115,10 @@ async fn evolve(plugin_extra: &str) {
     let report = handler.install(&version("1.1.0"), None).await.unwrap();
     assert_eq!(report.actors_migrated, 1);
     assert_eq!(version_of(&runtime, "counter").await, "1.1.0");
-    assert_eq!(call(&runtime, "counter", json!("Version")).await, json!("1.1.0"));
+    assert_eq!(
+        call(&runtime, "counter", json!("Version")).await,
+        json!("1.1.0")
+    );
     assert_eq!(call(&runtime, "counter", json!("Get")).await, json!(42));
     assert_eq!(
         raw_state(&runtime).await,
@@ -117,7 +130,10 @@ async fn evolve(plugin_extra: &str) {
         health(&runtime).await,
         Some(Ok(Health::Degraded("no additions yet".to_owned())))
     );
-    assert_eq!(call(&runtime, "counter", json!({"Add": 3})).await, json!(45));
+    assert_eq!(
+        call(&runtime, "counter", json!({"Add": 3})).await,
+        json!(45)
+    );
     assert_eq!(health(&runtime).await, Some(Ok(Health::Healthy)));
     call(&runtime, "counter", json!({"SetUnhealthy": "disk full"})).await;
     assert_eq!(
@@ -139,7 +155,10 @@ async fn evolve(plugin_extra: &str) {
     // Downgrade back to the ABI 1.0 build: 1.1.0's downgrade converts the state back.
     handler.install(&version("1.0.0"), None).await.unwrap();
     assert_eq!(version_of(&runtime, "counter").await, "1.0.0");
-    assert_eq!(call(&runtime, "counter", json!("Version")).await, json!("1.0.0"));
+    assert_eq!(
+        call(&runtime, "counter", json!("Version")).await,
+        json!("1.0.0")
+    );
     assert_eq!(call(&runtime, "counter", json!("Get")).await, json!(45));
     assert_eq!(
         raw_state(&runtime).await,
@@ -237,7 +256,10 @@ fn a_plugin_of_a_newer_minor_is_refused_with_a_typed_error() {
         ),
         "{error}"
     );
-    assert!(error.to_string().contains("newer than this host"), "{error}");
+    assert!(
+        error.to_string().contains("newer than this host"),
+        "{error}"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(loader.directory()).unwrap().collect();
     assert!(leftovers.is_empty(), "nothing stays behind: {leftovers:?}");
 }
@@ -306,7 +328,10 @@ fn entries_past_the_declared_vtable_size_are_not_implemented() {
     let outputs = instance
         .handle_call(&encode(&json!({"Add": 1})), 1, &services)
         .unwrap();
-    assert_eq!(codec::decode::<Value>(&outputs.reply.unwrap()).unwrap(), json!(3));
+    assert_eq!(
+        codec::decode::<Value>(&outputs.reply.unwrap()).unwrap(),
+        json!(3)
+    );
 }
 
 /// A plugin that declares ABI 1.1 with a vtable too short for it is malformed.
@@ -355,21 +380,33 @@ async fn the_health_gate_rolls_back_a_release_whose_actor_is_unhealthy() {
         ),
     )
     .unwrap();
-    graft::release::assemble::assemble(&manifest, &graft_tests::workspace_root(), root.path(), false)
-        .unwrap();
+    graft::release::assemble::assemble(
+        &manifest,
+        &graft_tests::workspace_root(),
+        root.path(),
+        false,
+    )
+    .unwrap();
     let mut seen = Vec::new();
     let rolled_back = eventually_async(Duration::from_secs(60), || {
         while let Ok(event) = received.try_recv() {
             seen.push(event);
         }
-        let done = seen.iter().any(|event| matches!(event, WatchEvent::RolledBack { .. }));
+        let done = seen
+            .iter()
+            .any(|event| matches!(event, WatchEvent::RolledBack { .. }));
         async move { done }
     })
     .await;
     assert!(rolled_back, "no rollback: {seen:?}");
-    assert!(seen.contains(&WatchEvent::Installed(version("1.1.0"))), "{seen:?}");
     assert!(
-        !seen.iter().any(|event| matches!(event, WatchEvent::MadePermanent(_))),
+        seen.contains(&WatchEvent::Installed(version("1.1.0"))),
+        "{seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|event| matches!(event, WatchEvent::MadePermanent(_))),
         "{seen:?}"
     );
     assert_eq!(
@@ -405,16 +442,24 @@ async fn the_health_gate_makes_a_degraded_but_not_unhealthy_release_permanent() 
     std::fs::create_dir_all(&sources).unwrap();
     let manifest = sources.join("release.toml");
     std::fs::write(&manifest, release("1.1.0", "1.1.0", "", &script(""))).unwrap();
-    graft::release::assemble::assemble(&manifest, &graft_tests::workspace_root(), root.path(), false)
-        .unwrap();
+    graft::release::assemble::assemble(
+        &manifest,
+        &graft_tests::workspace_root(),
+        root.path(),
+        false,
+    )
+    .unwrap();
     let mut seen = Vec::new();
     let permanent = eventually_async(Duration::from_secs(60), || {
         while let Ok(event) = received.try_recv() {
             seen.push(event);
         }
-        let done = seen
-            .iter()
-            .any(|event| matches!(event, WatchEvent::MadePermanent(_) | WatchEvent::RolledBack { .. }));
+        let done = seen.iter().any(|event| {
+            matches!(
+                event,
+                WatchEvent::MadePermanent(_) | WatchEvent::RolledBack { .. }
+            )
+        });
         async move { done }
     })
     .await;
@@ -451,10 +496,11 @@ fn graft_state_shows_the_formatted_state_and_status_shows_health() {
     let status = state(&["status", "--json"]);
     let child = &status["tree"]["children"][0];
     assert_eq!(child["health"], json!("degraded"), "{status}");
-    assert_eq!(child["health_reason"], json!("no additions yet"), "{status}");
-    let text = graft_tests::succeed_graft(root, &["status"]);
-    assert!(
-        text.contains("health degraded: no additions yet"),
-        "{text}"
+    assert_eq!(
+        child["health_reason"],
+        json!("no additions yet"),
+        "{status}"
     );
+    let text = graft_tests::succeed_graft(root, &["status"]);
+    assert!(text.contains("health degraded: no additions yet"), "{text}");
 }

@@ -308,6 +308,7 @@ async fn injected_a_long_install_status_releases_and_state_answer_meanwhile() {
             Request::State {
                 actor: "f1".to_owned(),
                 replace: None,
+                raw: false,
             },
         ),
     ] {
