@@ -556,15 +556,19 @@ pub const fn fingerprint_with(
     if minor == 0 {
         return Some(hash);
     }
-    // From 1.1 on: the offset of every entry added after 1.0, then every entry's
-    // signature, for the entries that exist at `minor`.
+    // From 1.1 on: the minor, the vtable size it needs and the offsets of the entries it
+    // added (a later minor adds its own under `if minor >= N`, so the values of older
+    // minors never change), then the signature of every entry that exists at `minor`.
+    let Some(vtable_size) = plugin_vtable_size(minor) else {
+        return None;
+    };
     hash = fnv(
         hash,
         &[
-            size_of::<PluginVtable>(),
+            minor as usize,
+            vtable_size,
             offset_of!(PluginVtable, health),
             offset_of!(PluginVtable, format_status),
-            minor as usize,
         ],
     );
     let mut index = 0;
@@ -625,7 +629,7 @@ mod tests {
     /// `ABI_MAJOR` or `ABI_MINOR`: review both before updating the snapshot.
     #[test]
     fn layout_fingerprint_matches_the_committed_snapshot() {
-        assert_eq!(LAYOUT_FINGERPRINT, 0x9f6f_9617_113c_7586_u64);
+        assert_eq!(LAYOUT_FINGERPRINT, 0x3bd5_97f1_a5af_e6a6_u64);
     }
 
     /// Plugins built with the frozen ABI 1.0 crate carry this value: it must never change.
