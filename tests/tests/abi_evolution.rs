@@ -140,6 +140,24 @@ async fn evolve(plugin_extra: &str) {
         health(&runtime).await,
         Some(Ok(Health::Unhealthy("disk full".to_owned())))
     );
+    // A health check that fails is reported as such (and counts as unhealthy); the actor
+    // keeps running.
+    call(&runtime, "counter", json!({"SetUnhealthy": "panic"})).await;
+    let failed = health(&runtime).await;
+    assert!(
+        matches!(&failed, Some(Err(message)) if message.contains("the health check itself broke")),
+        "{failed:?}"
+    );
+    let status = graft::control::status(&handler).await;
+    let child = &status["tree"]["children"][0];
+    assert_eq!(child["health"], json!("unhealthy"), "{status}");
+    assert!(
+        child["health_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("the health check failed"),
+        "{status}"
+    );
     call(&runtime, "counter", json!({"SetUnhealthy": null})).await;
     // format_status redacts the secret; the raw state keeps it.
     assert_eq!(
