@@ -11,8 +11,8 @@
 //! - A call waits at most its timeout (default [`DEFAULT_CALL_TIMEOUT`]); a reply that
 //!   arrives later is dropped with its one-shot channel, never delivered to a later call.
 //!   A caller sees a distinct error for timeout, not found, and exited (with the reason).
-//! - System messages (`suspend`, `resume`, `get_state`, `format_status`, `status`, `change_code`,
-//!   `replace_state`) are handled between callbacks. While suspended, other messages wait
+//! - System messages (`suspend`, `resume`, `get_state`, `format_status`, `status`,
+//!   `change_code`, `replace_state`) are handled between callbacks. While suspended, other messages wait
 //!   in order in a side queue and run first after `resume`; none is lost. `change_code` and
 //!   `replace_state` are accepted only while suspended, and a failed one leaves the old
 //!   behaviour and state in place.
