@@ -120,7 +120,10 @@ impl Image<'_> {
             .iter()
             .find(|&&(start, _, size)| address >= start && end <= start.saturating_add(size))
             .ok_or_else(malformed)?;
-        let offset = usize::try_from(offset + (address - start)).map_err(|_| malformed())?;
+        let offset = offset
+            .checked_add(address - start)
+            .and_then(|offset| usize::try_from(offset).ok())
+            .ok_or_else(malformed)?;
         let stop = offset.checked_add(length).ok_or_else(malformed)?;
         self.bytes.get(offset..stop).ok_or_else(malformed)
     }
@@ -151,7 +154,7 @@ impl Image<'_> {
     }
 
     fn string(&self, field_address: u64, what: &str) -> Result<Vec<u8>, HeaderFileError> {
-        let length_address = field_address + offset_of!(abi::Bytes, len) as u64;
+        let length_address = field_address.wrapping_add(offset_of!(abi::Bytes, len) as u64);
         let length = self.unsigned(length_address, self.pointer, what)?;
         if length > MAX_HEADER_STRING as u64 {
             return Err(HeaderFileError::Malformed(format!(
@@ -161,7 +164,10 @@ impl Image<'_> {
         if length == 0 {
             return Ok(Vec::new());
         }
-        match self.pointer(field_address + offset_of!(abi::Bytes, ptr) as u64, what)? {
+        match self.pointer(
+            field_address.wrapping_add(offset_of!(abi::Bytes, ptr) as u64),
+            what,
+        )? {
             Resolved::Address(address) => Ok(self.at(address, length as usize, what)?.to_vec()),
             Resolved::External => Err(HeaderFileError::Malformed(format!(
                 "`{what}` points into another library"
@@ -256,7 +262,8 @@ pub fn read(bytes: &[u8]) -> Result<FileHeader, HeaderFileError> {
     image.relocations = relocations;
 
     let header = symbol.address();
-    let field = |offset: usize| header + offset as u64;
+    // Wrapping: a corrupt address is refused by the bounds checks of every read, not here.
+    let field = |offset: usize| header.wrapping_add(offset as u64);
     let magic = image.unsigned(
         field(offset_of!(PluginHeader, magic)),
         8,
@@ -330,7 +337,7 @@ pub fn read(bytes: &[u8]) -> Result<FileHeader, HeaderFileError> {
         if offset + pointer > result.vtable_size as usize {
             continue;
         }
-        let present = match image.pointer(vtable + offset as u64, callback)? {
+        let present = match image.pointer(vtable.wrapping_add(offset as u64), callback)? {
             Resolved::Address(address) => address != 0,
             Resolved::External => true,
         };
