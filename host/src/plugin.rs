@@ -771,11 +771,11 @@ impl Loader {
             report: false,
             pinned,
         };
-        let status = plugin.code.initialize(level_number());
+        let (status, message) = plugin.code.initialize(level_number());
         if status != abi::STATUS_OK {
             return Err(LoadError::Initialize {
                 path: path.to_owned(),
-                message: format!("initialize returned status {status}"),
+                message: initialize_failure(status, message),
             });
         }
         plugin.report = true;
@@ -807,6 +807,15 @@ impl Loader {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .1
+    }
+}
+
+/// Why `initialize` failed: the plugin's own reason, else its status.
+fn initialize_failure(status: u32, message: Option<String>) -> String {
+    match message {
+        Some(message) if status == abi::STATUS_PANIC => format!("it panicked: {message}"),
+        Some(message) => message,
+        None => format!("initialize returned status {status} and gave no reason"),
     }
 }
 
@@ -1644,6 +1653,30 @@ impl Drop for Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_initialize_reports_the_plugins_reason() {
+        let error = LoadError::Initialize {
+            path: PathBuf::from("/lib/libkv.so"),
+            message: initialize_failure(
+                abi::STATUS_ERROR,
+                Some("host vtable is 24 bytes, this plugin needs at least 72".to_owned()),
+            ),
+        };
+        assert_eq!(
+            error.to_string(),
+            "plugin /lib/libkv.so failed to initialize: host vtable is 24 bytes, this plugin needs at least 72"
+        );
+        assert_eq!(
+            initialize_failure(abi::STATUS_PANIC, Some("boom".to_owned())),
+            "it panicked: boom"
+        );
+        // A plugin that gives no reason (built before it could) still names its status.
+        assert_eq!(
+            initialize_failure(abi::STATUS_ERROR, None),
+            "initialize returned status 1 and gave no reason"
+        );
+    }
 
     #[test]
     fn outputs_record_ignore_and_inactivity_timeouts() {
