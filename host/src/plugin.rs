@@ -434,7 +434,9 @@ pub struct ElfKind {
 }
 
 impl ElfKind {
-    /// What this host runs: its `target_arch`, pointer width and byte order.
+    /// What this host runs: its `target_arch`, pointer width and byte order. An
+    /// architecture `object` does not name is `Unknown`, and such a host refuses every
+    /// library (it cannot tell a foreign one from its own).
     pub fn host() -> ElfKind {
         use object::Architecture as A;
         let architecture = if cfg!(target_arch = "x86_64") {
@@ -459,6 +461,16 @@ impl ElfKind {
             A::LoongArch64
         } else if cfg!(target_arch = "s390x") {
             A::S390x
+        } else if cfg!(target_arch = "powerpc") {
+            A::PowerPc
+        } else if cfg!(target_arch = "mips64") {
+            A::Mips64
+        } else if cfg!(target_arch = "mips") {
+            A::Mips
+        } else if cfg!(target_arch = "sparc64") {
+            A::Sparc64
+        } else if cfg!(target_arch = "loongarch32") {
+            A::LoongArch32
         } else {
             A::Unknown
         };

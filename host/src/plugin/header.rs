@@ -12,7 +12,9 @@
 //! pointer is resolved from the relocation at its address: a `R_*_RELATIVE` one gives the
 //! (load-base relative) address as its addend (explicit in `.rela.dyn`, implicit in the
 //! file's bytes for `.rel.dyn`), an absolute one against a defined dynamic symbol gives the
-//! symbol's address plus the addend. A pointer with no relocation is read as stored.
+//! symbol's address plus the addend. A pointer with no such relocation is read as stored:
+//! that covers packed relative relocations (`.relr.dyn`, `-z pack-relative-relocs`), which
+//! keep the address in the file's bytes.
 //!
 //! Invariants: every read is bounds-checked against the file and the segment that backs
 //! the address; strings are capped at [`MAX_HEADER_STRING`]; any inconsistency is a
@@ -75,16 +77,21 @@ pub struct FileHeader {
     pub callbacks: Vec<&'static str>,
 }
 
-/// Why the header could not be read from the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why the header could not be read from the file. The loader turns each into a
+/// [`super::LoadError`] naming the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderFileError {
     /// The ELF structures could not be parsed.
+    #[error("malformed ELF object: {0}")]
     Elf(String),
     /// The dynamic symbol table has no defined entry symbol.
+    #[error("no `{0}` in the dynamic symbol table")]
     MissingSymbol(String),
     /// The header declares a smaller size than this host's header.
+    #[error("header is {0} bytes, expected at least {size}", size = size_of::<PluginHeader>())]
     TooSmall(u32),
     /// A field or what it points to is not in the file.
+    #[error("malformed header: {0}")]
     Malformed(String),
 }
 
@@ -189,6 +196,9 @@ fn relative_type(architecture: object::Architecture) -> Option<object::elf::Relo
         A::PowerPc64 => elf::R_PPC64_RELATIVE,
         A::LoongArch64 => elf::R_LARCH_RELATIVE,
         A::S390x => elf::R_390_RELATIVE,
+        A::PowerPc => elf::R_PPC_RELATIVE,
+        A::Sparc64 => elf::R_SPARC_RELATIVE,
+        A::LoongArch32 => elf::R_LARCH_RELATIVE,
         _ => return None,
     })
 }
