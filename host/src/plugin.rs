@@ -14,8 +14,9 @@
 //! - A path is never loaded twice, never hard-linked, never overwritten while loaded: each
 //!   load gets its own copy named `<stem>-<sha16>-<sequence>.so` (glibc would otherwise hand
 //!   back the already-loaded object, and overwriting a mapped file crashes).
-//! - A library that fails any check is closed and its copy removed; nothing of it stays
-//!   in use. A copy that cannot be written whole (out of space, over the file-size limit)
+//! - A library that fails a check on its bytes (digest, ELF machine, header) is never
+//!   copied nor opened: none of its code runs. One that fails a later check (the in-memory
+//!   header, `initialize`) is closed and its copy removed; nothing of it stays in use. A copy that cannot be written whole (out of space, over the file-size limit)
 //!   is removed and the load fails with [`LoadError::Copy`] naming it.
 //! - A host's copies live in its own directory under the root, `run/libraries/<pid>/`
 //!   ([`Loader::in_process_directory`]), locked while the process lives and removed by the
@@ -647,7 +648,10 @@ impl Loader {
         self.shared.directory.path()
     }
 
-    /// Reads, verifies, copies, loads and checks the library at `path`.
+    /// Reads, verifies, copies, loads and checks the library at `path`. Every check that
+    /// can refuse it (digest, ELF machine, the whole header against this host and
+    /// `expect`) is made on the file's bytes before `dlopen`, so a refused library runs no
+    /// code at all; the header is checked again in memory after loading.
     pub fn load(&self, path: &Path, expect: &Expectations) -> Result<Arc<LoadedPlugin>, LoadError> {
         let read_error = |source| LoadError::Read {
             path: path.to_owned(),
