@@ -276,6 +276,19 @@ fn a_truncated_library_is_refused_before_dlopen() {
 }
 
 #[test]
+fn a_malformed_elf_object_is_refused_before_dlopen() {
+    let loader = Loader::new().unwrap();
+    let scratch = Scratch::new();
+    // e_shstrndx (ELF64, little-endian) past the section table.
+    let path = scratch.patched("shstrndx.so", |bytes| {
+        bytes[0x3e..0x40].copy_from_slice(&0xfff0_u16.to_le_bytes())
+    });
+    let error = refuse(&loader, &path, &Expectations::default());
+    assert!(matches!(error, LoadError::MalformedElf { .. }), "{error}");
+    assert!(error.to_string().contains("malformed ELF"), "{error}");
+}
+
+#[test]
 fn an_elf_object_for_another_machine_is_refused_naming_both() {
     let loader = Loader::new().unwrap();
     let scratch = Scratch::new();
