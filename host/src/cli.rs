@@ -192,6 +192,35 @@ enum Command {
         #[arg(long)]
         path: Option<PathBuf>,
     },
+    /// Show what a plugin library is and whether this host would load it, without running
+    /// any of its code. Exit status 0: loadable; 1: this host would refuse it (the reason
+    /// is printed); 2: the file cannot be read.
+    Inspect {
+        /// The library (`.so`).
+        file: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `graft inspect`: the report on stdout; exit 0 when loadable, 1 when refused, 2 when the
+/// file cannot be read.
+fn inspect(file: &Path, json: bool) -> Result<ExitCode, Failure> {
+    let inspection = graft::plugin::inspect::inspect(file).map_err(|error| Failure {
+        code: 2,
+        error: error.into(),
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&inspection)?);
+    } else {
+        println!("{inspection}");
+    }
+    Ok(if inspection.loadable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// A whole number that must be at least 1 (a count of connections, a number of seconds).
@@ -483,6 +512,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Dev { version, workspace } => dev(&root, &workspace, version).await,
         Command::Demo { debug } => demo(!debug).await.map(|()| ExitCode::SUCCESS),
         Command::New { name, path } => new_plugin(&name, path).map(|()| ExitCode::SUCCESS),
+        Command::Inspect { file, json } => inspect(&file, json),
         // Handled in `main`, before the async runtime starts.
         Command::Worker { .. } => Ok(ExitCode::from(2)),
     }

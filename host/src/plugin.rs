@@ -1,9 +1,12 @@
 //! The plugin loader and the safe face of loaded plugin code.
 //!
 //! Loading a plugin ([`Loader::load`]): read the file once (size-capped), SHA-256 the
-//! bytes, compare with the expected digest when one is given, write those same bytes to a
-//! fresh uniquely named file in a private (0700) directory, `dlopen` that copy
-//! (`RTLD_NOW | RTLD_LOCAL`), then read and check the header before calling anything.
+//! bytes, compare with the expected digest when one is given, check the ELF machine and
+//! read and check the header *from the bytes* ([`header`]: nothing of a refused library
+//! runs, not even its load-time constructors), write those same bytes to a fresh uniquely
+//! named file in a private (0700) directory, `dlopen` that copy (`RTLD_NOW | RTLD_LOCAL`),
+//! then read and check the header again in memory (range-checked against the mappings)
+//! before calling anything. [`inspect`] reports the same checks without loading.
 //! The result is an `Arc<LoadedPlugin>`; every [`Instance`] holds one, so a version stays
 //! loaded while any actor uses it and is closed when the last user drops it.
 //!
@@ -11,8 +14,9 @@
 //! - A path is never loaded twice, never hard-linked, never overwritten while loaded: each
 //!   load gets its own copy named `<stem>-<sha16>-<sequence>.so` (glibc would otherwise hand
 //!   back the already-loaded object, and overwriting a mapped file crashes).
-//! - A library that fails any check is closed and its copy removed; nothing of it stays
-//!   in use. A copy that cannot be written whole (out of space, over the file-size limit)
+//! - A library that fails a check on its bytes (digest, ELF machine, header) is never
+//!   copied nor opened: none of its code runs. One that fails a later check (the in-memory
+//!   header, `initialize`) is closed and its copy removed; nothing of it stays in use. A copy that cannot be written whole (out of space, over the file-size limit)
 //!   is removed and the load fails with [`LoadError::Copy`] naming it.
 //! - A host's copies live in its own directory under the root, `run/libraries/<pid>/`
 //!   ([`Loader::in_process_directory`]), locked while the process lives and removed by the
@@ -31,6 +35,8 @@
 //! All raw calls into plugin code are in the `ffi` submodule.
 
 mod ffi;
+pub mod header;
+pub mod inspect;
 
 use graft_plugin::abi;
 use graft_plugin::{Health, StopReason};
@@ -176,9 +182,17 @@ pub enum LoadError {
         /// The file.
         path: PathBuf,
         /// What this host runs.
-        expected: &'static str,
+        expected: String,
         /// What the file is.
         found: String,
+    },
+    /// The ELF structures (sections, symbol tables) cannot be parsed.
+    #[error("plugin {path} is a malformed ELF object: {detail}")]
+    MalformedElf {
+        /// The file.
+        path: PathBuf,
+        /// What the ELF parser found wrong.
+        detail: String,
     },
     /// The file is shorter than its own ELF headers say.
     #[error(
@@ -409,8 +423,82 @@ pub(crate) fn level_number() -> u32 {
     }
 }
 
-/// Checks the ELF identification and that the file holds all its headers claim.
-fn check_elf(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+/// What an ELF object is built for: its machine, class and byte order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElfKind {
+    /// The machine, as `object` names it.
+    pub architecture: object::Architecture,
+    /// 64-bit (ELFCLASS64) or not.
+    pub is_64: bool,
+    /// Big-endian or not.
+    pub big_endian: bool,
+}
+
+impl ElfKind {
+    /// What this host runs: its `target_arch`, pointer width and byte order. An
+    /// architecture `object` does not name is `Unknown`, and such a host refuses every
+    /// library (it cannot tell a foreign one from its own).
+    pub fn host() -> ElfKind {
+        use object::Architecture as A;
+        let architecture = if cfg!(target_arch = "x86_64") {
+            if cfg!(target_pointer_width = "32") {
+                A::X86_64_X32
+            } else {
+                A::X86_64
+            }
+        } else if cfg!(target_arch = "aarch64") {
+            A::Aarch64
+        } else if cfg!(target_arch = "x86") {
+            A::I386
+        } else if cfg!(target_arch = "arm") {
+            A::Arm
+        } else if cfg!(target_arch = "riscv64") {
+            A::Riscv64
+        } else if cfg!(target_arch = "riscv32") {
+            A::Riscv32
+        } else if cfg!(target_arch = "powerpc64") {
+            A::PowerPc64
+        } else if cfg!(target_arch = "loongarch64") {
+            A::LoongArch64
+        } else if cfg!(target_arch = "s390x") {
+            A::S390x
+        } else if cfg!(target_arch = "powerpc") {
+            A::PowerPc
+        } else if cfg!(target_arch = "mips64") {
+            A::Mips64
+        } else if cfg!(target_arch = "mips") {
+            A::Mips
+        } else if cfg!(target_arch = "sparc64") {
+            A::Sparc64
+        } else if cfg!(target_arch = "loongarch32") {
+            A::LoongArch32
+        } else {
+            A::Unknown
+        };
+        ElfKind {
+            architecture,
+            is_64: cfg!(target_pointer_width = "64"),
+            big_endian: cfg!(target_endian = "big"),
+        }
+    }
+}
+
+impl fmt::Display for ElfKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ELF{} {}-endian {:?}",
+            if self.is_64 { 64 } else { 32 },
+            if self.big_endian { "big" } else { "little" },
+            self.architecture
+        )
+    }
+}
+
+/// Checks the ELF identification, that the file holds all its headers claim, and that it
+/// is built for this host's machine, class and byte order.
+fn check_elf(path: &Path, bytes: &[u8]) -> Result<ElfKind, LoadError> {
+    use object::Object;
     if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
         return Err(LoadError::NotElf {
             path: path.to_owned(),
@@ -421,31 +509,62 @@ fn check_elf(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
         expected,
         actual: bytes.len() as u64,
     };
-    if bytes.len() < 64 {
-        return Err(truncated(64));
-    }
-    let u16_at = |offset: usize| u64::from(u16::from_le_bytes([bytes[offset], bytes[offset + 1]]));
-    let u64_at = |offset: usize| {
-        u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap_or_default())
+    let expected = ElfKind::host();
+    let wrong = |found: String| LoadError::WrongMachine {
+        path: path.to_owned(),
+        expected: expected.to_string(),
+        found,
     };
-    let class_and_machine = (bytes[4], bytes[5], u16_at(0x12));
-    if class_and_machine != (2, 1, 0x3e) {
-        return Err(LoadError::WrongMachine {
-            path: path.to_owned(),
-            expected: "ELF64 little-endian x86-64",
-            found: format!(
-                "class {}, data encoding {}, machine {:#x}",
-                class_and_machine.0, class_and_machine.1, class_and_machine.2
-            ),
-        });
+    let (Some(&class), Some(&encoding)) = (bytes.get(4), bytes.get(5)) else {
+        return Err(truncated(6));
+    };
+    // (header size, offsets of e_phoff, e_shoff, e_phentsize, word size)
+    let (header_size, program_offset, section_offset, sizes_offset, word) = match class {
+        1 => (52, 0x1c, 0x20, 0x2a, 4),
+        2 => (64, 0x20, 0x28, 0x36, 8),
+        other => return Err(wrong(format!("an ELF object of unknown class {other}"))),
+    };
+    if encoding != 1 && encoding != 2 {
+        return Err(wrong(format!(
+            "an ELF object of unknown data encoding {encoding}"
+        )));
     }
-    let program_end = u64_at(0x20).saturating_add(u16_at(0x36) * u16_at(0x38));
-    let section_end = u64_at(0x28).saturating_add(u16_at(0x3a) * u16_at(0x3c));
-    let expected = program_end.max(section_end);
-    if expected > bytes.len() as u64 {
-        return Err(truncated(expected));
+    if bytes.len() < header_size {
+        return Err(truncated(header_size as u64));
     }
-    Ok(())
+    let read = |offset: usize, length: usize| -> u64 {
+        let mut buffer = [0u8; 8];
+        let field = &bytes[offset..offset + length];
+        if encoding == 2 {
+            buffer[8 - length..].copy_from_slice(field);
+            u64::from_be_bytes(buffer)
+        } else {
+            buffer[..length].copy_from_slice(field);
+            u64::from_le_bytes(buffer)
+        }
+    };
+    let program_end = read(program_offset, word)
+        .saturating_add(read(sizes_offset, 2) * read(sizes_offset + 2, 2));
+    let section_end = read(section_offset, word)
+        .saturating_add(read(sizes_offset + 4, 2) * read(sizes_offset + 6, 2));
+    let end = program_end.max(section_end);
+    if end > bytes.len() as u64 {
+        return Err(truncated(end));
+    }
+    let machine = read(0x12, 2);
+    let file = object::File::parse(bytes).map_err(|error| LoadError::MalformedElf {
+        path: path.to_owned(),
+        detail: error.to_string(),
+    })?;
+    let found = ElfKind {
+        architecture: file.architecture(),
+        is_64: class == 2,
+        big_endian: encoding == 2,
+    };
+    if found != expected || found.architecture == object::Architecture::Unknown {
+        return Err(wrong(format!("{found} (e_machine {machine:#x})")));
+    }
+    Ok(found)
 }
 
 fn copy_stem(path: &Path) -> String {
@@ -529,7 +648,10 @@ impl Loader {
         self.shared.directory.path()
     }
 
-    /// Reads, verifies, copies, loads and checks the library at `path`.
+    /// Reads, verifies, copies, loads and checks the library at `path`. Every check that
+    /// can refuse it (digest, ELF machine, the whole header against this host and
+    /// `expect`) is made on the file's bytes before `dlopen`, so a refused library runs no
+    /// code at all; the header is checked again in memory after loading.
     pub fn load(&self, path: &Path, expect: &Expectations) -> Result<Arc<LoadedPlugin>, LoadError> {
         let read_error = |source| LoadError::Read {
             path: path.to_owned(),
@@ -569,7 +691,11 @@ impl Loader {
                 actual: digest,
             });
         }
+        // Everything that can refuse the library is checked on its bytes, before `dlopen`
+        // runs any of its code (load-time constructors included).
         check_elf(path, &bytes)?;
+        let file_header = read_file_header(path, &bytes)?;
+        check_header(path, &file_fields(&file_header), expect)?;
         let pinned = thread_starter(&bytes).map(|symbol| {
             format!("it imports {symbol}, so a thread of its own may still run its code")
         });
@@ -667,11 +793,11 @@ impl Loader {
             report: false,
             pinned,
         };
-        let status = plugin.code.initialize(level_number());
+        let (status, message) = plugin.code.initialize(level_number());
         if status != abi::STATUS_OK {
             return Err(LoadError::Initialize {
                 path: path.to_owned(),
-                message: format!("initialize returned status {status}"),
+                message: initialize_failure(status, message),
             });
         }
         plugin.report = true;
@@ -703,6 +829,56 @@ impl Loader {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
             .1
+    }
+}
+
+/// Why `initialize` failed: the plugin's own reason, else its status.
+fn initialize_failure(status: u32, message: Option<String>) -> String {
+    match message {
+        Some(message) if status == abi::STATUS_PANIC => format!("it panicked: {message}"),
+        Some(message) => message,
+        None => format!("initialize returned status {status} and gave no reason"),
+    }
+}
+
+/// Reads the header from a library's bytes ([`header::read`]), errors naming `path`.
+fn read_file_header(path: &Path, bytes: &[u8]) -> Result<header::FileHeader, LoadError> {
+    header::read(bytes).map_err(|error| match error {
+        header::HeaderFileError::Elf(detail) => LoadError::MalformedElf {
+            path: path.to_owned(),
+            detail,
+        },
+        header::HeaderFileError::MissingSymbol(symbol) => LoadError::MissingEntrySymbol {
+            path: path.to_owned(),
+            symbol,
+        },
+        header::HeaderFileError::TooSmall(size) => LoadError::MalformedHeader {
+            path: path.to_owned(),
+            detail: format!(
+                "header is {size} bytes, expected at least {}",
+                std::mem::size_of::<abi::PluginHeader>()
+            ),
+        },
+        header::HeaderFileError::Malformed(detail) => LoadError::MalformedHeader {
+            path: path.to_owned(),
+            detail,
+        },
+    })
+}
+
+/// The fields [`check_header`] checks, from a header read from the file.
+fn file_fields(header: &header::FileHeader) -> ffi::HeaderFields {
+    ffi::HeaderFields {
+        magic: header.magic,
+        abi_major: header.abi_major,
+        abi_minor: header.abi_minor,
+        layout_fingerprint: header.layout_fingerprint,
+        panic_unwind: header.panic_unwind,
+        vtable_size: header.vtable_size,
+        name: header.name.clone(),
+        version: header.version.clone(),
+        api_version: header.api_version.clone(),
+        target: header.target.clone(),
     }
 }
 
@@ -1559,6 +1735,30 @@ impl Drop for Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_initialize_reports_the_plugins_reason() {
+        let error = LoadError::Initialize {
+            path: PathBuf::from("/lib/libkv.so"),
+            message: initialize_failure(
+                abi::STATUS_ERROR,
+                Some("host vtable is 24 bytes, this plugin needs at least 72".to_owned()),
+            ),
+        };
+        assert_eq!(
+            error.to_string(),
+            "plugin /lib/libkv.so failed to initialize: host vtable is 24 bytes, this plugin needs at least 72"
+        );
+        assert_eq!(
+            initialize_failure(abi::STATUS_PANIC, Some("boom".to_owned())),
+            "it panicked: boom"
+        );
+        // A plugin that gives no reason (built before it could) still names its status.
+        assert_eq!(
+            initialize_failure(abi::STATUS_ERROR, None),
+            "initialize returned status 1 and gave no reason"
+        );
+    }
 
     #[test]
     fn outputs_record_ignore_and_inactivity_timeouts() {

@@ -277,11 +277,27 @@ unsafe extern "C" fn initialize(host_vtable: *const HostVtable, max_log_level: u
             return Err(Failure::error(Error::new("host vtable is null")));
         };
         if (vtable.size as usize) < abi::HOST_VTABLE_SIZE_1_0 {
-            return Err(Failure::error(Error::new(format!(
+            let message = format!(
                 "host vtable is {} bytes, this plugin needs at least {}",
                 vtable.size,
                 abi::HOST_VTABLE_SIZE_1_0
-            ))));
+            );
+            // `HOST` stays unset (this host is refused), so `guard` cannot hand the reason
+            // over: give it to the host's `output` directly, with a null `ctx`, which a
+            // host reads as why `initialize` failed. Only when the vtable holds `output`.
+            let output_end = std::mem::offset_of!(HostVtable, output) + size_of::<*const c_void>();
+            if vtable.size as usize >= output_end {
+                // SAFETY: the host's vtable declares it holds `output` (checked above); the
+                // message is borrowed for the call and copied by the host.
+                unsafe {
+                    (vtable.output)(
+                        ptr::null_mut(),
+                        abi::OUTPUT_MESSAGE,
+                        Bytes::from_slice(message.as_bytes()),
+                    )
+                }
+            }
+            return Err(Failure::error(Error::new(message)));
         }
         HOST.store(host_vtable as *mut HostVtable, Ordering::Release);
         logging::install(max_log_level);
@@ -575,4 +591,87 @@ macro_rules! export_plugin {
             );
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// What the fake host's `output` received with a null `ctx`.
+    static RECEIVED: Mutex<Vec<(u32, String)>> = Mutex::new(Vec::new());
+
+    unsafe extern "C" fn record_output(ctx: *mut c_void, kind: u32, data: Bytes) {
+        assert!(ctx.is_null());
+        // SAFETY: the shim borrows the message to this call.
+        let text = String::from_utf8_lossy(unsafe { data.as_slice() }).into_owned();
+        RECEIVED.lock().unwrap().push((kind, text));
+    }
+
+    unsafe extern "C" fn ignore_log(_: *mut c_void, _: u32, _: Bytes, _: Bytes) {}
+
+    unsafe extern "C" fn no_send(_: *mut c_void, _: u32, _: Bytes, _: Bytes) -> u32 {
+        abi::SERVICE_UNAVAILABLE
+    }
+
+    unsafe extern "C" fn no_call(
+        _: *mut c_void,
+        _: Bytes,
+        _: Bytes,
+        _: u64,
+        _: *mut c_void,
+        _: abi::SinkFn,
+    ) -> u32 {
+        abi::SERVICE_UNAVAILABLE
+    }
+
+    unsafe extern "C" fn no_timer(_: *mut c_void, _: u64, _: u32, _: Bytes) -> u64 {
+        0
+    }
+
+    unsafe extern "C" fn no_cancel(_: *mut c_void, _: u64) -> u32 {
+        0
+    }
+
+    unsafe extern "C" fn no_reply(_: *mut c_void, _: u64, _: Bytes) -> u32 {
+        abi::SERVICE_UNAVAILABLE
+    }
+
+    unsafe extern "C" fn no_name(_: *mut c_void, _: *mut c_void, _: abi::SinkFn) {}
+
+    /// A host that declares a vtable too small for this plugin (it holds `output`, so the
+    /// plugin can say why it refuses).
+    static TOO_SMALL: HostVtable = HostVtable {
+        size: 16 + size_of::<usize>() as u32,
+        abi_minor: 0,
+        output: record_output,
+        log: ignore_log,
+        send: no_send,
+        call: no_call,
+        send_after: no_timer,
+        cancel_timer: no_cancel,
+        reply: no_reply,
+        self_name: no_name,
+    };
+
+    #[test]
+    fn a_failed_initialize_hands_its_reason_to_the_host() {
+        // SAFETY: `TOO_SMALL` is a static host vtable; `initialize` refuses it before
+        // storing it, so no later call in this process uses it.
+        let status = unsafe { initialize(&TOO_SMALL, 0) };
+        assert_eq!(status, abi::STATUS_ERROR);
+        let received = RECEIVED.lock().unwrap().clone();
+        assert_eq!(
+            received,
+            vec![(
+                abi::OUTPUT_MESSAGE,
+                format!(
+                    "host vtable is {} bytes, this plugin needs at least {}",
+                    TOO_SMALL.size,
+                    abi::HOST_VTABLE_SIZE_1_0
+                )
+            )]
+        );
+        assert!(host().is_none(), "a refused host vtable must not be kept");
+    }
 }

@@ -1,11 +1,12 @@
 //! The loader and the ABI, end to end: real `.so` files built from `plugins/` and
 //! `tests/fixtures/`, loaded with `dlopen`, two versions side by side, migrated both ways,
-//! unloaded and checked in `/proc/self/maps`; bad libraries refused each with its own error;
-//! a panic in every callback comes back as an error.
+//! unloaded and checked in `/proc/self/maps`; bad libraries refused each with its own error,
+//! before any of their code runs (a fixture with a load-time constructor proves it); a panic
+//! in every callback comes back as an error.
 
 use graft::plugin::{
-    CallbackError, Detached, Expectations, Instance, LoadError, LoadedPlugin, Loader, Sha256Digest,
-    UnloadOutcome, is_mapped,
+    CallbackError, Detached, ElfKind, Expectations, Instance, LoadError, LoadedPlugin, Loader,
+    Sha256Digest, UnloadOutcome, is_mapped,
 };
 use graft_plugin::{abi, codec};
 use graft_tests::{abort_plugin_library, find_unique, plugin_library};
@@ -275,12 +276,98 @@ fn a_truncated_library_is_refused_before_dlopen() {
 }
 
 #[test]
-fn an_elf_object_for_another_machine_is_refused() {
+fn a_malformed_elf_object_is_refused_before_dlopen() {
     let loader = Loader::new().unwrap();
     let scratch = Scratch::new();
-    let path = scratch.patched("aarch64.so", |bytes| bytes[0x12] = 0xb7);
+    // e_shstrndx (ELF64, little-endian) past the section table.
+    let path = scratch.patched("shstrndx.so", |bytes| {
+        bytes[0x3e..0x40].copy_from_slice(&0xfff0_u16.to_le_bytes())
+    });
     let error = refuse(&loader, &path, &Expectations::default());
-    assert!(matches!(error, LoadError::WrongMachine { .. }), "{error}");
+    assert!(matches!(error, LoadError::MalformedElf { .. }), "{error}");
+    assert!(error.to_string().contains("malformed ELF"), "{error}");
+}
+
+#[test]
+fn an_elf_object_for_another_machine_is_refused_naming_both() {
+    let loader = Loader::new().unwrap();
+    let scratch = Scratch::new();
+    // e_machine (little-endian on both): AArch64 (0xb7) unless this host is AArch64, then
+    // x86-64 (0x3e).
+    let (machine, name) = if cfg!(target_arch = "aarch64") {
+        (0x3e, "X86_64")
+    } else {
+        (0xb7, "Aarch64")
+    };
+    let path = scratch.patched("other-machine.so", |bytes| bytes[0x12] = machine);
+    let error = refuse(&loader, &path, &Expectations::default());
+    let LoadError::WrongMachine {
+        expected, found, ..
+    } = &error
+    else {
+        panic!("{error}");
+    };
+    assert_eq!(*expected, ElfKind::host().to_string());
+    assert!(found.contains(name), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains(expected.as_str()) && text.contains(name),
+        "{text}"
+    );
+}
+
+#[test]
+fn this_hosts_own_machine_is_accepted() {
+    let host = ElfKind::host().to_string();
+    assert!(host.starts_with("ELF"), "{host}");
+    assert!(!host.contains("Unknown"), "{host}");
+    let loader = Loader::new().unwrap();
+    loader
+        .load(&plugin_library(COUNTER_1_0), &Expectations::default())
+        .unwrap();
+}
+
+/// The marker the constructor fixture's load-time constructor writes in this process.
+fn constructor_marker() -> PathBuf {
+    std::env::temp_dir().join(format!("graft-fixture-constructor-{}", std::process::id()))
+}
+
+#[test]
+fn nothing_of_a_refused_library_runs_not_even_its_constructors() {
+    let loader = Loader::new().unwrap();
+    let path = plugin_library("graft-fixture-constructor");
+    let marker = constructor_marker();
+    let _ = std::fs::remove_file(&marker);
+    let scratch = Scratch::new();
+    let newer_minor = scratch.write("newer-minor.so", &{
+        let mut bytes = std::fs::read(&path).unwrap();
+        let start = header_offset(&bytes) + std::mem::offset_of!(abi::PluginHeader, abi_minor);
+        bytes[start..start + 2].copy_from_slice(&(abi::ABI_MINOR + 1).to_le_bytes());
+        bytes
+    });
+
+    let another_name = Expectations {
+        name: Some("counter".to_owned()),
+        ..Expectations::default()
+    };
+    let error = refuse(&loader, &path, &another_name);
+    assert!(matches!(error, LoadError::NameMismatch { .. }), "{error}");
+    let error = refuse(&loader, &newer_minor, &Expectations::default());
+    assert!(matches!(error, LoadError::AbiMinorTooNew { .. }), "{error}");
+    assert!(
+        !marker.exists(),
+        "a refused library ran its load-time constructor"
+    );
+
+    // The same library, accepted, does run it: the marker means what the test says.
+    let its_name = Expectations {
+        name: Some("constructor".to_owned()),
+        ..Expectations::default()
+    };
+    let plugin = loader.load(&path, &its_name).unwrap();
+    assert!(marker.exists(), "the fixture's constructor did not run");
+    drop(plugin);
+    let _ = std::fs::remove_file(&marker);
 }
 
 #[test]

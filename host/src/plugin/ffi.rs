@@ -16,7 +16,8 @@
 //! - Every host callback catches its own panics (a panic unwinding out of `extern "C"`
 //!   aborts the process) and only copies from the borrowed slices it is given.
 //! - A [`CallContext`] lives on the stack of the call it is passed to; plugins only use
-//!   it during that call.
+//!   it during that call. `initialize` has no context: a message a plugin hands to
+//!   `output` with a null `ctx` while it runs is its reason for failing (kept per thread).
 
 use super::{HostServices, Outputs, PluginIdentity, SendKind, ServiceError};
 use graft_plugin::abi::{self, Bytes, HostVtable, PluginHeader, PluginVtable, SinkFn};
@@ -256,10 +257,14 @@ impl PluginCode {
         }
     }
 
-    pub(super) fn initialize(&self, max_log_level: u32) -> u32 {
-        // SAFETY: the vtable belongs to the open library (see type invariant); HOST_VTABLE
-        // is a static that outlives the library.
-        unsafe { (self.vtable.initialize)(&HOST_VTABLE, max_log_level) }
+    /// Runs the plugin's `initialize`: its status, and the reason it gave when it failed
+    /// (an `OUTPUT_MESSAGE` handed to `output` with a null `ctx` during the call).
+    pub(super) fn initialize(&self, max_log_level: u32) -> (u32, Option<String>) {
+        collecting_initialize_message(|| {
+            // SAFETY: the vtable belongs to the open library (see type invariant);
+            // HOST_VTABLE is a static that outlives the library.
+            unsafe { (self.vtable.initialize)(&HOST_VTABLE, max_log_level) }
+        })
     }
 
     pub(super) fn init(
@@ -519,10 +524,41 @@ fn service_code(result: Result<(), ServiceError>) -> u32 {
     }
 }
 
+/// Longest reason for a failed `initialize` that is kept (the rest is cut).
+const MAX_INITIALIZE_MESSAGE: usize = 64 * 1024;
+
+thread_local! {
+    /// While a plugin's `initialize` runs on this thread: `Some`, holding the message it
+    /// handed to `output` with a null `ctx` (there is no call context yet), if any.
+    static INITIALIZE_MESSAGE: std::cell::RefCell<Option<Option<String>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `initialize` (the body) collecting the reason a failing plugin gives.
+fn collecting_initialize_message(body: impl FnOnce() -> u32) -> (u32, Option<String>) {
+    INITIALIZE_MESSAGE.with(|slot| *slot.borrow_mut() = Some(None));
+    let status = body();
+    let message = INITIALIZE_MESSAGE.with(|slot| slot.borrow_mut().take().flatten());
+    (status, message)
+}
+
 unsafe extern "C" fn host_output(ctx: *mut c_void, kind: u32, data: Bytes) {
     guarded((), || {
-        // SAFETY: the plugin passes the ctx of the call in progress and a borrowed slice.
-        let (Some(context), data) = (unsafe { context(ctx) }, unsafe { slice(data) }) else {
+        // SAFETY: the plugin passes the ctx of the call in progress (or null) and a
+        // borrowed slice.
+        let (context, data) = (unsafe { context(ctx) }, unsafe { slice(data) });
+        let Some(context) = context else {
+            // No call in progress: during `initialize`, its reason for failing.
+            if kind == abi::OUTPUT_MESSAGE {
+                INITIALIZE_MESSAGE.with(|slot| {
+                    if let Ok(mut slot) = slot.try_borrow_mut()
+                        && let Some(message) = slot.as_mut()
+                    {
+                        let kept = &data[..data.len().min(MAX_INITIALIZE_MESSAGE)];
+                        *message = Some(text(kept));
+                    }
+                });
+            }
             return;
         };
         context.outputs.record(kind, data);
@@ -642,4 +678,42 @@ unsafe extern "C" fn host_self_name(ctx: *mut c_void, sink: *mut c_void, sink_fn
         // SAFETY: the plugin's own buffer writer, valid for this call.
         unsafe { sink_fn(sink, Bytes::from_slice(name.as_bytes())) };
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output_without_context(message: &str) {
+        // SAFETY: a null `ctx` and a slice borrowed for the call, as a plugin passes them.
+        unsafe {
+            host_output(
+                ptr::null_mut(),
+                abi::OUTPUT_MESSAGE,
+                Bytes::from_slice(message.as_bytes()),
+            )
+        };
+    }
+
+    #[test]
+    fn the_reason_a_failing_initialize_gives_is_collected() {
+        let outcome = collecting_initialize_message(|| {
+            output_without_context("host vtable is 24 bytes, this plugin needs at least 72");
+            abi::STATUS_ERROR
+        });
+        assert_eq!(
+            outcome,
+            (
+                abi::STATUS_ERROR,
+                Some("host vtable is 24 bytes, this plugin needs at least 72".to_owned())
+            )
+        );
+        // Outside `initialize` a message without a context goes nowhere, and does not leak
+        // into the next `initialize`.
+        output_without_context("stray");
+        assert_eq!(
+            collecting_initialize_message(|| abi::STATUS_OK),
+            (abi::STATUS_OK, None)
+        );
+    }
 }
