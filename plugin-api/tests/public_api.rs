@@ -115,8 +115,9 @@ fn the_public_api_of_graft_plugin_matches_the_committed_snapshot() {
          #[non_exhaustive] where a variant may be added later."
     } else {
         "Items were removed or changed (`-` lines): that breaks plugin authors' code. It needs \
-         a deliberate decision: a new major version of graft-plugin (semver), and, if the \
-         exported ABI changes, an ABI major (see README, \"Compatibility\")."
+         a deliberate decision: a semver-breaking version of graft-plugin (0.x to 0.x+1 \
+         before 1.0), and, if the exported ABI changes, an ABI major (see README, \
+         \"Compatibility\")."
     };
     panic!(
         "graft-plugin's public API differs from the committed snapshot {}:\n{report}\n{verdict}\n\

@@ -158,7 +158,9 @@ impl GenServer for EggTimer {
                     graft_plugin::log::debug!("egg timer: ignoring a ring for {name:?}");
                 }
             }
-            Info::Down(_) | Info::Exit(_) => {}
+            // Monitors and links are not used here. `Info` is `#[non_exhaustive]`: the
+            // wildcard also covers kinds of info a later graft-plugin adds.
+            _ => {}
         }
         Ok(Flow::Run)
     }
