@@ -101,8 +101,14 @@ fn the_public_api_of_graft_plugin_matches_the_committed_snapshot() {
     }
     let committed_lines: BTreeSet<&str> = committed.lines().collect();
     let current_lines: BTreeSet<&str> = current.lines().collect();
-    let removed: Vec<&str> = committed_lines.difference(&current_lines).copied().collect();
-    let added: Vec<&str> = current_lines.difference(&committed_lines).copied().collect();
+    let removed: Vec<&str> = committed_lines
+        .difference(&current_lines)
+        .copied()
+        .collect();
+    let added: Vec<&str> = current_lines
+        .difference(&committed_lines)
+        .copied()
+        .collect();
     let mut report = String::new();
     for line in &removed {
         report.push_str(&format!("- {line}\n"));
