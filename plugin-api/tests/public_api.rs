@@ -13,7 +13,7 @@
 //! its own target directory under `CARGO_TARGET_TMPDIR`, so it never waits on the lock of the
 //! build running this test, and it is incremental from one run to the next.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -96,40 +96,118 @@ fn the_public_api_of_graft_plugin_matches_the_committed_snapshot() {
     }
 
     let committed = std::fs::read_to_string(&snapshot_path).unwrap_or_default();
-    if committed == current {
+    let Some(difference) = describe_difference(&committed, &current) else {
         return;
-    }
-    let committed_lines: BTreeSet<&str> = committed.lines().collect();
-    let current_lines: BTreeSet<&str> = current.lines().collect();
-    let removed: Vec<&str> = committed_lines
-        .difference(&current_lines)
-        .copied()
-        .collect();
-    let added: Vec<&str> = current_lines
-        .difference(&committed_lines)
-        .copied()
-        .collect();
-    let mut report = String::new();
-    for line in &removed {
-        report.push_str(&format!("- {line}\n"));
-    }
-    for line in &added {
-        report.push_str(&format!("+ {line}\n"));
-    }
-    let verdict = if removed.is_empty() {
-        "Only additions: compatible for plugin authors, but check each new public enum is \
-         #[non_exhaustive] where a variant may be added later."
-    } else {
-        "Items were removed or changed (`-` lines): that breaks plugin authors' code. It needs \
-         a deliberate decision: a semver-breaking version of graft-plugin (0.x to 0.x+1 \
-         before 1.0), and, if the exported ABI changes, an ABI major (see README, \
-         \"Compatibility\")."
     };
     panic!(
-        "graft-plugin's public API differs from the committed snapshot {}:\n{report}\n{verdict}\n\
+        "graft-plugin's public API differs from the committed snapshot {}:\n{difference}\n\
          If the change is intended, accept it with\n    \
          {BLESS_VARIABLE}=1 cargo test -p graft-plugin --test public_api\n\
          and commit plugin-api/public-api.txt with it.",
         snapshot_path.display()
     );
+}
+
+/// What changed from the committed API to the current one, or `None` if nothing did: the
+/// removed or changed lines (`- `), the added ones (`+ `), and what that means. Lines are
+/// compared as a multiset, since one item can render the same line twice (a `Debug` and a
+/// `Display` `fmt`).
+fn describe_difference(committed: &str, current: &str) -> Option<String> {
+    if committed == current {
+        return None;
+    }
+    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+    for line in committed.lines() {
+        *counts.entry(line).or_default() -= 1;
+    }
+    for line in current.lines() {
+        *counts.entry(line).or_default() += 1;
+    }
+    let mut removed = String::new();
+    let mut added = String::new();
+    for (line, count) in counts {
+        let (list, sign) = if count < 0 {
+            (&mut removed, '-')
+        } else {
+            (&mut added, '+')
+        };
+        for _ in 0..count.abs() {
+            list.push_str(&format!("{sign} {line}\n"));
+        }
+    }
+    let verdict = if !removed.is_empty() {
+        "Items were removed or changed (`-` lines): that breaks plugin authors' code. It needs \
+         a deliberate decision: a semver-breaking version of graft-plugin (0.x to 0.x+1 \
+         before 1.0), and, if the exported ABI changes, an ABI major (see README, \
+         \"Compatibility\")."
+    } else if !added.is_empty() {
+        "Only additions: compatible for plugin authors, but check each new public enum is \
+         #[non_exhaustive] where a variant may be added later."
+    } else {
+        "Only the order of the lines changed (a new version of `public-api`?): nothing for \
+         plugin authors."
+    };
+    Some(format!("{removed}{added}\n{verdict}"))
+}
+
+#[test]
+fn a_removed_item_is_reported_as_breaking() {
+    let committed = "pub enum graft_plugin::Flow\npub graft_plugin::Flow::Run\n";
+    let current = "pub enum graft_plugin::Flow\n";
+    let difference = describe_difference(committed, current).expect("a difference");
+    assert!(
+        difference.starts_with("- pub graft_plugin::Flow::Run\n"),
+        "{difference}"
+    );
+    assert!(
+        difference.contains("breaks plugin authors' code"),
+        "{difference}"
+    );
+}
+
+#[test]
+fn a_changed_item_is_reported_as_removed_and_added() {
+    let committed = "pub struct graft_plugin::ReplyTo(pub u64)\n";
+    let current = "pub struct graft_plugin::ReplyTo(_)\n";
+    let difference = describe_difference(committed, current).expect("a difference");
+    assert!(
+        difference.starts_with(
+            "- pub struct graft_plugin::ReplyTo(pub u64)\n+ pub struct graft_plugin::ReplyTo(_)\n"
+        ),
+        "{difference}"
+    );
+    assert!(
+        difference.contains("breaks plugin authors' code"),
+        "{difference}"
+    );
+}
+
+#[test]
+fn an_added_item_is_reported_as_compatible() {
+    let committed = "pub enum graft_plugin::Flow\n";
+    let current = "pub enum graft_plugin::Flow\npub graft_plugin::Flow::Hibernate\n";
+    let difference = describe_difference(committed, current).expect("a difference");
+    assert!(
+        difference.starts_with("+ pub graft_plugin::Flow::Hibernate\n"),
+        "{difference}"
+    );
+    assert!(difference.contains("Only additions"), "{difference}");
+}
+
+#[test]
+fn a_lost_duplicate_line_is_a_removal() {
+    let line = "pub fn graft_plugin::codec::CodecError::fmt(&self, &mut core::fmt::Formatter<'_>) -> core::fmt::Result";
+    let committed = format!("{line}\n{line}\n");
+    let current = format!("{line}\n");
+    let difference = describe_difference(&committed, &current).expect("a difference");
+    assert!(
+        difference.starts_with(&format!("- {line}\n")),
+        "{difference}"
+    );
+}
+
+#[test]
+fn an_unchanged_api_has_no_difference() {
+    let api = "pub enum graft_plugin::Flow\npub graft_plugin::Flow::Run\n";
+    assert_eq!(describe_difference(api, api), None);
 }
