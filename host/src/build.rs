@@ -14,6 +14,7 @@ use thiserror::Error;
 
 /// A plugin crate could not be built.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum BuildError {
     /// cargo could not be started.
     #[error("cannot run {cargo}: {source}")]

@@ -128,6 +128,7 @@ pub enum Request {
 
 /// A request failed.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ControlError {
     /// No host listens on the socket.
     #[error("no host is running at {path}: {source}")]

@@ -35,6 +35,7 @@ const ATTEMPTS: u32 = 16;
 
 /// A directory or file of this process could not be set up.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum OwnershipError {
     /// A symbolic link where a directory should be.
     #[error("{path} is a symbolic link; refusing to follow it")]

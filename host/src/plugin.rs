@@ -143,6 +143,7 @@ pub struct Expectations {
 
 /// Why a library was refused. Every variant names the file; nothing of it stays loaded.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum LoadError {
     /// The file could not be read.
     #[error("cannot read plugin {path}: {source}")]
@@ -1148,6 +1149,7 @@ pub enum SendKind {
 
 /// A host service failed (as the plugin's [`graft_plugin::ContextError`] will see it).
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ServiceError {
     /// No actor has this name.
     #[error("no actor named {0:?}")]
@@ -1353,6 +1355,7 @@ pub(crate) fn emit_plugin_log(
 
 /// A plugin callback failed. Names the plugin, its version and the callback.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CallbackError {
     /// The callback returned an error.
     #[error("{plugin}: {callback} failed: {message}")]

@@ -465,6 +465,7 @@ fn default_apply_timeout_ms() -> u64 {
 
 /// A manifest could not be read or is invalid. Names the manifest and the field.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ManifestError {
     /// The file could not be read.
     #[error("cannot read manifest {path}: {source}")]

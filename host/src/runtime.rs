@@ -249,6 +249,7 @@ impl PartialEq for ActorRef {
 
 /// A call failed. Timeout, not found and exited are told apart, as in OTP.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CallError {
     /// No actor has this name.
     #[error("no actor named {0:?}")]
@@ -292,6 +293,7 @@ pub enum CallError {
 
 /// A cast or info message was refused.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CastError {
     /// The actor's mailbox is at its `max_mailbox`: the message was not sent.
     #[error("mailbox of actor {actor} is full (max_mailbox = {limit})")]
@@ -305,6 +307,7 @@ pub enum CastError {
 
 /// A message could not be sent.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SendError {
     /// No actor has this name.
     #[error("no actor named {0:?}")]
@@ -326,6 +329,7 @@ pub struct NoSuchProcess {
 
 /// An actor could not be started.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SpawnError {
     /// The name is registered to a live actor.
     #[error("the name {0:?} is already registered")]
@@ -357,6 +361,7 @@ pub enum SpawnError {
 
 /// A system request (`suspend`, `change_code`, …) failed.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SystemError {
     /// No actor has this name.
     #[error("no actor named {0:?}")]

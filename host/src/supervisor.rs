@@ -53,6 +53,7 @@ use tokio::sync::{mpsc, oneshot};
 
 /// A supervisor operation failed.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SupervisorError {
     /// No child with this id (or process).
     #[error("no child {0}")]

@@ -30,6 +30,7 @@ use thiserror::Error;
 
 /// A path in the root cannot be trusted.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum TrustError {
     /// Another user can write it.
     #[error(

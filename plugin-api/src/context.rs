@@ -20,11 +20,20 @@ pub struct Context<'a> {
 }
 
 /// A pending timer, returned by [`Context::send_after`] and [`Context::send_interval`].
+///
+/// Only the host makes one: the id inside is private, so plugin code cannot forge a
+/// reference to cancel a timer it was never given. Serializable, so it can be kept in the
+/// state; one restored from state is only as good as the state it came from.
+///
+/// ```compile_fail,E0423
+/// let forged = graft_plugin::TimerRef(5); // the id is private
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct TimerRef(pub u64);
+pub struct TimerRef(u64);
 
 /// A host service failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ContextError {
     /// No actor has this name.
     NotFound(String),

@@ -278,6 +278,7 @@ impl fmt::Display for Health {
 
 /// What `handle_call` decided.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum CallResult<R> {
     /// Reply now.
     Reply(R),
@@ -294,6 +295,7 @@ pub enum CallResult<R> {
 
 /// What a cast, info or continue callback decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Flow {
     /// Keep running.
     Run,
@@ -319,6 +321,7 @@ pub enum Flow {
 /// assert_eq!(StopReason::from_text("shutdown"), StopReason::Shutdown(None));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StopReason {
     /// A normal exit.
     Normal,
@@ -375,11 +378,36 @@ impl<'de> Deserialize<'de> for StopReason {
 
 /// Identifies a caller waiting for a reply. Serializable, so it can be kept in the state
 /// and answered later with [`Context::reply`].
+///
+/// Only the host makes one (it arrives in [`GenServer::handle_call`]): the token inside is
+/// private, so plugin code cannot forge a reply to a call it was never given. One restored
+/// from state is only as good as the state it came from; the host refuses a reply whose
+/// token is not one of this actor's pending calls ([`ContextError::Refused`]).
+///
+/// ```compile_fail,E0423
+/// let forged = graft_plugin::ReplyTo(5); // the token is private
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ReplyTo(pub u64);
+pub struct ReplyTo(u64);
 
 /// An info message as the plugin sees it.
+///
+/// `#[non_exhaustive]`, as every public enum a plugin matches on: a later graft-plugin may
+/// add a kind of info, so a `match` needs a wildcard arm.
+///
+/// ```compile_fail,E0004
+/// # use graft_plugin::Info;
+/// fn describe(info: Info<()>) -> &'static str {
+///     match info {
+///         Info::Message(()) => "mine",
+///         Info::Down(_) => "down",
+///         Info::Exit(_) => "exit",
+///         // Without `_ => …` this does not compile.
+///     }
+/// }
+/// ```
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Info<T> {
     /// The plugin's own info message (a timer, or a send from another actor).
     Message(T),

@@ -48,6 +48,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Process isolation failed outside a callback (finding, starting or reaching a worker,
 /// or loading a library in it).
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum IsolationError {
     /// No worker program was found.
     #[error(

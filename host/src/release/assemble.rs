@@ -30,6 +30,7 @@ use thiserror::Error;
 
 /// A release could not be assembled.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum AssembleError {
     /// The root could be written by another user, or is a link.
     #[error("refusing to assemble into the root: {0}")]

@@ -85,6 +85,7 @@ pub struct Plan {
 
 /// A script that cannot run, naming the manifest and the field.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum PlanError {
     /// No script leads from the running version to the target.
     #[error("manifest {manifest}: no {direction} path from {from} to {to} ({expected})")]

@@ -40,6 +40,7 @@ const TEMPORARY_SUFFIX: &str = ".writing";
 
 /// The release record could not be read or written.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum RecordError {
     /// Neither the record nor its previous copy is readable.
     #[error(

@@ -27,6 +27,7 @@ pub type FactoryFor<'a> = &'a dyn Fn(&str, &str) -> Arc<dyn BehaviourFactory>;
 
 /// A child that cannot become a spec, naming it.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum TreeError {
     /// A worker's `args` do not encode to the plugin wire format.
     #[error("child {child}: args: {message}")]

@@ -398,7 +398,7 @@ fn run_runner(pool: &Arc<Pool>, number: usize, slot: Arc<RunnerSlot>) {
         let found = LOCAL.with(|local| {
             let local = local.borrow();
             let local = local.as_ref().expect("a runner's own state");
-            if ticks % INJECTOR_FIRST_EVERY == 0
+            if ticks.is_multiple_of(INJECTOR_FIRST_EVERY)
                 && let Steal::Success(runnable) = pool.injector.steal()
             {
                 return Some(runnable);

@@ -272,6 +272,7 @@ impl From<SupervisorSpec> for SupervisorUpdate {
 
 /// What is wrong with a supervisor or child spec (OTP's `check_childspecs` errors).
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SpecError {
     /// Two children share an id (OTP's `duplicate_child_name`).
     #[error("duplicate child id {0:?}")]

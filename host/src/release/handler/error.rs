@@ -5,6 +5,7 @@ use super::*;
 
 /// A release operation failed. Names the manifest, plugin or actor, and the reason.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ReleaseError {
     /// Another install is running.
     #[error("an install is already in progress")]

@@ -148,17 +148,16 @@ impl GenServer for EggTimer {
     }
 
     fn handle_info(&mut self, info: Info<Ring>, _ctx: &mut Context<'_>) -> Result<Flow, Error> {
-        match info {
-            Info::Message(Ring::Alarm(name)) => {
-                if self.alarms.remove(&name).is_some() {
-                    graft_plugin::log::info!("egg timer: alarm {name:?} rang");
-                    self.rang.push(name);
-                } else {
-                    // Cancelled after its timer had already fired: nothing to ring.
-                    graft_plugin::log::debug!("egg timer: ignoring a ring for {name:?}");
-                }
+        // Monitors and links are not used here, so any other info (`Info` is
+        // `#[non_exhaustive]`: including kinds a later graft-plugin adds) is ignored.
+        if let Info::Message(Ring::Alarm(name)) = info {
+            if self.alarms.remove(&name).is_some() {
+                graft_plugin::log::info!("egg timer: alarm {name:?} rang");
+                self.rang.push(name);
+            } else {
+                // Cancelled after its timer had already fired: nothing to ring.
+                graft_plugin::log::debug!("egg timer: ignoring a ring for {name:?}");
             }
-            Info::Down(_) | Info::Exit(_) => {}
         }
         Ok(Flow::Run)
     }
