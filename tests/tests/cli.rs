@@ -478,12 +478,14 @@ fn graft_new_scaffolds_a_plugin_that_builds_and_passes_its_own_test() {
 #[test]
 fn graft_dev_hot_swaps_a_rebuilt_plugin_and_rejects_a_build_whose_migration_fails() {
     let directory = tempfile::tempdir().unwrap();
-    let crate_path = scaffold(directory.path(), "hello");
+    // Its own package name: the `graft new` test builds a `hello` into the same target
+    // directory at the same time, and the dev host must see only this test's builds.
+    let crate_path = scaffold(directory.path(), "devhello");
     std::fs::create_dir_all(crate_path.join("releases/0.1.0")).unwrap();
     std::fs::write(
         crate_path.join("releases/0.1.0/release.toml"),
-        "[release]\nname = \"dev\"\nversion = \"0.1.0\"\n\n[plugins.hello]\nversion = \"0.1.0\"\ncrate = \".\"\n\n\
-         [supervisor]\nstrategy = \"one_for_one\"\n\n[[supervisor.children]]\nid = \"hello\"\nplugin = \"hello\"\nargs = 1\n",
+        "[release]\nname = \"dev\"\nversion = \"0.1.0\"\n\n[plugins.devhello]\nversion = \"0.1.0\"\ncrate = \".\"\n\n\
+         [supervisor]\nstrategy = \"one_for_one\"\n\n[[supervisor.children]]\nid = \"devhello\"\nplugin = \"devhello\"\nargs = 1\n",
     )
     .unwrap();
     let root = directory.path().join("root");
@@ -508,7 +510,7 @@ fn graft_dev_hot_swaps_a_rebuilt_plugin_and_rejects_a_build_whose_migration_fail
         host.log()
     );
     assert_eq!(
-        succeed_graft(&root, &["call", "hello", r#"{"Add": 4}"#]).trim(),
+        succeed_graft(&root, &["call", "devhello", r#"{"Add": 4}"#]).trim(),
         "5"
     );
 
@@ -534,7 +536,7 @@ fn graft_dev_hot_swaps_a_rebuilt_plugin_and_rejects_a_build_whose_migration_fail
     });
     assert!(
         eventually(Duration::from_secs(30), || {
-            graft(&root, &["call", "hello", r#""Double""#])
+            graft(&root, &["call", "devhello", r#""Double""#])
                 .status
                 .success()
         }),
@@ -542,7 +544,7 @@ fn graft_dev_hot_swaps_a_rebuilt_plugin_and_rejects_a_build_whose_migration_fail
         host.log()
     );
     assert_eq!(
-        succeed_graft(&root, &["call", "hello", r#""Get""#]).trim(),
+        succeed_graft(&root, &["call", "devhello", r#""Get""#]).trim(),
         "10",
         "state kept across the swap"
     );
@@ -580,7 +582,7 @@ fn graft_dev_hot_swaps_a_rebuilt_plugin_and_rejects_a_build_whose_migration_fail
         host.log()
     );
     assert_eq!(
-        succeed_graft(&root, &["call", "hello", r#""Double""#]).trim(),
+        succeed_graft(&root, &["call", "devhello", r#""Double""#]).trim(),
         "20",
         "the old code keeps running"
     );
