@@ -659,7 +659,7 @@ impl ActorRef {
         // the exit at once, as an OTP caller does through its monitor.
         tokio::select! {
             biased;
-            answer = tokio::time::timeout(timeout, receiver) => match answer {
+            answer = tokio::time::timeout(timeout, &mut receiver) => match answer {
                 Ok(Ok(result)) => result,
                 Ok(Err(_)) => Err(self.exited_error()),
                 Err(_) => Err(CallError::Timeout {
@@ -667,10 +667,16 @@ impl ActorRef {
                     timeout,
                 }),
             },
-            reason = self.exited() => Err(CallError::Exited {
-                actor: self.label(),
-                reason,
-            }),
+            // A reply sent before the exit wins even when the receiver was not polled:
+            // tokio's cooperative budget makes a ready receiver answer `Pending` once the
+            // task has used its budget (an actor that replies and then stops, say).
+            reason = self.exited() => match receiver.try_recv() {
+                Ok(result) => result,
+                Err(_) => Err(CallError::Exited {
+                    actor: self.label(),
+                    reason,
+                }),
+            },
         }
     }
 
@@ -713,13 +719,13 @@ impl ActorRef {
         timeout: Duration,
         build: impl FnOnce(oneshot::Sender<T>) -> SystemRequest,
     ) -> Result<T, SystemError> {
-        let (reply, receiver) = oneshot::channel();
+        let (reply, mut receiver) = oneshot::channel();
         if !self.deliver(Envelope::System(build(reply))) {
             return Err(self.exited_system_error());
         }
         tokio::select! {
             biased;
-            answer = tokio::time::timeout(timeout, receiver) => match answer {
+            answer = tokio::time::timeout(timeout, &mut receiver) => match answer {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(_)) => Err(self.exited_system_error()),
                 Err(_) => Err(SystemError::Timeout {
@@ -728,10 +734,14 @@ impl ActorRef {
                     timeout,
                 }),
             },
-            reason = self.exited() => Err(SystemError::Exited {
-                actor: self.label(),
-                reason,
-            }),
+            // An answer sent before the exit wins (see `call`).
+            reason = self.exited() => match receiver.try_recv() {
+                Ok(value) => Ok(value),
+                Err(_) => Err(SystemError::Exited {
+                    actor: self.label(),
+                    reason,
+                }),
+            },
         }
     }
 
