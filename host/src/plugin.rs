@@ -402,6 +402,37 @@ pub struct Loader {
     max_size: u64,
 }
 
+/// Reads a library file whole: it must be a regular file of at most `max_size` bytes (the
+/// size is checked before reading and again on what was read, since the file may grow).
+pub(crate) fn read_library(path: &Path, max_size: u64) -> Result<Vec<u8>, LoadError> {
+    let read_error = |source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let metadata = fs::metadata(path).map_err(read_error)?;
+    if !metadata.is_file() {
+        return Err(LoadError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
+    let too_large = |size| LoadError::TooLarge {
+        path: path.to_owned(),
+        size,
+        limit: max_size,
+    };
+    if metadata.len() > max_size {
+        return Err(too_large(metadata.len()));
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    fs::File::open(path)
+        .and_then(|file| file.take(max_size + 1).read_to_end(&mut bytes))
+        .map_err(read_error)?;
+    if bytes.len() as u64 > max_size {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 /// Whether a file is mapped into this process (per `/proc/self/maps`).
 pub fn is_mapped(path: &Path) -> bool {
     let needle = path.to_string_lossy();
@@ -654,34 +685,7 @@ impl Loader {
     /// `expect`) is made on the file's bytes before `dlopen`, so a refused library runs no
     /// code at all; the header is checked again in memory after loading.
     pub fn load(&self, path: &Path, expect: &Expectations) -> Result<Arc<LoadedPlugin>, LoadError> {
-        let read_error = |source| LoadError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let metadata = fs::metadata(path).map_err(read_error)?;
-        if !metadata.is_file() {
-            return Err(LoadError::NotAFile {
-                path: path.to_owned(),
-            });
-        }
-        if metadata.len() > self.max_size {
-            return Err(LoadError::TooLarge {
-                path: path.to_owned(),
-                size: metadata.len(),
-                limit: self.max_size,
-            });
-        }
-        let mut bytes = Vec::with_capacity(metadata.len() as usize);
-        fs::File::open(path)
-            .and_then(|file| file.take(self.max_size + 1).read_to_end(&mut bytes))
-            .map_err(read_error)?;
-        if bytes.len() as u64 > self.max_size {
-            return Err(LoadError::TooLarge {
-                path: path.to_owned(),
-                size: bytes.len() as u64,
-                limit: self.max_size,
-            });
-        }
+        let bytes = read_library(path, self.max_size)?;
         let digest = Sha256Digest::of(&bytes);
         if let Some(expected) = expect.sha256
             && expected != digest

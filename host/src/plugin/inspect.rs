@@ -14,8 +14,6 @@ use super::{
 use graft_plugin::abi;
 use serde::Serialize;
 use std::fmt;
-use std::fs;
-use std::io::Read;
 use std::path::Path;
 
 /// What `graft inspect` found in a library.
@@ -86,30 +84,7 @@ fn text(bytes: &[u8]) -> String {
 /// read at all (missing, not a regular file, over the default size cap); every other
 /// problem is a refusal in the report.
 pub fn inspect(path: &Path) -> Result<Inspection, LoadError> {
-    let read_error = |source| LoadError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let metadata = fs::metadata(path).map_err(read_error)?;
-    if !metadata.is_file() {
-        return Err(LoadError::NotAFile {
-            path: path.to_owned(),
-        });
-    }
-    let mut bytes = Vec::new();
-    fs::File::open(path)
-        .and_then(|file| {
-            file.take(DEFAULT_MAX_PLUGIN_SIZE + 1)
-                .read_to_end(&mut bytes)
-        })
-        .map_err(read_error)?;
-    if bytes.len() as u64 > DEFAULT_MAX_PLUGIN_SIZE {
-        return Err(LoadError::TooLarge {
-            path: path.to_owned(),
-            size: metadata.len(),
-            limit: DEFAULT_MAX_PLUGIN_SIZE,
-        });
-    }
+    let bytes = super::read_library(path, DEFAULT_MAX_PLUGIN_SIZE)?;
     let mut inspection = Inspection {
         path: path.display().to_string(),
         size: bytes.len() as u64,

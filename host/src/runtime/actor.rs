@@ -611,6 +611,23 @@ impl Actor {
         None
     }
 
+    /// An encoded state (or its formatted view) as JSON, for `get_state`/`format_status`.
+    fn state_as_json(
+        &self,
+        encoded: Result<Vec<u8>, CallbackError>,
+    ) -> Result<serde_json::Value, SystemError> {
+        encoded
+            .map_err(|error| error.to_string())
+            .and_then(|bytes| {
+                rmp_serde::from_slice::<serde_json::Value>(&bytes)
+                    .map_err(|error| error.to_string())
+            })
+            .map_err(|message| SystemError::State {
+                actor: self.services.label.clone(),
+                message,
+            })
+    }
+
     fn handle_call(&mut self, request: &[u8], reply: ReplySender) -> Option<Ending> {
         let token = self.services.next_token.get();
         self.services.next_token.set(token + 1);
@@ -688,18 +705,8 @@ impl Actor {
             }
             SystemRequest::GetState(reply) => {
                 let _running = guard(&self.services.me, Callback::EncodeState);
-                let state = self
-                    .behaviour
-                    .encode_state()
-                    .map_err(|error| error.to_string())
-                    .and_then(|bytes| {
-                        rmp_serde::from_slice::<serde_json::Value>(&bytes)
-                            .map_err(|error| error.to_string())
-                    })
-                    .map_err(|message| SystemError::State {
-                        actor: self.services.label.clone(),
-                        message,
-                    });
+                let encoded = self.behaviour.encode_state();
+                let state = self.state_as_json(encoded);
                 let _ = reply.send(state);
             }
             SystemRequest::FormatStatus(reply) => {
@@ -709,16 +716,7 @@ impl Actor {
                     // No formatted view (an ABI 1.0 plugin): the state itself.
                     None => self.behaviour.encode_state(),
                 };
-                let state = formatted
-                    .map_err(|error| error.to_string())
-                    .and_then(|bytes| {
-                        rmp_serde::from_slice::<serde_json::Value>(&bytes)
-                            .map_err(|error| error.to_string())
-                    })
-                    .map_err(|message| SystemError::State {
-                        actor: self.services.label.clone(),
-                        message,
-                    });
+                let state = self.state_as_json(formatted);
                 let _ = reply.send(state);
             }
             SystemRequest::Status(reply) => {
