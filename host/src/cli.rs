@@ -566,6 +566,12 @@ fn print_install(report: &Value, json: bool) -> Result<(), Failure> {
         println!("{report}");
         return Ok(());
     }
+    // The plan's warnings (the install ran regardless), on stderr beside the progress lines.
+    for warning in report["warnings"].as_array().into_iter().flatten() {
+        if let Some(message) = warning["message"].as_str() {
+            eprintln!("warning: {message}");
+        }
+    }
     println!(
         "installed {to} (from {from}): {migrated} actors migrated, longest pause {:.3} ms, took {:.1} ms{}",
         pause as f64 / 1000.0,
