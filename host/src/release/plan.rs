@@ -256,7 +256,11 @@ fn stale_args_warnings(
     ) {
         for child in children {
             found.push((parent, child));
-            walk(&child.id, child.children.as_deref().unwrap_or_default(), found);
+            walk(
+                &child.id,
+                child.children.as_deref().unwrap_or_default(),
+                found,
+            );
         }
     }
     let (from, to) = (current.version(), target.version());
@@ -781,18 +785,26 @@ plugin = "kv"
         let plan = plan(&old, &new).unwrap();
         assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
         let warning = &plan.warnings[0];
-        assert_eq!((warning.child.as_str(), warning.supervisor.as_str()), ("counter", "root"));
+        assert_eq!(
+            (warning.child.as_str(), warning.supervisor.as_str()),
+            ("counter", "root")
+        );
         for expected in [
             "child \"counter\"",
             "1.0.0's args ({ start = 0 })",
             "new args in 2.0.0 ({ start = 100 })",
             "update_supervisor",
         ] {
-            assert!(warning.message.contains(expected), "{expected}: {}", warning.message);
+            assert!(
+                warning.message.contains(expected),
+                "{expected}: {}",
+                warning.message
+            );
         }
         // `graft install --dry-run` prints it with the plan.
         assert!(
-            plan.to_string().contains(&format!("warning: {}", warning.message)),
+            plan.to_string()
+                .contains(&format!("warning: {}", warning.message)),
             "{plan}"
         );
     }
@@ -802,7 +814,10 @@ plugin = "kv"
         let old = with_counter_args(release("1.0.0", "1.0.0", ""), "{ start = 0 }");
         let update_root = "op = \"update_supervisor\"\nsupervisor = \"root\"\n";
         let restart = "op = \"restart_child\"\nsupervisor = \"root\"\nid = \"counter\"\n";
-        for script in [&[UPDATE_COUNTER, update_root][..], &[UPDATE_COUNTER, restart][..]] {
+        for script in [
+            &[UPDATE_COUNTER, update_root][..],
+            &[UPDATE_COUNTER, restart][..],
+        ] {
             let new = with_counter_args(
                 release("2.0.0", "2.0.0", &upgrade(script)),
                 "{ start = 100 }",

@@ -157,7 +157,10 @@ impl<'de> Deserializer<'de> for Value {
                 let (variant, content) = entries.remove(0);
                 visitor.visit_enum(Variant { variant, content })
             }
-            other => Err(de::Error::invalid_type(other.unexpected(), &"an enum variant")),
+            other => Err(de::Error::invalid_type(
+                other.unexpected(),
+                &"an enum variant",
+            )),
         }
     }
 
@@ -216,7 +219,11 @@ impl<'de> de::VariantAccess<'de> for Value {
         seed.deserialize(self)
     }
 
-    fn tuple_variant<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, Self::Error> {
+    fn tuple_variant<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
         self.deserialize_any(visitor)
     }
 
