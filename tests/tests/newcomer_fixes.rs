@@ -3,9 +3,10 @@
 //! wrong type is refused with the field's path; a cast the actor cannot decode is reported
 //! as queued, then dropped, logged with the path and counted in `graft status`; a release
 //! directory whose manifest declares another version is refused at build; a second
-//! `graft start` on a root whose host is still booting refuses before running plugin code.
-//! (The plan check's warning about children left on older `args` is tested on manifest
-//! text in `host/src/release/plan.rs`.)
+//! `graft start` on a root whose host is still booting refuses before running plugin code;
+//! an `update` that leaves a child on the older release's `args` is warned about by
+//! `graft install --dry-run` and `graft install` (the plan's rules themselves are tested
+//! on manifest text in `host/src/release/plan.rs`).
 //!
 //! Nothing here waits on timing: the tests poll for what they expect under generous
 //! deadlines, and the booting host is held in its plugin's `init` by a file the test
@@ -234,4 +235,68 @@ args = {{ journal = "{}", init_waits_for = "{}" }}
     assert_eq!(inits(), 1);
     let _ = first.kill();
     let _ = first.wait();
+}
+
+#[test]
+fn an_update_that_leaves_a_child_on_the_older_args_is_warned_about_by_dry_run_and_install() {
+    let upgraded = r#"
+[release]
+name = "newcomer"
+version = "1.1.0"
+
+[plugins.counter]
+version = "1.1.0"
+crate = "plugins/counter/1.1.0"
+
+[supervisor]
+strategy = "one_for_one"
+
+[[supervisor.children]]
+id = "counter"
+plugin = "counter"
+args = { start = 100 }
+
+[[upgrade]]
+from = "1.0.0"
+
+[[upgrade.instructions]]
+op = "update"
+plugin = "counter"
+mode = "advanced"
+"#;
+    let root = assembled_root(&[("1.0.0", counter_release()), ("1.1.0", upgraded.to_owned())]);
+    let root = root.path();
+    let _host = Host::start(root, &[]);
+    let expected = [
+        "warning: child \"counter\" (plugin \"counter\") has new args in 1.1.0 ({ start = 100 })",
+        "1.0.0's args ({ start = 0 })",
+        "`op = \"update_supervisor\", supervisor = \"root\"`",
+    ];
+
+    let plan = succeed_graft(root, &["install", "--dry-run", "1.1.0"]);
+    for part in expected {
+        assert!(plan.contains(part), "{part}: {plan}");
+    }
+    let plan: Value = serde_json::from_str(&succeed_graft(
+        root,
+        &["install", "--dry-run", "--json", "1.1.0"],
+    ))
+    .unwrap();
+    assert_eq!(plan["warnings"][0]["child"], "counter", "{plan}");
+
+    // The install runs regardless, and says so on stderr beside its summary.
+    let output = graft(root, &["install", "1.1.0"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("installed 1.1.0"),
+        "{}",
+        stdout(&output)
+    );
+    for part in expected {
+        assert!(
+            stderr(&output).contains(part),
+            "{part}: {}",
+            stderr(&output)
+        );
+    }
 }
