@@ -441,7 +441,19 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cast { actor, message } => {
-            request(&root, &Request::Cast { actor, message }).await?;
+            request(
+                &root,
+                &Request::Cast {
+                    actor: actor.clone(),
+                    message,
+                },
+            )
+            .await?;
+            // A cast is not answered: one the actor cannot decode is dropped later, logged
+            // and counted in `graft status`.
+            println!(
+                "cast queued for {actor} (not yet handled: if {actor} cannot decode it, it is dropped and counted as undecodable in `graft status`)"
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::State {
@@ -566,6 +578,12 @@ fn print_install(report: &Value, json: bool) -> Result<(), Failure> {
         println!("{report}");
         return Ok(());
     }
+    // The plan's warnings (the install ran regardless), on stderr beside the progress lines.
+    for warning in report["warnings"].as_array().into_iter().flatten() {
+        if let Some(message) = warning["message"].as_str() {
+            eprintln!("warning: {message}");
+        }
+    }
     println!(
         "installed {to} (from {from}): {migrated} actors migrated, longest pause {:.3} ms, took {:.1} ms{}",
         pause as f64 / 1000.0,
@@ -619,10 +637,15 @@ fn print_tree(node: &Value, prefix: &str, out: &mut String) {
                 Some(limit) => format!(", max {limit}"),
                 None => String::new(),
             };
-            let refused = match child["mailbox_refused"].as_u64() {
+            let mut refused = match child["mailbox_refused"].as_u64() {
                 Some(refused) if refused > 0 => format!(", {refused} refused"),
                 _ => String::new(),
             };
+            if let Some(dropped) = child["undecodable_messages"].as_u64()
+                && dropped > 0
+            {
+                refused.push_str(&format!(", {dropped} undecodable dropped"));
+            }
             // Shown where the plugin reports it (ABI 1.1 and later).
             let health = match (child["health"].as_str(), child["health_reason"].as_str()) {
                 (Some(health), _) if health.starts_with("not reported") => String::new(),
@@ -755,8 +778,9 @@ async fn start(
     limits: graft::control::ControlLimits,
 ) -> Result<ExitCode, Failure> {
     init_tracing();
-    // A second host on a live root stops here, before it boots anything.
-    ControlServer::refuse_if_served(root).await?;
+    // A second host on a live root — serving, or still booting — stops here, before it
+    // boots anything; the claim is held until this host exits.
+    let _claim = ControlServer::claim_root(root).await?;
     let handler = Arc::new(ReleaseHandler::boot(root, Runtime::new()).await?);
     // Watching starts before the socket answers: a client that sees the host up and then
     // drops in a release gets it installed.

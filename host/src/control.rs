@@ -33,7 +33,7 @@ pub use commands::status;
 pub use limits::{
     ControlLimits, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_CONNECTIONS,
 };
-pub use server::ControlServer;
+pub use server::{ControlServer, HostClaim};
 
 use semver::Version;
 use serde::{Deserialize, Serialize};
@@ -206,6 +206,21 @@ pub enum ControlError {
     /// Another host already serves this root.
     #[error("a host is already running at {0}")]
     AlreadyRunning(PathBuf),
+    /// Another host holds this root (starting, or serving): nothing was booted.
+    #[error(
+        "another host is starting or running on the root {0} (it holds the root's lock); \
+         refusing before running any plugin code"
+    )]
+    RootInUse(PathBuf),
+    /// The root's lock could not be taken.
+    #[error("cannot lock the root {path}: {source}")]
+    Lock {
+        /// The root.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 async fn write_line(

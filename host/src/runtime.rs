@@ -214,6 +214,8 @@ pub(crate) struct ActorShared {
     /// Calls, casts and info messages refused (or, by [`ActorRef::cast`], dropped) at the
     /// bound.
     mailbox_refused: AtomicU64,
+    /// Casts and info messages dropped because the actor could not decode them.
+    undecodable_messages: AtomicU64,
     pub(crate) lifecycle: Lifecycle,
     /// The actor's task on the executor; dropping it cancels the task.
     task: Mutex<Option<async_task::Task<()>>>,
@@ -481,6 +483,19 @@ impl ActorRef {
     /// How many calls, casts and info messages were refused (or dropped) at the bound.
     pub fn mailbox_refused(&self) -> u64 {
         self.shared.mailbox_refused.load(Ordering::Relaxed)
+    }
+
+    /// Casts and info messages dropped because the actor could not decode them (the
+    /// sender of a cast is not told: it was queued, not handled).
+    pub fn undecodable_messages(&self) -> u64 {
+        self.shared.undecodable_messages.load(Ordering::Relaxed)
+    }
+
+    /// Counts a message dropped because the actor could not decode it.
+    pub(crate) fn count_undecodable(&self) {
+        self.shared
+            .undecodable_messages
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// The exit reason, once exited.
@@ -1131,6 +1146,7 @@ impl Runtime {
                 mailbox_high_water: AtomicUsize::new(0),
                 max_mailbox: AtomicUsize::new(options.max_mailbox.unwrap_or(usize::MAX)),
                 mailbox_refused: AtomicU64::new(0),
+                undecodable_messages: AtomicU64::new(0),
                 lifecycle: Lifecycle::new(id, label.clone()),
                 task: Mutex::new(None),
                 callback_timeout_ms: AtomicU64::new(timeout_millis(

@@ -211,9 +211,9 @@ fn install_value(report: &InstallReport, permanent: bool) -> Value {
 }
 
 /// The supervision tree as JSON, each actor with its plugin, version, state of running,
-/// restarts, mailbox length, high-water mark, bound and refusals; the resident libraries
-/// (in-process versions); the worker process of each isolated plugin (pid, processes
-/// started); the releases.
+/// restarts, mailbox length, high-water mark, bound, refusals and undecodable messages
+/// dropped; the resident libraries (in-process versions); the worker process of each
+/// isolated plugin (pid, processes started); the releases.
 ///
 /// The release facts (`release`, `releases`, `resident`) come from one published view of
 /// the handler's state, as of its last finished operation; the tree and the actors'
@@ -244,6 +244,7 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
                     "mailbox_high_water": status.mailbox_high_water,
                     "max_mailbox": status.max_mailbox,
                     "mailbox_refused": status.mailbox_refused,
+                    "undecodable_messages": status.undecodable_messages,
                     "health": health,
                     });
                     if let Some(reason) = reason {
@@ -262,6 +263,7 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
                         "mailbox_high_water": actor.mailbox_high_water(),
                         "max_mailbox": actor.max_mailbox(),
                         "mailbox_refused": actor.mailbox_refused(),
+                        "undecodable_messages": actor.undecodable_messages(),
                     })
                 }
             };

@@ -12,6 +12,13 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 
+/// This process's claim to be the one host of a root ([`ControlServer::claim_root`]): held
+/// for the host's life.
+#[derive(Debug)]
+pub struct HostClaim {
+    _directory: Option<std::os::fd::OwnedFd>,
+}
+
 /// Serves the control socket until the task is dropped.
 pub struct ControlServer {
     listener: UnixListener,
@@ -63,6 +70,41 @@ impl ControlServer {
             return Err(ControlError::AlreadyRunning(path));
         }
         Ok(())
+    }
+
+    /// Makes this process the one host of `root` before it boots anything: refuses when a
+    /// host answers on the socket ([`ControlError::AlreadyRunning`]) or holds the root's
+    /// lock ([`ControlError::RootInUse`]: one still booting, whose socket is not bound
+    /// yet). The lock is an exclusive `flock` on the root directory, held until the
+    /// [`HostClaim`] is dropped; the kernel drops it when the process dies however it dies.
+    /// A root that does not exist is not locked: booting it fails and says why.
+    pub async fn claim_root(root: &Path) -> Result<HostClaim, ControlError> {
+        use rustix::fs::{FlockOperation, Mode, OFlags};
+        Self::refuse_if_served(root).await?;
+        let directory = match rustix::fs::open(
+            root,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        ) {
+            Ok(directory) => directory,
+            Err(rustix::io::Errno::NOENT) => return Ok(HostClaim { _directory: None }),
+            Err(errno) => {
+                return Err(ControlError::Lock {
+                    path: root.to_owned(),
+                    source: errno.into(),
+                });
+            }
+        };
+        match rustix::fs::flock(&directory, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(HostClaim {
+                _directory: Some(directory),
+            }),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(ControlError::RootInUse(root.to_owned())),
+            Err(errno) => Err(ControlError::Lock {
+                path: root.to_owned(),
+                source: errno.into(),
+            }),
+        }
     }
 
     /// The socket's path.

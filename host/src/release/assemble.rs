@@ -16,6 +16,10 @@
 //! - A failed assembly (cargo, out of space, over the file-size limit) removes its staging
 //!   directory; one cut short by a crash leaves it unlocked, and the next build or start
 //!   removes it ([`remove_interrupted_builds`]).
+//! - A source release directory named for a version (`releases/1.1.0/`) holds that
+//!   version's manifest: one that declares another is refused before anything is built,
+//!   since it would be assembled over the release of the version it declares (a directory
+//!   copied for a new release and not yet edited).
 //! - Running hosts load libraries by copying them first, so replacing an assembled release
 //!   never touches code that is running.
 
@@ -38,6 +42,19 @@ pub enum AssembleError {
     /// The source manifest is invalid.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// A release directory named for one version holds a manifest declaring another.
+    #[error(
+        "release directory {directory}: its release.toml declares version {declared}, \
+         expected {expected} (the directory's name); edit release.version or rename the directory"
+    )]
+    VersionMismatch {
+        /// The source release directory.
+        directory: PathBuf,
+        /// The version its manifest declares.
+        declared: Version,
+        /// The version its name says.
+        expected: Version,
+    },
     /// A plugin crate is not where the manifest says, or its Cargo.toml does not match.
     #[error("manifest {manifest}: plugins.{plugin}.crate: {message}")]
     Crate {
@@ -130,6 +147,7 @@ pub fn assemble(
     let mut manifest = Manifest::read(manifest_path)?;
     manifest.validate(manifest_path, false)?;
     let version = manifest.release.version.clone();
+    check_directory_version(manifest_path, &version)?;
     let write_error = |path: &Path| {
         let version = version.clone();
         let path = path.to_owned();
@@ -230,6 +248,28 @@ pub fn assemble(
         version,
         directory,
         manifest,
+    })
+}
+
+/// Refuses a manifest whose directory is named for another version than it declares. A
+/// directory whose name is not a version (a generated manifest) is not checked.
+fn check_directory_version(manifest_path: &Path, declared: &Version) -> Result<(), AssembleError> {
+    let Some(directory) = manifest_path.parent() else {
+        return Ok(());
+    };
+    let Some(expected) = directory
+        .file_name()
+        .and_then(|name| Version::parse(&name.to_string_lossy()).ok())
+    else {
+        return Ok(());
+    };
+    if expected == *declared {
+        return Ok(());
+    }
+    Err(AssembleError::VersionMismatch {
+        directory: directory.to_owned(),
+        declared: declared.clone(),
+        expected,
     })
 }
 

@@ -26,6 +26,12 @@
 //!   `update_supervisor`) may only start plugins the running release has: the target's
 //!   new plugins are not loaded into the table until the commit.
 //! - Every plugin whose version or isolation changes has exactly one `update`.
+//!
+//! A script that runs but probably does not do what its author meant gets a warning, not a
+//! refusal ([`PlanWarning`]): an `update` migrates the running actors of a child whose
+//! `args` differ between the releases, but the supervisor keeps the running release's
+//! child spec unless the script has `update_supervisor` (or restarts or removes the child),
+//! so the child's next restart would start with the older release's `args`.
 
 use super::{Instruction, Isolation, Manifest, UpdateMode};
 use semver::Version;
@@ -81,6 +87,25 @@ pub struct Plan {
     pub updates: Vec<Step>,
     /// Run last, one by one, on the target release's code.
     pub after_commit: Vec<Step>,
+    /// What the script does that its author probably did not mean; it runs regardless.
+    pub warnings: Vec<PlanWarning>,
+}
+
+/// A script that runs but leaves something its author probably did not mean.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanWarning {
+    /// The child concerned.
+    pub child: String,
+    /// Its supervisor in the target release.
+    pub supervisor: String,
+    /// What will happen, and what to write instead.
+    pub message: String,
+}
+
+impl fmt::Display for PlanWarning {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "warning: {}", self.message)
+    }
 }
 
 /// A script that cannot run, naming the manifest and the field.
@@ -134,6 +159,7 @@ impl Plan {
     pub fn new(current: PlanRelease<'_>, target: PlanRelease<'_>) -> Result<Plan, PlanError> {
         let (direction, manifest, instructions) = find_script(current, target)?;
         check_instructions(current, target, &manifest, &instructions)?;
+        let warnings = stale_args_warnings(current, target, &instructions);
         let mut plan = Plan {
             from: current.version().clone(),
             to: target.version().clone(),
@@ -142,6 +168,7 @@ impl Plan {
             before_suspend: Vec::new(),
             updates: Vec::new(),
             after_commit: Vec::new(),
+            warnings,
         };
         let first_update = instructions.iter().position(is_update);
         let last_update = instructions.iter().rposition(is_update);
@@ -206,8 +233,94 @@ impl fmt::Display for Plan {
                 )?;
             }
         }
+        for warning in &self.warnings {
+            writeln!(formatter, "{warning}")?;
+        }
         Ok(())
     }
+}
+
+/// Children whose `args` change between the releases, whose plugin the script updates,
+/// and whose supervisor keeps the running release's spec: nothing in the script gives the
+/// supervisor the target's spec (`update_supervisor`) or replaces the child
+/// (`restart_child`, `remove_child`).
+fn stale_args_warnings(
+    current: PlanRelease<'_>,
+    target: PlanRelease<'_>,
+    instructions: &[Instruction],
+) -> Vec<PlanWarning> {
+    fn walk<'a>(
+        parent: &'a str,
+        children: &'a [super::ChildManifest],
+        found: &mut Vec<(&'a str, &'a super::ChildManifest)>,
+    ) {
+        for child in children {
+            found.push((parent, child));
+            walk(
+                &child.id,
+                child.children.as_deref().unwrap_or_default(),
+                found,
+            );
+        }
+    }
+    let (from, to) = (current.version(), target.version());
+    let updated: HashSet<&str> = instructions
+        .iter()
+        .filter_map(|instruction| match instruction {
+            Instruction::Update { plugin, .. } => Some(plugin.as_str()),
+            _ => None,
+        })
+        .collect();
+    let covered = |supervisor: &str, child: &str| {
+        instructions.iter().any(|instruction| match instruction {
+            Instruction::UpdateSupervisor { supervisor: named } => named == supervisor,
+            Instruction::RestartChild { id, .. } | Instruction::RemoveChild { id, .. } => {
+                id == child
+            }
+            _ => false,
+        })
+    };
+    let describe_args = |args: &Option<toml::Value>| match args {
+        Some(value) => value.to_string(),
+        None => "none".to_owned(),
+    };
+    let mut children = Vec::new();
+    walk(
+        super::ROOT_SUPERVISOR,
+        &target.manifest.supervisor.children,
+        &mut children,
+    );
+    let mut warnings = Vec::new();
+    for (supervisor, child) in children {
+        let Some(plugin) = child.plugin.as_deref() else {
+            continue;
+        };
+        let Some((_, running)) = current.manifest.find_child(&child.id) else {
+            continue;
+        };
+        if !updated.contains(plugin)
+            || running.plugin.as_deref() != Some(plugin)
+            || running.args == child.args
+            || covered(supervisor, &child.id)
+        {
+            continue;
+        }
+        warnings.push(PlanWarning {
+            child: child.id.clone(),
+            supervisor: supervisor.to_owned(),
+            message: format!(
+                "child {id:?} (plugin {plugin:?}) has new args in {to} ({new_args}), but the update \
+                 only migrates the running actor: supervisor {supervisor:?} keeps {from}'s child spec, \
+                 so when the child restarts it starts with {from}'s args ({old_args}); add \
+                 `op = \"update_supervisor\", supervisor = \"{supervisor}\"` after the last update \
+                 to give it {to}'s spec",
+                id = child.id,
+                new_args = describe_args(&child.args),
+                old_args = describe_args(&running.args),
+            ),
+        });
+    }
+    warnings
 }
 
 /// One line saying what an instruction does.
@@ -653,6 +766,75 @@ plugin = "kv"
         let update = text.find("[2] update counter").unwrap();
         assert!(before < batch && batch < update && update < after, "{text}");
         assert!(text.contains("[3] apply \"Get\" to kv"), "{text}");
+    }
+
+    /// Gives child `counter` these `args` (TOML inline table text).
+    fn with_counter_args(mut manifest: Manifest, args: &str) -> Manifest {
+        let table: toml::Table = toml::from_str(&format!("args = {args}")).unwrap();
+        manifest.supervisor.children[0].args = table.get("args").cloned();
+        manifest
+    }
+
+    #[test]
+    fn an_update_that_leaves_a_child_on_the_older_args_is_warned_about() {
+        let old = with_counter_args(release("1.0.0", "1.0.0", ""), "{ start = 0 }");
+        let new = with_counter_args(
+            release("2.0.0", "2.0.0", &upgrade(&[UPDATE_COUNTER])),
+            "{ start = 100 }",
+        );
+        let plan = plan(&old, &new).unwrap();
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+        let warning = &plan.warnings[0];
+        assert_eq!(
+            (warning.child.as_str(), warning.supervisor.as_str()),
+            ("counter", "root")
+        );
+        for expected in [
+            "child \"counter\"",
+            "1.0.0's args ({ start = 0 })",
+            "new args in 2.0.0 ({ start = 100 })",
+            "update_supervisor",
+        ] {
+            assert!(
+                warning.message.contains(expected),
+                "{expected}: {}",
+                warning.message
+            );
+        }
+        // `graft install --dry-run` prints it with the plan.
+        assert!(
+            plan.to_string()
+                .contains(&format!("warning: {}", warning.message)),
+            "{plan}"
+        );
+    }
+
+    #[test]
+    fn no_warning_when_the_script_gives_the_supervisor_the_new_spec_or_the_args_stay() {
+        let old = with_counter_args(release("1.0.0", "1.0.0", ""), "{ start = 0 }");
+        let update_root = "op = \"update_supervisor\"\nsupervisor = \"root\"\n";
+        let restart = "op = \"restart_child\"\nsupervisor = \"root\"\nid = \"counter\"\n";
+        for script in [
+            &[UPDATE_COUNTER, update_root][..],
+            &[UPDATE_COUNTER, restart][..],
+        ] {
+            let new = with_counter_args(
+                release("2.0.0", "2.0.0", &upgrade(script)),
+                "{ start = 100 }",
+            );
+            assert_eq!(plan(&old, &new).unwrap().warnings, [], "{script:?}");
+        }
+        // The same args in both releases, or a child whose plugin is not updated.
+        let same = with_counter_args(
+            release("2.0.0", "2.0.0", &upgrade(&[UPDATE_COUNTER])),
+            "{ start = 0 }",
+        );
+        assert_eq!(plan(&old, &same).unwrap().warnings, []);
+        let not_updated = with_counter_args(
+            release("1.1.0", "1.0.0", &upgrade(&[APPLY])),
+            "{ start = 100 }",
+        );
+        assert_eq!(plan(&old, &not_updated).unwrap().warnings, []);
     }
 
     #[test]

@@ -142,6 +142,8 @@ pub struct ActorStatus {
     pub max_mailbox: Option<usize>,
     /// Calls, casts and info messages refused (or dropped) because the mailbox was full.
     pub mailbox_refused: u64,
+    /// Casts and info messages dropped because the actor could not decode them.
+    pub undecodable_messages: u64,
     /// How many times its supervisor restarted it.
     pub restarts: u32,
     /// Whether it is suspended.
@@ -686,7 +688,9 @@ impl Actor {
                 })
             }
             Err(error) if error.is_bad_input() => {
-                tracing::warn!(actor = %self.services.label, "message dropped: {error}");
+                // The error names the field that failed (`... expected u64 at ttl_ms`).
+                self.services.me.count_undecodable();
+                tracing::warn!(actor = %self.services.label, "message dropped, it does not decode: {error}");
                 None
             }
             Err(error) => Some(Ending::crash(&error)),
@@ -737,6 +741,7 @@ impl Actor {
                     mailbox_high_water: self.services.me.mailbox_high_water(),
                     max_mailbox: self.services.me.max_mailbox(),
                     mailbox_refused: self.services.me.mailbox_refused(),
+                    undecodable_messages: self.services.me.undecodable_messages(),
                     restarts: self.restarts,
                     suspended: self.suspended,
                 });

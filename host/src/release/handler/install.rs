@@ -187,7 +187,11 @@ impl ReleaseHandler {
             longest_pause: swapped.longest_pause,
             total: started.elapsed(),
             resident: Self::resident_with(&state.loaded),
+            warnings: plan.warnings.clone(),
         };
+        for warning in &report.warnings {
+            tracing::warn!(child = %warning.child, "{}", warning.message);
+        }
         tracing::info!(
             from = %from,
             to = %target,
@@ -263,6 +267,7 @@ impl ReleaseHandler {
             longest_pause: swapped.longest_pause,
             total: started.elapsed(),
             resident: Self::resident_with(&state.loaded),
+            warnings: Vec::new(),
         })
     }
 

@@ -58,6 +58,9 @@ pub struct InstallReport {
     pub total: Duration,
     /// Plugin versions loaded after the install.
     pub resident: Vec<ResidentLibrary>,
+    /// The plan's warnings ([`crate::release::plan::PlanWarning`]): the install ran
+    /// regardless.
+    pub warnings: Vec<crate::release::plan::PlanWarning>,
 }
 
 /// The phases an install reports as it goes.
