@@ -360,7 +360,10 @@ async fn check_once(handler: &ReleaseHandler, watched: &mut [Watched]) -> bool {
             Err(error) => {
                 let error = super::describe(&anyhow::Error::from(error));
                 tracing::error!(plugin = %entry.plugin, "new build rejected, the old code keeps running: {error}");
-                eprintln!("{}", rejection_block(&entry.plugin, &entry.artifact, &error));
+                eprintln!(
+                    "{}",
+                    rejection_block(&entry.plugin, &entry.artifact, &error)
+                );
             }
         }
     }
@@ -388,7 +391,10 @@ mod tests {
         let refusal = claim(root.path(), Path::new("/app")).err().unwrap();
         assert_eq!(refusal.code, 3);
         let message = refusal.error.to_string();
-        assert!(message.contains(&root.path().display().to_string()), "{message}");
+        assert!(
+            message.contains(&root.path().display().to_string()),
+            "{message}"
+        );
         assert!(message.contains("/app/target/graft-dev"), "{message}");
     }
 

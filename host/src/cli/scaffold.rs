@@ -124,7 +124,9 @@ fn new_application(app: &str, plugin: &str, path: Option<PathBuf>) -> Result<(),
     );
     println!("next:");
     println!("  cd {}", directory.display());
-    println!("  graft build            # build the plugins, assemble the releases into target/graft");
+    println!(
+        "  graft build            # build the plugins, assemble the releases into target/graft"
+    );
     println!("  graft start            # run the host (Ctrl-C stops it)");
     println!("  graft call {plugin} '{{\"Add\": 2}}'   # from another terminal");
     println!("  graft dev              # or: hot-swap the plugin on every cargo build");
