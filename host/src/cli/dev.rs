@@ -11,7 +11,8 @@
 //!   read only once two looks a moment apart agree, and every artifact is looked at again
 //!   after each swap. Cargo may replace the artifact by a hard link or a rename, or rewrite
 //!   it in place through its other link in `deps/` (no event in the watched directory):
-//!   the poll sees all of these.
+//!   the poll sees all of these. A file is loaded only when it is a whole ELF file (its
+//!   section headers, written last, are inside it).
 //! - A rejected build is reported on the terminal (stderr) in one block with the error,
 //!   besides the log line; the old code keeps running, and the build is not retried until
 //!   the artifact changes again.
@@ -334,6 +335,11 @@ async fn check_once(handler: &ReleaseHandler, watched: &mut [Watched]) -> bool {
         let Ok(bytes) = std::fs::read(&entry.artifact) else {
             continue;
         };
+        // A file cut short (a writer that paused longer than the settling time) is looked
+        // at again on the next round, not loaded: mapping it could fault past its end.
+        if !elf_complete(&bytes) {
+            continue;
+        }
         // Read after the looks agreed; if it changed meanwhile, the next look sees it.
         entry.seen = Some(stable);
         let digest = Sha256Digest::of(&bytes);
@@ -368,6 +374,54 @@ async fn check_once(handler: &ReleaseHandler, watched: &mut [Watched]) -> bool {
         }
     }
     swapped
+}
+
+/// Whether `bytes` hold a whole 64-bit little-endian ELF file: every table and loadable
+/// segment the header names lies inside it. A linker writes the section headers last, so
+/// a file still being written fails this.
+fn elf_complete(bytes: &[u8]) -> bool {
+    let field = |offset: usize, width: usize| -> Option<u64> {
+        let slice = bytes.get(offset..offset + width)?;
+        let mut buffer = [0u8; 8];
+        buffer[..width].copy_from_slice(slice);
+        Some(u64::from_le_bytes(buffer))
+    };
+    let within = |start: u64, length: u64| {
+        start
+            .checked_add(length)
+            .is_some_and(|end| end <= bytes.len() as u64)
+    };
+    // ELFCLASS64, little-endian.
+    if bytes.get(0..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        return false;
+    }
+    let (Some(program_offset), Some(section_offset)) = (field(0x20, 8), field(0x28, 8)) else {
+        return false;
+    };
+    let (Some(program_size), Some(program_count)) = (field(0x36, 2), field(0x38, 2)) else {
+        return false;
+    };
+    let (Some(section_size), Some(section_count)) = (field(0x3A, 2), field(0x3C, 2)) else {
+        return false;
+    };
+    if !within(program_offset, program_size * program_count)
+        || !within(section_offset, section_size * section_count)
+    {
+        return false;
+    }
+    (0..program_count).all(|index| {
+        let header = (program_offset + index * program_size) as usize;
+        const LOAD: u64 = 1;
+        match (
+            field(header, 4),
+            field(header + 0x08, 8),
+            field(header + 0x20, 8),
+        ) {
+            (Some(LOAD), Some(offset), Some(file_size)) => within(offset, file_size),
+            (Some(_), Some(_), Some(_)) => true,
+            _ => false,
+        }
+    })
 }
 
 /// The block a rejected build prints on the terminal.
@@ -412,6 +466,17 @@ mod tests {
         let refusal = claim(root.path(), Path::new("/app")).err().unwrap();
         assert_eq!(refusal.code, 3);
         assert!(refusal.error.to_string().contains("2.0.0"));
+    }
+
+    #[test]
+    fn a_library_cut_short_is_not_complete() {
+        // This test binary is a whole ELF file; its first part is not.
+        let whole = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(elf_complete(&whole));
+        assert!(!elf_complete(&whole[..whole.len() - 1]));
+        assert!(!elf_complete(&whole[..whole.len() / 2]));
+        assert!(!elf_complete(&whole[..10]));
+        assert!(!elf_complete(b""));
     }
 
     #[test]
