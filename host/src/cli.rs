@@ -18,18 +18,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod dev;
+mod scaffold;
+
 /// Supervise actors from cdylib plugins and upgrade them while they run.
 #[derive(Debug, Parser)]
 #[command(name = "graft", version, about, long_about = None)]
 struct Cli {
-    /// The root directory: assembled releases, the release record, the control socket.
-    #[arg(
-        long,
-        env = "GRAFT_ROOT",
-        default_value = "target/graft",
-        global = true
-    )]
-    root: PathBuf,
+    /// The root directory: assembled releases, the release record, the control socket
+    /// [default: target/graft; for `graft dev`: <WORKSPACE>/target/graft-dev].
+    #[arg(long, env = "GRAFT_ROOT", global = true)]
+    root: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -184,11 +183,18 @@ enum Command {
         #[arg(long)]
         libraries: Option<PathBuf>,
     },
-    /// Scaffold a plugin crate that builds and passes its own test as is.
+    /// Create an application workspace that `graft build` and `graft start` run as is: a
+    /// Cargo workspace, a plugin under plugins/NAME/0.1.0/, releases/0.1.0/release.toml and a
+    /// README. Without APP, `--plugin NAME` adds a plugin to an existing workspace.
     New {
-        /// The plugin's name.
-        name: String,
-        /// Where to create it (default: ./NAME).
+        /// The application's name (a new workspace in ./APP, or --path).
+        app: Option<String>,
+        /// The plugin's name (default: APP); without APP, the plugin to add to the
+        /// workspace in the current directory (or --path).
+        #[arg(long, value_name = "NAME")]
+        plugin: Option<String>,
+        /// Where to create the workspace (default: ./APP), or the workspace to add the
+        /// plugin to (default: .).
         #[arg(long)]
         path: Option<PathBuf>,
     },
@@ -335,7 +341,9 @@ fn describe(error: &anyhow::Error) -> String {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
-    let root = cli.root;
+    // `graft dev` has its own default root (see `dev::dev_root`).
+    let explicit_root = cli.root.clone();
+    let root = cli.root.unwrap_or_else(|| PathBuf::from("target/graft"));
     match cli.command {
         Command::Build {
             versions,
@@ -521,9 +529,13 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             println!("{actor} resumed");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Dev { version, workspace } => dev(&root, &workspace, version).await,
+        Command::Dev { version, workspace } => {
+            dev::dev(explicit_root.as_deref(), &workspace, version).await
+        }
         Command::Demo { debug } => demo(!debug).await.map(|()| ExitCode::SUCCESS),
-        Command::New { name, path } => new_plugin(&name, path).map(|()| ExitCode::SUCCESS),
+        Command::New { app, plugin, path } => {
+            scaffold::new(app.as_deref(), plugin.as_deref(), path).map(|()| ExitCode::SUCCESS)
+        }
         Command::Inspect { file, json } => inspect(&file, json),
         // Handled in `main`, before the async runtime starts.
         Command::Worker { .. } => Ok(ExitCode::from(2)),
@@ -827,114 +839,6 @@ async fn start(
     }
 }
 
-/// `graft dev`: a release whose plugins are hot-swapped on every rebuild.
-async fn dev(root: &Path, workspace: &Path, version: Option<Version>) -> Result<ExitCode, Failure> {
-    use graft::release::Manifest;
-    use graft::release::assemble::package_of;
-    use notify::Watcher;
-    init_tracing();
-    let workspace = workspace
-        .canonicalize()
-        .with_context(|| format!("resolving the workspace {}", workspace.display()))?;
-    let version = match version {
-        Some(version) => version,
-        None => std::fs::read_dir(workspace.join("releases"))
-            .with_context(|| format!("reading {}", workspace.join("releases").display()))?
-            .filter_map(Result::ok)
-            .filter_map(|entry| Version::parse(&entry.file_name().to_string_lossy()).ok())
-            .max()
-            .ok_or_else(|| anyhow!("no releases under {}", workspace.join("releases").display()))?,
-    };
-    let manifest_path = workspace
-        .join("releases")
-        .join(version.to_string())
-        .join("release.toml");
-    // A dev root holds just this release, so it is what boots.
-    let _ = std::fs::remove_dir_all(root.join("releases"));
-    assemble(&manifest_path, &workspace, root, false)?;
-    let source = Manifest::read(&manifest_path)?;
-    let mut packages = Vec::new();
-    for (plugin, entry) in &source.plugins {
-        let directory = graft::release::resolve_inside(
-            &workspace,
-            entry.crate_path.as_deref().unwrap_or(Path::new(".")),
-        )
-        .map_err(|message| anyhow!("plugins.{plugin}.crate: {message}"))?;
-        let (package, _) = package_of(&directory).map_err(|message| anyhow!(message))?;
-        packages.push((plugin.clone(), package));
-    }
-    let names: Vec<&str> = packages
-        .iter()
-        .map(|(_, package)| package.as_str())
-        .collect();
-    let built = graft::build::CargoBuild::new(&workspace).build_all(&names)?;
-    let mut watched: Vec<(String, PathBuf, graft::plugin::Sha256Digest)> = Vec::new();
-    for (plugin, package) in &packages {
-        let artifact = built[package].clone();
-        let digest = graft::plugin::Sha256Digest::of(&std::fs::read(&artifact)?);
-        watched.push((plugin.clone(), artifact, digest));
-    }
-
-    // A second host on a live root stops here, before it boots anything.
-    ControlServer::refuse_if_served(root).await?;
-    let handler = Arc::new(ReleaseHandler::boot(root, Runtime::new()).await?);
-    let server = ControlServer::bind(root).await?;
-    tracing::info!(release = %version, socket = %server.path().display(), "dev host started; rebuild a plugin with cargo build to hot-swap it");
-    let serving = tokio::spawn(server.serve(Arc::clone(&handler)));
-
-    let (notices, mut changes) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = notices.send(());
-        }
-    })?;
-    let directories: std::collections::BTreeSet<PathBuf> = watched
-        .iter()
-        .filter_map(|(_, artifact, _)| artifact.parent().map(Path::to_owned))
-        .collect();
-    for directory in &directories {
-        watcher.watch(directory, notify::RecursiveMode::NonRecursive)?;
-    }
-    // One signal stream for the whole loop: a SIGINT that arrives while a swap runs waits
-    // in it instead of being missed.
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .context("installing the SIGINT handler")?;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    loop {
-        tokio::select! {
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
-            Some(()) = changes.recv() => {
-                // Let cargo finish writing, and the burst of events settle.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                while changes.try_recv().is_ok() {}
-                for (plugin, artifact, digest) in &mut watched {
-                    let Ok(bytes) = std::fs::read(&*artifact) else { continue };
-                    let current = graft::plugin::Sha256Digest::of(&bytes);
-                    if current == *digest {
-                        continue;
-                    }
-                    *digest = current;
-                    match handler.hot_swap(plugin, artifact).await {
-                        Ok(report) => tracing::info!(
-                            plugin = %plugin,
-                            migrated = report.actors_migrated,
-                            longest_pause_us = report.longest_pause.as_micros() as u64,
-                            "hot-swapped to the new build"
-                        ),
-                        Err(error) => tracing::error!(plugin = %plugin, "new build rejected, the old code keeps running: {error}"),
-                    }
-                }
-            }
-        }
-    }
-    serving.abort();
-    let _ = serving.await;
-    handler.shutdown().await;
-    Ok(ExitCode::SUCCESS)
-}
-
 /// The workspace this binary was built from (for the demo and `graft new`).
 fn source_workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1063,139 +967,3 @@ async fn demo(release_profile: bool) -> Result<(), Failure> {
     }
     Ok(())
 }
-
-/// `graft new NAME`: a plugin crate that builds and passes its own test.
-fn new_plugin(name: &str, path: Option<PathBuf>) -> Result<(), Failure> {
-    let valid = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
-    if !valid {
-        return Err(anyhow!("invalid plugin name {name:?}: expected letters, digits, '-' or '_', starting with a letter").into());
-    }
-    let directory = path.unwrap_or_else(|| PathBuf::from(name));
-    if directory.exists() {
-        return Err(anyhow!("{} already exists", directory.display()).into());
-    }
-    std::fs::create_dir_all(directory.join("src"))?;
-    let api = source_workspace().join("plugin-api");
-    let cargo_toml = format!(
-        r#"[package]
-name = "{name}"
-version = "0.1.0"
-edition = "2024"
-publish = false
-
-[lib]
-crate-type = ["cdylib", "rlib"]
-
-[dependencies]
-graft-plugin = {{ path = "{api}" }}
-serde = {{ version = "1", features = ["derive"] }}
-
-# A plugin is its own workspace unless you add it to one.
-[workspace]
-"#,
-        api = api.display()
-    );
-    std::fs::write(directory.join("Cargo.toml"), cargo_toml)?;
-    std::fs::write(
-        directory.join("src").join("lib.rs"),
-        SCAFFOLD.replace("{name}", name),
-    )?;
-    println!("created plugin {name} in {}", directory.display());
-    println!(
-        "next: cd {} && cargo test && cargo build",
-        directory.display()
-    );
-    Ok(())
-}
-
-const SCAFFOLD: &str = r#"//! The `{name}` Graft plugin: a GenServer whose state is a count.
-//!
-//! Build with `cargo build`; the host loads `target/debug/lib*.so`. Keep the logic in plain
-//! methods so it is easy to test, and let the callbacks call them.
-
-use graft_plugin::{CallResult, Context, Error, Flow, GenServer, ReplyTo};
-use serde::{Deserialize, Serialize};
-
-/// The actor's state.
-#[derive(Serialize, Deserialize, Default, Debug, PartialEq)]
-pub struct State {
-    count: i64,
-}
-
-/// Calls.
-#[derive(Serialize, Deserialize)]
-pub enum Request {
-    /// The count.
-    Get,
-    /// Adds and returns the new count.
-    Add(i64),
-}
-
-/// Casts.
-#[derive(Serialize, Deserialize)]
-pub enum Command {
-    /// Sets the count to zero.
-    Reset,
-}
-
-impl State {
-    fn apply(&mut self, request: Request) -> i64 {
-        match request {
-            Request::Get => self.count,
-            Request::Add(amount) => {
-                self.count += amount;
-                self.count
-            }
-        }
-    }
-}
-
-impl GenServer for State {
-    type Args = i64;
-    type Call = Request;
-    type Reply = i64;
-    type Cast = Command;
-    type Info = ();
-    type Continue = ();
-
-    fn init(start: i64, _ctx: &mut Context<'_>) -> Result<Self, Error> {
-        Ok(State { count: start })
-    }
-
-    fn handle_call(&mut self, request: Request, _from: ReplyTo, _ctx: &mut Context<'_>) -> Result<CallResult<i64>, Error> {
-        Ok(CallResult::Reply(self.apply(request)))
-    }
-
-    fn handle_cast(&mut self, command: Command, _ctx: &mut Context<'_>) -> Result<Flow, Error> {
-        match command {
-            Command::Reset => self.count = 0,
-        }
-        Ok(Flow::Run)
-    }
-}
-
-graft_plugin::export_plugin!(State, name = "{name}");
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn adding_returns_the_new_count() {
-        let mut state = State { count: 1 };
-        assert_eq!(state.apply(Request::Add(2)), 3);
-        assert_eq!(state.apply(Request::Get), 3);
-    }
-
-    #[test]
-    fn the_state_round_trips_through_the_wire_format() {
-        let state = State { count: 7 };
-        let bytes = graft_plugin::codec::encode(&state).unwrap();
-        assert_eq!(graft_plugin::codec::decode::<State>(&bytes).unwrap(), state);
-    }
-}
-"#;

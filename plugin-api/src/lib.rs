@@ -194,6 +194,9 @@ pub trait GenServer: Serialize + DeserializeOwned + Send + 'static {
 
     /// Upgrade: builds this version's state from an older version's. The default decodes
     /// the old bytes as `Self`, which works while every change is a `#[serde(default)]` field.
+    ///
+    /// Under `graft dev`, a rebuild of the same version gets `from_version` with the build
+    /// metadata `dev.N` (`0.1.0+dev.1`): `from_version.build.starts_with("dev.")`.
     fn code_change(
         from_version: &Version,
         old_state: Payload<'_>,

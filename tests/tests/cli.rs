@@ -1,19 +1,18 @@
 //! The `graft` binary end to end: a host started as a child process, driven through every
 //! subcommand; kill -9 and restart; watch mode; the health gate's automatic rollback;
 //! malformed requests and many clients on the control socket; its permissions; usage
-//! errors; `graft new` output that builds and passes its test.
+//! errors. (`graft new` and `graft dev`: tests/newcomer.rs.)
 
 use graft_tests::{
     Host, built_releases, built_root, copy_tree, eventually_blocking as eventually, graft_binary,
     run_graft as graft, stderr_text as stderr, stdout_text as stdout, succeed_graft,
-    workspace_root,
 };
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 fn json(root: &Path, args: &[&str]) -> Value {
@@ -429,163 +428,4 @@ fn a_crash_inside_the_health_window_rolls_the_release_back() {
         "{}",
         host.log()
     );
-}
-
-/// Runs `graft new NAME --path <directory>/NAME` and returns the crate's path.
-fn scaffold(directory: &Path, name: &str) -> PathBuf {
-    let crate_path = directory.join(name);
-    let output = Command::new(graft_binary())
-        .args(["new", name, "--path"])
-        .arg(&crate_path)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", stderr(&output));
-    crate_path
-}
-
-#[test]
-fn graft_new_scaffolds_a_plugin_that_builds_and_passes_its_own_test() {
-    let directory = tempfile::tempdir().unwrap();
-    let crate_path = scaffold(directory.path(), "hello");
-    let invalid = Command::new(graft_binary())
-        .args(["new", "9lives"])
-        .output()
-        .unwrap();
-    assert_eq!(invalid.status.code(), Some(1));
-    assert!(stderr(&invalid).contains("invalid plugin name"));
-
-    // Share the workspace's target directory so the dependencies are already built.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let test = Command::new(&cargo)
-        .args(["test", "--quiet"])
-        .current_dir(&crate_path)
-        .env("CARGO_TARGET_DIR", workspace_root().join("target"))
-        .output()
-        .unwrap();
-    assert!(
-        test.status.success(),
-        "cargo test in the scaffold: {}",
-        stderr(&test)
-    );
-    let mut text = String::new();
-    std::fs::File::open(crate_path.join("src/lib.rs"))
-        .unwrap()
-        .read_to_string(&mut text)
-        .unwrap();
-    assert!(text.contains("export_plugin!(State, name = \"hello\")"));
-}
-
-#[test]
-fn graft_dev_hot_swaps_a_rebuilt_plugin_and_rejects_a_build_whose_migration_fails() {
-    let directory = tempfile::tempdir().unwrap();
-    // Its own package name: the `graft new` test builds a `hello` into the same target
-    // directory at the same time, and the dev host must see only this test's builds.
-    let crate_path = scaffold(directory.path(), "devhello");
-    std::fs::create_dir_all(crate_path.join("releases/0.1.0")).unwrap();
-    std::fs::write(
-        crate_path.join("releases/0.1.0/release.toml"),
-        "[release]\nname = \"dev\"\nversion = \"0.1.0\"\n\n[plugins.devhello]\nversion = \"0.1.0\"\ncrate = \".\"\n\n\
-         [supervisor]\nstrategy = \"one_for_one\"\n\n[[supervisor.children]]\nid = \"devhello\"\nplugin = \"devhello\"\nargs = 1\n",
-    )
-    .unwrap();
-    let root = directory.path().join("root");
-    let target = workspace_root().join("target");
-    let log = directory.path().join("dev.log");
-    let child = Command::new(graft_binary())
-        .args(["dev", "--workspace"])
-        .arg(&crate_path)
-        .arg("--root")
-        .arg(&root)
-        .env("CARGO_TARGET_DIR", &target)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut host = Host { child, log };
-    let socket = root.join("run/control.sock");
-    assert!(
-        eventually(Duration::from_secs(120), || UnixStream::connect(&socket)
-            .is_ok()),
-        "graft dev did not start: {}",
-        host.log()
-    );
-    assert_eq!(
-        succeed_graft(&root, &["call", "devhello", r#"{"Add": 4}"#]).trim(),
-        "5"
-    );
-
-    let source_path = crate_path.join("src/lib.rs");
-    let rebuild = |edit: &dyn Fn(String) -> String| {
-        let source = std::fs::read_to_string(&source_path).unwrap();
-        std::fs::write(&source_path, edit(source)).unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let build = Command::new(cargo)
-            .args(["build", "--quiet"])
-            .current_dir(&crate_path)
-            .env("CARGO_TARGET_DIR", &target)
-            .output()
-            .unwrap();
-        assert!(build.status.success(), "{}", stderr(&build));
-    };
-
-    // A new request variant: the running actor takes it on, its count kept.
-    rebuild(&|source| {
-        source
-            .replace("    /// Adds and returns the new count.\n    Add(i64),", "    /// Adds and returns the new count.\n    Add(i64),\n    /// Doubles.\n    Double,")
-            .replace("            Request::Get => self.count,", "            Request::Get => self.count,\n            Request::Double => {\n                self.count *= 2;\n                self.count\n            }")
-    });
-    assert!(
-        eventually(Duration::from_secs(30), || {
-            graft(&root, &["call", "devhello", r#""Double""#])
-                .status
-                .success()
-        }),
-        "the new build was not swapped in: {}",
-        host.log()
-    );
-    assert_eq!(
-        succeed_graft(&root, &["call", "devhello", r#""Get""#]).trim(),
-        "10",
-        "state kept across the swap"
-    );
-
-    // A state field without a default: the default migration cannot decode the old state.
-    rebuild(&|source| {
-        source
-            .replace(
-                "pub struct State {\n    count: i64,\n}",
-                "pub struct State {\n    count: i64,\n    label: String,\n}",
-            )
-            .replace(
-                "Ok(State { count: start })",
-                "Ok(State { count: start, label: String::new() })",
-            )
-            .replace(
-                "State { count: 1 }",
-                "State { count: 1, label: String::new() }",
-            )
-            .replace(
-                "State { count: 7 }",
-                "State { count: 7, label: String::new() }",
-            )
-    });
-    assert!(
-        eventually(Duration::from_secs(30), || host
-            .log()
-            .contains("new build rejected")),
-        "the broken build was not rejected: {}",
-        host.log()
-    );
-    assert!(
-        host.log().contains("missing field `label`"),
-        "{}",
-        host.log()
-    );
-    assert_eq!(
-        succeed_graft(&root, &["call", "devhello", r#""Double""#]).trim(),
-        "20",
-        "the old code keeps running"
-    );
-    host.signal("INT");
-    assert_eq!(host.wait(), 0);
 }

@@ -84,6 +84,7 @@ impl ReleaseHandler {
                     extra: encode_value(extra.as_ref()).unwrap_or_default(),
                     suspend_timeout: Duration::from_millis(*suspend_timeout_ms),
                     purge: *purge,
+                    code_change_from: None,
                 }),
                 _ => None,
             })
@@ -206,7 +207,17 @@ impl ReleaseHandler {
     /// same plugin: `graft dev`), keeping their state through the plugin's `code_change`
     /// (by default: decode the old bytes). A build that fails to load or migrate is
     /// rejected and the old code keeps running.
-    pub async fn hot_swap(&self, plugin: &str, path: &Path) -> Result<InstallReport, ReleaseError> {
+    ///
+    /// `code_change` is told it upgrades from the running version with the build metadata
+    /// `dev.<running_build>` (`0.1.0+dev.1` for the build a dev host booted), so a plugin
+    /// can tell a dev rebuild from a real upgrade: `from.build.starts_with("dev.")`. Build
+    /// metadata, not a pre-release, so `from < Version::new(0, 1, 0)` stays false.
+    pub async fn hot_swap(
+        &self,
+        plugin: &str,
+        path: &Path,
+        running_build: u64,
+    ) -> Result<InstallReport, ReleaseError> {
         let started = Instant::now();
         let _installing = Installing::begin(&self.installing)?;
         let mut state = self.lock_state().await;
@@ -235,9 +246,12 @@ impl ReleaseHandler {
                 }
             })?),
         };
-        let from = current
+        let mut from = current
             .map(|current| current.version().clone())
             .unwrap_or_else(|| loaded.version().clone());
+        // `dev.N` is valid build metadata for every N.
+        from.build = semver::BuildMetadata::new(&format!("dev.{running_build}"))
+            .unwrap_or(semver::BuildMetadata::EMPTY);
         let update = PlannedUpdate {
             plugin: plugin.to_owned(),
             target: loaded.clone(),
@@ -246,6 +260,7 @@ impl ReleaseHandler {
             extra: encode_value(None).unwrap_or_default(),
             suspend_timeout: Duration::from_secs(5),
             purge: PurgePolicy::Soft,
+            code_change_from: Some(from.clone()),
         };
         let targets = HashMap::from([(plugin.to_owned(), loaded.clone())]);
         let swapped = self

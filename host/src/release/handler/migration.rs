@@ -18,6 +18,9 @@ pub(super) struct PlannedUpdate {
     pub(super) extra: Vec<u8>,
     pub(super) suspend_timeout: Duration,
     pub(super) purge: PurgePolicy,
+    /// The version `code_change` is told it upgrades from, instead of the running one's
+    /// (a `graft dev` rebuild: `0.1.0+dev.N`).
+    pub(super) code_change_from: Option<Version>,
 }
 
 /// What a swap did.
@@ -56,6 +59,7 @@ pub(super) fn migration(
     let target = update.target.clone();
     let mode = update.mode;
     let extra = update.extra.clone();
+    let code_change_from = update.code_change_from.clone();
     let snapshots = Arc::clone(snapshots);
     let id = actor.id();
     let label = actor.label();
@@ -93,12 +97,13 @@ pub(super) fn migration(
         };
         let source: &[u8] = converted.as_deref().unwrap_or(&state);
         let code_change = direction == Direction::Upgrade && mode == UpdateMode::Advanced;
+        let from = code_change_from.as_ref().unwrap_or(old.version());
         // Prove the way back before the commit: a downgrade or a restore from a snapshot
         // starts from the new state, so it must come out of the plugin under the state cap.
         let (behaviour, size): (Box<dyn Behaviour>, _) = match &target {
             PluginVersion::InProcess(plugin) => {
                 let instance = if code_change {
-                    Instance::code_change(plugin, old.version(), source, &extra, &services)
+                    Instance::code_change(plugin, from, source, &extra, &services)
                 } else {
                     Instance::restore(plugin, source, &services)
                 };
@@ -110,7 +115,7 @@ pub(super) fn migration(
             }
             PluginVersion::Isolated(plugin) => {
                 let behaviour = if code_change {
-                    plugin.code_change(old.version(), source, &extra, &services)
+                    plugin.code_change(from, source, &extra, &services)
                 } else {
                     plugin.restore(source, &services)
                 };
