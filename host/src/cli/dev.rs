@@ -207,6 +207,9 @@ pub(super) async fn dev(
             .create(&root)
             .with_context(|| format!("creating {}", root.display()))?;
     }
+    // The one host of this root until it exits: a second `graft dev` or `graft start`
+    // still booting here is refused before it runs any plugin code.
+    let _claim = ControlServer::claim_root(&root).await?;
     let mut ours = previous.clone();
     ours.insert(version.clone());
     // Marked before anything is assembled: what a crash leaves behind is known to be ours.
