@@ -5,6 +5,9 @@
 //! --message-format=json` and read the artifact's path from the `compiler-artifact`
 //! message. The artifact path is cargo's; callers must not `dlopen` it directly (cargo
 //! hard-links it, and rebuilds replace it) — the loader copies it first.
+//!
+//! With [`CargoBuild::progress`], cargo's own status lines (`Compiling …`) and diagnostics
+//! are passed on to our stderr as cargo writes them, and still collected for the error.
 
 use serde_json::Value;
 use std::collections::HashMap;
@@ -49,6 +52,7 @@ pub struct CargoBuild {
     workspace: PathBuf,
     release: bool,
     rustc_flags: Vec<String>,
+    progress: bool,
 }
 
 impl CargoBuild {
@@ -60,12 +64,19 @@ impl CargoBuild {
             workspace: workspace.as_ref().to_owned(),
             release: false,
             rustc_flags: Vec::new(),
+            progress: false,
         }
     }
 
     /// Uses the release profile.
     pub fn release(mut self, release: bool) -> CargoBuild {
         self.release = release;
+        self
+    }
+
+    /// Passes cargo's progress (its stderr) on to ours as it comes.
+    pub fn progress(mut self, progress: bool) -> CargoBuild {
+        self.progress = progress;
         self
     }
 
@@ -119,21 +130,59 @@ impl CargoBuild {
     /// Runs a cargo command in the workspace; its standard output, or its diagnostics as
     /// the error.
     fn run(&self, mut command: Command, packages: &str) -> Result<String, BuildError> {
-        let output = command
-            .current_dir(&self.workspace)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| BuildError::Spawn {
-                cargo: self.cargo.clone(),
-                source,
-            })?;
-        if !output.status.success() {
+        let spawn_error = |source| BuildError::Spawn {
+            cargo: self.cargo.clone(),
+            source,
+        };
+        command.current_dir(&self.workspace).stdin(Stdio::null());
+        let (success, stdout, stderr) = if self.progress {
+            let mut child = command
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(spawn_error)?;
+            let forwarding = child.stderr.take().map(|cargo_stderr| {
+                std::thread::spawn(move || {
+                    use std::io::{BufRead as _, Write as _};
+                    let mut collected = String::new();
+                    for line in std::io::BufReader::new(cargo_stderr)
+                        .lines()
+                        .map_while(Result::ok)
+                    {
+                        let _ = writeln!(std::io::stderr(), "{line}");
+                        collected.push_str(&line);
+                        collected.push('\n');
+                    }
+                    collected
+                })
+            });
+            let mut stdout = String::new();
+            if let Some(mut cargo_stdout) = child.stdout.take() {
+                use std::io::Read as _;
+                cargo_stdout
+                    .read_to_string(&mut stdout)
+                    .map_err(spawn_error)?;
+            }
+            let status = child.wait().map_err(spawn_error)?;
+            let stderr = forwarding
+                .and_then(|thread| thread.join().ok())
+                .unwrap_or_default();
+            (status.success(), stdout, stderr)
+        } else {
+            let output = command.output().map_err(spawn_error)?;
+            (
+                output.status.success(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        };
+        if !success {
             return Err(BuildError::Failed {
                 package: packages.to_owned(),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+                stderr,
             });
         }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        Ok(stdout)
     }
 
     /// Builds the binary `name` of `package` and returns its path.
