@@ -442,9 +442,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Install {
-            version,
-            permanent,
-            ..
+            version, permanent, ..
         } => {
             let report =
                 request_with_progress(&root, &Request::Install { version, permanent }).await?;
@@ -1154,9 +1152,7 @@ async fn demo(release_profile: bool) -> Result<(), Failure> {
         call("kv", json!({"Get": "last"})).await?
     );
 
-    say!(
-        "4. installing 1.1.0 live (counter 1.1.0 migrates its state; kv 1.1.0 logs requests) …"
-    );
+    say!("4. installing 1.1.0 live (counter 1.1.0 migrates its state; kv 1.1.0 logs requests) …");
     let report = handler.install(&Version::new(1, 1, 0), None).await?;
     say!(
         "   installed in {:.1} ms: {} actors migrated, longest pause {:.3} ms",

@@ -228,7 +228,10 @@ fn logs_are_plain_off_a_terminal_and_rust_log_selects_one_plugin() {
     let host = Host::start_with_environment(
         root,
         &[],
-        &[("RUST_LOG", std::ffi::OsStr::new("info,graft::plugin=off,graft::plugin::counter=info"))],
+        &[(
+            "RUST_LOG",
+            std::ffi::OsStr::new("info,graft::plugin=off,graft::plugin::counter=info"),
+        )],
     );
     assert!(
         eventually(Duration::from_secs(20), || host
@@ -239,8 +242,14 @@ fn logs_are_plain_off_a_terminal_and_rust_log_selects_one_plugin() {
     );
     let log = host.log();
     assert!(!log.contains("enters the scene"), "{log}");
-    assert!(log.contains("host started"), "the host's own logs stay: {log}");
-    assert!(!log.contains('\u{1b}'), "ANSI escapes off a terminal: {log:?}");
+    assert!(
+        log.contains("host started"),
+        "the host's own logs stay: {log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes off a terminal: {log:?}"
+    );
     drop(host);
 
     let other = built_root();
@@ -248,7 +257,10 @@ fn logs_are_plain_off_a_terminal_and_rust_log_selects_one_plugin() {
     let host = Host::start_with_environment(
         other,
         &[],
-        &[("RUST_LOG", std::ffi::OsStr::new("graft::plugin::super_duper=info"))],
+        &[(
+            "RUST_LOG",
+            std::ffi::OsStr::new("graft::plugin::super_duper=info"),
+        )],
     );
     assert!(
         eventually(Duration::from_secs(20), || host
@@ -285,9 +297,9 @@ fn watch_mode_logs_a_re_assembled_release_and_a_new_one() {
     };
     build("1.0.0");
     assert!(
-        eventually(Duration::from_secs(30), || host
-            .log()
-            .contains("release assembled again; not installed: it is the running release")),
+        eventually(Duration::from_secs(30), || host.log().contains(
+            "release assembled again; not installed: it is the running release"
+        )),
         "{}",
         host.log()
     );

@@ -146,7 +146,12 @@ impl<S: Subscriber + for<'lookup> LookupSpan<'lookup>> Filter<S> for PluginLevel
         }
     }
 
-    fn on_new_span(&self, attributes: &span::Attributes<'_>, id: &span::Id, context: Context<'_, S>) {
+    fn on_new_span(
+        &self,
+        attributes: &span::Attributes<'_>,
+        id: &span::Id,
+        context: Context<'_, S>,
+    ) {
         Filter::on_new_span(&self.base, attributes, id, context);
     }
 
@@ -173,7 +178,8 @@ mod tests {
 
     #[test]
     fn a_plugin_directive_is_taken_out_of_the_env_filter() {
-        let levels = PluginLevels::parse(Some("warn,graft::plugin::counter=debug, graft::plugin::kv"));
+        let levels =
+            PluginLevels::parse(Some("warn,graft::plugin::counter=debug, graft::plugin::kv"));
         assert_eq!(levels.plugins.get("counter"), Some(&LevelFilter::DEBUG));
         assert_eq!(levels.plugins.get("kv"), Some(&LevelFilter::TRACE));
         assert_eq!(levels.base.to_string(), "warn");
