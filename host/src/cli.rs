@@ -596,7 +596,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev { version, workspace } => dev(&root, &workspace, version).await,
-        Command::Demo { debug } => demo(!debug).await.map(|()| ExitCode::SUCCESS),
+        Command::Demo { debug } => demo(!debug, json).await.map(|()| ExitCode::SUCCESS),
         Command::New { name, path } => new_plugin(&name, path).map(|()| ExitCode::SUCCESS),
         Command::Inspect { file } => inspect(&file, json),
         // Handled in `main`, before the async runtime starts.
@@ -1077,10 +1077,20 @@ fn source_workspace() -> PathBuf {
 }
 
 /// `graft demo`: the whole idea in a minute.
-async fn demo(release_profile: bool) -> Result<(), Failure> {
+async fn demo(release_profile: bool, json: bool) -> Result<(), Failure> {
+    // The story goes to stdout, or to stderr with `--json` (stdout is then the report).
+    macro_rules! narrate {
+        ($($argument:tt)*) => {
+            if json {
+                let _ = writeln!(std::io::stderr(), $($argument)*);
+            } else {
+                say!($($argument)*);
+            }
+        };
+    }
     let workspace = source_workspace();
     let root = tempfile::Builder::new().prefix("graft-demo-").tempdir()?;
-    say!("1. building the example plugins and releases 1.0.0, 1.1.0 (cargo) …");
+    narrate!("1. building the example plugins and releases 1.0.0, 1.1.0 (cargo) …");
     for version in ["1.0.0", "1.1.0"] {
         let manifest = workspace
             .join("releases")
@@ -1090,7 +1100,7 @@ async fn demo(release_profile: bool) -> Result<(), Failure> {
     }
     let runtime = Runtime::new();
     let handler = Arc::new(ReleaseHandler::boot(root.path(), runtime.clone()).await?);
-    say!(
+    narrate!(
         "2. host started on release {} (root {})",
         handler.current_version().await,
         root.path().display()
@@ -1146,22 +1156,24 @@ async fn demo(release_profile: bool) -> Result<(), Failure> {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    say!(
+    narrate!(
         "3. traffic running: counter = {}, kv last = {}",
         call("counter", json!("Get")).await?,
         call("kv", json!({"Get": "last"})).await?
     );
 
-    say!("4. installing 1.1.0 live (counter 1.1.0 migrates its state; kv 1.1.0 logs requests) …");
+    narrate!(
+        "4. installing 1.1.0 live (counter 1.1.0 migrates its state; kv 1.1.0 logs requests) …"
+    );
     let report = handler.install(&Version::new(1, 1, 0), None).await?;
-    say!(
+    narrate!(
         "   installed in {:.1} ms: {} actors migrated, longest pause {:.3} ms",
         report.total.as_secs_f64() * 1000.0,
         report.actors_migrated,
         report.longest_pause.as_secs_f64() * 1000.0
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    say!(
+    narrate!(
         "   counter state now: {}",
         runtime
             .whereis("counter")
@@ -1170,12 +1182,12 @@ async fn demo(release_profile: bool) -> Result<(), Failure> {
             .await?
     );
 
-    say!("5. rolling back to 1.0.0 (1.1.0 converts its state to 1.0.0's shape) …");
+    narrate!("5. rolling back to 1.0.0 (1.1.0 converts its state to 1.0.0's shape) …");
     let back = handler.install(&Version::new(1, 0, 0), None).await?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = traffic.await.context("the traffic task")??;
     let counted = call("counter", json!("Get")).await?;
-    say!(
+    narrate!(
         "   rolled back in {:.1} ms; counter state: {}",
         back.total.as_secs_f64() * 1000.0,
         runtime
@@ -1185,10 +1197,20 @@ async fn demo(release_profile: bool) -> Result<(), Failure> {
             .await?
     );
     let lost = sent - counted.as_i64().unwrap_or(0);
-    say!(
+    narrate!(
         "6. report: {sent} casts sent, counter counted {counted}: {lost} lost; every kv call saw its predecessor (per-sender order kept)"
     );
     handler.shutdown().await;
+    if json {
+        output::json(&json!({
+            "casts_sent": sent,
+            "counted": counted,
+            "lost": lost,
+            "install_us": u64::try_from(report.total.as_micros()).unwrap_or(u64::MAX),
+            "longest_pause_us": u64::try_from(report.longest_pause.as_micros()).unwrap_or(u64::MAX),
+            "rollback_us": u64::try_from(back.total.as_micros()).unwrap_or(u64::MAX),
+        }))?;
+    }
     if lost != 0 {
         return Err(anyhow!("{lost} messages were lost").into());
     }

@@ -332,3 +332,19 @@ fn watch_mode_logs_a_re_assembled_release_and_a_new_one() {
         host.log()
     );
 }
+
+#[test]
+fn graft_demo_with_json_tells_its_story_on_stderr_and_reports_in_json() {
+    let root = tempfile::tempdir().unwrap();
+    let (code, report) = graft_json(root.path(), &["demo", "--debug"]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert!(
+        report["casts_sent"].as_i64().is_some_and(|sent| sent > 0),
+        "{report}"
+    );
+    assert!(
+        report["install_us"].is_u64() && report["rollback_us"].is_u64(),
+        "{report}"
+    );
+}
