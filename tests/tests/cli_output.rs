@@ -92,6 +92,10 @@ fn every_command_prints_json_with_json_on_success_and_on_failure() {
         (0, &json!("1.0.0"), &json!("1.1.0")),
         "{rollback}"
     );
+    // Status words are the same lowercase words as in `releases --json`.
+    let (code, error) = graft_json(root, &["make-permanent", "1.2.0"]);
+    assert_eq!(code, 1);
+    assert_error(&error, "failed", "release 1.2.0 is unpacked;");
     let (code, removed) = graft_json(root, &["remove", "1.2.0"]);
     assert_eq!((code, removed), (0, json!({"removed": "1.2.0"})));
     let library = root.join("releases/1.0.0/lib/counter-1.0.0.so");
