@@ -41,6 +41,22 @@ fn assert_error(value: &Value, kind: &str, message: &str) {
     );
 }
 
+/// Requires no `{"secs", "nanos"}` object (serde's shape of a `Duration`) anywhere in
+/// `value`: a duration is one number, its unit in the field's name.
+fn assert_no_duration_objects(value: &Value) {
+    match value {
+        Value::Object(fields) => {
+            assert!(
+                !(fields.contains_key("secs") && fields.contains_key("nanos")),
+                "a duration as {{secs, nanos}}: {value}"
+            );
+            fields.values().for_each(assert_no_duration_objects);
+        }
+        Value::Array(items) => items.iter().for_each(assert_no_duration_objects),
+        _ => {}
+    }
+}
+
 #[test]
 fn every_command_prints_json_with_json_on_success_and_on_failure() {
     let root = built_root();
@@ -81,6 +97,9 @@ fn every_command_prints_json_with_json_on_success_and_on_failure() {
         report.get("longest_pause").is_none() && report.get("total").is_none(),
         "a duration twice, in two shapes: {report}"
     );
+    for value in [&report, &plan, &status] {
+        assert_no_duration_objects(value);
+    }
     let (code, permanent) = graft_json(root, &["make-permanent", "1.1.0"]);
     assert_eq!(
         (code, permanent),
