@@ -7,7 +7,8 @@
 //! hard-links it, and rebuilds replace it) — the loader copies it first.
 //!
 //! With [`CargoBuild::progress`], cargo's own status lines (`Compiling …`) and diagnostics
-//! are passed on to our stderr as cargo writes them, and still collected for the error.
+//! are passed on to our stderr as cargo writes them; the error then says so instead of
+//! repeating them.
 
 use serde_json::Value;
 use std::collections::HashMap;
@@ -34,6 +35,12 @@ pub enum BuildError {
         package: String,
         /// cargo's diagnostics.
         stderr: String,
+    },
+    /// cargo failed; its diagnostics were shown on stderr as it ran ([`CargoBuild::progress`]).
+    #[error("cargo build of {package} failed (cargo's messages are above)")]
+    FailedShown {
+        /// The package.
+        package: String,
     },
     /// cargo succeeded but reported no `cdylib` for the package.
     #[error(
@@ -136,6 +143,7 @@ impl CargoBuild {
         };
         command.current_dir(&self.workspace).stdin(Stdio::null());
         let (success, stdout, stderr) = if self.progress {
+            // Each line is passed on as it comes, so the error need not repeat them.
             let mut child = command
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -144,16 +152,12 @@ impl CargoBuild {
             let forwarding = child.stderr.take().map(|cargo_stderr| {
                 std::thread::spawn(move || {
                     use std::io::{BufRead as _, Write as _};
-                    let mut collected = String::new();
                     for line in std::io::BufReader::new(cargo_stderr)
                         .lines()
                         .map_while(Result::ok)
                     {
                         let _ = writeln!(std::io::stderr(), "{line}");
-                        collected.push_str(&line);
-                        collected.push('\n');
                     }
-                    collected
                 })
             });
             let mut stdout = String::new();
@@ -164,22 +168,23 @@ impl CargoBuild {
                     .map_err(spawn_error)?;
             }
             let status = child.wait().map_err(spawn_error)?;
-            let stderr = forwarding
-                .and_then(|thread| thread.join().ok())
-                .unwrap_or_default();
-            (status.success(), stdout, stderr)
+            if let Some(thread) = forwarding {
+                let _ = thread.join();
+            }
+            (status.success(), stdout, None)
         } else {
             let output = command.output().map_err(spawn_error)?;
             (
                 output.status.success(),
                 String::from_utf8_lossy(&output.stdout).into_owned(),
-                String::from_utf8_lossy(&output.stderr).into_owned(),
+                Some(String::from_utf8_lossy(&output.stderr).into_owned()),
             )
         };
         if !success {
-            return Err(BuildError::Failed {
-                package: packages.to_owned(),
-                stderr,
+            let package = packages.to_owned();
+            return Err(match stderr {
+                Some(stderr) => BuildError::Failed { package, stderr },
+                None => BuildError::FailedShown { package },
             });
         }
         Ok(stdout)

@@ -369,3 +369,52 @@ fn graft_demo_with_json_tells_its_story_on_stderr_and_reports_in_json() {
         "{report}"
     );
 }
+
+#[test]
+fn a_failed_graft_build_shows_cargo_s_diagnostics_once_and_fails_in_json() {
+    let workspace = tempfile::tempdir().unwrap();
+    let workspace = workspace.path();
+    let write = |path: &str, text: &str| {
+        let path = workspace.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    write(
+        "Cargo.toml",
+        "[workspace]\nmembers = [\"output-broken\"]\nresolver = \"2\"\n",
+    );
+    write(
+        "output-broken/Cargo.toml",
+        "[package]\nname = \"output-broken\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n",
+    );
+    write(
+        "output-broken/src/lib.rs",
+        "pub fn oops() -> u32 { \"not a number\" }\n",
+    );
+    write(
+        "releases/0.1.0/release.toml",
+        "[release]\nname = \"broken-app\"\nversion = \"0.1.0\"\n\n[plugins.broken]\nversion = \"0.1.0\"\ncrate = \"output-broken\"\n\n[supervisor]\nstrategy = \"one_for_one\"\n\n[[supervisor.children]]\nid = \"broken\"\nplugin = \"broken\"\n",
+    );
+    let root = workspace.join("root");
+    let arguments = [
+        "build",
+        "--debug",
+        "--workspace",
+        workspace.to_str().unwrap(),
+    ];
+    let output = graft(&root, &arguments);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let diagnostics = stderr(&output);
+    assert_eq!(
+        diagnostics.matches("error[E0308]").count(),
+        1,
+        "cargo's diagnostics, once: {diagnostics}"
+    );
+    assert!(
+        diagnostics.contains("cargo build of output-broken failed"),
+        "{diagnostics}"
+    );
+    let (code, error) = graft_json(&root, &arguments);
+    assert_eq!(code, 1);
+    assert_error(&error, "failed", "cargo build of output-broken failed");
+}
