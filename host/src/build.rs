@@ -6,8 +6,8 @@
 //! message. The artifact path is cargo's; callers must not `dlopen` it directly (cargo
 //! hard-links it, and rebuilds replace it) — the loader copies it first.
 //!
-//! With [`CargoBuild::progress`], cargo's own status lines (`Compiling …`) and diagnostics
-//! are passed on to our stderr as cargo writes them; the error then says so instead of
+//! With [`CargoBuild::progress`], cargo writes to our stderr itself (`Compiling …` lines,
+//! diagnostics, and on a terminal its progress bar); the error then says so instead of
 //! repeating them.
 
 use serde_json::Value;
@@ -81,7 +81,7 @@ impl CargoBuild {
         self
     }
 
-    /// Passes cargo's progress (its stderr) on to ours as it comes.
+    /// Lets cargo write its progress and diagnostics to our stderr as it goes.
     pub fn progress(mut self, progress: bool) -> CargoBuild {
         self.progress = progress;
         self
@@ -143,23 +143,13 @@ impl CargoBuild {
         };
         command.current_dir(&self.workspace).stdin(Stdio::null());
         let (success, stdout, stderr) = if self.progress {
-            // Each line is passed on as it comes, so the error need not repeat them.
+            // cargo writes to our stderr itself: its progress bar and colours on a
+            // terminal, its lines otherwise; the error need not repeat them.
             let mut child = command
                 .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
+                .stderr(Stdio::inherit())
                 .spawn()
                 .map_err(spawn_error)?;
-            let forwarding = child.stderr.take().map(|cargo_stderr| {
-                std::thread::spawn(move || {
-                    use std::io::{BufRead as _, Write as _};
-                    for line in std::io::BufReader::new(cargo_stderr)
-                        .lines()
-                        .map_while(Result::ok)
-                    {
-                        let _ = writeln!(std::io::stderr(), "{line}");
-                    }
-                })
-            });
             let mut stdout = String::new();
             if let Some(mut cargo_stdout) = child.stdout.take() {
                 use std::io::Read as _;
@@ -168,9 +158,6 @@ impl CargoBuild {
                     .map_err(spawn_error)?;
             }
             let status = child.wait().map_err(spawn_error)?;
-            if let Some(thread) = forwarding {
-                let _ = thread.join();
-            }
             (status.success(), stdout, None)
         } else {
             let output = command.output().map_err(spawn_error)?;
