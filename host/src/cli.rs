@@ -291,8 +291,10 @@ fn parse_command_line() -> Result<Cli, ExitCode> {
         Ok(cli) => Ok(cli),
         Err(error) => {
             use clap::error::ErrorKind;
-            let informational =
-                matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+            let informational = matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            );
             let wants_json = std::env::args_os()
                 .take_while(|argument| argument != "--")
                 .any(|argument| argument == "--json");
