@@ -5,6 +5,10 @@
 //! --message-format=json` and read the artifact's path from the `compiler-artifact`
 //! message. The artifact path is cargo's; callers must not `dlopen` it directly (cargo
 //! hard-links it, and rebuilds replace it) — the loader copies it first.
+//!
+//! With [`CargoBuild::progress`], cargo writes to our stderr itself (`Compiling …` lines,
+//! diagnostics, and on a terminal its progress bar); the error then says so instead of
+//! repeating them.
 
 use serde_json::Value;
 use std::collections::HashMap;
@@ -32,6 +36,12 @@ pub enum BuildError {
         /// cargo's diagnostics.
         stderr: String,
     },
+    /// cargo failed; its diagnostics were shown on stderr as it ran ([`CargoBuild::progress`]).
+    #[error("cargo build of {package} failed (cargo's messages are above)")]
+    FailedShown {
+        /// The package.
+        package: String,
+    },
     /// cargo succeeded but reported no `cdylib` for the package.
     #[error(
         "cargo built {package} but reported no cdylib artifact (is `crate-type = [\"cdylib\"]` set?)"
@@ -49,6 +59,7 @@ pub struct CargoBuild {
     workspace: PathBuf,
     release: bool,
     rustc_flags: Vec<String>,
+    progress: bool,
 }
 
 impl CargoBuild {
@@ -60,12 +71,19 @@ impl CargoBuild {
             workspace: workspace.as_ref().to_owned(),
             release: false,
             rustc_flags: Vec::new(),
+            progress: false,
         }
     }
 
     /// Uses the release profile.
     pub fn release(mut self, release: bool) -> CargoBuild {
         self.release = release;
+        self
+    }
+
+    /// Lets cargo write its progress and diagnostics to our stderr as it goes.
+    pub fn progress(mut self, progress: bool) -> CargoBuild {
+        self.progress = progress;
         self
     }
 
@@ -119,21 +137,44 @@ impl CargoBuild {
     /// Runs a cargo command in the workspace; its standard output, or its diagnostics as
     /// the error.
     fn run(&self, mut command: Command, packages: &str) -> Result<String, BuildError> {
-        let output = command
-            .current_dir(&self.workspace)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| BuildError::Spawn {
-                cargo: self.cargo.clone(),
-                source,
-            })?;
-        if !output.status.success() {
-            return Err(BuildError::Failed {
-                package: packages.to_owned(),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        let spawn_error = |source| BuildError::Spawn {
+            cargo: self.cargo.clone(),
+            source,
+        };
+        command.current_dir(&self.workspace).stdin(Stdio::null());
+        let (success, stdout, stderr) = if self.progress {
+            // cargo writes to our stderr itself: its progress bar and colours on a
+            // terminal, its lines otherwise; the error need not repeat them.
+            let mut child = command
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(spawn_error)?;
+            let mut stdout = String::new();
+            if let Some(mut cargo_stdout) = child.stdout.take() {
+                use std::io::Read as _;
+                cargo_stdout
+                    .read_to_string(&mut stdout)
+                    .map_err(spawn_error)?;
+            }
+            let status = child.wait().map_err(spawn_error)?;
+            (status.success(), stdout, None)
+        } else {
+            let output = command.output().map_err(spawn_error)?;
+            (
+                output.status.success(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                Some(String::from_utf8_lossy(&output.stderr).into_owned()),
+            )
+        };
+        if !success {
+            let package = packages.to_owned();
+            return Err(match stderr {
+                Some(stderr) => BuildError::Failed { package, stderr },
+                None => BuildError::FailedShown { package },
             });
         }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        Ok(stdout)
     }
 
     /// Builds the binary `name` of `package` and returns its path.

@@ -3,6 +3,16 @@
 //!
 //! Client commands talk to a running host over its control socket (see `graft::control`);
 //! `build`, `start`, `demo` and `new` do their work here.
+//!
+//! `--json` (global) makes every command print one JSON document on stdout, a failure
+//! included: `{"error": {"kind", "message"}}`, with the same exit code as in text mode
+//! (0 done, 1 failed, 2 usage / no host, 3 refused for safety). Results go through
+//! [`output`], which never panics on a closed stdout.
+
+mod logging;
+mod output;
+
+use output::say;
 
 use anyhow::{Context as _, anyhow};
 use clap::{Parser, Subcommand};
@@ -29,6 +39,9 @@ struct Cli {
     /// [default: target/graft; for `graft dev`: <WORKSPACE>/target/graft-dev].
     #[arg(long, env = "GRAFT_ROOT", global = true)]
     root: Option<PathBuf>,
+    /// Print the result as JSON on stdout (a failure as `{"error": {"kind", "message"}}`).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,17 +79,9 @@ enum Command {
         idle_timeout: u64,
     },
     /// The supervision tree, each actor's plugin and version, resident libraries, workers.
-    Status {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Status,
     /// Every release and its status.
-    Releases {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Releases,
     /// Install a release into the running host (upgrade or downgrade).
     Install {
         /// The release.
@@ -88,9 +93,6 @@ enum Command {
         /// batch, after the commit) and change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Print the report (or the plan) as JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Make the current release permanent (booted on restart).
     MakePermanent {
@@ -128,9 +130,6 @@ enum Command {
     State {
         /// The actor's name.
         actor: String,
-        /// Print compact JSON.
-        #[arg(long)]
-        json: bool,
         /// Print the raw state, unredacted (what `--replace` takes), instead of what the
         /// plugin's `format_status` shows.
         #[arg(long, conflicts_with = "replace")]
@@ -204,9 +203,6 @@ enum Command {
     Inspect {
         /// The library (`.so`).
         file: PathBuf,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -215,12 +211,13 @@ enum Command {
 fn inspect(file: &Path, json: bool) -> Result<ExitCode, Failure> {
     let inspection = graft::plugin::inspect::inspect(file).map_err(|error| Failure {
         code: 2,
+        kind: "unreadable",
         error: error.into(),
     })?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&inspection)?);
+        say!("{}", serde_json::to_string_pretty(&inspection)?);
     } else {
-        println!("{inspection}");
+        say!("{inspection}");
     }
     Ok(if inspection.loadable {
         ExitCode::SUCCESS
@@ -259,38 +256,73 @@ fn parse_json(text: &str) -> Result<Value, String> {
         .map_err(|error| format!("not valid JSON ({error}); quote strings, e.g. '\"Get\"'"))
 }
 
-/// A failure and its exit code.
+/// A failure, its exit code, and its kind (`--json`'s `error.kind`: a word scripts can
+/// match on, `snake_case`).
 struct Failure {
     code: u8,
+    kind: &'static str,
     error: anyhow::Error,
 }
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(error: E) -> Failure {
         let error = error.into();
-        let code = match error.downcast_ref::<ControlError>() {
-            Some(ControlError::NotRunning { .. } | ControlError::HostDied { .. }) => 2,
-            Some(
-                ControlError::PermissionDenied { .. }
-                | ControlError::Untrusted(_)
-                | ControlError::Impostor { .. }
-                | ControlError::PeerUnknown { .. },
-            ) => 3,
+        let (code, kind) = match error.downcast_ref::<ControlError>() {
+            Some(ControlError::NotRunning { .. }) => (2, "not_running"),
+            Some(ControlError::HostDied { .. }) => (2, "host_died"),
+            Some(ControlError::PermissionDenied { .. }) => (3, "permission_denied"),
+            Some(ControlError::Untrusted(_)) => (3, "untrusted_root"),
+            Some(ControlError::Impostor { .. }) => (3, "impostor"),
+            Some(ControlError::PeerUnknown { .. }) => (3, "peer_unknown"),
+            Some(ControlError::AlreadyRunning(_)) => (1, "already_running"),
+            Some(ControlError::Connection(_)) => (1, "connection"),
+            Some(ControlError::Protocol(_)) => (1, "protocol"),
             _ if matches!(
                 error.downcast_ref::<graft::release::handler::ReleaseError>(),
                 Some(graft::release::handler::ReleaseError::Untrusted(_))
             ) =>
             {
-                3
+                (3, "untrusted_root")
             }
-            _ => 1,
+            _ => (1, "failed"),
         };
-        Failure { code, error }
+        Failure { code, kind, error }
+    }
+}
+
+/// Parses the command line; a usage error under `--json` is printed as the JSON error
+/// object (exit 2), help and `--version` as clap prints them.
+fn parse_command_line() -> Result<Cli, ExitCode> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(error) => {
+            use clap::error::ErrorKind;
+            let informational = matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            );
+            let wants_json = std::env::args_os()
+                .take_while(|argument| argument != "--")
+                .any(|argument| argument == "--json");
+            if informational || !wants_json {
+                // Prints to stdout (help) or stderr (errors) and picks the exit code;
+                // a closed stdout is ignored there.
+                error.exit();
+            }
+            let message = error.to_string();
+            let message = message.trim().trim_start_matches("error: ");
+            let _ = output::json(&output::error_value("usage", message));
+            Err(ExitCode::from(2))
+        }
     }
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_command_line() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let json = cli.json;
     // A write past the file-size limit fails with EFBIG (reported) instead of killing us.
     graft::process::ignore_file_size_signal();
     // A worker runs plugin code on plain threads: no async runtime, its own logging.
@@ -314,17 +346,39 @@ pub fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("graft: cannot start the async runtime: {error}");
-            return ExitCode::from(1);
+            return report_failure(
+                &Failure {
+                    code: 1,
+                    kind: "failed",
+                    error: anyhow!("cannot start the async runtime: {error}"),
+                },
+                json,
+            );
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
-        Err(failure) => {
-            eprintln!("graft: {}", describe(&failure.error));
-            ExitCode::from(failure.code)
-        }
+        Err(failure) => report_failure(&failure, json),
     }
+}
+
+/// Prints a failure (stderr in text mode, the JSON error object on stdout with `--json`)
+/// and returns its exit code. A closed stdout ends the command quietly, with success: the
+/// reader stopped reading, nothing failed.
+fn report_failure(failure: &Failure, json: bool) -> ExitCode {
+    if matches!(
+        failure.error.downcast_ref::<output::OutputError>(),
+        Some(output::OutputError::Closed)
+    ) {
+        return ExitCode::SUCCESS;
+    }
+    let message = describe(&failure.error);
+    if json {
+        let _ = output::json(&output::error_value(failure.kind, &message));
+    } else {
+        let _ = writeln!(std::io::stderr(), "graft: {message}");
+    }
+    ExitCode::from(failure.code)
 }
 
 /// The error and its causes, skipping a cause whose text its parent already shows (typed
@@ -344,12 +398,13 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     // `graft dev` has its own default root (see `dev::dev_root`).
     let explicit_root = cli.root.clone();
     let root = cli.root.unwrap_or_else(|| PathBuf::from("target/graft"));
+    let json = cli.json;
     match cli.command {
         Command::Build {
             versions,
             workspace,
             debug,
-        } => build(&root, &workspace, &versions, !debug).map(|()| ExitCode::SUCCESS),
+        } => build(&root, &workspace, &versions, !debug, json).map(|()| ExitCode::SUCCESS),
         Command::Start {
             watch,
             auto_permanent,
@@ -369,35 +424,31 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             )
             .await
         }
-        Command::Status { json } => {
+        Command::Status => {
             let status = request(&root, &Request::Status {}).await?;
-            print_status(&status, json);
+            print_status(&status, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Releases { json } => {
+        Command::Releases => {
             let releases = request(&root, &Request::Releases {}).await?;
-            print_releases(&releases, json);
+            print_releases(&releases, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Install {
             version,
             dry_run: true,
-            json,
             ..
         } => {
             let answer = request(&root, &Request::Plan { version }).await?;
             if json {
-                println!("{}", answer["plan"]);
+                output::json(&answer["plan"])?;
             } else {
-                print!("{}", answer["text"].as_str().unwrap_or_default());
+                output::text(answer["text"].as_str().unwrap_or_default())?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Install {
-            version,
-            permanent,
-            json,
-            ..
+            version, permanent, ..
         } => {
             let report =
                 request_with_progress(&root, &Request::Install { version, permanent }).await?;
@@ -412,12 +463,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 },
             )
             .await?;
-            println!("{version} is permanent");
+            if json {
+                output::json(&json!({"version": version.to_string(), "permanent": true}))?;
+            } else {
+                say!("{version} is permanent");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Rollback => {
             let report = request_with_progress(&root, &Request::Rollback {}).await?;
-            print_install(&report, false)?;
+            print_install(&report, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Remove { version } => {
@@ -428,7 +483,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 },
             )
             .await?;
-            println!("removed {version}");
+            if json {
+                output::json(&json!({"removed": version.to_string()}))?;
+            } else {
+                say!("removed {version}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Call {
@@ -445,7 +504,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 },
             )
             .await?;
-            println!("{reply}");
+            if json {
+                output::json(&json!({ "reply": reply }))?;
+            } else {
+                say!("{reply}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Cast { actor, message } => {
@@ -457,11 +520,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 },
             )
             .await?;
-            // A cast is not answered: one the actor cannot decode is dropped later, logged
-            // and counted in `graft status`.
-            println!(
-                "cast queued for {actor} (not yet handled: if {actor} cannot decode it, it is dropped and counted as undecodable in `graft status`)"
-            );
+            if json {
+                output::json(&json!({"actor": actor, "queued": true}))?;
+            } else {
+                // A cast is not answered: one the actor cannot decode is dropped later,
+                // logged and counted in `graft status`.
+                say!(
+                    "cast queued for {actor} (not yet handled: if {actor} cannot decode it, it is dropped and counted as undecodable in `graft status`)"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::State {
@@ -479,12 +546,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 },
             )
             .await?;
-            println!("state of {actor} replaced");
+            if json {
+                output::json(&json!({"actor": actor, "replaced": true}))?;
+            } else {
+                say!("state of {actor} replaced");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::State {
             actor,
-            json,
             raw,
             replace: None,
         } => {
@@ -498,9 +568,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             )
             .await?;
             if json {
-                println!("{state}");
+                output::json(&state)?;
             } else {
-                println!(
+                say!(
                     "{}",
                     serde_json::to_string_pretty(&state).unwrap_or_default()
                 );
@@ -515,7 +585,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 },
             )
             .await?;
-            println!("{actor} suspended");
+            if json {
+                output::json(&json!({"actor": actor, "state": "suspended"}))?;
+            } else {
+                say!("{actor} suspended");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Resume { actor } => {
@@ -526,17 +600,21 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 },
             )
             .await?;
-            println!("{actor} resumed");
+            if json {
+                output::json(&json!({"actor": actor, "state": "running"}))?;
+            } else {
+                say!("{actor} resumed");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev { version, workspace } => {
             dev::dev(explicit_root.as_deref(), &workspace, version).await
         }
-        Command::Demo { debug } => demo(!debug).await.map(|()| ExitCode::SUCCESS),
+        Command::Demo { debug } => demo(!debug, json).await.map(|()| ExitCode::SUCCESS),
         Command::New { app, plugin, path } => {
             scaffold::new(app.as_deref(), plugin.as_deref(), path).map(|()| ExitCode::SUCCESS)
         }
-        Command::Inspect { file, json } => inspect(&file, json),
+        Command::Inspect { file } => inspect(&file, json),
         // Handled in `main`, before the async runtime starts.
         Command::Worker { .. } => Ok(ExitCode::from(2)),
     }
@@ -564,7 +642,7 @@ async fn request_with_progress(root: &Path, request: &Request) -> Result<Value, 
         })
         .await;
     if terminal {
-        eprintln!();
+        let _ = writeln!(std::io::stderr());
     }
     Ok(result?)
 }
@@ -587,7 +665,7 @@ fn print_install(report: &Value, json: bool) -> Result<(), Failure> {
         .into());
     };
     if json {
-        println!("{report}");
+        output::json(report)?;
         return Ok(());
     }
     // The plan's warnings (the install ran regardless), on stderr beside the progress lines.
@@ -596,7 +674,7 @@ fn print_install(report: &Value, json: bool) -> Result<(), Failure> {
             eprintln!("warning: {message}");
         }
     }
-    println!(
+    say!(
         "installed {to} (from {from}): {migrated} actors migrated, longest pause {:.3} ms, took {:.1} ms{}",
         pause as f64 / 1000.0,
         total as f64 / 1000.0,
@@ -609,14 +687,14 @@ fn print_install(report: &Value, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-fn print_releases(releases: &Value, json: bool) {
+fn print_releases(releases: &Value, json: bool) -> Result<(), Failure> {
     if json {
-        println!("{releases}");
-        return;
+        output::json(releases)?;
+        return Ok(());
     }
-    println!("{:<12} {:<10} {:<8} NAME", "VERSION", "STATUS", "RUNNING");
+    say!("{:<12} {:<10} {:<8} NAME", "VERSION", "STATUS", "RUNNING");
     for release in releases.as_array().into_iter().flatten() {
-        println!(
+        say!(
             "{:<12} {:<10} {:<8} {}",
             release["version"].as_str().unwrap_or("?"),
             release["status"].as_str().unwrap_or("?"),
@@ -628,6 +706,7 @@ fn print_releases(releases: &Value, json: bool) {
             release["name"].as_str().unwrap_or("")
         );
     }
+    Ok(())
 }
 
 fn print_tree(node: &Value, prefix: &str, out: &mut String) {
@@ -676,10 +755,10 @@ fn print_tree(node: &Value, prefix: &str, out: &mut String) {
     }
 }
 
-fn print_status(status: &Value, json: bool) {
+fn print_status(status: &Value, json: bool) -> Result<(), Failure> {
     if json {
-        println!("{status}");
-        return;
+        output::json(status)?;
+        return Ok(());
     }
     let mut out = format!(
         "release {}{}\nroot (supervisor)\n",
@@ -724,16 +803,21 @@ fn print_status(status: &Value, json: bool) {
             stuck["running_ms"],
         ));
     }
-    print!("{out}");
+    output::text(&out)?;
+    Ok(())
 }
 
-/// `graft build`: assembles releases from the workspace into the root.
+/// `graft build`: assembles releases from the workspace into the root. Progress (cargo's
+/// own lines, then one line per release) goes to stderr; the summary of what was
+/// assembled to stdout.
 fn build(
     root: &Path,
     workspace: &Path,
     versions: &[Version],
     release_profile: bool,
+    json: bool,
 ) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
     let releases = workspace.join("releases");
     let mut targets: Vec<Version> = versions.to_vec();
     if targets.is_empty() {
@@ -756,30 +840,95 @@ fn build(
     let workspace = workspace
         .canonicalize()
         .with_context(|| format!("resolving the workspace {}", workspace.display()))?;
-    for version in targets {
-        let manifest = workspace
-            .join("releases")
-            .join(version.to_string())
-            .join("release.toml");
-        let assembled = assemble(&manifest, &workspace, root, release_profile)?;
-        println!(
-            "assembled {} {} → {} ({} plugins)",
-            assembled.manifest.release.name,
-            version,
-            assembled.directory.display(),
-            assembled.manifest.plugins.len()
+    let manifests: Vec<PathBuf> = targets
+        .iter()
+        .map(|version| {
+            workspace
+                .join("releases")
+                .join(version.to_string())
+                .join("release.toml")
+        })
+        .collect();
+    // Every plugin crate of every release in one cargo run, its progress shown; assembling
+    // then finds them built. A manifest this cannot read is left for `assemble` to report.
+    let mut packages = std::collections::BTreeSet::new();
+    for manifest in &manifests {
+        let Ok(source) = graft::release::Manifest::read(manifest) else {
+            continue;
+        };
+        for entry in source.plugins.values() {
+            let relative = entry.crate_path.as_deref().unwrap_or(Path::new("."));
+            if let Ok(directory) = graft::release::resolve_inside(&workspace, relative)
+                && let Ok((package, _)) = graft::release::assemble::package_of(&directory)
+            {
+                packages.insert(package);
+            }
+        }
+    }
+    progress(&format!(
+        "building {} plugin crate(s) for release(s) {} with cargo ({} profile) …",
+        packages.len(),
+        targets
+            .iter()
+            .map(Version::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        if release_profile { "release" } else { "dev" }
+    ));
+    if !packages.is_empty() {
+        let names: Vec<&str> = packages.iter().map(String::as_str).collect();
+        graft::build::CargoBuild::new(&workspace)
+            .release(release_profile)
+            .progress(true)
+            .build_all(&names)?;
+    }
+    let mut assembled_releases = Vec::new();
+    for (version, manifest) in targets.iter().zip(&manifests) {
+        progress(&format!("assembling {version} …"));
+        let assembled = assemble(manifest, &workspace, root, release_profile)?;
+        if !json {
+            say!(
+                "assembled {} {} → {} ({} plugins)",
+                assembled.manifest.release.name,
+                version,
+                assembled.directory.display(),
+                assembled.manifest.plugins.len()
+            );
+        }
+        assembled_releases.push(json!({
+            "name": assembled.manifest.release.name,
+            "version": version.to_string(),
+            "directory": assembled.directory,
+            "plugins": assembled.manifest.plugins.keys().collect::<Vec<_>>(),
+        }));
+    }
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    if json {
+        output::json(&json!({
+            "root": root,
+            "assembled": assembled_releases,
+            "elapsed_ms": elapsed_ms,
+        }))?;
+    } else {
+        say!(
+            "built {} plugin crate(s) and assembled {} release(s) into {} in {:.1} s",
+            packages.len(),
+            assembled_releases.len(),
+            root.join("releases").display(),
+            elapsed_ms as f64 / 1000.0
         );
     }
     Ok(())
 }
 
+/// A progress line on stderr (stdout is the result).
+fn progress(message: &str) {
+    let _ = writeln!(std::io::stderr(), "graft: {message}");
+}
+
+/// The host's logs: see [`logging`].
 fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    logging::init();
 }
 
 /// `graft start`: runs the host in the foreground.
@@ -848,10 +997,20 @@ fn source_workspace() -> PathBuf {
 }
 
 /// `graft demo`: the whole idea in a minute.
-async fn demo(release_profile: bool) -> Result<(), Failure> {
+async fn demo(release_profile: bool, json: bool) -> Result<(), Failure> {
+    // The story goes to stdout, or to stderr with `--json` (stdout is then the report).
+    macro_rules! narrate {
+        ($($argument:tt)*) => {
+            if json {
+                let _ = writeln!(std::io::stderr(), $($argument)*);
+            } else {
+                say!($($argument)*);
+            }
+        };
+    }
     let workspace = source_workspace();
     let root = tempfile::Builder::new().prefix("graft-demo-").tempdir()?;
-    println!("1. building the example plugins and releases 1.0.0, 1.1.0 (cargo) …");
+    narrate!("1. building the example plugins and releases 1.0.0, 1.1.0 (cargo) …");
     for version in ["1.0.0", "1.1.0"] {
         let manifest = workspace
             .join("releases")
@@ -861,7 +1020,7 @@ async fn demo(release_profile: bool) -> Result<(), Failure> {
     }
     let runtime = Runtime::new();
     let handler = Arc::new(ReleaseHandler::boot(root.path(), runtime.clone()).await?);
-    println!(
+    narrate!(
         "2. host started on release {} (root {})",
         handler.current_version().await,
         root.path().display()
@@ -917,24 +1076,24 @@ async fn demo(release_profile: bool) -> Result<(), Failure> {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    println!(
+    narrate!(
         "3. traffic running: counter = {}, kv last = {}",
         call("counter", json!("Get")).await?,
         call("kv", json!({"Get": "last"})).await?
     );
 
-    println!(
+    narrate!(
         "4. installing 1.1.0 live (counter 1.1.0 migrates its state; kv 1.1.0 logs requests) …"
     );
     let report = handler.install(&Version::new(1, 1, 0), None).await?;
-    println!(
+    narrate!(
         "   installed in {:.1} ms: {} actors migrated, longest pause {:.3} ms",
         report.total.as_secs_f64() * 1000.0,
         report.actors_migrated,
         report.longest_pause.as_secs_f64() * 1000.0
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    println!(
+    narrate!(
         "   counter state now: {}",
         runtime
             .whereis("counter")
@@ -943,12 +1102,12 @@ async fn demo(release_profile: bool) -> Result<(), Failure> {
             .await?
     );
 
-    println!("5. rolling back to 1.0.0 (1.1.0 converts its state to 1.0.0's shape) …");
+    narrate!("5. rolling back to 1.0.0 (1.1.0 converts its state to 1.0.0's shape) …");
     let back = handler.install(&Version::new(1, 0, 0), None).await?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = traffic.await.context("the traffic task")??;
     let counted = call("counter", json!("Get")).await?;
-    println!(
+    narrate!(
         "   rolled back in {:.1} ms; counter state: {}",
         back.total.as_secs_f64() * 1000.0,
         runtime
@@ -958,10 +1117,20 @@ async fn demo(release_profile: bool) -> Result<(), Failure> {
             .await?
     );
     let lost = sent - counted.as_i64().unwrap_or(0);
-    println!(
+    narrate!(
         "6. report: {sent} casts sent, counter counted {counted}: {lost} lost; every kv call saw its predecessor (per-sender order kept)"
     );
     handler.shutdown().await;
+    if json {
+        output::json(&json!({
+            "casts_sent": sent,
+            "counted": counted,
+            "lost": lost,
+            "install_us": u64::try_from(report.total.as_micros()).unwrap_or(u64::MAX),
+            "longest_pause_us": u64::try_from(report.longest_pause.as_micros()).unwrap_or(u64::MAX),
+            "rollback_us": u64::try_from(back.total.as_micros()).unwrap_or(u64::MAX),
+        }))?;
+    }
     if lost != 0 {
         return Err(anyhow!("{lost} messages were lost").into());
     }

@@ -10,6 +10,11 @@
 //! permanent; otherwise the host rolls back to the release it came from — a health-gated
 //! upgrade, which OTP leaves to the operator. Actors that report no health (ABI 1.0
 //! plugins) and actors too busy to answer within [`HEALTH_WAIT`] do not hold it back.
+//!
+//! Every release that appears (a new version, or a version assembled again: a new
+//! directory renamed over the old one, told apart by its inode) is logged with what the
+//! watch did with it: installed, refused, or left alone and why (not newer than the running
+//! release, already tried once, a newer one chosen). A removed release is logged too.
 
 use crate::release::assemble::{assembled_versions, releases_directory};
 use crate::release::handler::ReleaseHandler;
@@ -17,7 +22,8 @@ use crate::runtime::ActorRef;
 use crate::supervisor::{ChildRef, SupervisorRef};
 use notify::{RecursiveMode, Watcher};
 use semver::Version;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -126,6 +132,21 @@ pub struct ReleaseWatch {
     changes: tokio::sync::mpsc::UnboundedReceiver<()>,
     /// Releases present when watching began (not installed by the watch), and those tried.
     attempted: HashSet<Version>,
+    /// Each assembled release's directory as last seen (device and inode): a release
+    /// assembled again is a new directory.
+    seen: HashMap<Version, (u64, u64)>,
+}
+
+/// Every assembled release with its directory's identity (device, inode).
+fn assembled_directories(root: &std::path::Path) -> HashMap<Version, (u64, u64)> {
+    let releases = releases_directory(root);
+    assembled_versions(root)
+        .into_iter()
+        .filter_map(|version| {
+            let metadata = std::fs::metadata(releases.join(version.to_string())).ok()?;
+            Some((version, (metadata.dev(), metadata.ino())))
+        })
+        .collect()
 }
 
 impl ReleaseWatch {
@@ -149,12 +170,14 @@ impl ReleaseWatch {
                 path: directory.clone(),
                 source,
             })?;
-        let attempted: HashSet<Version> = assembled_versions(handler.root()).into_iter().collect();
+        let seen = assembled_directories(handler.root());
+        let attempted: HashSet<Version> = seen.keys().cloned().collect();
         Ok(ReleaseWatch {
             handler,
             _watcher: watcher,
             changes,
             attempted,
+            seen,
         })
     }
 
@@ -169,6 +192,7 @@ impl ReleaseWatch {
             _watcher,
             mut changes,
             mut attempted,
+            mut seen,
         } = self;
         let report = |event: WatchEvent| {
             if let Some(events) = &events {
@@ -180,18 +204,25 @@ impl ReleaseWatch {
             tokio::time::sleep(Duration::from_millis(100)).await;
             while changes.try_recv().is_ok() {}
             let current = handler.current_version().await;
-            let candidates: Vec<Version> = assembled_versions(handler.root())
-                .into_iter()
-                .filter(|version| *version > current && !attempted.contains(version))
+            let now = assembled_directories(handler.root());
+            let candidates: Vec<Version> = now
+                .keys()
+                .filter(|version| **version > current && !attempted.contains(*version))
+                .cloned()
                 .collect();
-            let Some(target) = candidates.into_iter().max() else {
+            let chosen = candidates.into_iter().max();
+            log_arrivals(&seen, &now, &current, chosen.as_ref(), &attempted);
+            seen = now;
+            let Some(target) = chosen else {
                 continue;
             };
             attempted.insert(target.clone());
-            tracing::info!(release = %target, "watch: new release, installing");
             let before = crash_indicator(handler.root_supervisor().await).await;
             match handler.install(&target, None).await {
-                Ok(_) => report(WatchEvent::Installed(target.clone())),
+                Ok(_) => {
+                    tracing::info!(release = %target, from = %current, "watch: installed");
+                    report(WatchEvent::Installed(target.clone()));
+                }
                 Err(error) => {
                     tracing::error!(release = %target, "watch: install refused: {error}");
                     report(WatchEvent::Refused(target, error.to_string()));
@@ -212,7 +243,10 @@ impl ReleaseWatch {
             };
             if !crashed && unhealthy.is_empty() {
                 match handler.make_permanent(&target).await {
-                    Ok(()) => report(WatchEvent::MadePermanent(target)),
+                    Ok(()) => {
+                        tracing::info!(release = %target, "watch: no crash in the health window; made permanent");
+                        report(WatchEvent::MadePermanent(target));
+                    }
                     Err(error) => {
                         tracing::error!(release = %target, "watch: make_permanent failed: {error}")
                     }
@@ -224,14 +258,58 @@ impl ReleaseWatch {
                     tracing::warn!(release = %target, "watch: actors report themselves unhealthy ({}); rolling back to {current}", unhealthy.join("; "));
                 }
                 match handler.install(&current, None).await {
-                    Ok(_) => report(WatchEvent::RolledBack {
-                        from: target,
-                        to: current,
-                    }),
+                    Ok(_) => {
+                        tracing::info!(release = %target, to = %current, "watch: rolled back");
+                        report(WatchEvent::RolledBack {
+                            from: target,
+                            to: current,
+                        });
+                    }
                     Err(error) => tracing::error!("watch: rollback to {current} failed: {error}"),
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Logs each release that appeared, was assembled again, or was removed since `before`,
+/// and what the watch does with it (`chosen` is about to be installed).
+fn log_arrivals(
+    before: &HashMap<Version, (u64, u64)>,
+    now: &HashMap<Version, (u64, u64)>,
+    current: &Version,
+    chosen: Option<&Version>,
+    attempted: &HashSet<Version>,
+) {
+    for version in before.keys().filter(|version| !now.contains_key(*version)) {
+        tracing::info!(release = %version, "watch: release removed");
+    }
+    let mut arrived: Vec<(&Version, bool)> = now
+        .iter()
+        .filter_map(|(version, identity)| match before.get(version) {
+            None => Some((version, false)),
+            Some(previous) if previous != identity => Some((version, true)),
+            Some(_) => None,
+        })
+        .collect();
+    arrived.sort();
+    for (version, again) in arrived {
+        let seen = if again {
+            "release assembled again"
+        } else {
+            "new release"
+        };
+        if Some(version) == chosen {
+            tracing::info!(release = %version, "watch: {seen}; installing it");
+        } else if version == current {
+            tracing::info!(release = %version, "watch: {seen}; not installed: it is the running release (install another release and back to run the new build)");
+        } else if version < current {
+            tracing::info!(release = %version, running = %current, "watch: {seen}; not installed: not newer than the running release (`graft install {version}` downgrades)");
+        } else if attempted.contains(version) {
+            tracing::info!(release = %version, "watch: {seen}; not installed: watch mode tries each version once (`graft install {version}` installs it)");
+        } else if let Some(chosen) = chosen {
+            tracing::info!(release = %version, newest = %chosen, "watch: {seen}; not installed: a newer release is installed instead");
+        }
     }
 }

@@ -122,6 +122,7 @@ fn write_marker(root: &Path, releases: &BTreeSet<Version>) -> Result<(), Failure
 fn refuse(message: String) -> Failure {
     Failure {
         code: 3,
+        kind: "refused_dev_root",
         error: anyhow!(message),
     }
 }

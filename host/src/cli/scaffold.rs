@@ -32,6 +32,7 @@ pub(super) fn new(
         (None, Some(plugin)) => add_plugin(plugin, &path.unwrap_or_else(|| PathBuf::from("."))),
         (None, None) => Err(Failure {
             code: 2,
+            kind: "usage",
             error: anyhow!(
                 "graft new needs an application name (graft new APP) or --plugin NAME to add a plugin to this workspace"
             ),

@@ -204,8 +204,6 @@ fn report_progress(progress: tokio::sync::mpsc::UnboundedSender<String>) -> Prog
 /// An install's report as the protocol carries it.
 fn install_value(report: &InstallReport, permanent: bool) -> Value {
     let mut value = serde_json::to_value(report).unwrap_or_default();
-    value["longest_pause_us"] = json!(report.longest_pause.as_micros() as u64);
-    value["total_us"] = json!(report.total.as_micros() as u64);
     value["permanent"] = json!(permanent);
     value
 }

@@ -96,6 +96,25 @@ pub enum ReleaseStatus {
     Old,
 }
 
+impl ReleaseStatus {
+    /// The status as every output spells it: `unpacked`, `current`, `permanent`, `old`
+    /// (the same word as in `graft releases --json`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseStatus::Unpacked => "unpacked",
+            ReleaseStatus::Current => "current",
+            ReleaseStatus::Permanent => "permanent",
+            ReleaseStatus::Old => "old",
+        }
+    }
+}
+
+impl std::fmt::Display for ReleaseStatus {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
 /// One line of `which_releases`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReleaseInfo {
@@ -273,6 +292,21 @@ pub fn remove_interrupted_writes(root: &Path) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_is_spelled_as_its_json() {
+        for status in [
+            ReleaseStatus::Unpacked,
+            ReleaseStatus::Current,
+            ReleaseStatus::Permanent,
+            ReleaseStatus::Old,
+        ] {
+            assert_eq!(
+                serde_json::to_value(status).unwrap(),
+                serde_json::json!(status.to_string())
+            );
+        }
+    }
 
     fn root_with_releases() -> tempfile::TempDir {
         let root = tempfile::tempdir().unwrap();

@@ -154,7 +154,7 @@ pub enum ReleaseError {
         message: String,
     },
     /// `make_permanent` of a release that is not current.
-    #[error("release {version} is {status:?}; only the current release can be made permanent")]
+    #[error("release {version} is {status}; only the current release can be made permanent")]
     BadStatus {
         /// The release.
         version: Version,

@@ -52,9 +52,12 @@ pub struct InstallReport {
     pub actors_migrated: usize,
     /// Actors suspended (migrated ones and their companions).
     pub actors_suspended: usize,
-    /// The longest time any one actor was suspended.
+    /// The longest time any one actor was suspended (serialized in microseconds,
+    /// `longest_pause_us`).
+    #[serde(rename = "longest_pause_us", serialize_with = "microseconds")]
     pub longest_pause: Duration,
-    /// The whole install.
+    /// The whole install (serialized in microseconds, `total_us`).
+    #[serde(rename = "total_us", serialize_with = "microseconds")]
     pub total: Duration,
     /// Plugin versions loaded after the install.
     pub resident: Vec<ResidentLibrary>,
@@ -104,4 +107,12 @@ impl ReleaseHandler {
         resident.sort_by(|a, b| (&a.plugin, &a.version).cmp(&(&b.plugin, &b.version)));
         resident
     }
+}
+
+/// A duration as whole microseconds: one unit per field, named in the field.
+fn microseconds<S: serde::Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX))
 }
