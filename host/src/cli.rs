@@ -942,6 +942,12 @@ async fn start(
     // A second host on a live root — serving, or still booting — stops here, before it
     // boots anything; the claim is held until this host exits.
     let _claim = ControlServer::claim_root(root).await?;
+    // Signals are caught from before the socket answers: a client that sees the host up
+    // and stops it at once gets the orderly stop, not the default action of SIGINT.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     let handler = Arc::new(ReleaseHandler::boot(root, Runtime::new()).await?);
     // Watching starts before the socket answers: a client that sees the host up and then
     // drops in a release gets it installed.
@@ -958,11 +964,9 @@ async fn start(
             }
         })
     });
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
     let root_supervisor = handler.root_supervisor().await;
     let code = tokio::select! {
-        _ = tokio::signal::ctrl_c() => None,
+        _ = interrupt.recv() => None,
         _ = terminate.recv() => None,
         reason = root_supervisor.exited() => Some(reason),
     };

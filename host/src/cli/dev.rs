@@ -266,6 +266,13 @@ pub(super) async fn dev(
         });
     }
 
+    // One signal stream for the whole life of the host, from before the socket answers: a
+    // client that sees the host up and stops it at once gets the orderly stop, and a
+    // SIGINT that arrives while a swap runs waits in it instead of being missed.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     let handler = Arc::new(ReleaseHandler::boot(&root, Runtime::new()).await?);
     let server = ControlServer::bind(&root).await?;
     tracing::info!(release = %version, root = %root.display(), socket = %server.path().display(), "dev host started; rebuild a plugin with cargo build to hot-swap it");
@@ -289,12 +296,6 @@ pub(super) async fn dev(
             tracing::debug!(directory = %directory.display(), "not watched, polled only: {error}");
         }
     }
-    // One signal stream for the whole loop: a SIGINT that arrives while a swap runs waits
-    // in it instead of being missed.
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .context("installing the SIGINT handler")?;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
