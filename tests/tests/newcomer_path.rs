@@ -5,15 +5,15 @@
 //! `graft build 2.0.0` → `graft install 2.0.0` under traffic → `graft rollback` under
 //! traffic → `graft install` again and `graft make-permanent`.
 //!
-//! What it asserts: every call sent during the installs is answered, in order, by one of
-//! the versions, with the count it should have (nothing lost, nothing applied twice); the
-//! state changes shape on the upgrade (`code_change`) and back on the rollback
-//! (`downgrade`).
+//! What it asserts: every call two senders make during the installs is answered, in each
+//! sender's order, by one of the versions, with the count it should have (nothing lost,
+//! nothing applied twice); the state changes shape on the upgrade (`code_change`) and back
+//! on the rollback (`downgrade`).
 //!
 //! Tricky: the test shares the cargo target directory it was built in with the scaffolded
-//! workspace (so `graft-plugin` and serde are built once), and other tests build their own
-//! scaffolds into it at the same time — so this test's package names (`pathshop`,
-//! `pathshop-2-0-0`) are used by no other test. The traffic runs in a thread of its own;
+//! workspace (so `graft-plugin` and serde are built once), and other tests (`newcomer`) build
+//! their own scaffolds into it, possibly at the same time — so this test's package names (`pathshop`,
+//! `pathshop-2-0-0`) are used by no other test. The traffic runs in threads of its own;
 //! the test waits for it to have some answers before and after each install instead of
 //! sleeping, and asserts nothing about time.
 
@@ -180,89 +180,93 @@ op = "update"
 plugin = "pathshop"
 "#;
 
-/// Calls `{"Add": 1}` through `graft call` until stopped, checking each answer is the one
-/// before plus one; the answers so far are in `answers`.
+/// Senders calling at once.
+const SENDERS: usize = 2;
+
+/// [`SENDERS`] threads calling `{"Add": 1}` through `graft call` until stopped; each
+/// sender's answers, in the order it got them.
 struct Traffic {
     stop: Arc<AtomicBool>,
-    answers: Arc<Mutex<Vec<i64>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    answers: Arc<Mutex<Vec<Vec<i64>>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Traffic {
     fn start(root: &Path) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
-        let answers = Arc::new(Mutex::new(Vec::new()));
-        let root = root.to_owned();
-        let thread = {
-            let (stop, answers) = (stop.clone(), answers.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    // A generous timeout: a call sent while the actor is suspended waits
-                    // for the install to finish, however slowly it runs.
-                    let output = graft(
-                        &root,
-                        &["call", "pathshop", r#"{"Add": 1}"#, "--timeout", "120000"],
-                    );
-                    assert!(
-                        output.status.success(),
-                        "a call during the traffic failed: {}",
-                        stderr(&output)
-                    );
-                    let answer: i64 = stdout(&output).trim().parse().unwrap();
-                    answers.lock().unwrap().push(answer);
-                }
+        let answers = Arc::new(Mutex::new(vec![Vec::new(); SENDERS]));
+        let threads = (0..SENDERS)
+            .map(|sender| {
+                let (stop, answers, root) = (stop.clone(), answers.clone(), root.to_owned());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        // A generous timeout: a call sent while the actor is suspended
+                        // waits for the install to finish, however slowly it runs.
+                        let output = graft(
+                            &root,
+                            &["call", "pathshop", r#"{"Add": 1}"#, "--timeout", "120000"],
+                        );
+                        assert!(
+                            output.status.success(),
+                            "a call during the traffic failed: {}",
+                            stderr(&output)
+                        );
+                        let answer: i64 = stdout(&output).trim().parse().unwrap();
+                        answers.lock().unwrap()[sender].push(answer);
+                    }
+                })
             })
-        };
+            .collect();
         Traffic {
             stop,
             answers,
-            thread: Some(thread),
+            threads,
         }
     }
 
     fn count(&self) -> usize {
-        self.answers.lock().unwrap().len()
+        self.answers.lock().unwrap().iter().map(Vec::len).sum()
     }
 
-    /// Waits for `more` answers than there are now.
+    /// Waits for `more` answers than there are now (or a sender to have failed).
     fn wait_for_more(&self, more: usize) {
         let target = self.count() + more;
         assert!(
             eventually(PATIENCE, || self.count() >= target
-                || self
-                    .thread
-                    .as_ref()
-                    .is_some_and(|thread| thread.is_finished())),
+                || self.threads.iter().any(|thread| thread.is_finished())),
             "the traffic stalled at {} answers",
             self.count()
         );
     }
 
-    /// Stops the traffic; every answer, in order.
-    fn finish(mut self) -> Vec<i64> {
+    /// Stops the traffic; each sender's answers.
+    fn finish(self) -> Vec<Vec<i64>> {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take()
-            && let Err(panic) = thread.join()
-        {
-            std::panic::resume_unwind(panic);
+        for thread in self.threads {
+            if let Err(panic) = thread.join() {
+                std::panic::resume_unwind(panic);
+            }
         }
         std::mem::take(&mut *self.answers.lock().unwrap())
     }
 }
 
-/// Asserts `answers` count up by one from `after`: every call applied exactly once, in
-/// order; the last answer.
-fn assert_counts_up(after: i64, answers: &[i64]) -> i64 {
-    assert!(!answers.is_empty(), "no call was answered");
-    for (index, answer) in answers.iter().enumerate() {
-        assert_eq!(
-            *answer,
-            after + 1 + index as i64,
-            "answer {index} of {}: {answers:?}",
-            answers.len()
+/// Asserts every call was applied exactly once: the answers, all senders' together, are
+/// the counts from `after + 1` up, each once, and each sender's rise in the order it sent
+/// them. The last count.
+fn assert_counts_up(after: i64, answers: &[Vec<i64>]) -> i64 {
+    for (sender, sent) in answers.iter().enumerate() {
+        assert!(
+            sent.windows(2).all(|pair| pair[0] < pair[1]),
+            "sender {sender}'s calls were applied out of order: {sent:?}"
         );
     }
-    after + answers.len() as i64
+    let mut all: Vec<i64> = answers.iter().flatten().copied().collect();
+    all.sort_unstable();
+    assert!(!all.is_empty(), "no call was answered");
+    let expected: Vec<i64> = (after + 1..=after + all.len() as i64).collect();
+    assert_eq!(all, expected, "each call applied once: {answers:?}");
+    after + all.len() as i64
 }
 
 /// The actor's state as `graft state` shows it.
