@@ -11,11 +11,11 @@
 //! on the rollback (`downgrade`).
 //!
 //! Tricky: the test shares the cargo target directory it was built in with the scaffolded
-//! workspace (so `graft-plugin` and serde are built once), and other tests (`newcomer`) build
-//! their own scaffolds into it, possibly at the same time — so this test's package names (`pathshop`,
-//! `pathshop-2-0-0`) are used by no other test. The traffic runs in threads of its own;
-//! the test waits for it to have some answers before and after each install instead of
-//! sleeping, and asserts nothing about time.
+//! workspace (so `graft-plugin` and serde are built once), and other tests (`newcomer`)
+//! build their own scaffolds into it, possibly at the same time — so this test's package
+//! names (`pathshop`, `pathshop-2-0-0`) are used by no other test. The traffic runs in
+//! threads of its own; the test waits for it to have some answers before and after each
+//! install instead of sleeping, and asserts nothing about time.
 
 use graft_tests::{
     Host, copy_tree, eventually_blocking as eventually, graft_binary, run_graft as graft,
