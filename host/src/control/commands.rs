@@ -7,12 +7,18 @@
 //! the release facts from one published view.
 
 use super::Request;
-use crate::release::handler::{InstallPhase, InstallReport, ProgressFn, ReleaseHandler};
+use super::protocol::{
+    CastResponse, ChildNode, InstallResponse, PermanentResponse, PlanResponse, ReleaseEntry,
+    RemovedResponse, ReplacedResponse, ResidentEntry, ResumedResponse, StatusResponse,
+    StuckCallbackEntry, SupervisorNode, SuspendedResponse, TreeNode, WorkerEntry,
+};
+use crate::release::handler::{InstallPhase, ProgressFn, ReleaseHandler};
 use crate::runtime::{ActorRef, ProcessId, SystemError};
 use crate::supervisor::{ChildCounts, ChildInfo, ChildRef, SupervisorRef};
 use graft_plugin::codec;
 use semver::Version;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +69,13 @@ async fn is_suspended(actor: &ActorRef) -> Result<bool, String> {
         .suspended)
 }
 
+/// A typed response as the wire carries it (a JSON object with its keys sorted, as the
+/// untyped server sent).
+fn encode(response: &impl Serialize) -> Result<Value, String> {
+    serde_json::to_value(response)
+        .map_err(|error| format!("the response could not be encoded: {error}"))
+}
+
 /// Runs one request; progress lines go to `progress`.
 pub(super) async fn execute(
     handler: &ReleaseHandler,
@@ -70,37 +83,45 @@ pub(super) async fn execute(
     progress: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> Result<Value, String> {
     match request {
-        Request::Status {} => Ok(status(handler).await),
-        Request::Releases {} => {
-            Ok(serde_json::to_value(handler.which_releases().await).unwrap_or_default())
-        }
+        Request::Status {} => encode(&status_report(handler).await),
+        Request::Releases {} => encode(
+            &handler
+                .which_releases()
+                .await
+                .iter()
+                .map(ReleaseEntry::from)
+                .collect::<Vec<_>>(),
+        ),
         Request::Install { version, permanent } => {
             install(handler, &version, permanent, progress).await
         }
         Request::Plan { version } => {
             let plan = handler.plan(&version).map_err(|error| error.to_string())?;
-            Ok(json!({"plan": plan, "text": plan.to_string()}))
+            encode(&PlanResponse {
+                plan: encode(&plan)?,
+                text: plan.to_string(),
+            })
         }
         Request::MakePermanent { version } => {
             handler
                 .make_permanent(&version)
                 .await
                 .map_err(|error| error.to_string())?;
-            Ok(json!({"permanent": version}))
+            encode(&PermanentResponse { permanent: version })
         }
         Request::Rollback {} => {
             let report = handler
                 .rollback(Some(report_progress(progress)))
                 .await
                 .map_err(|error| error.to_string())?;
-            Ok(install_value(&report, false))
+            encode(&InstallResponse::new(&report, false))
         }
         Request::Remove { version } => {
             handler
                 .remove(&version)
                 .await
                 .map_err(|error| error.to_string())?;
-            Ok(json!({"removed": version}))
+            encode(&RemovedResponse { removed: version })
         }
         Request::Call {
             actor: name,
@@ -125,7 +146,7 @@ pub(super) async fn execute(
             target
                 .try_cast(codec::encode(&message).map_err(|error| error.to_string())?)
                 .map_err(|error| error.to_string())?;
-            Ok(json!({"cast": name}))
+            encode(&CastResponse { cast: name })
         }
         Request::State {
             actor: name,
@@ -152,7 +173,7 @@ pub(super) async fn execute(
                 .replace_state(state, SYSTEM_TIMEOUT)
                 .await
                 .map_err(system_error)?;
-            Ok(json!({"replaced": name}))
+            encode(&ReplacedResponse { replaced: name })
         }
         Request::Suspend { actor: name } => {
             refuse_during_install(handler, "suspend")?;
@@ -161,7 +182,7 @@ pub(super) async fn execute(
                 return Err(format!("actor {name} is already suspended"));
             }
             target.suspend(SYSTEM_TIMEOUT).await.map_err(system_error)?;
-            Ok(json!({"suspended": name}))
+            encode(&SuspendedResponse { suspended: name })
         }
         Request::Resume { actor: name } => {
             refuse_during_install(handler, "resume")?;
@@ -170,7 +191,7 @@ pub(super) async fn execute(
                 return Err(format!("actor {name} is not suspended: nothing to resume"));
             }
             target.resume(SYSTEM_TIMEOUT).await.map_err(system_error)?;
-            Ok(json!({"resumed": name}))
+            encode(&ResumedResponse { resumed: name })
         }
     }
 }
@@ -191,7 +212,7 @@ async fn install(
             .await
             .map_err(|error| error.to_string())?;
     }
-    Ok(install_value(&report, permanent))
+    encode(&InstallResponse::new(&report, permanent))
 }
 
 /// Sends each phase of an install to the client as a progress line.
@@ -199,13 +220,6 @@ fn report_progress(progress: tokio::sync::mpsc::UnboundedSender<String>) -> Prog
     Arc::new(move |phase| {
         let _ = progress.send(describe_phase(&phase));
     })
-}
-
-/// An install's report as the protocol carries it.
-fn install_value(report: &InstallReport, permanent: bool) -> Value {
-    let mut value = serde_json::to_value(report).unwrap_or_default();
-    value["permanent"] = json!(permanent);
-    value
 }
 
 /// The supervision tree as JSON, each actor with its plugin, version, state of running,
@@ -218,6 +232,12 @@ fn install_value(report: &InstallReport, permanent: bool) -> Value {
 /// figures are live, each supervisor and actor asked under a deadline (one that does not
 /// answer in time shows as `busy`).
 pub async fn status(handler: &ReleaseHandler) -> Value {
+    // A report of plain strings, numbers and lists always encodes.
+    serde_json::to_value(status_report(handler).await).unwrap_or(Value::Null)
+}
+
+/// The `status` report, typed (what [`status`] sends as JSON).
+pub async fn status_report(handler: &ReleaseHandler) -> StatusResponse {
     let view = handler.read_view();
     let wait = status_wait(handler);
     let tree = list_supervisor("root".to_owned(), view.root_supervisor.clone(), wait).await;
@@ -225,57 +245,63 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
     // one wait, not one each.
     let mut actors = Vec::new();
     tree.collect_workers(&mut actors);
-    let statuses: HashMap<ProcessId, Value> = actors
+    let statuses: HashMap<ProcessId, ChildNode> = actors
         .iter()
         .zip(crate::runtime::status_all(&actors, wait).await)
         .map(|(actor, status)| {
             let entry = match status {
                 Ok(status) => {
                     let (health, reason) = health_fields(&status);
-                    let mut entry = json!({
-                    "name": status.name,
-                    "plugin": status.plugin,
-                    "version": status.version,
-                    "state": if status.suspended { "suspended" } else { "running" },
-                    "restarts": status.restarts,
-                    "mailbox": status.mailbox_length,
-                    "mailbox_high_water": status.mailbox_high_water,
-                    "max_mailbox": status.max_mailbox,
-                    "mailbox_refused": status.mailbox_refused,
-                    "undecodable_messages": status.undecodable_messages,
-                    "health": health,
-                    });
-                    if let Some(reason) = reason {
-                        entry["health_reason"] = json!(reason);
+                    ChildNode {
+                        name: status.name.clone(),
+                        plugin: status.plugin.clone(),
+                        version: status.version.clone(),
+                        state: if status.suspended {
+                            "suspended"
+                        } else {
+                            "running"
+                        }
+                        .to_owned(),
+                        restarts: Some(u64::from(status.restarts)),
+                        mailbox: Some(status.mailbox_length as u64),
+                        mailbox_high_water: Some(status.mailbox_high_water as u64),
+                        max_mailbox: status.max_mailbox.map(|bound| bound as u64),
+                        mailbox_refused: Some(status.mailbox_refused),
+                        undecodable_messages: Some(status.undecodable_messages),
+                        health: Some(health.to_owned()),
+                        health_reason: reason,
+                        ..ChildNode::default()
                     }
-                    entry
                 }
                 // Busy in a callback: the mailbox figures are the senders' own counts.
-                Err(error) => {
-                    json!({
-                        "name": actor.name(),
-                        "code": actor.code_label(),
-                        "state": "busy",
-                        "error": error.to_string(),
-                        "mailbox": actor.mailbox_length(),
-                        "mailbox_high_water": actor.mailbox_high_water(),
-                        "max_mailbox": actor.max_mailbox(),
-                        "mailbox_refused": actor.mailbox_refused(),
-                        "undecodable_messages": actor.undecodable_messages(),
-                    })
-                }
+                Err(error) => ChildNode {
+                    name: actor.name().map(str::to_owned),
+                    code: Some(actor.code_label()),
+                    state: "busy".to_owned(),
+                    error: Some(error.to_string()),
+                    mailbox: Some(actor.mailbox_length() as u64),
+                    mailbox_high_water: Some(actor.mailbox_high_water() as u64),
+                    max_mailbox: actor.max_mailbox().map(|bound| bound as u64),
+                    mailbox_refused: Some(actor.mailbox_refused()),
+                    undecodable_messages: Some(actor.undecodable_messages()),
+                    ..ChildNode::default()
+                },
             };
             (actor.id(), entry)
         })
         .collect();
     let unloaded = handler.unload_reports();
-    json!({
-        "release": view.current,
-        "install_in_progress": handler.install_in_progress(),
-        "tree": tree.describe(&statuses),
-        "resident": view.resident,
-        "workers": handler.isolated_workers(),
-        "still_mapped_after_close": unloaded
+    StatusResponse {
+        release: view.current.clone(),
+        install_in_progress: handler.install_in_progress(),
+        tree: tree.describe(&statuses),
+        resident: view.resident.iter().map(ResidentEntry::from).collect(),
+        workers: handler
+            .isolated_workers()
+            .iter()
+            .map(WorkerEntry::from)
+            .collect(),
+        still_mapped_after_close: unloaded
             .iter()
             .filter_map(|report| match &report.outcome {
                 crate::plugin::UnloadOutcome::Resident => Some(report.identity.to_string()),
@@ -284,10 +310,13 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
                 }
                 _ => None,
             })
-            .collect::<Vec<_>>(),
-        "stuck_callbacks": crate::runtime::executor::stuck_callbacks(),
-        "releases": view.releases,
-    })
+            .collect(),
+        stuck_callbacks: crate::runtime::executor::stuck_callbacks()
+            .iter()
+            .map(StuckCallbackEntry::from)
+            .collect(),
+        releases: view.releases.iter().map(ReleaseEntry::from).collect(),
+    }
 }
 
 /// An actor's health as `status` shows it: `healthy`, `degraded` or `unhealthy` (a failed
@@ -307,6 +336,16 @@ fn health_fields(status: &crate::runtime::ActorStatus) -> (&'static str, Option<
         ),
         None if status.plugin.is_some() => ("not reported (ABI 1.0)", None),
         None => ("not reported", None),
+    }
+}
+
+/// A child's state as the wire spells it (`running`, `restarting`, `stopped`).
+fn child_state(state: crate::supervisor::ChildState) -> &'static str {
+    use crate::supervisor::ChildState;
+    match state {
+        ChildState::Running => "running",
+        ChildState::Restarting => "restarting",
+        ChildState::Stopped => "stopped",
     }
 }
 
@@ -380,25 +419,48 @@ impl Listed {
         }
     }
 
-    fn describe(&self, statuses: &HashMap<ProcessId, Value>) -> Value {
+    fn describe(&self, statuses: &HashMap<ProcessId, ChildNode>) -> TreeNode {
         let Some(children) = &self.children else {
-            return json!({"id": self.id, "supervisor": true, "state": "busy", "children": []});
+            return TreeNode::Supervisor(SupervisorNode {
+                id: self.id.clone(),
+                supervisor: true,
+                state: Some("busy".to_owned()),
+                counts: None,
+                children: Vec::new(),
+            });
         };
-        let children: Vec<Value> = children
+        let children = children
             .iter()
             .map(|(child, nested)| match (&child.child, nested) {
                 (_, Some(nested)) => nested.describe(statuses),
                 (Some(ChildRef::Worker(actor)), None) => {
-                    let mut entry = statuses.get(&actor.id()).cloned().unwrap_or_else(
-                        || json!({"name": actor.name(), "state": "started after the count"}),
-                    );
-                    entry["id"] = json!(child.id);
-                    entry
+                    let mut entry =
+                        statuses
+                            .get(&actor.id())
+                            .cloned()
+                            .unwrap_or_else(|| ChildNode {
+                                name: actor.name().map(str::to_owned),
+                                state: "started after the count".to_owned(),
+                                ..ChildNode::default()
+                            });
+                    entry.id = child.id.clone();
+                    TreeNode::Child(entry)
                 }
                 // No process: `restarting` (a retry is queued) or `stopped`.
-                _ => json!({"id": child.id, "state": child.state, "restarts": child.restarts}),
+                _ => TreeNode::Child(ChildNode {
+                    id: child.id.clone(),
+                    state: child_state(child.state).to_owned(),
+                    restarts: Some(u64::from(child.restarts)),
+                    ..ChildNode::default()
+                }),
             })
             .collect();
-        json!({"id": self.id, "supervisor": true, "counts": self.counts, "children": children})
+        TreeNode::Supervisor(SupervisorNode {
+            id: self.id.clone(),
+            supervisor: true,
+            state: None,
+            counts: self.counts.map(Into::into),
+            children,
+        })
     }
 }
