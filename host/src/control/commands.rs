@@ -12,8 +12,8 @@ use super::protocol::{
     RemovedResponse, ReplacedResponse, ResidentEntry, ResumedResponse, StatusResponse,
     StuckCallbackEntry, SupervisorNode, SuspendedResponse, TreeNode, WorkerEntry,
 };
-use crate::release::handler::{InstallPhase, ProgressFn, ReleaseHandler};
-use crate::runtime::{ActorRef, ProcessId, SystemError};
+use crate::release::handler::{InstallPhase, ProgressFn, ReleaseError, ReleaseHandler};
+use crate::runtime::{ActorRef, CallError, CastError, ProcessId, SystemError};
 use crate::supervisor::{ChildCounts, ChildInfo, ChildRef, SupervisorRef};
 use graft_plugin::codec;
 use semver::Version;
@@ -22,6 +22,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use thiserror::Error;
 
 /// How long system requests (`state`, `suspend`, …) wait for an actor.
 const SYSTEM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,41 +40,76 @@ fn describe_phase(phase: &InstallPhase) -> String {
     }
 }
 
-async fn actor(handler: &ReleaseHandler, name: &str) -> Result<ActorRef, String> {
+/// Why a request failed; the client sees its message (the wire carries the text).
+#[derive(Debug, Error)]
+pub(super) enum CommandError {
+    /// No actor is registered under the name.
+    #[error("no actor named {0:?}")]
+    NoActor(String),
+    /// The release handler refused or failed.
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    /// A system request to an actor failed.
+    #[error(transparent)]
+    System(#[from] SystemError),
+    /// The actor's call failed.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The cast could not be queued.
+    #[error(transparent)]
+    Cast(#[from] CastError),
+    /// The message (or state) could not be encoded for the plugin.
+    #[error(transparent)]
+    Encode(#[from] graft_plugin::codec::CodecError),
+    /// The actor's reply is not MessagePack JSON can show.
+    #[error("the reply is not decodable: {0}")]
+    Reply(#[source] rmp_serde::decode::Error),
+    /// An operator's suspend, resume or replace while an install runs.
+    #[error(
+        "an install is in progress: {command} is refused until it ends (it suspends and resumes actors itself)"
+    )]
+    InstallInProgress {
+        /// The refused command.
+        command: &'static str,
+    },
+    /// `suspend` of a suspended actor.
+    #[error("actor {0} is already suspended")]
+    AlreadySuspended(String),
+    /// `resume` of a running actor.
+    #[error("actor {0} is not suspended: nothing to resume")]
+    NotSuspended(String),
+    /// The typed response could not become JSON.
+    #[error("the response could not be encoded: {0}")]
+    Response(#[source] serde_json::Error),
+}
+
+async fn actor(handler: &ReleaseHandler, name: &str) -> Result<ActorRef, CommandError> {
     handler
         .runtime()
         .whereis(name)
-        .ok_or_else(|| format!("no actor named {name:?}"))
-}
-
-fn system_error(error: SystemError) -> String {
-    error.to_string()
+        .ok_or_else(|| CommandError::NoActor(name.to_owned()))
 }
 
 /// An operator's suspend or resume would race the install's own (it suspends and resumes
 /// the actors it migrates): refused while one runs.
-fn refuse_during_install(handler: &ReleaseHandler, command: &str) -> Result<(), String> {
+fn refuse_during_install(
+    handler: &ReleaseHandler,
+    command: &'static str,
+) -> Result<(), CommandError> {
     if handler.install_in_progress() {
-        return Err(format!(
-            "an install is in progress: {command} is refused until it ends (it suspends and resumes actors itself)"
-        ));
+        return Err(CommandError::InstallInProgress { command });
     }
     Ok(())
 }
 
-async fn is_suspended(actor: &ActorRef) -> Result<bool, String> {
-    Ok(actor
-        .status(SYSTEM_TIMEOUT)
-        .await
-        .map_err(system_error)?
-        .suspended)
+async fn is_suspended(actor: &ActorRef) -> Result<bool, CommandError> {
+    Ok(actor.status(SYSTEM_TIMEOUT).await?.suspended)
 }
 
 /// A typed response as the wire carries it (a JSON object with its keys sorted, as the
 /// untyped server sent).
-fn encode(response: &impl Serialize) -> Result<Value, String> {
-    serde_json::to_value(response)
-        .map_err(|error| format!("the response could not be encoded: {error}"))
+fn encode(response: &impl Serialize) -> Result<Value, CommandError> {
+    serde_json::to_value(response).map_err(CommandError::Response)
 }
 
 /// Runs one request; progress lines go to `progress`.
@@ -81,7 +117,7 @@ pub(super) async fn execute(
     handler: &ReleaseHandler,
     request: Request,
     progress: tokio::sync::mpsc::UnboundedSender<String>,
-) -> Result<Value, String> {
+) -> Result<Value, CommandError> {
     match request {
         Request::Status {} => encode(&status_report(handler).await),
         Request::Releases {} => encode(
@@ -96,31 +132,22 @@ pub(super) async fn execute(
             install(handler, &version, permanent, progress).await
         }
         Request::Plan { version } => {
-            let plan = handler.plan(&version).map_err(|error| error.to_string())?;
+            let plan = handler.plan(&version)?;
             encode(&PlanResponse {
                 plan: encode(&plan)?,
                 text: plan.to_string(),
             })
         }
         Request::MakePermanent { version } => {
-            handler
-                .make_permanent(&version)
-                .await
-                .map_err(|error| error.to_string())?;
+            handler.make_permanent(&version).await?;
             encode(&PermanentResponse { permanent: version })
         }
         Request::Rollback {} => {
-            let report = handler
-                .rollback(Some(report_progress(progress)))
-                .await
-                .map_err(|error| error.to_string())?;
+            let report = handler.rollback(Some(report_progress(progress))).await?;
             encode(&InstallResponse::new(&report, false))
         }
         Request::Remove { version } => {
-            handler
-                .remove(&version)
-                .await
-                .map_err(|error| error.to_string())?;
+            handler.remove(&version).await?;
             encode(&RemovedResponse { removed: version })
         }
         Request::Call {
@@ -129,23 +156,17 @@ pub(super) async fn execute(
             timeout_ms,
         } => {
             let target = actor(handler, &name).await?;
-            let request = codec::encode(&message).map_err(|error| error.to_string())?;
+            let request = codec::encode(&message)?;
             let timeout = Duration::from_millis(timeout_ms.unwrap_or(5_000));
-            let reply = target
-                .call(request, timeout)
-                .await
-                .map_err(|error| error.to_string())?;
-            rmp_serde::from_slice::<Value>(&reply)
-                .map_err(|error| format!("the reply is not decodable: {error}"))
+            let reply = target.call(request, timeout).await?;
+            rmp_serde::from_slice::<Value>(&reply).map_err(CommandError::Reply)
         }
         Request::Cast {
             actor: name,
             message,
         } => {
             let target = actor(handler, &name).await?;
-            target
-                .try_cast(codec::encode(&message).map_err(|error| error.to_string())?)
-                .map_err(|error| error.to_string())?;
+            target.try_cast(codec::encode(&message)?)?;
             encode(&CastResponse { cast: name })
         }
         Request::State {
@@ -154,12 +175,11 @@ pub(super) async fn execute(
             raw,
         } => {
             let target = actor(handler, &name).await?;
-            if raw {
+            Ok(if raw {
                 target.get_state(SYSTEM_TIMEOUT).await
             } else {
                 target.format_status(SYSTEM_TIMEOUT).await
-            }
-            .map_err(system_error)
+            }?)
         }
         Request::State {
             actor: name,
@@ -168,29 +188,26 @@ pub(super) async fn execute(
         } => {
             refuse_during_install(handler, "state --replace")?;
             let target = actor(handler, &name).await?;
-            let state = codec::encode(&state).map_err(|error| error.to_string())?;
-            target
-                .replace_state(state, SYSTEM_TIMEOUT)
-                .await
-                .map_err(system_error)?;
+            let state = codec::encode(&state)?;
+            target.replace_state(state, SYSTEM_TIMEOUT).await?;
             encode(&ReplacedResponse { replaced: name })
         }
         Request::Suspend { actor: name } => {
             refuse_during_install(handler, "suspend")?;
             let target = actor(handler, &name).await?;
             if is_suspended(&target).await? {
-                return Err(format!("actor {name} is already suspended"));
+                return Err(CommandError::AlreadySuspended(name));
             }
-            target.suspend(SYSTEM_TIMEOUT).await.map_err(system_error)?;
+            target.suspend(SYSTEM_TIMEOUT).await?;
             encode(&SuspendedResponse { suspended: name })
         }
         Request::Resume { actor: name } => {
             refuse_during_install(handler, "resume")?;
             let target = actor(handler, &name).await?;
             if !is_suspended(&target).await? {
-                return Err(format!("actor {name} is not suspended: nothing to resume"));
+                return Err(CommandError::NotSuspended(name));
             }
-            target.resume(SYSTEM_TIMEOUT).await.map_err(system_error)?;
+            target.resume(SYSTEM_TIMEOUT).await?;
             encode(&ResumedResponse { resumed: name })
         }
     }
@@ -201,16 +218,12 @@ async fn install(
     version: &Version,
     permanent: bool,
     progress: tokio::sync::mpsc::UnboundedSender<String>,
-) -> Result<Value, String> {
+) -> Result<Value, CommandError> {
     let report = handler
         .install(version, Some(report_progress(progress)))
-        .await
-        .map_err(|error| error.to_string())?;
+        .await?;
     if permanent {
-        handler
-            .make_permanent(version)
-            .await
-            .map_err(|error| error.to_string())?;
+        handler.make_permanent(version).await?;
     }
     encode(&InstallResponse::new(&report, permanent))
 }

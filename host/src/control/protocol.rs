@@ -90,13 +90,15 @@ impl<'de> Deserialize<'de> for TreeNode {
 }
 
 /// An error inside a tree node, with the path within the node (the outer path is added by
-/// the caller's `serde_path_to_error`).
+/// the caller's `serde_path_to_error`): `at tree: children[0]: missing field `state` (in a
+/// child node)`.
 fn describe_nested(error: &serde_path_to_error::Error<serde_json::Error>, kind: &str) -> String {
     let path = error.path().to_string();
     if path == "." {
-        format!("{kind} node: {}", error.inner())
+        format!("{} (in a {kind} node)", error.inner())
     } else {
-        format!("{kind} node, at {path}: {}", error.inner())
+        // The inner error already names its own path and kind.
+        format!("{path}: {}", error.inner())
     }
 }
 
@@ -417,9 +419,18 @@ pub fn parse<T: serde::de::DeserializeOwned>(result: Value) -> Result<T, Respons
     })
 }
 
+/// `at tree.children[0]`, or `at its top level` for the path `.`.
+fn describe_path(path: &str) -> String {
+    if path == "." {
+        "at its top level".to_owned()
+    } else {
+        format!("at {path}")
+    }
+}
+
 /// A response that does not have the shape of its type.
 #[derive(Debug, thiserror::Error)]
-#[error("at {path}: {source}")]
+#[error("{}: {source}", describe_path(path))]
 pub struct ResponseError {
     /// Where in the result (`.` for the top).
     pub path: String,
@@ -725,8 +736,10 @@ mod tests {
         let state = actor.remove("state").unwrap();
         actor.insert("status".to_owned(), state);
         let error = parse::<StatusResponse>(wire).unwrap_err().to_string();
-        assert!(error.contains("tree"), "{error}");
-        assert!(error.contains("missing field `state`"), "{error}");
+        assert!(
+            error.contains("at tree: children[0]: missing field `state` (in a child node)"),
+            "{error}"
+        );
 
         let error = parse::<InstallResponse>(json!({
             "from": "1.0.0", "to": "1.1.0", "actors_migrated": 1,
