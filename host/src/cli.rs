@@ -281,7 +281,12 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             Some(ControlError::PeerUnknown { .. }) => (3, "peer_unknown"),
             Some(ControlError::AlreadyRunning(_)) => (1, "already_running"),
             Some(ControlError::Connection(_)) => (1, "connection"),
-            Some(ControlError::Protocol(_)) => (1, "protocol"),
+            Some(
+                ControlError::Protocol(_)
+                | ControlError::Response { .. }
+                | ControlError::InvalidLine { .. }
+                | ControlError::Encode(_),
+            ) => (1, "protocol"),
             _ if matches!(
                 error.downcast_ref::<graft::release::handler::ReleaseError>(),
                 Some(graft::release::handler::ReleaseError::Untrusted(_))

@@ -222,6 +222,18 @@ pub enum ControlError {
     /// The host answered something that is not the protocol.
     #[error("the host sent an invalid response: {0}")]
     Protocol(String),
+    /// The host sent a line that is not JSON.
+    #[error("the host sent an invalid response: {source}: {line}")]
+    InvalidLine {
+        /// The line.
+        line: String,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The request could not be encoded (a message JSON cannot carry).
+    #[error("cannot encode the request: {0}")]
+    Encode(#[source] serde_json::Error),
     /// The host's answer to `command` is not the response type the client expects (a
     /// field renamed or missing, of another type): names the field's path.
     #[error("the host sent an invalid response to `{command}` {source}")]

@@ -108,8 +108,7 @@ impl ControlClient {
         request: &Request,
         mut on_progress: impl FnMut(&str),
     ) -> Result<Value, ControlError> {
-        let value = serde_json::to_value(request)
-            .map_err(|error| ControlError::Protocol(error.to_string()))?;
+        let value = serde_json::to_value(request).map_err(ControlError::Encode)?;
         if let Err(error) = write_line(&mut self.writer, &value).await {
             return Err(self.ended(format!("sending the request: {error}")).await);
         }
@@ -122,8 +121,10 @@ impl ControlClient {
                     return Err(self.ended(format!("reading the answer: {error}")).await);
                 }
             }
-            let response: Value = serde_json::from_str(&line)
-                .map_err(|error| ControlError::Protocol(format!("{error}: {line}")))?;
+            let response: Value = match serde_json::from_str(&line) {
+                Ok(response) => response,
+                Err(source) => return Err(ControlError::InvalidLine { line, source }),
+            };
             if let Some(message) = response.get("progress").and_then(Value::as_str) {
                 on_progress(message);
                 continue;
