@@ -16,11 +16,16 @@ use output::say;
 
 use anyhow::{Context as _, anyhow};
 use clap::{Parser, Subcommand};
+use graft::control::protocol::{
+    CastResponse, InstallResponse, PermanentResponse, PlanResponse, ReleaseEntry, RemovedResponse,
+    ReplacedResponse, ResumedResponse, StatusResponse, SuspendedResponse, TreeNode,
+};
 use graft::control::{ControlClient, ControlError, ControlServer, Request};
 use graft::release::assemble::assemble;
 use graft::release::handler::ReleaseHandler;
 use graft::runtime::Runtime;
 use semver::Version;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -276,7 +281,12 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             Some(ControlError::PeerUnknown { .. }) => (3, "peer_unknown"),
             Some(ControlError::AlreadyRunning(_)) => (1, "already_running"),
             Some(ControlError::Connection(_)) => (1, "connection"),
-            Some(ControlError::Protocol(_)) => (1, "protocol"),
+            Some(
+                ControlError::Protocol(_)
+                | ControlError::Response { .. }
+                | ControlError::InvalidLine { .. }
+                | ControlError::Encode(_),
+            ) => (1, "protocol"),
             _ if matches!(
                 error.downcast_ref::<graft::release::handler::ReleaseError>(),
                 Some(graft::release::handler::ReleaseError::Untrusted(_))
@@ -425,12 +435,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             .await
         }
         Command::Status => {
-            let status = request(&root, &Request::Status {}).await?;
+            let status: StatusResponse = request(&root, &Request::Status {}).await?;
             print_status(&status, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Releases => {
-            let releases = request(&root, &Request::Releases {}).await?;
+            let releases: Vec<ReleaseEntry> = request(&root, &Request::Releases {}).await?;
             print_releases(&releases, json)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -439,24 +449,24 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             dry_run: true,
             ..
         } => {
-            let answer = request(&root, &Request::Plan { version }).await?;
+            let answer: PlanResponse = request(&root, &Request::Plan { version }).await?;
             if json {
-                output::json(&answer["plan"])?;
+                output::json(&answer.plan)?;
             } else {
-                output::text(answer["text"].as_str().unwrap_or_default())?;
+                output::text(&answer.text)?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Install {
             version, permanent, ..
         } => {
-            let report =
+            let report: InstallResponse =
                 request_with_progress(&root, &Request::Install { version, permanent }).await?;
             print_install(&report, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::MakePermanent { version } => {
-            request(
+            let _: PermanentResponse = request(
                 &root,
                 &Request::MakePermanent {
                     version: version.clone(),
@@ -471,12 +481,13 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Rollback => {
-            let report = request_with_progress(&root, &Request::Rollback {}).await?;
+            let report: InstallResponse =
+                request_with_progress(&root, &Request::Rollback {}).await?;
             print_install(&report, json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Remove { version } => {
-            request(
+            let _: RemovedResponse = request(
                 &root,
                 &Request::Remove {
                     version: version.clone(),
@@ -495,7 +506,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             message,
             timeout,
         } => {
-            let reply = request(
+            let reply: Value = request(
                 &root,
                 &Request::Call {
                     actor,
@@ -512,7 +523,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cast { actor, message } => {
-            request(
+            let _: CastResponse = request(
                 &root,
                 &Request::Cast {
                     actor: actor.clone(),
@@ -537,7 +548,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             ..
         } => {
             let state = replacement_state(&replacement)?;
-            request(
+            let _: ReplacedResponse = request(
                 &root,
                 &Request::State {
                     actor: actor.clone(),
@@ -558,7 +569,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             raw,
             replace: None,
         } => {
-            let state = request(
+            let state: Value = request(
                 &root,
                 &Request::State {
                     actor,
@@ -578,7 +589,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Suspend { actor } => {
-            request(
+            let _: SuspendedResponse = request(
                 &root,
                 &Request::Suspend {
                     actor: actor.clone(),
@@ -593,7 +604,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Resume { actor } => {
-            request(
+            let _: ResumedResponse = request(
                 &root,
                 &Request::Resume {
                     actor: actor.clone(),
@@ -620,14 +631,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     }
 }
 
-async fn request(root: &Path, request: &Request) -> Result<Value, Failure> {
+async fn request<T: DeserializeOwned>(root: &Path, request: &Request) -> Result<T, Failure> {
     let mut client = ControlClient::connect(root).await?;
     Ok(client.request(request, |_| {}).await?)
 }
 
 /// Sends a request and shows its progress: one rewritten line on a terminal, plain lines
 /// otherwise (on stderr, so stdout stays the result).
-async fn request_with_progress(root: &Path, request: &Request) -> Result<Value, Failure> {
+async fn request_with_progress<T: DeserializeOwned>(
+    root: &Path,
+    request: &Request,
+) -> Result<T, Failure> {
     let mut client = ControlClient::connect(root).await?;
     let terminal = std::io::stderr().is_terminal();
     let result = client
@@ -647,160 +661,144 @@ async fn request_with_progress(root: &Path, request: &Request) -> Result<Value, 
     Ok(result?)
 }
 
-/// Prints an install's report; a report without its fields is a protocol error, not a
-/// success.
-fn print_install(report: &Value, json: bool) -> Result<(), Failure> {
-    let text = |field: &str| report[field].as_str();
-    let number = |field: &str| report[field].as_u64();
-    let (Some(to), Some(from), Some(migrated), Some(pause), Some(total)) = (
-        text("to"),
-        text("from"),
-        number("actors_migrated"),
-        number("longest_pause_us"),
-        number("total_us"),
-    ) else {
-        return Err(ControlError::Protocol(format!(
-            "the install's report lacks to, from, actors_migrated, longest_pause_us or total_us: {report}"
-        ))
-        .into());
-    };
+/// Prints an install's report (a report without its fields is a protocol error, caught
+/// when the client parsed it).
+fn print_install(report: &InstallResponse, json: bool) -> Result<(), Failure> {
     if json {
-        output::json(report)?;
+        output::json(&to_json(report)?)?;
         return Ok(());
     }
     // The plan's warnings (the install ran regardless), on stderr beside the progress lines.
-    for warning in report["warnings"].as_array().into_iter().flatten() {
-        if let Some(message) = warning["message"].as_str() {
-            eprintln!("warning: {message}");
-        }
+    for warning in &report.warnings {
+        eprintln!("warning: {}", warning.message);
     }
     say!(
-        "installed {to} (from {from}): {migrated} actors migrated, longest pause {:.3} ms, took {:.1} ms{}",
-        pause as f64 / 1000.0,
-        total as f64 / 1000.0,
-        if report["permanent"] == json!(true) {
-            ", permanent"
-        } else {
-            ""
-        }
+        "installed {} (from {}): {} actors migrated, longest pause {:.3} ms, took {:.1} ms{}",
+        report.to,
+        report.from,
+        report.actors_migrated,
+        report.longest_pause_us as f64 / 1000.0,
+        report.total_us as f64 / 1000.0,
+        if report.permanent { ", permanent" } else { "" }
     );
     Ok(())
 }
 
-fn print_releases(releases: &Value, json: bool) -> Result<(), Failure> {
+/// A typed response as `--json` prints it: the host's JSON, keys sorted as it sent them.
+fn to_json(response: &impl serde::Serialize) -> Result<Value, Failure> {
+    serde_json::to_value(response).map_err(|error| {
+        ControlError::Protocol(format!("cannot show the response: {error}")).into()
+    })
+}
+
+fn print_releases(releases: &[ReleaseEntry], json: bool) -> Result<(), Failure> {
     if json {
-        output::json(releases)?;
+        output::json(&to_json(&releases)?)?;
         return Ok(());
     }
     say!("{:<12} {:<10} {:<8} NAME", "VERSION", "STATUS", "RUNNING");
-    for release in releases.as_array().into_iter().flatten() {
+    for release in releases {
         say!(
             "{:<12} {:<10} {:<8} {}",
-            release["version"].as_str().unwrap_or("?"),
-            release["status"].as_str().unwrap_or("?"),
-            if release["running"] == json!(true) {
-                "yes"
-            } else {
-                ""
-            },
-            release["name"].as_str().unwrap_or("")
+            release.version.to_string(),
+            release.status,
+            if release.running { "yes" } else { "" },
+            release.name
         );
     }
     Ok(())
 }
 
-fn print_tree(node: &Value, prefix: &str, out: &mut String) {
-    let children = node["children"].as_array().cloned().unwrap_or_default();
+fn print_tree(children: &[TreeNode], prefix: &str, out: &mut String) {
     for (index, child) in children.iter().enumerate() {
         let last = index + 1 == children.len();
         let branch = if last { "└─ " } else { "├─ " };
-        let id = child["id"].as_str().unwrap_or("?");
-        if child["supervisor"] == json!(true) {
-            out.push_str(&format!("{prefix}{branch}{id} (supervisor)\n"));
-            let deeper = format!("{prefix}{}", if last { "   " } else { "│  " });
-            print_tree(child, &deeper, out);
-        } else {
-            let plugin = match (child["plugin"].as_str(), child["version"].as_str()) {
-                (Some(plugin), Some(version)) => format!("{plugin} {version}"),
-                _ => "-".to_owned(),
-            };
-            let bound = match child["max_mailbox"].as_u64() {
-                Some(limit) => format!(", max {limit}"),
-                None => String::new(),
-            };
-            let mut refused = match child["mailbox_refused"].as_u64() {
-                Some(refused) if refused > 0 => format!(", {refused} refused"),
-                _ => String::new(),
-            };
-            if let Some(dropped) = child["undecodable_messages"].as_u64()
-                && dropped > 0
-            {
-                refused.push_str(&format!(", {dropped} undecodable dropped"));
+        let id = child.id();
+        let child = match child {
+            TreeNode::Supervisor(supervisor) => {
+                out.push_str(&format!("{prefix}{branch}{id} (supervisor)\n"));
+                let deeper = format!("{prefix}{}", if last { "   " } else { "│  " });
+                print_tree(&supervisor.children, &deeper, out);
+                continue;
             }
-            // Shown where the plugin reports it (ABI 1.1 and later).
-            let health = match (child["health"].as_str(), child["health_reason"].as_str()) {
-                (Some(health), _) if health.starts_with("not reported") => String::new(),
-                (Some(health), Some(reason)) => format!(" health {health}: {reason}"),
-                (Some(health), None) => format!(" health {health}"),
-                _ => String::new(),
-            };
-            out.push_str(&format!(
-                "{prefix}{branch}{id:<14} {plugin:<20} {:<10} restarts {:<3} mailbox {} (high-water {}{bound}{refused}){health}\n",
-                child["state"].as_str().unwrap_or("?"),
-                child["restarts"].as_u64().unwrap_or(0),
-                child["mailbox"].as_u64().unwrap_or(0),
-                child["mailbox_high_water"].as_u64().unwrap_or(0)
-            ));
+            TreeNode::Child(child) => child,
+        };
+        let plugin = match (&child.plugin, &child.version) {
+            (Some(plugin), Some(version)) => format!("{plugin} {version}"),
+            _ => "-".to_owned(),
+        };
+        let bound = match child.max_mailbox {
+            Some(limit) => format!(", max {limit}"),
+            None => String::new(),
+        };
+        let mut refused = match child.mailbox_refused {
+            Some(refused) if refused > 0 => format!(", {refused} refused"),
+            _ => String::new(),
+        };
+        if let Some(dropped) = child.undecodable_messages
+            && dropped > 0
+        {
+            refused.push_str(&format!(", {dropped} undecodable dropped"));
         }
+        // Shown where the plugin reports it (ABI 1.1 and later).
+        let health = match (&child.health, &child.health_reason) {
+            (Some(health), _) if health.starts_with("not reported") => String::new(),
+            (Some(health), Some(reason)) => format!(" health {health}: {reason}"),
+            (Some(health), None) => format!(" health {health}"),
+            _ => String::new(),
+        };
+        // A child without a process has no mailbox: its figures show as 0.
+        out.push_str(&format!(
+            "{prefix}{branch}{id:<14} {plugin:<20} {:<10} restarts {:<3} mailbox {} (high-water {}{bound}{refused}){health}\n",
+            child.state,
+            child.restarts.unwrap_or(0),
+            child.mailbox.unwrap_or(0),
+            child.mailbox_high_water.unwrap_or(0)
+        ));
     }
 }
 
-fn print_status(status: &Value, json: bool) -> Result<(), Failure> {
+fn print_status(status: &StatusResponse, json: bool) -> Result<(), Failure> {
     if json {
-        output::json(status)?;
+        output::json(&to_json(status)?)?;
         return Ok(());
     }
     let mut out = format!(
         "release {}{}\nroot (supervisor)\n",
-        status["release"].as_str().unwrap_or("?"),
-        if status["install_in_progress"] == json!(true) {
+        status.release,
+        if status.install_in_progress {
             " (an install is in progress: the release as of before it; the tree is live)"
         } else {
             ""
         }
     );
-    print_tree(&status["tree"], "", &mut out);
-    let resident: Vec<String> = status["resident"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    if let TreeNode::Supervisor(root) = &status.tree {
+        print_tree(&root.children, "", &mut out);
+    }
+    let resident: Vec<String> = status
+        .resident
+        .iter()
         .map(|library| {
             format!(
                 "{} {} ({} users)",
-                library["plugin"].as_str().unwrap_or("?"),
-                library["version"].as_str().unwrap_or("?"),
-                library["users"]
+                library.plugin, library.version, library.users
             )
         })
         .collect();
     out.push_str(&format!("resident libraries: {}\n", resident.join(", ")));
-    for worker in status["workers"].as_array().into_iter().flatten() {
-        let pid = worker["pid"]
-            .as_u64()
+    for worker in &status.workers {
+        let pid = worker
+            .pid
             .map_or_else(|| "not running".to_owned(), |pid| format!("pid {pid}"));
         out.push_str(&format!(
             "worker of {}: {pid}, started {} time(s)\n",
-            worker["plugin"].as_str().unwrap_or("?"),
-            worker["spawned"],
+            worker.plugin, worker.spawned,
         ));
     }
-    for stuck in status["stuck_callbacks"].as_array().into_iter().flatten() {
+    for stuck in &status.stuck_callbacks {
         out.push_str(&format!(
             "stuck callback: {} of {} (actor {}, killed) running for {} ms; its library stays loaded\n",
-            stuck["callback"].as_str().unwrap_or("?"),
-            stuck["code"].as_str().unwrap_or("?"),
-            stuck["actor"].as_str().unwrap_or("?"),
-            stuck["running_ms"],
+            stuck.callback, stuck.code, stuck.actor, stuck.running_ms,
         ));
     }
     output::text(&out)?;

@@ -8,8 +8,9 @@
 //!
 //! Submodules: `server` (binding and serving, one task per client), `limits` (what a
 //! client may hold: connections, buffered bytes, idle time, accept backoff), `commands`
-//! (what each request does, and `status`), `client` (connecting — after checking the root
-//! and the server's peer — and sending requests).
+//! (what each request does, and `status`), `protocol` (the typed responses, one per request
+//! kind, shared by the server and the client), `client` (connecting — after checking the
+//! root and the server's peer — and sending requests, returning typed responses).
 //!
 //! Invariants: a malformed, oversized or unknown request gets an error response and the
 //! host carries on (an oversized line also closes that connection: the rest of it cannot be
@@ -26,10 +27,11 @@
 mod client;
 mod commands;
 mod limits;
+pub mod protocol;
 mod server;
 
 pub use client::ControlClient;
-pub use commands::status;
+pub use commands::{status, status_report};
 pub use limits::{
     ControlLimits, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_CONNECTIONS,
 };
@@ -126,6 +128,26 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The command's name as the wire spells it (`status`, `make_permanent`, …).
+    pub fn command(&self) -> &'static str {
+        match self {
+            Request::Status {} => "status",
+            Request::Releases {} => "releases",
+            Request::Install { .. } => "install",
+            Request::Plan { .. } => "plan",
+            Request::MakePermanent { .. } => "make_permanent",
+            Request::Rollback {} => "rollback",
+            Request::Remove { .. } => "remove",
+            Request::Call { .. } => "call",
+            Request::Cast { .. } => "cast",
+            Request::State { .. } => "state",
+            Request::Suspend { .. } => "suspend",
+            Request::Resume { .. } => "resume",
+        }
+    }
+}
+
 /// A request failed.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -200,6 +222,28 @@ pub enum ControlError {
     /// The host answered something that is not the protocol.
     #[error("the host sent an invalid response: {0}")]
     Protocol(String),
+    /// The host sent a line that is not JSON.
+    #[error("the host sent an invalid response: {source}: {line}")]
+    InvalidLine {
+        /// The line.
+        line: String,
+        /// Why it does not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The request could not be encoded (a message JSON cannot carry).
+    #[error("cannot encode the request: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The host's answer to `command` is not the response type the client expects (a
+    /// field renamed or missing, of another type): names the field's path.
+    #[error("the host sent an invalid response to `{command}` {source}")]
+    Response {
+        /// The request's command.
+        command: &'static str,
+        /// Where and what serde expected.
+        #[source]
+        source: protocol::ResponseError,
+    },
     /// The host refused or failed the request.
     #[error("{0}")]
     Failed(String),

@@ -433,7 +433,42 @@ fn injected_an_install_reply_without_its_fields_the_cli_fails_instead_of_printin
     let fake = fake_host(root.path(), Some("{\"ok\":true,\"result\":{}}"));
     let output = graft(root.path(), &["install", "1.1.0"]);
     assert!(fake.join().unwrap().contains("install"));
-    assert_fails(&output, 1, &["invalid response", "lacks"]);
+    assert_fails(
+        &output,
+        1,
+        &["invalid response to `install`", "missing field `from`"],
+    );
+    assert!(!stdout(&output).contains('?'), "{}", stdout(&output));
+}
+
+/// A host whose `status` renamed a field (`state` → `status` on an actor): the CLI names
+/// the command and the field instead of printing "?".
+#[test]
+fn injected_a_status_reply_with_a_renamed_field_the_cli_names_the_field() {
+    const RENAMED: &str = r#"{"ok":true,"result":{"release":"1.0.0","install_in_progress":false,"tree":{"id":"root","supervisor":true,"counts":null,"children":[{"id":"kv","name":"kv","status":"running","restarts":0,"mailbox":0,"mailbox_high_water":0}]},"resident":[],"workers":[],"still_mapped_after_close":[],"stuck_callbacks":[],"releases":[]}}"#;
+    // With --json: an error object of kind `protocol`.
+    let root = tempfile::tempdir().unwrap();
+    let fake = fake_host(root.path(), Some(RENAMED));
+    let output = graft(root.path(), &["status", "--json"]);
+    fake.join().unwrap();
+    let error: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(error["error"]["kind"], json!("protocol"), "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("missing field `state`"), "{message}");
+
+    let root = tempfile::tempdir().unwrap();
+    let fake = fake_host(root.path(), Some(RENAMED));
+    let output = graft(root.path(), &["status"]);
+    assert!(fake.join().unwrap().contains("status"));
+    assert_fails(
+        &output,
+        1,
+        &[
+            "invalid response to `status`",
+            "children[0]",
+            "missing field `state`",
+        ],
+    );
     assert!(!stdout(&output).contains('?'), "{}", stdout(&output));
 }
 

@@ -150,6 +150,10 @@ async fn a_full_mailbox_refuses_casts_and_calls_but_not_system_messages() {
         (&kv["max_mailbox"], &kv["mailbox"]),
         (&Value::Null, &json!(0))
     );
+    // The live report parses back as the client's type, unchanged.
+    let typed: graft::control::protocol::StatusResponse =
+        graft::control::protocol::parse(status.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), status);
 
     // An install suspends, migrates and resumes the counter through its full mailbox.
     let report = handler

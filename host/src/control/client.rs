@@ -1,7 +1,9 @@
 //! The client side: connecting to a host (after checking the root, the socket and the
-//! server's peer credentials — nothing is sent to an impostor) and sending requests.
+//! server's peer credentials — nothing is sent to an impostor) and sending requests, each
+//! answer parsed as its typed response ([`super::protocol`]).
 
-use super::{ControlError, Request, socket_path, write_line};
+use super::{ControlError, Request, protocol, socket_path, write_line};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -85,14 +87,28 @@ impl ControlClient {
         }
     }
 
-    /// Sends a request; `on_progress` sees each progress line; returns the result.
-    pub async fn request(
+    /// Sends a request; `on_progress` sees each progress line; returns the result as `T`,
+    /// the request's response type (see [`super::protocol`]; `serde_json::Value` takes
+    /// any). A result that does not parse as `T` is [`ControlError::Response`], naming the
+    /// command and the field's path.
+    pub async fn request<T: DeserializeOwned>(
+        &mut self,
+        request: &Request,
+        on_progress: impl FnMut(&str),
+    ) -> Result<T, ControlError> {
+        let result = self.request_value(request, on_progress).await?;
+        protocol::parse(result).map_err(|source| ControlError::Response {
+            command: request.command(),
+            source,
+        })
+    }
+
+    async fn request_value(
         &mut self,
         request: &Request,
         mut on_progress: impl FnMut(&str),
     ) -> Result<Value, ControlError> {
-        let value = serde_json::to_value(request)
-            .map_err(|error| ControlError::Protocol(error.to_string()))?;
+        let value = serde_json::to_value(request).map_err(ControlError::Encode)?;
         if let Err(error) = write_line(&mut self.writer, &value).await {
             return Err(self.ended(format!("sending the request: {error}")).await);
         }
@@ -105,8 +121,10 @@ impl ControlClient {
                     return Err(self.ended(format!("reading the answer: {error}")).await);
                 }
             }
-            let response: Value = serde_json::from_str(&line)
-                .map_err(|error| ControlError::Protocol(format!("{error}: {line}")))?;
+            let response: Value = match serde_json::from_str(&line) {
+                Ok(response) => response,
+                Err(source) => return Err(ControlError::InvalidLine { line, source }),
+            };
             if let Some(message) = response.get("progress").and_then(Value::as_str) {
                 on_progress(message);
                 continue;

@@ -7,15 +7,22 @@
 //! the release facts from one published view.
 
 use super::Request;
-use crate::release::handler::{InstallPhase, InstallReport, ProgressFn, ReleaseHandler};
-use crate::runtime::{ActorRef, ProcessId, SystemError};
+use super::protocol::{
+    CastResponse, ChildNode, InstallResponse, PermanentResponse, PlanResponse, ReleaseEntry,
+    RemovedResponse, ReplacedResponse, ResidentEntry, ResumedResponse, StatusResponse,
+    StuckCallbackEntry, SupervisorNode, SuspendedResponse, TreeNode, WorkerEntry,
+};
+use crate::release::handler::{InstallPhase, ProgressFn, ReleaseError, ReleaseHandler};
+use crate::runtime::{ActorRef, CallError, CastError, ProcessId, SystemError};
 use crate::supervisor::{ChildCounts, ChildInfo, ChildRef, SupervisorRef};
 use graft_plugin::codec;
 use semver::Version;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use thiserror::Error;
 
 /// How long system requests (`state`, `suspend`, …) wait for an actor.
 const SYSTEM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,34 +40,76 @@ fn describe_phase(phase: &InstallPhase) -> String {
     }
 }
 
-async fn actor(handler: &ReleaseHandler, name: &str) -> Result<ActorRef, String> {
+/// Why a request failed; the client sees its message (the wire carries the text).
+#[derive(Debug, Error)]
+pub(super) enum CommandError {
+    /// No actor is registered under the name.
+    #[error("no actor named {0:?}")]
+    NoActor(String),
+    /// The release handler refused or failed.
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    /// A system request to an actor failed.
+    #[error(transparent)]
+    System(#[from] SystemError),
+    /// The actor's call failed.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The cast could not be queued.
+    #[error(transparent)]
+    Cast(#[from] CastError),
+    /// The message (or state) could not be encoded for the plugin.
+    #[error(transparent)]
+    Encode(#[from] graft_plugin::codec::CodecError),
+    /// The actor's reply is not MessagePack JSON can show.
+    #[error("the reply is not decodable: {0}")]
+    Reply(#[source] rmp_serde::decode::Error),
+    /// An operator's suspend, resume or replace while an install runs.
+    #[error(
+        "an install is in progress: {command} is refused until it ends (it suspends and resumes actors itself)"
+    )]
+    InstallInProgress {
+        /// The refused command.
+        command: &'static str,
+    },
+    /// `suspend` of a suspended actor.
+    #[error("actor {0} is already suspended")]
+    AlreadySuspended(String),
+    /// `resume` of a running actor.
+    #[error("actor {0} is not suspended: nothing to resume")]
+    NotSuspended(String),
+    /// The typed response could not become JSON.
+    #[error("the response could not be encoded: {0}")]
+    Response(#[source] serde_json::Error),
+}
+
+async fn actor(handler: &ReleaseHandler, name: &str) -> Result<ActorRef, CommandError> {
     handler
         .runtime()
         .whereis(name)
-        .ok_or_else(|| format!("no actor named {name:?}"))
-}
-
-fn system_error(error: SystemError) -> String {
-    error.to_string()
+        .ok_or_else(|| CommandError::NoActor(name.to_owned()))
 }
 
 /// An operator's suspend or resume would race the install's own (it suspends and resumes
 /// the actors it migrates): refused while one runs.
-fn refuse_during_install(handler: &ReleaseHandler, command: &str) -> Result<(), String> {
+fn refuse_during_install(
+    handler: &ReleaseHandler,
+    command: &'static str,
+) -> Result<(), CommandError> {
     if handler.install_in_progress() {
-        return Err(format!(
-            "an install is in progress: {command} is refused until it ends (it suspends and resumes actors itself)"
-        ));
+        return Err(CommandError::InstallInProgress { command });
     }
     Ok(())
 }
 
-async fn is_suspended(actor: &ActorRef) -> Result<bool, String> {
-    Ok(actor
-        .status(SYSTEM_TIMEOUT)
-        .await
-        .map_err(system_error)?
-        .suspended)
+async fn is_suspended(actor: &ActorRef) -> Result<bool, CommandError> {
+    Ok(actor.status(SYSTEM_TIMEOUT).await?.suspended)
+}
+
+/// A typed response as the wire carries it (a JSON object with its keys sorted, as the
+/// untyped server sent).
+fn encode(response: &impl Serialize) -> Result<Value, CommandError> {
+    serde_json::to_value(response).map_err(CommandError::Response)
 }
 
 /// Runs one request; progress lines go to `progress`.
@@ -68,39 +117,38 @@ pub(super) async fn execute(
     handler: &ReleaseHandler,
     request: Request,
     progress: tokio::sync::mpsc::UnboundedSender<String>,
-) -> Result<Value, String> {
+) -> Result<Value, CommandError> {
     match request {
-        Request::Status {} => Ok(status(handler).await),
-        Request::Releases {} => {
-            Ok(serde_json::to_value(handler.which_releases().await).unwrap_or_default())
-        }
+        Request::Status {} => encode(&status_report(handler).await),
+        Request::Releases {} => encode(
+            &handler
+                .which_releases()
+                .await
+                .iter()
+                .map(ReleaseEntry::from)
+                .collect::<Vec<_>>(),
+        ),
         Request::Install { version, permanent } => {
             install(handler, &version, permanent, progress).await
         }
         Request::Plan { version } => {
-            let plan = handler.plan(&version).map_err(|error| error.to_string())?;
-            Ok(json!({"plan": plan, "text": plan.to_string()}))
+            let plan = handler.plan(&version)?;
+            encode(&PlanResponse {
+                plan: encode(&plan)?,
+                text: plan.to_string(),
+            })
         }
         Request::MakePermanent { version } => {
-            handler
-                .make_permanent(&version)
-                .await
-                .map_err(|error| error.to_string())?;
-            Ok(json!({"permanent": version}))
+            handler.make_permanent(&version).await?;
+            encode(&PermanentResponse { permanent: version })
         }
         Request::Rollback {} => {
-            let report = handler
-                .rollback(Some(report_progress(progress)))
-                .await
-                .map_err(|error| error.to_string())?;
-            Ok(install_value(&report, false))
+            let report = handler.rollback(Some(report_progress(progress))).await?;
+            encode(&InstallResponse::new(&report, false))
         }
         Request::Remove { version } => {
-            handler
-                .remove(&version)
-                .await
-                .map_err(|error| error.to_string())?;
-            Ok(json!({"removed": version}))
+            handler.remove(&version).await?;
+            encode(&RemovedResponse { removed: version })
         }
         Request::Call {
             actor: name,
@@ -108,24 +156,18 @@ pub(super) async fn execute(
             timeout_ms,
         } => {
             let target = actor(handler, &name).await?;
-            let request = codec::encode(&message).map_err(|error| error.to_string())?;
+            let request = codec::encode(&message)?;
             let timeout = Duration::from_millis(timeout_ms.unwrap_or(5_000));
-            let reply = target
-                .call(request, timeout)
-                .await
-                .map_err(|error| error.to_string())?;
-            rmp_serde::from_slice::<Value>(&reply)
-                .map_err(|error| format!("the reply is not decodable: {error}"))
+            let reply = target.call(request, timeout).await?;
+            rmp_serde::from_slice::<Value>(&reply).map_err(CommandError::Reply)
         }
         Request::Cast {
             actor: name,
             message,
         } => {
             let target = actor(handler, &name).await?;
-            target
-                .try_cast(codec::encode(&message).map_err(|error| error.to_string())?)
-                .map_err(|error| error.to_string())?;
-            Ok(json!({"cast": name}))
+            target.try_cast(codec::encode(&message)?)?;
+            encode(&CastResponse { cast: name })
         }
         Request::State {
             actor: name,
@@ -133,12 +175,11 @@ pub(super) async fn execute(
             raw,
         } => {
             let target = actor(handler, &name).await?;
-            if raw {
+            Ok(if raw {
                 target.get_state(SYSTEM_TIMEOUT).await
             } else {
                 target.format_status(SYSTEM_TIMEOUT).await
-            }
-            .map_err(system_error)
+            }?)
         }
         Request::State {
             actor: name,
@@ -147,30 +188,27 @@ pub(super) async fn execute(
         } => {
             refuse_during_install(handler, "state --replace")?;
             let target = actor(handler, &name).await?;
-            let state = codec::encode(&state).map_err(|error| error.to_string())?;
-            target
-                .replace_state(state, SYSTEM_TIMEOUT)
-                .await
-                .map_err(system_error)?;
-            Ok(json!({"replaced": name}))
+            let state = codec::encode(&state)?;
+            target.replace_state(state, SYSTEM_TIMEOUT).await?;
+            encode(&ReplacedResponse { replaced: name })
         }
         Request::Suspend { actor: name } => {
             refuse_during_install(handler, "suspend")?;
             let target = actor(handler, &name).await?;
             if is_suspended(&target).await? {
-                return Err(format!("actor {name} is already suspended"));
+                return Err(CommandError::AlreadySuspended(name));
             }
-            target.suspend(SYSTEM_TIMEOUT).await.map_err(system_error)?;
-            Ok(json!({"suspended": name}))
+            target.suspend(SYSTEM_TIMEOUT).await?;
+            encode(&SuspendedResponse { suspended: name })
         }
         Request::Resume { actor: name } => {
             refuse_during_install(handler, "resume")?;
             let target = actor(handler, &name).await?;
             if !is_suspended(&target).await? {
-                return Err(format!("actor {name} is not suspended: nothing to resume"));
+                return Err(CommandError::NotSuspended(name));
             }
-            target.resume(SYSTEM_TIMEOUT).await.map_err(system_error)?;
-            Ok(json!({"resumed": name}))
+            target.resume(SYSTEM_TIMEOUT).await?;
+            encode(&ResumedResponse { resumed: name })
         }
     }
 }
@@ -180,18 +218,14 @@ async fn install(
     version: &Version,
     permanent: bool,
     progress: tokio::sync::mpsc::UnboundedSender<String>,
-) -> Result<Value, String> {
+) -> Result<Value, CommandError> {
     let report = handler
         .install(version, Some(report_progress(progress)))
-        .await
-        .map_err(|error| error.to_string())?;
+        .await?;
     if permanent {
-        handler
-            .make_permanent(version)
-            .await
-            .map_err(|error| error.to_string())?;
+        handler.make_permanent(version).await?;
     }
-    Ok(install_value(&report, permanent))
+    encode(&InstallResponse::new(&report, permanent))
 }
 
 /// Sends each phase of an install to the client as a progress line.
@@ -199,13 +233,6 @@ fn report_progress(progress: tokio::sync::mpsc::UnboundedSender<String>) -> Prog
     Arc::new(move |phase| {
         let _ = progress.send(describe_phase(&phase));
     })
-}
-
-/// An install's report as the protocol carries it.
-fn install_value(report: &InstallReport, permanent: bool) -> Value {
-    let mut value = serde_json::to_value(report).unwrap_or_default();
-    value["permanent"] = json!(permanent);
-    value
 }
 
 /// The supervision tree as JSON, each actor with its plugin, version, state of running,
@@ -218,6 +245,12 @@ fn install_value(report: &InstallReport, permanent: bool) -> Value {
 /// figures are live, each supervisor and actor asked under a deadline (one that does not
 /// answer in time shows as `busy`).
 pub async fn status(handler: &ReleaseHandler) -> Value {
+    // A report of plain strings, numbers and lists always encodes.
+    serde_json::to_value(status_report(handler).await).unwrap_or(Value::Null)
+}
+
+/// The `status` report, typed (what [`status`] sends as JSON).
+pub async fn status_report(handler: &ReleaseHandler) -> StatusResponse {
     let view = handler.read_view();
     let wait = status_wait(handler);
     let tree = list_supervisor("root".to_owned(), view.root_supervisor.clone(), wait).await;
@@ -225,57 +258,63 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
     // one wait, not one each.
     let mut actors = Vec::new();
     tree.collect_workers(&mut actors);
-    let statuses: HashMap<ProcessId, Value> = actors
+    let statuses: HashMap<ProcessId, ChildNode> = actors
         .iter()
         .zip(crate::runtime::status_all(&actors, wait).await)
         .map(|(actor, status)| {
             let entry = match status {
                 Ok(status) => {
                     let (health, reason) = health_fields(&status);
-                    let mut entry = json!({
-                    "name": status.name,
-                    "plugin": status.plugin,
-                    "version": status.version,
-                    "state": if status.suspended { "suspended" } else { "running" },
-                    "restarts": status.restarts,
-                    "mailbox": status.mailbox_length,
-                    "mailbox_high_water": status.mailbox_high_water,
-                    "max_mailbox": status.max_mailbox,
-                    "mailbox_refused": status.mailbox_refused,
-                    "undecodable_messages": status.undecodable_messages,
-                    "health": health,
-                    });
-                    if let Some(reason) = reason {
-                        entry["health_reason"] = json!(reason);
+                    ChildNode {
+                        name: status.name.clone(),
+                        plugin: status.plugin.clone(),
+                        version: status.version.clone(),
+                        state: if status.suspended {
+                            "suspended"
+                        } else {
+                            "running"
+                        }
+                        .to_owned(),
+                        restarts: Some(u64::from(status.restarts)),
+                        mailbox: Some(status.mailbox_length as u64),
+                        mailbox_high_water: Some(status.mailbox_high_water as u64),
+                        max_mailbox: status.max_mailbox.map(|bound| bound as u64),
+                        mailbox_refused: Some(status.mailbox_refused),
+                        undecodable_messages: Some(status.undecodable_messages),
+                        health: Some(health.to_owned()),
+                        health_reason: reason,
+                        ..ChildNode::default()
                     }
-                    entry
                 }
                 // Busy in a callback: the mailbox figures are the senders' own counts.
-                Err(error) => {
-                    json!({
-                        "name": actor.name(),
-                        "code": actor.code_label(),
-                        "state": "busy",
-                        "error": error.to_string(),
-                        "mailbox": actor.mailbox_length(),
-                        "mailbox_high_water": actor.mailbox_high_water(),
-                        "max_mailbox": actor.max_mailbox(),
-                        "mailbox_refused": actor.mailbox_refused(),
-                        "undecodable_messages": actor.undecodable_messages(),
-                    })
-                }
+                Err(error) => ChildNode {
+                    name: actor.name().map(str::to_owned),
+                    code: Some(actor.code_label()),
+                    state: "busy".to_owned(),
+                    error: Some(error.to_string()),
+                    mailbox: Some(actor.mailbox_length() as u64),
+                    mailbox_high_water: Some(actor.mailbox_high_water() as u64),
+                    max_mailbox: actor.max_mailbox().map(|bound| bound as u64),
+                    mailbox_refused: Some(actor.mailbox_refused()),
+                    undecodable_messages: Some(actor.undecodable_messages()),
+                    ..ChildNode::default()
+                },
             };
             (actor.id(), entry)
         })
         .collect();
     let unloaded = handler.unload_reports();
-    json!({
-        "release": view.current,
-        "install_in_progress": handler.install_in_progress(),
-        "tree": tree.describe(&statuses),
-        "resident": view.resident,
-        "workers": handler.isolated_workers(),
-        "still_mapped_after_close": unloaded
+    StatusResponse {
+        release: view.current.clone(),
+        install_in_progress: handler.install_in_progress(),
+        tree: tree.describe(&statuses),
+        resident: view.resident.iter().map(ResidentEntry::from).collect(),
+        workers: handler
+            .isolated_workers()
+            .iter()
+            .map(WorkerEntry::from)
+            .collect(),
+        still_mapped_after_close: unloaded
             .iter()
             .filter_map(|report| match &report.outcome {
                 crate::plugin::UnloadOutcome::Resident => Some(report.identity.to_string()),
@@ -284,10 +323,13 @@ pub async fn status(handler: &ReleaseHandler) -> Value {
                 }
                 _ => None,
             })
-            .collect::<Vec<_>>(),
-        "stuck_callbacks": crate::runtime::executor::stuck_callbacks(),
-        "releases": view.releases,
-    })
+            .collect(),
+        stuck_callbacks: crate::runtime::executor::stuck_callbacks()
+            .iter()
+            .map(StuckCallbackEntry::from)
+            .collect(),
+        releases: view.releases.iter().map(ReleaseEntry::from).collect(),
+    }
 }
 
 /// An actor's health as `status` shows it: `healthy`, `degraded` or `unhealthy` (a failed
@@ -307,6 +349,16 @@ fn health_fields(status: &crate::runtime::ActorStatus) -> (&'static str, Option<
         ),
         None if status.plugin.is_some() => ("not reported (ABI 1.0)", None),
         None => ("not reported", None),
+    }
+}
+
+/// A child's state as the wire spells it (`running`, `restarting`, `stopped`).
+fn child_state(state: crate::supervisor::ChildState) -> &'static str {
+    use crate::supervisor::ChildState;
+    match state {
+        ChildState::Running => "running",
+        ChildState::Restarting => "restarting",
+        ChildState::Stopped => "stopped",
     }
 }
 
@@ -380,25 +432,48 @@ impl Listed {
         }
     }
 
-    fn describe(&self, statuses: &HashMap<ProcessId, Value>) -> Value {
+    fn describe(&self, statuses: &HashMap<ProcessId, ChildNode>) -> TreeNode {
         let Some(children) = &self.children else {
-            return json!({"id": self.id, "supervisor": true, "state": "busy", "children": []});
+            return TreeNode::Supervisor(SupervisorNode {
+                id: self.id.clone(),
+                supervisor: true,
+                state: Some("busy".to_owned()),
+                counts: None,
+                children: Vec::new(),
+            });
         };
-        let children: Vec<Value> = children
+        let children = children
             .iter()
             .map(|(child, nested)| match (&child.child, nested) {
                 (_, Some(nested)) => nested.describe(statuses),
                 (Some(ChildRef::Worker(actor)), None) => {
-                    let mut entry = statuses.get(&actor.id()).cloned().unwrap_or_else(
-                        || json!({"name": actor.name(), "state": "started after the count"}),
-                    );
-                    entry["id"] = json!(child.id);
-                    entry
+                    let mut entry =
+                        statuses
+                            .get(&actor.id())
+                            .cloned()
+                            .unwrap_or_else(|| ChildNode {
+                                name: actor.name().map(str::to_owned),
+                                state: "started after the count".to_owned(),
+                                ..ChildNode::default()
+                            });
+                    entry.id = child.id.clone();
+                    TreeNode::Child(entry)
                 }
                 // No process: `restarting` (a retry is queued) or `stopped`.
-                _ => json!({"id": child.id, "state": child.state, "restarts": child.restarts}),
+                _ => TreeNode::Child(ChildNode {
+                    id: child.id.clone(),
+                    state: child_state(child.state).to_owned(),
+                    restarts: Some(u64::from(child.restarts)),
+                    ..ChildNode::default()
+                }),
             })
             .collect();
-        json!({"id": self.id, "supervisor": true, "counts": self.counts, "children": children})
+        TreeNode::Supervisor(SupervisorNode {
+            id: self.id.clone(),
+            supervisor: true,
+            state: None,
+            counts: self.counts.map(Into::into),
+            children,
+        })
     }
 }

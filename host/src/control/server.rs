@@ -329,7 +329,7 @@ async fn serve_client(
         }
         let response = match work.await {
             Ok(Ok(result)) => json!({"ok": true, "result": result}),
-            Ok(Err(error)) => json!({"ok": false, "error": error}),
+            Ok(Err(error)) => json!({"ok": false, "error": error.to_string()}),
             Err(error) => {
                 json!({"ok": false, "error": format!("the request failed inside the host: {error}")})
             }
