@@ -623,7 +623,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Demo { debug } => demo(!debug, json).await.map(|()| ExitCode::SUCCESS),
         Command::New { app, plugin, path } => {
-            scaffold::new(app.as_deref(), plugin.as_deref(), path).map(|()| ExitCode::SUCCESS)
+            scaffold::new(app.as_deref(), plugin.as_deref(), path, json).map(|()| ExitCode::SUCCESS)
         }
         Command::Inspect { file } => inspect(&file, json),
         // Handled in `main`, before the async runtime starts.

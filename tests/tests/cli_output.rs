@@ -418,3 +418,40 @@ fn a_failed_graft_build_shows_cargo_s_diagnostics_once_and_fails_in_json() {
     assert_eq!(code, 1);
     assert_error(&error, "failed", "cargo build of output-broken failed");
 }
+
+/// `graft new --json` reports what it created, as one JSON document, for an application
+/// and for a plugin added to it.
+#[test]
+fn graft_new_with_json_reports_what_it_created() {
+    let directory = tempfile::tempdir().unwrap();
+    let application = directory.path().join("jsonapp");
+    let (code, created) = graft_json(
+        directory.path(),
+        &["new", "jsonapp", "--path", application.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{created}");
+    assert_eq!(created["application"], "jsonapp");
+    assert_eq!(created["release"], "0.1.0");
+    let plugin_directory = created["plugin_directory"].as_str().unwrap();
+    assert!(
+        Path::new(plugin_directory).join("Cargo.toml").is_file(),
+        "{created}"
+    );
+    let (code, added) = graft_json(
+        directory.path(),
+        &[
+            "new",
+            "--plugin",
+            "extra",
+            "--path",
+            application.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{added}");
+    assert_eq!(added["plugin"], "extra");
+    assert_eq!(added["workspace_member"], true);
+    assert!(application.join("plugins/extra/0.1.0/src/lib.rs").is_file());
+    let (code, refused) = graft_json(directory.path(), &["new"]);
+    assert_eq!(code, 2);
+    assert_error(&refused, "usage", "graft new needs an application name");
+}

@@ -14,7 +14,9 @@
 //!   workspace is only needed when two versions of a plugin live in one workspace.
 
 use super::Failure;
+use super::output::{self, say};
 use anyhow::{Context as _, anyhow};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 
 /// The first version of a new application and its plugin.
@@ -26,10 +28,13 @@ pub(super) fn new(
     app: Option<&str>,
     plugin: Option<&str>,
     path: Option<PathBuf>,
+    json: bool,
 ) -> Result<(), Failure> {
     match (app, plugin) {
-        (Some(app), plugin) => new_application(app, plugin.unwrap_or(app), path),
-        (None, Some(plugin)) => add_plugin(plugin, &path.unwrap_or_else(|| PathBuf::from("."))),
+        (Some(app), plugin) => new_application(app, plugin.unwrap_or(app), path, json),
+        (None, Some(plugin)) => {
+            add_plugin(plugin, &path.unwrap_or_else(|| PathBuf::from(".")), json)
+        }
         (None, None) => Err(Failure {
             code: 2,
             kind: "usage",
@@ -79,7 +84,12 @@ fn write(path: &Path, text: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-fn new_application(app: &str, plugin: &str, path: Option<PathBuf>) -> Result<(), Failure> {
+fn new_application(
+    app: &str,
+    plugin: &str,
+    path: Option<PathBuf>,
+    json: bool,
+) -> Result<(), Failure> {
     validate("application", app)?;
     validate("plugin", plugin)?;
     let directory = path.unwrap_or_else(|| PathBuf::from(app));
@@ -119,22 +129,30 @@ fn new_application(app: &str, plugin: &str, path: Option<PathBuf>) -> Result<(),
         std::fs::copy(&lock, directory.join("Cargo.lock"))
             .with_context(|| format!("copying {}", lock.display()))?;
     }
-    println!(
+    if json {
+        output::json(&json!({
+            "application": app,
+            "directory": directory,
+            "plugin": plugin,
+            "plugin_directory": directory.join("plugins").join(plugin).join(FIRST_VERSION),
+            "release": FIRST_VERSION,
+        }))?;
+        return Ok(());
+    }
+    say!(
         "created application {app} in {} with plugin {plugin} (plugins/{plugin}/{FIRST_VERSION}) and release {FIRST_VERSION}",
         directory.display()
     );
-    println!("next:");
-    println!("  cd {}", directory.display());
-    println!(
-        "  graft build            # build the plugins, assemble the releases into target/graft"
-    );
-    println!("  graft start            # run the host (Ctrl-C stops it)");
-    println!("  graft call {plugin} '{{\"Add\": 2}}'   # from another terminal");
-    println!("  graft dev              # or: hot-swap the plugin on every cargo build");
+    say!("next:");
+    say!("  cd {}", directory.display());
+    say!("  graft build            # build the plugins, assemble the releases into target/graft");
+    say!("  graft start            # run the host (Ctrl-C stops it)");
+    say!("  graft call {plugin} '{{\"Add\": 2}}'   # from another terminal");
+    say!("  graft dev              # or: hot-swap the plugin on every cargo build");
     Ok(())
 }
 
-fn add_plugin(plugin: &str, workspace: &Path) -> Result<(), Failure> {
+fn add_plugin(plugin: &str, workspace: &Path, json: bool) -> Result<(), Failure> {
     validate("plugin", plugin)?;
     let manifest = workspace.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest).map_err(|error| {
@@ -160,21 +178,23 @@ fn add_plugin(plugin: &str, workspace: &Path) -> Result<(), Failure> {
     }
     let requirement = plugin_api_requirement(&plugin_api())?;
     write_plugin(workspace, plugin, &requirement)?;
+    let plugin_directory = workspace.join("plugins").join(plugin).join(FIRST_VERSION);
+    if json {
+        output::json(&json!({
+            "plugin": plugin,
+            "plugin_directory": plugin_directory,
+            "workspace_member": text.contains("plugins/*/*"),
+        }))?;
+        return Ok(());
+    }
     if !text.contains("plugins/*/*") {
-        println!(
+        say!(
             "note: add \"plugins/{plugin}/{FIRST_VERSION}\" to [workspace] members in {}",
             manifest.display()
         );
     }
-    println!(
-        "created plugin {plugin} in {}",
-        workspace
-            .join("plugins")
-            .join(plugin)
-            .join(FIRST_VERSION)
-            .display()
-    );
-    println!(
+    say!("created plugin {plugin} in {}", plugin_directory.display());
+    say!(
         "next: add it to a new release (releases/<VERSION>/release.toml):\n\n[plugins.{plugin}]\nversion = \"{FIRST_VERSION}\"\ncrate = \"plugins/{plugin}/{FIRST_VERSION}\"\n\n[[supervisor.children]]\nid = \"{plugin}\"\nplugin = \"{plugin}\"\nargs = 0\n\nand, for a running host, an `add_child` instruction in its [[upgrade]] (see Graft's README, \"Writing a release and its upgrade\")."
     );
     Ok(())
