@@ -30,24 +30,16 @@ use std::mem::{offset_of, size_of};
 /// Longest string accepted from a header (the same cap as the in-memory read).
 pub const MAX_HEADER_STRING: usize = 1024;
 
-/// The plugin vtable's entries, in order, with their offsets. A later ABI minor that
-/// appends an entry adds one line here.
-pub const PLUGIN_CALLBACKS: &[(&str, usize)] = &[
-    ("initialize", offset_of!(PluginVtable, initialize)),
-    ("init", offset_of!(PluginVtable, init)),
-    ("handle_call", offset_of!(PluginVtable, handle_call)),
-    ("handle_cast", offset_of!(PluginVtable, handle_cast)),
-    ("handle_info", offset_of!(PluginVtable, handle_info)),
-    ("handle_continue", offset_of!(PluginVtable, handle_continue)),
-    ("terminate", offset_of!(PluginVtable, terminate)),
-    ("encode_state", offset_of!(PluginVtable, encode_state)),
-    ("restore_state", offset_of!(PluginVtable, restore_state)),
-    ("code_change", offset_of!(PluginVtable, code_change)),
-    ("downgrade_state", offset_of!(PluginVtable, downgrade_state)),
-    ("drop_instance", offset_of!(PluginVtable, drop_instance)),
-    ("health", offset_of!(PluginVtable, health)),
-    ("format_status", offset_of!(PluginVtable, format_status)),
-];
+/// The plugin vtable's entries, in field order, with their offsets. Every entry of the
+/// `#[repr(C)]` [`PluginVtable`] is one function pointer, so entry `i` starts `i` pointers
+/// in; the names come from [`abi::PLUGIN_VTABLE_SIGNATURES`], so an entry a later ABI
+/// minor appends is listed with no change here.
+pub fn plugin_callbacks() -> impl Iterator<Item = (&'static str, usize)> {
+    abi::PLUGIN_VTABLE_SIGNATURES
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| (entry.field, index * size_of::<usize>()))
+}
 
 /// A header as the library file holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +66,7 @@ pub struct FileHeader {
     pub api_version: Vec<u8>,
     /// Its target triple's bytes.
     pub target: Vec<u8>,
-    /// The callbacks of [`PLUGIN_CALLBACKS`] that lie within its declared vtable and are
+    /// The callbacks of [`plugin_callbacks`] that lie within its declared vtable and are
     /// not null.
     pub callbacks: Vec<&'static str>,
 }
@@ -345,7 +337,7 @@ pub fn read(bytes: &[u8]) -> Result<FileHeader, HeaderFileError> {
     };
     let vtable_length = (result.vtable_size as usize).min(size_of::<PluginVtable>());
     image.at(vtable, vtable_length, "vtable")?;
-    for &(callback, offset) in PLUGIN_CALLBACKS {
+    for (callback, offset) in plugin_callbacks() {
         if offset + pointer > result.vtable_size as usize {
             continue;
         }
@@ -358,4 +350,30 @@ pub fn read(bytes: &[u8]) -> Result<FileHeader, HeaderFileError> {
         }
     }
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The derived offsets are the struct's own: the first entry, the last ABI 1.0 entry,
+    /// the ABI 1.1 entries, and the whole vtable.
+    #[test]
+    fn each_callback_sits_at_its_fields_offset() {
+        let offsets: HashMap<&str, usize> = plugin_callbacks().collect();
+        assert_eq!(offsets["initialize"], offset_of!(PluginVtable, initialize));
+        assert_eq!(
+            offsets["drop_instance"],
+            offset_of!(PluginVtable, drop_instance)
+        );
+        assert_eq!(offsets["health"], offset_of!(PluginVtable, health));
+        assert_eq!(
+            offsets["format_status"],
+            offset_of!(PluginVtable, format_status)
+        );
+        assert_eq!(
+            plugin_callbacks().count() * size_of::<usize>(),
+            size_of::<PluginVtable>()
+        );
+    }
 }
