@@ -700,7 +700,7 @@ impl Loader {
         // runs any of its code (load-time constructors included).
         check_elf(path, &bytes)?;
         let file_header = read_file_header(path, &bytes)?;
-        check_header(path, &file_fields(&file_header), expect)?;
+        check_header(path, &file_header.fields, expect)?;
         let pinned = thread_starter(&bytes).map(|symbol| {
             format!("it imports {symbol}, so a thread of its own may still run its code")
         });
@@ -872,24 +872,9 @@ fn read_file_header(path: &Path, bytes: &[u8]) -> Result<header::FileHeader, Loa
 }
 
 /// The fields [`check_header`] checks, from a header read from the file.
-fn file_fields(header: &header::FileHeader) -> ffi::HeaderFields {
-    ffi::HeaderFields {
-        magic: header.magic,
-        abi_major: header.abi_major,
-        abi_minor: header.abi_minor,
-        layout_fingerprint: header.layout_fingerprint,
-        panic_unwind: header.panic_unwind,
-        vtable_size: header.vtable_size,
-        name: header.name.clone(),
-        version: header.version.clone(),
-        api_version: header.api_version.clone(),
-        target: header.target.clone(),
-    }
-}
-
 fn check_header(
     path: &Path,
-    header: &ffi::HeaderFields,
+    header: &header::HeaderFields,
     expect: &Expectations,
 ) -> Result<PluginIdentity, LoadError> {
     let path_buf = || path.to_owned();

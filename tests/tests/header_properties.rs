@@ -128,18 +128,24 @@ fn the_file_reader_reads_what_the_loader_reads_in_memory() {
         .unwrap()
         .load(&plugin_library("counter-1-0-0"), &Expectations::default())
         .unwrap();
-    assert_eq!(from_file.magic, abi::MAGIC);
-    assert_eq!(String::from_utf8_lossy(&from_file.name), loaded.name());
+    assert_eq!(from_file.fields.magic, abi::MAGIC);
     assert_eq!(
-        String::from_utf8_lossy(&from_file.version),
+        String::from_utf8_lossy(&from_file.fields.name),
+        loaded.name()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&from_file.fields.version),
         loaded.version().to_string()
     );
-    assert_eq!(String::from_utf8_lossy(&from_file.target), abi::TARGET);
     assert_eq!(
-        String::from_utf8_lossy(&from_file.api_version),
+        String::from_utf8_lossy(&from_file.fields.target),
+        abi::TARGET
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&from_file.fields.api_version),
         abi::API_VERSION
     );
-    assert_eq!(from_file.layout_fingerprint, abi::LAYOUT_FINGERPRINT);
+    assert_eq!(from_file.fields.layout_fingerprint, abi::LAYOUT_FINGERPRINT);
     assert_eq!(
         from_file.callbacks.len(),
         header::plugin_callbacks().count()

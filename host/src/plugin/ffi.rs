@@ -19,6 +19,7 @@
 //!   it during that call. `initialize` has no context: a message a plugin hands to
 //!   `output` with a null `ctx` while it runs is its reason for failing (kept per thread).
 
+use super::header::HeaderFields;
 use super::{HostServices, Outputs, PluginIdentity, SendKind, ServiceError};
 use graft_plugin::abi::{self, Bytes, HostVtable, PluginHeader, PluginVtable, SinkFn};
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
@@ -31,21 +32,6 @@ use std::time::Duration;
 
 /// Longest string accepted from a header.
 const MAX_HEADER_STRING: usize = 1024;
-
-/// The fixed-size fields of a header, copied out of the image.
-#[derive(Debug, Clone)]
-pub(super) struct HeaderFields {
-    pub magic: u64,
-    pub abi_major: u16,
-    pub abi_minor: u16,
-    pub layout_fingerprint: u64,
-    pub panic_unwind: u32,
-    pub vtable_size: u32,
-    pub name: Vec<u8>,
-    pub version: Vec<u8>,
-    pub api_version: Vec<u8>,
-    pub target: Vec<u8>,
-}
 
 /// Why the header could not be read (before any semantic check).
 #[derive(Debug)]
@@ -169,23 +155,6 @@ pub(super) fn read_header(
         return Err(HeaderReadError::OutOfImage("vtable"));
     }
     Ok((fields, raw.vtable))
-}
-
-impl HeaderFields {
-    fn only_magic(magic: u64) -> HeaderFields {
-        HeaderFields {
-            magic,
-            abi_major: 0,
-            abi_minor: 0,
-            layout_fingerprint: 0,
-            panic_unwind: 0,
-            vtable_size: 0,
-            name: Vec::new(),
-            version: Vec::new(),
-            api_version: Vec::new(),
-            target: Vec::new(),
-        }
-    }
 }
 
 impl PluginCode {

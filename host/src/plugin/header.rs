@@ -41,13 +41,12 @@ pub fn plugin_callbacks() -> impl Iterator<Item = (&'static str, usize)> {
         .map(|(index, entry)| (entry.field, index * size_of::<usize>()))
 }
 
-/// A header as the library file holds it.
+/// The fields of a plugin header the loader checks, as read from the library file
+/// ([`read`]) or, after loading, from the mapped image (`ffi::read_header`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileHeader {
+pub struct HeaderFields {
     /// The magic (the other fields are only read when it is [`abi::MAGIC`]).
     pub magic: u64,
-    /// The header size the plugin declares.
-    pub header_size: u32,
     /// Its ABI major version.
     pub abi_major: u16,
     /// Its ABI minor version.
@@ -66,6 +65,34 @@ pub struct FileHeader {
     pub api_version: Vec<u8>,
     /// Its target triple's bytes.
     pub target: Vec<u8>,
+}
+
+impl HeaderFields {
+    /// A header of which only the magic was read (it is not [`abi::MAGIC`]: the rest is
+    /// not a header at all).
+    pub(crate) fn only_magic(magic: u64) -> HeaderFields {
+        HeaderFields {
+            magic,
+            abi_major: 0,
+            abi_minor: 0,
+            layout_fingerprint: 0,
+            panic_unwind: 0,
+            vtable_size: 0,
+            name: Vec::new(),
+            version: Vec::new(),
+            api_version: Vec::new(),
+            target: Vec::new(),
+        }
+    }
+}
+
+/// A header as the library file holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileHeader {
+    /// The fields the loader checks.
+    pub fields: HeaderFields,
+    /// The header size the plugin declares.
+    pub header_size: u32,
     /// The callbacks of [`plugin_callbacks`] that lie within its declared vtable and are
     /// not null.
     pub callbacks: Vec<&'static str>,
@@ -279,17 +306,8 @@ pub fn read(bytes: &[u8]) -> Result<FileHeader, HeaderFileError> {
         "the header size",
     )? as u32;
     let mut result = FileHeader {
-        magic,
+        fields: HeaderFields::only_magic(magic),
         header_size,
-        abi_major: 0,
-        abi_minor: 0,
-        layout_fingerprint: 0,
-        panic_unwind: 0,
-        vtable_size: 0,
-        name: Vec::new(),
-        version: Vec::new(),
-        api_version: Vec::new(),
-        target: Vec::new(),
         callbacks: Vec::new(),
     };
     if magic != abi::MAGIC {
@@ -300,30 +318,30 @@ pub fn read(bytes: &[u8]) -> Result<FileHeader, HeaderFileError> {
         return Err(HeaderFileError::TooSmall(header_size));
     }
     image.at(header, size_of::<PluginHeader>(), "the header")?;
-    result.abi_major =
+    result.fields.abi_major =
         image.unsigned(field(offset_of!(PluginHeader, abi_major)), 2, "abi_major")? as u16;
-    result.abi_minor =
+    result.fields.abi_minor =
         image.unsigned(field(offset_of!(PluginHeader, abi_minor)), 2, "abi_minor")? as u16;
-    result.layout_fingerprint = image.unsigned(
+    result.fields.layout_fingerprint = image.unsigned(
         field(offset_of!(PluginHeader, layout_fingerprint)),
         8,
         "layout_fingerprint",
     )?;
-    result.panic_unwind = image.unsigned(
+    result.fields.panic_unwind = image.unsigned(
         field(offset_of!(PluginHeader, panic_unwind)),
         4,
         "panic_unwind",
     )? as u32;
-    result.vtable_size = image.unsigned(
+    result.fields.vtable_size = image.unsigned(
         field(offset_of!(PluginHeader, vtable_size)),
         4,
         "vtable_size",
     )? as u32;
-    result.name = image.string(field(offset_of!(PluginHeader, name)), "name")?;
-    result.version = image.string(field(offset_of!(PluginHeader, version)), "version")?;
-    result.api_version =
+    result.fields.name = image.string(field(offset_of!(PluginHeader, name)), "name")?;
+    result.fields.version = image.string(field(offset_of!(PluginHeader, version)), "version")?;
+    result.fields.api_version =
         image.string(field(offset_of!(PluginHeader, api_version)), "api_version")?;
-    result.target = image.string(field(offset_of!(PluginHeader, target)), "target")?;
+    result.fields.target = image.string(field(offset_of!(PluginHeader, target)), "target")?;
     let vtable = match image.pointer(field(offset_of!(PluginHeader, vtable)), "vtable")? {
         Resolved::Address(address) if address != 0 => address,
         Resolved::Address(_) => {
@@ -335,10 +353,10 @@ pub fn read(bytes: &[u8]) -> Result<FileHeader, HeaderFileError> {
             ));
         }
     };
-    let vtable_length = (result.vtable_size as usize).min(size_of::<PluginVtable>());
+    let vtable_length = (result.fields.vtable_size as usize).min(size_of::<PluginVtable>());
     image.at(vtable, vtable_length, "vtable")?;
     for (callback, offset) in plugin_callbacks() {
-        if offset + pointer > result.vtable_size as usize {
+        if offset + pointer > result.fields.vtable_size as usize {
             continue;
         }
         let present = match image.pointer(vtable.wrapping_add(offset as u64), callback)? {

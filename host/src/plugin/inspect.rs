@@ -9,7 +9,7 @@
 
 use super::{
     DEFAULT_MAX_PLUGIN_SIZE, Expectations, LoadError, Sha256Digest, check_elf, check_header,
-    file_fields, read_file_header,
+    read_file_header,
 };
 use graft_plugin::abi;
 use serde::Serialize;
@@ -103,8 +103,8 @@ pub fn inspect(path: &Path) -> Result<Inspection, LoadError> {
     let outcome = (|| {
         let kind = check_elf(path, &bytes)?;
         inspection.machine = Some(kind.to_string());
-        let header = read_file_header(path, &bytes)?;
-        let fields = file_fields(&header);
+        let file_header = read_file_header(path, &bytes)?;
+        let header = &file_header.fields;
         if header.magic == abi::MAGIC {
             inspection.header = Some(HeaderReport {
                 name: text(&header.name),
@@ -121,14 +121,14 @@ pub fn inspect(path: &Path) -> Result<Inspection, LoadError> {
                     "abort".to_owned()
                 },
                 vtable_size: header.vtable_size,
-                callbacks: header
+                callbacks: file_header
                     .callbacks
                     .iter()
                     .map(|&name| name.to_owned())
                     .collect(),
             });
         }
-        check_header(path, &fields, &Expectations::default()).map(drop)
+        check_header(path, header, &Expectations::default()).map(drop)
     })();
     match outcome {
         Ok(()) => inspection.loadable = true,
