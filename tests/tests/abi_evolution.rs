@@ -374,28 +374,31 @@ fn a_vtable_shorter_than_its_minor_needs_is_refused() {
     );
 }
 
-/// The watch mode's health gate: a release whose actor reports itself unhealthy at the end
-/// of the window is rolled back, though nothing crashed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_health_gate_rolls_back_a_release_whose_actor_is_unhealthy() {
+/// A host on release 1.0.0 in watch mode (a 500 ms health window) after release 1.1.0,
+/// whose `update` carries `update_fields`, was dropped into its root: the watch's events
+/// up to its decision (1.1.0 made permanent, or rolled back). The root, the runtime and the
+/// handler are returned alive, with the watch still running.
+struct WatchedUpgrade {
+    _root: tempfile::TempDir,
+    runtime: Runtime,
+    handler: Arc<graft::release::handler::ReleaseHandler>,
+    watching: tokio::task::JoinHandle<Result<(), graft::watch::WatchError>>,
+    seen: Vec<WatchEvent>,
+}
+
+async fn watch_an_upgrade(update_fields: &str) -> WatchedUpgrade {
     let root = assembled_root(&[("1.0.0", release("1.0.0", "1.0.0", "", ""))]);
     let (runtime, handler) = boot(root.path()).await;
     let handler = Arc::new(handler);
     let watch = ReleaseWatch::start(Arc::clone(&handler)).unwrap();
     let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
     let watching = tokio::spawn(watch.run(Some(Duration::from_millis(500)), Some(events)));
-    // 1.1.0's code_change marks the actor unhealthy (from the release's `extra`).
     let sources = root.path().join("sources").join("1.1.0");
     std::fs::create_dir_all(&sources).unwrap();
     let manifest = sources.join("release.toml");
     std::fs::write(
         &manifest,
-        release(
-            "1.1.0",
-            "1.1.0",
-            "",
-            &script("extra = { unhealthy = \"cannot reach the ledger\" }\n"),
-        ),
+        release("1.1.0", "1.1.0", "", &script(update_fields)),
     )
     .unwrap();
     graft::release::assemble::assemble(
@@ -406,17 +409,36 @@ async fn the_health_gate_rolls_back_a_release_whose_actor_is_unhealthy() {
     )
     .unwrap();
     let mut seen = Vec::new();
-    let rolled_back = eventually_async(Duration::from_secs(60), || {
+    let decided = eventually_async(Duration::from_secs(60), || {
         while let Ok(event) = received.try_recv() {
             seen.push(event);
         }
-        let done = seen
-            .iter()
-            .any(|event| matches!(event, WatchEvent::RolledBack { .. }));
+        let done = seen.iter().any(|event| {
+            matches!(
+                event,
+                WatchEvent::MadePermanent(_) | WatchEvent::RolledBack { .. }
+            )
+        });
         async move { done }
     })
     .await;
-    assert!(rolled_back, "no rollback: {seen:?}");
+    assert!(decided, "no decision: {seen:?}");
+    WatchedUpgrade {
+        _root: root,
+        runtime,
+        handler,
+        watching,
+        seen,
+    }
+}
+
+/// The watch mode's health gate: a release whose actor reports itself unhealthy at the end
+/// of the window is rolled back, though nothing crashed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_gate_rolls_back_a_release_whose_actor_is_unhealthy() {
+    // 1.1.0's code_change marks the actor unhealthy (from the release's `extra`).
+    let upgrade = watch_an_upgrade("extra = { unhealthy = \"cannot reach the ledger\" }\n").await;
+    let seen = &upgrade.seen;
     assert!(
         seen.contains(&WatchEvent::Installed(version("1.1.0"))),
         "{seen:?}"
@@ -437,57 +459,32 @@ async fn the_health_gate_rolls_back_a_release_whose_actor_is_unhealthy() {
     );
     assert!(
         eventually_async(PATIENCE, || async {
-            version_of(&runtime, "counter").await == "1.0.0"
+            version_of(&upgrade.runtime, "counter").await == "1.0.0"
         })
         .await
     );
-    assert_eq!(call(&runtime, "counter", json!("Get")).await, json!(40));
-    watching.abort();
-    handler.shutdown().await;
+    assert_eq!(
+        call(&upgrade.runtime, "counter", json!("Get")).await,
+        json!(40)
+    );
+    upgrade.watching.abort();
+    upgrade.handler.shutdown().await;
 }
 
 /// The same gate makes a healthy ABI 1.1 release permanent (a degraded actor does not hold
 /// it back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_gate_makes_a_degraded_but_not_unhealthy_release_permanent() {
-    let root = assembled_root(&[("1.0.0", release("1.0.0", "1.0.0", "", ""))]);
-    let (_runtime, handler) = boot(root.path()).await;
-    let handler = Arc::new(handler);
-    let watch = ReleaseWatch::start(Arc::clone(&handler)).unwrap();
-    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
-    let watching = tokio::spawn(watch.run(Some(Duration::from_millis(500)), Some(events)));
-    let sources = root.path().join("sources").join("1.1.0");
-    std::fs::create_dir_all(&sources).unwrap();
-    let manifest = sources.join("release.toml");
-    std::fs::write(&manifest, release("1.1.0", "1.1.0", "", &script(""))).unwrap();
-    graft::release::assemble::assemble(
-        &manifest,
-        &graft_tests::workspace_root(),
-        root.path(),
-        false,
-    )
-    .unwrap();
-    let mut seen = Vec::new();
-    let permanent = eventually_async(Duration::from_secs(60), || {
-        while let Ok(event) = received.try_recv() {
-            seen.push(event);
-        }
-        let done = seen.iter().any(|event| {
-            matches!(
-                event,
-                WatchEvent::MadePermanent(_) | WatchEvent::RolledBack { .. }
-            )
-        });
-        async move { done }
-    })
-    .await;
-    assert!(permanent, "no decision: {seen:?}");
+    let upgrade = watch_an_upgrade("").await;
     assert!(
-        seen.contains(&WatchEvent::MadePermanent(version("1.1.0"))),
-        "{seen:?}"
+        upgrade
+            .seen
+            .contains(&WatchEvent::MadePermanent(version("1.1.0"))),
+        "{:?}",
+        upgrade.seen
     );
-    watching.abort();
-    handler.shutdown().await;
+    upgrade.watching.abort();
+    upgrade.handler.shutdown().await;
 }
 
 /// The operator's view through the `graft` binary: `graft state` shows what
