@@ -421,7 +421,13 @@ fn fake_host(root: &Path, reply: Option<&'static str>) -> std::thread::JoinHandl
                 (&stream).write_all(reply.as_bytes()).unwrap();
                 (&stream).write_all(b"\n").unwrap();
             }
-            None => drop((stream, listener)),
+            // A dying process closes every descriptor at once; the listener goes first
+            // here so that the client, on seeing its connection end, can never still
+            // reach a listening socket (that would read as "closed this connection").
+            None => {
+                drop(listener);
+                drop(stream);
+            }
         }
         line
     })
