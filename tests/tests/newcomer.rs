@@ -75,6 +75,11 @@ fn graft_new_gives_an_application_that_builds_starts_and_answers_calls() {
         workspace_manifest.contains("[patch.crates-io]\ngraft-plugin = { path = "),
         "{workspace_manifest}"
     );
+    // Release builds strip plugin libraries: every load reads and hashes every byte.
+    assert!(
+        workspace_manifest.contains("[profile.release]\nstrip = \"symbols\""),
+        "{workspace_manifest}"
+    );
     let plugin_manifest =
         std::fs::read_to_string(app.join("plugins/newcomerapp/0.1.0/Cargo.toml")).unwrap();
     assert!(

@@ -12,6 +12,9 @@
 //!   against a published `graft-plugin`.
 //! - Package names are plain (`hello`): the `name-x-y-z` convention of Graft's own example
 //!   workspace is only needed when two versions of a plugin live in one workspace.
+//! - Release builds strip plugin libraries (`strip = "symbols"` in the workspace's
+//!   `[profile.release]`), as Graft's own workspace does: every load reads and hashes every
+//!   byte of a library.
 
 use super::Failure;
 use super::output::{self, say};
@@ -222,6 +225,13 @@ const WORKSPACE_MANIFEST: &str = r#"# The {app} application: plugin crates under
 [workspace]
 resolver = "3"
 members = ["plugins/*/*"]
+
+# A host reads, SHA-256s and copies every byte of a plugin library each time it loads one:
+# without debug info and symbol table a library is a fraction of the size (Graft's own
+# workspace: 0.84 MB against 7.1 MB), its load well under a millisecond. Exported symbols and
+# unwind tables stay.
+[profile.release]
+strip = "symbols"
 
 # graft-plugin from the Graft checkout this workspace was created with. Delete this entry
 # to build against graft-plugin from crates.io.
