@@ -14,7 +14,9 @@
 //! file's bytes for `.rel.dyn`), an absolute one against a defined dynamic symbol gives the
 //! symbol's address plus the addend. A pointer with no such relocation is read as stored:
 //! that covers packed relative relocations (`.relr.dyn`, `-z pack-relative-relocs`), which
-//! keep the address in the file's bytes.
+//! keep the address in the file's bytes. Only the relocations at the header and at the
+//! vtable are resolved (a library has thousands elsewhere; resolving them all was a
+//! sizeable share of a load).
 //!
 //! Invariants: every read is bounds-checked against the file and the segment that backs
 //! the address; strings are capped at [`MAX_HEADER_STRING`]; any inconsistency is a
@@ -224,6 +226,62 @@ fn relative_type(architecture: object::Architecture) -> Option<object::elf::Relo
     })
 }
 
+/// The dynamic relocations of `file` at the `length` bytes from `start` (a virtual address),
+/// resolved: the header's and the vtable's pointers are all a read needs, and a library has
+/// thousands of relocations elsewhere, so only these are resolved and kept.
+fn relocations_in(
+    file: &object::File<'_>,
+    image: &Image<'_>,
+    relative: Option<object::elf::RelocationType>,
+    start: u64,
+    length: usize,
+) -> HashMap<u64, Resolved> {
+    let end = start.saturating_add(length as u64);
+    let pointer = image.pointer;
+    let symbols = file.dynamic_symbol_table();
+    let mut relocations = HashMap::new();
+    for (address, relocation) in file.dynamic_relocations().into_iter().flatten() {
+        if address < start || address >= end {
+            continue;
+        }
+        let object::RelocationFlags::Elf { r_type } = relocation.flags() else {
+            continue;
+        };
+        let addend = |image: &Image<'_>| -> Result<u64, HeaderFileError> {
+            if relocation.has_implicit_addend() {
+                image.unsigned(address, pointer, "a relocated pointer")
+            } else {
+                Ok(relocation.addend() as u64)
+            }
+        };
+        let resolved = if Some(r_type) == relative {
+            match addend(image) {
+                Ok(value) => Resolved::Address(value),
+                Err(_) => continue,
+            }
+        } else if relocation.kind() == object::RelocationKind::Absolute
+            && usize::from(relocation.size()) == pointer * 8
+        {
+            let target = match relocation.target() {
+                RelocationTarget::Symbol(index) => symbols
+                    .as_ref()
+                    .and_then(|table| table.symbol_by_index(index).ok()),
+                _ => None,
+            };
+            match (target, addend(image)) {
+                (Some(target), Ok(value)) if target.is_definition() => {
+                    Resolved::Address(target.address().wrapping_add(value))
+                }
+                _ => Resolved::External,
+            }
+        } else {
+            continue;
+        };
+        relocations.insert(address, resolved);
+    }
+    relocations
+}
+
 /// Reads the header of the ELF shared object `bytes` without loading it.
 pub fn read(bytes: &[u8]) -> Result<FileHeader, HeaderFileError> {
     let file =
@@ -252,47 +310,9 @@ pub fn read(bytes: &[u8]) -> Result<FileHeader, HeaderFileError> {
         big_endian,
         pointer,
     };
-    let symbols = file.dynamic_symbol_table();
-    let mut relocations = HashMap::new();
-    for (address, relocation) in file.dynamic_relocations().into_iter().flatten() {
-        let object::RelocationFlags::Elf { r_type } = relocation.flags() else {
-            continue;
-        };
-        let addend = |image: &Image<'_>| -> Result<u64, HeaderFileError> {
-            if relocation.has_implicit_addend() {
-                image.unsigned(address, pointer, "a relocated pointer")
-            } else {
-                Ok(relocation.addend() as u64)
-            }
-        };
-        let resolved = if Some(r_type) == relative {
-            match addend(&image) {
-                Ok(value) => Resolved::Address(value),
-                Err(_) => continue,
-            }
-        } else if relocation.kind() == object::RelocationKind::Absolute
-            && usize::from(relocation.size()) == pointer * 8
-        {
-            let target = match relocation.target() {
-                RelocationTarget::Symbol(index) => symbols
-                    .as_ref()
-                    .and_then(|table| table.symbol_by_index(index).ok()),
-                _ => None,
-            };
-            match (target, addend(&image)) {
-                (Some(target), Ok(value)) if target.is_definition() => {
-                    Resolved::Address(target.address().wrapping_add(value))
-                }
-                _ => Resolved::External,
-            }
-        } else {
-            continue;
-        };
-        relocations.insert(address, resolved);
-    }
-    image.relocations = relocations;
-
     let header = symbol.address();
+    image.relocations = relocations_in(&file, &image, relative, header, size_of::<PluginHeader>());
+
     // Wrapping: a corrupt address is refused by the bounds checks of every read, not here.
     let field = |offset: usize| header.wrapping_add(offset as u64);
     let magic = image.unsigned(
@@ -355,6 +375,8 @@ pub fn read(bytes: &[u8]) -> Result<FileHeader, HeaderFileError> {
     };
     let vtable_length = (result.fields.vtable_size as usize).min(size_of::<PluginVtable>());
     image.at(vtable, vtable_length, "vtable")?;
+    let vtable_relocations = relocations_in(&file, &image, relative, vtable, vtable_length);
+    image.relocations.extend(vtable_relocations);
     for (callback, offset) in plugin_callbacks() {
         if offset + pointer > result.fields.vtable_size as usize {
             continue;
