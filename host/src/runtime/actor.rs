@@ -39,6 +39,7 @@
 
 use super::behaviour::Behaviour;
 use super::executor::{self, Callback, CallbackGuard};
+use super::mailbox::{Next, Receiver};
 use super::{ActorOptions, ActorRef, CallError, Migration, Runtime, SpawnError, SystemError, lock};
 use crate::plugin::{CallbackError, HostServices, Outputs, SendKind, ServiceError};
 use graft_plugin::{Exit, StopReason, abi, codec};
@@ -48,7 +49,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 /// The most casts sent to a worker process in one round trip.
@@ -85,7 +86,6 @@ pub(crate) enum Envelope {
         kind: u32,
         message: Vec<u8>,
     },
-    System(SystemRequest),
     /// Boxed: links are rare, and every mailbox slot is as large as the largest variant.
     ExitSignal(Box<Exit>),
     Stop {
@@ -95,18 +95,19 @@ pub(crate) enum Envelope {
 
 impl Envelope {
     /// Whether it counts in the mailbox length and is bounded by `max_mailbox`: calls,
-    /// casts and info messages of the plugin's own type. System messages, stops, exit
-    /// signals and monitors' `down` are neither.
+    /// casts and info messages of the plugin's own type. Stops, exit signals and
+    /// monitors' `down` are neither (nor are system messages, which have their own lane).
     pub(crate) fn is_counted(&self) -> bool {
         match self {
             Envelope::Call { .. } | Envelope::Cast(_) => true,
             Envelope::Info { kind, .. } => *kind == abi::INFO_MESSAGE,
-            Envelope::System(_) | Envelope::ExitSignal(_) | Envelope::Stop { .. } => false,
+            Envelope::ExitSignal(_) | Envelope::Stop { .. } => false,
         }
     }
 }
 
-/// A `sys`-style request, handled between callbacks.
+/// A `sys`-style request, handled between callbacks; it has its own lane in the mailbox
+/// and goes before any ordinary message still queued.
 pub(crate) enum SystemRequest {
     Suspend(oneshot::Sender<()>),
     Resume(oneshot::Sender<()>),
@@ -315,7 +316,7 @@ impl Ending {
 struct Actor {
     behaviour: Box<dyn Behaviour>,
     services: ActorServices,
-    mailbox: mpsc::UnboundedReceiver<Envelope>,
+    mailbox: Receiver,
     deferred: VecDeque<Envelope>,
     /// Taken from the mailbox ahead of their turn (while gathering a batch of casts);
     /// handled before anything else in the mailbox, in order.
@@ -336,7 +337,7 @@ pub(crate) async fn run(
     runtime: Runtime,
     me: ActorRef,
     options: ActorOptions,
-    mailbox: mpsc::UnboundedReceiver<Envelope>,
+    mailbox: Receiver,
     started: oneshot::Sender<Result<(), SpawnError>>,
 ) {
     let label = me.label();
@@ -432,21 +433,21 @@ impl Actor {
                 }
                 continue;
             }
-            let envelope = match self.stashed.pop_front() {
-                Some(envelope) => Some(envelope),
-                None => self.next_queued().await,
+            // A waiting system message goes before any ordinary one, wherever that waits.
+            let next = match self.mailbox.try_system() {
+                Some(request) => Next::System(request),
+                None => match self.stashed.pop_front() {
+                    Some(envelope) => Next::Ordinary(envelope),
+                    None => self.next_queued().await,
+                },
             };
-            let Some(envelope) = envelope else {
-                // Every sender is gone. The actor's own services hold a handle on it (for
-                // timers and replies), so this does not happen while it runs; an actor
-                // nobody can reach lives on, as an unregistered process does in OTP.
-                return Ending {
-                    reason: StopReason::Normal,
-                    run_terminate: true,
-                };
-            };
-            if let Some(exit) = self.handle(envelope) {
-                return exit;
+            match next {
+                Next::System(request) => self.handle_system(request),
+                Next::Ordinary(envelope) => {
+                    if let Some(exit) = self.handle(envelope) {
+                        return exit;
+                    }
+                }
             }
             if let Some(reason) = self.services.me.exit_reason() {
                 // Killed during that callback (its deadline, a crashed worker): its task
@@ -468,15 +469,17 @@ impl Actor {
             self.longest_since_returned = 0;
             self.deferred.shrink_to_fit();
             self.stashed.shrink_to_fit();
+            self.mailbox.shrink();
             crate::process::return_free_memory_soon();
             tracing::debug!(actor = %self.services.label, "a large mailbox drained: memory returned");
         }
     }
 
-    /// The next message: one that waited while suspended, else the mailbox's next.
-    async fn next_queued(&mut self) -> Option<Envelope> {
+    /// The next message: one that waited while suspended, else the mailbox's next (a
+    /// system message first).
+    async fn next_queued(&mut self) -> Next {
         match self.deferred.pop_front() {
-            Some(envelope) if !self.suspended => Some(envelope),
+            Some(envelope) if !self.suspended => Next::Ordinary(envelope),
             Some(envelope) => {
                 self.deferred.push_front(envelope);
                 self.next_from_mailbox().await
@@ -488,17 +491,17 @@ impl Actor {
     /// The mailbox's next message; while an inactivity timeout is armed (and the actor
     /// is not suspended), the timeout's info message if it passes first. A sleep exists
     /// only while one is armed: the common wait costs no timer.
-    async fn next_from_mailbox(&mut self) -> Option<Envelope> {
+    async fn next_from_mailbox(&mut self) -> Next {
         let deadline = match self.inactivity_deadline {
             Some(deadline) if !self.suspended => deadline,
-            _ => return self.mailbox.recv().await,
+            _ => return self.mailbox.next().await,
         };
         tokio::select! {
             biased;
-            envelope = self.mailbox.recv() => envelope,
+            next = self.mailbox.next() => next,
             () = tokio::time::sleep_until(deadline) => {
                 self.inactivity_deadline = None;
-                Some(Envelope::Info {
+                Next::Ordinary(Envelope::Info {
                     kind: abi::INFO_TIMEOUT,
                     message: Vec::new(),
                 })
@@ -524,10 +527,6 @@ impl Actor {
             self.inactivity_deadline = None;
         }
         match envelope {
-            Envelope::System(request) => {
-                self.handle_system(request);
-                None
-            }
             Envelope::Stop { reason } => Some(Ending {
                 reason,
                 run_terminate: true,
@@ -577,18 +576,22 @@ impl Actor {
         let mut messages = vec![first];
         let mut bytes = messages[0].len();
         // Only the mailbox's own order is batched: not while older messages wait elsewhere.
+        // A system message that arrives meanwhile ends the batch: it goes next.
         if self.deferred.is_empty() && self.stashed.is_empty() {
-            while messages.len() < CASTS_PER_BATCH && bytes < BATCH_BYTES {
-                match self.mailbox.try_recv() {
-                    Ok(Envelope::Cast(message)) => {
+            while messages.len() < CASTS_PER_BATCH
+                && bytes < BATCH_BYTES
+                && !self.mailbox.system_waiting()
+            {
+                match self.mailbox.try_ordinary() {
+                    Some(Envelope::Cast(message)) => {
                         bytes += message.len();
                         messages.push(message);
                     }
-                    Ok(other) => {
+                    Some(other) => {
                         self.stashed.push_back(other);
                         break;
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
         }
