@@ -44,10 +44,13 @@ use super::{ActorOptions, ActorRef, CallError, Migration, Runtime, SpawnError, S
 use crate::plugin::{CallbackError, HostServices, Outputs, SendKind, ServiceError};
 use graft_plugin::{Exit, StopReason, abi, codec};
 use serde::Serialize;
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
@@ -72,6 +75,9 @@ fn code_label(behaviour: &dyn Behaviour) -> String {
         .identity()
         .map_or_else(|| "native code".to_owned(), |identity| identity.to_string())
 }
+
+/// An actor's running timers, each one's task by its id.
+type Timers = Arc<Mutex<HashMap<u64, AbortHandle>>>;
 
 type ReplySender = oneshot::Sender<Result<Vec<u8>, CallError>>;
 
@@ -159,16 +165,26 @@ pub struct ActorStatus {
 struct ActorServices {
     runtime: Runtime,
     me: ActorRef,
-    label: String,
     next_token: Cell<u64>,
     current_call: RefCell<Option<(u64, ReplySender)>>,
     pending: RefCell<HashMap<u64, ReplySender>>,
-    timers: Arc<Mutex<HashMap<u64, AbortHandle>>>,
+    /// The running timers, created with the first one (most actors never start one).
+    timers: OnceCell<Timers>,
+}
+
+impl ActorServices {
+    /// The actor's name, or its id when unnamed (kept once, in its shared state).
+    fn label(&self) -> &str {
+        &self.me.shared.lifecycle.label
+    }
 }
 
 impl Drop for ActorServices {
     fn drop(&mut self) {
-        for (_, timer) in lock(&self.timers).drain() {
+        let Some(timers) = self.timers.get() else {
+            return;
+        };
+        for (_, timer) in lock(timers).drain() {
             timer.abort();
         }
     }
@@ -203,7 +219,7 @@ fn mailbox_full(actor: String, limit: usize) -> ServiceError {
 
 impl HostServices for ActorServices {
     fn actor_name(&self) -> &str {
-        &self.label
+        self.label()
     }
 
     fn send(&self, to: &str, kind: SendKind, message: Vec<u8>) -> Result<(), ServiceError> {
@@ -224,7 +240,9 @@ impl HostServices for ActorServices {
             .whereis(to)
             .ok_or_else(|| ServiceError::NotFound(to.to_owned()))?;
         if target == self.me {
-            return Err(service_error(CallError::CallingSelf(self.label.clone())));
+            return Err(service_error(CallError::CallingSelf(
+                self.label().to_owned(),
+            )));
         }
         // The callback is synchronous: block this runner; the executor replaces it while
         // it waits, so waiting for `target` cannot starve the pool.
@@ -239,10 +257,11 @@ impl HostServices for ActorServices {
             .next_timer
             .fetch_add(1, Ordering::Relaxed);
         let me = self.me.clone();
-        let timers = Arc::clone(&self.timers);
+        let registry = self.timers.get_or_init(Timers::default);
+        let timers = Arc::clone(registry);
         // Hold the registry lock while spawning, so a timer that fires at once cannot try
         // to remove its entry before it is inserted.
-        let mut registry = lock(&self.timers);
+        let mut registry = lock(registry);
         let task = executor::timers().spawn(async move {
             if repeat {
                 let period = delay.max(Duration::from_millis(1));
@@ -264,7 +283,10 @@ impl HostServices for ActorServices {
     }
 
     fn cancel_timer(&self, timer: u64) -> bool {
-        match lock(&self.timers).remove(&timer) {
+        let Some(timers) = self.timers.get() else {
+            return false;
+        };
+        match lock(timers).remove(&timer) {
             Some(task) => {
                 task.abort();
                 true
@@ -290,7 +312,7 @@ impl HostServices for ActorServices {
                 Ok(())
             }
             None => Err(ServiceError::Refused {
-                actor: self.label.clone(),
+                actor: self.label().to_owned(),
                 reason: format!("no call is waiting for reply {token}"),
             }),
         }
@@ -328,27 +350,69 @@ struct Actor {
     /// When the inactivity timeout the last callback asked for fires (OTP's `timeout`):
     /// any message clears it, each callback sets it again or not.
     inactivity_deadline: Option<tokio::time::Instant>,
+    /// The timer of that deadline: allocated the first time one is armed, then reset
+    /// (kept out of the task's future, which every idle actor pays for).
+    inactivity_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The longest the mailbox has been since its memory was last returned.
     longest_since_returned: usize,
 }
 
-/// The actor task: `init`, the loop, the exit path.
-pub(crate) async fn run(
+/// What an actor's task starts from, boxed until `init` has run: the task's future then
+/// holds one pointer for it (its size is every idle actor's cost), and the box is freed
+/// once the actor runs.
+struct Start {
     runtime: Runtime,
     me: ActorRef,
     options: ActorOptions,
     mailbox: Receiver,
     started: oneshot::Sender<Result<(), SpawnError>>,
-) {
+}
+
+/// The actor task: `init`, the loop, the exit path. `init` and the rest of the start run
+/// in a plain function ([`start`]), so that what they need is not part of the future
+/// that lives as long as the actor.
+pub(crate) fn run(
+    runtime: Runtime,
+    me: ActorRef,
+    options: ActorOptions,
+    mailbox: Receiver,
+    started: oneshot::Sender<Result<(), SpawnError>>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let arguments = Box::new(Start {
+        runtime,
+        me,
+        options,
+        mailbox,
+        started,
+    });
+    async move {
+        let Some(mut actor) = start(*arguments) else {
+            return;
+        };
+        let exit = actor.run_loop().await;
+        let (runtime, me) = (actor.services.runtime.clone(), actor.services.me.clone());
+        actor.exit(&runtime, &me, exit, None);
+    }
+}
+
+/// Runs `init`; answers the spawner. `None`: the start failed (already answered, the
+/// exit recorded).
+fn start(arguments: Start) -> Option<Actor> {
+    let Start {
+        runtime,
+        me,
+        options,
+        mailbox,
+        started,
+    } = arguments;
     let label = me.label();
     let services = ActorServices {
         runtime: runtime.clone(),
         me: me.clone(),
-        label: label.clone(),
         next_token: Cell::new(1),
         current_call: RefCell::new(None),
         pending: RefCell::new(HashMap::new()),
-        timers: Arc::new(Mutex::new(HashMap::new())),
+        timers: OnceCell::new(),
     };
     let initialising = guard(&me, Callback::Init);
     let started_behaviour = options.factory.start(&options.args, &services);
@@ -359,7 +423,7 @@ pub(crate) async fn run(
             runtime.unregister(&me);
             let _ = started.send(Err(SpawnError::Ignored { actor: label }));
             me.lifecycle().finish(StopReason::Normal);
-            return;
+            return None;
         }
         Err(error) => {
             let reason = StopReason::Error(error.to_string());
@@ -371,7 +435,7 @@ pub(crate) async fn run(
                 error: Box::new(error),
             }));
             me.lifecycle().finish(reason);
-            return;
+            return None;
         }
     };
     behaviour.attach(&me);
@@ -387,6 +451,7 @@ pub(crate) async fn run(
         restarts: options.restarts,
         continue_with: outputs.continue_with,
         inactivity_deadline: None,
+        inactivity_timer: None,
         longest_since_returned: 0,
     };
     actor.arm_inactivity_timeout(outputs.inactivity_timeout);
@@ -402,11 +467,10 @@ pub(crate) async fn run(
             reason,
         };
         actor.exit(&runtime, &me, exit, Some((started, failed)));
-        return;
+        return None;
     }
     let _ = started.send(Ok(()));
-    let exit = actor.run_loop().await;
-    actor.exit(&runtime, &me, exit, None);
+    Some(actor)
 }
 
 impl Actor {
@@ -471,7 +535,7 @@ impl Actor {
             self.stashed.shrink_to_fit();
             self.mailbox.shrink();
             crate::process::return_free_memory_soon();
-            tracing::debug!(actor = %self.services.label, "a large mailbox drained: memory returned");
+            tracing::debug!(actor = %self.services.label(), "a large mailbox drained: memory returned");
         }
     }
 
@@ -496,17 +560,30 @@ impl Actor {
             Some(deadline) if !self.suspended => deadline,
             _ => return self.mailbox.next().await,
         };
-        tokio::select! {
-            biased;
-            next = self.mailbox.next() => next,
-            () = tokio::time::sleep_until(deadline) => {
-                self.inactivity_deadline = None;
+        let timer = match &mut self.inactivity_timer {
+            Some(timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => self
+                .inactivity_timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        let mailbox = &mut self.mailbox;
+        let inactivity_deadline = &mut self.inactivity_deadline;
+        std::future::poll_fn(|context| {
+            if let Poll::Ready(next) = mailbox.poll_next(context) {
+                return Poll::Ready(next);
+            }
+            timer.as_mut().poll(context).map(|()| {
+                *inactivity_deadline = None;
                 Next::Ordinary(Envelope::Info {
                     kind: abi::INFO_TIMEOUT,
                     message: Vec::new(),
                 })
-            }
-        }
+            })
+        })
+        .await
     }
 
     fn arm_inactivity_timeout(&mut self, timeout: Option<Duration>) {
@@ -628,7 +705,7 @@ impl Actor {
                     .map_err(|error| error.to_string())
             })
             .map_err(|message| SystemError::State {
-                actor: self.services.label.clone(),
+                actor: self.services.label().to_owned(),
                 message,
             })
     }
@@ -658,7 +735,7 @@ impl Actor {
             Err(error) if error.is_bad_input() => {
                 if let Some((_, sender)) = waiting {
                     let _ = sender.send(Err(CallError::BadRequest {
-                        actor: self.services.label.clone(),
+                        actor: self.services.label().to_owned(),
                         message: error.to_string(),
                     }));
                 }
@@ -668,7 +745,7 @@ impl Actor {
                 let exit = Ending::crash(&error);
                 if let Some((_, sender)) = waiting {
                     let _ = sender.send(Err(CallError::Exited {
-                        actor: self.services.label.clone(),
+                        actor: self.services.label().to_owned(),
                         reason: exit.reason.clone(),
                     }));
                 }
@@ -693,7 +770,7 @@ impl Actor {
             Err(error) if error.is_bad_input() => {
                 // The error names the field that failed (`... expected u64 at ttl_ms`).
                 self.services.me.count_undecodable();
-                tracing::warn!(actor = %self.services.label, "message dropped, it does not decode: {error}");
+                tracing::warn!(actor = %self.services.label(), "message dropped, it does not decode: {error}");
                 None
             }
             Err(error) => Some(Ending::crash(&error)),
@@ -751,7 +828,7 @@ impl Actor {
             }
             SystemRequest::ChangeCode { migration, reply } => {
                 let result = if !self.suspended {
-                    Err(SystemError::NotSuspended(self.services.label.clone()))
+                    Err(SystemError::NotSuspended(self.services.label().to_owned()))
                 } else {
                     let running = guard(&self.services.me, Callback::CodeChange);
                     let migrated = migration(&mut self.behaviour);
@@ -764,7 +841,7 @@ impl Actor {
                             Ok(())
                         }
                         Err(message) => Err(SystemError::ChangeCodeFailed {
-                            actor: self.services.label.clone(),
+                            actor: self.services.label().to_owned(),
                             message,
                         }),
                     }
@@ -791,7 +868,7 @@ impl Actor {
     /// `sys:replace_state`: a new instance of the same plugin version from `state` (its
     /// `restore_state`), only while suspended; on failure the old one stays.
     fn replace_state(&mut self, state: &[u8]) -> Result<(), SystemError> {
-        let actor = || self.services.label.clone();
+        let actor = || self.services.label().to_owned();
         if !self.suspended {
             return Err(SystemError::NotSuspendedFor {
                 actor: actor(),
@@ -845,12 +922,12 @@ impl Actor {
             && let Err(error) = behaviour.terminate(&exit.reason, &services)
         {
             // OTP: a crash in `terminate` is the exit reason.
-            tracing::error!(actor = %services.label, stopping_with = %exit.reason, "terminate failed: {error}");
+            tracing::error!(actor = %services.label(), stopping_with = %exit.reason, "terminate failed: {error}");
             exit.reason = StopReason::Error(error.to_string());
         }
         drop(terminating);
         if !exit.reason.is_clean() {
-            tracing::error!(actor = %services.label, reason = %exit.reason, "actor exited abnormally");
+            tracing::error!(actor = %services.label(), reason = %exit.reason, "actor exited abnormally");
         }
         // Release the plugin instance (and with it, possibly, an old library version).
         let dropping = guard(me, Callback::Drop);

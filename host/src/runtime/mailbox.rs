@@ -159,7 +159,7 @@ impl Receiver {
         self.mailbox().system_waiting.load(Ordering::Acquire)
     }
 
-    fn poll_next(&mut self, context: &mut Context<'_>) -> Poll<Next> {
+    pub(crate) fn poll_next(&mut self, context: &mut Context<'_>) -> Poll<Next> {
         if let Some(request) = self.try_system() {
             return Poll::Ready(Next::System(request));
         }
