@@ -12,7 +12,12 @@
 //!   arrives later is dropped with its one-shot channel, never delivered to a later call.
 //!   A caller sees a distinct error for timeout, not found, and exited (with the reason).
 //! - System messages (`suspend`, `resume`, `get_state`, `format_status`, `status`,
-//!   `change_code`, `replace_state`) are handled between callbacks. While suspended, other messages wait
+//!   `change_code`, `replace_state`) are handled between callbacks. They have their own
+//!   lane in the mailbox ([`mailbox`]): a waiting system message goes before the next
+//!   ordinary one, so a `suspend` never waits behind a backlog of casts (and `get_state`
+//!   or `status` shows the actor as of its last callback, not after what is still queued).
+//!   Stops and links' exit signals stay in order with the messages sent before them.
+//!   While suspended, other messages wait
 //!   in order in a side queue and run first after `resume`; none is lost. `change_code` and
 //!   `replace_state` are accepted only while suspended, and a failed one leaves the old
 //!   behaviour and state in place.
@@ -1019,7 +1024,8 @@ pub async fn change_code_all(
     )
 }
 
-/// Queues a migration in each actor at once (behind what its mailbox already holds) and
+/// Queues a migration in each actor at once (on its system lane: behind the system
+/// messages already queued there, ahead of ordinary messages) and
 /// returns the wait for their answers under one deadline: the requests are sent by this
 /// call, whether or not the wait is ever awaited.
 pub fn queue_change_code_all(

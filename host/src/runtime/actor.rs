@@ -2,7 +2,9 @@
 //! its behaviour reaches through the plugin context.
 //!
 //! Invariants:
-//! - One callback at a time; system messages are handled between callbacks.
+//! - One callback at a time; system messages are handled between callbacks, a waiting one
+//!   before the next ordinary message wherever that waits (mailbox, side queue, stash).
+//!   A pending continuation still goes first: it is the end of the callback before.
 //! - While suspended, every non-system message moves, in arrival order, to a side queue
 //!   that is drained before the mailbox after `resume`, so nothing is lost or reordered.
 //! - A pending continuation runs before any other message (OTP's `{continue, _}`).
@@ -31,8 +33,13 @@
 //!
 //! The mailbox length is one counter shared with the senders (see [`super`]): a call,
 //! cast or info message of the plugin's own type counts from its send until the loop
-//! takes it up to handle it; moving between the channel, the side queue and the stash
-//! changes nothing. When a mailbox that grew past [`LARGE_MAILBOX`] drains to empty, the
+//! takes it up to handle it; moving between the mailbox's lanes, its batch, the side queue
+//! and the stash changes nothing.
+//!
+//! An idle actor costs its shared state and its task, whose future lives as long as the
+//! actor: `init` runs in a plain function from boxed start arguments (freed once it has
+//! run), and what only some actors use (timers, the inactivity timeout's sleep) is
+//! allocated on first use, so the future holds little more than the [`Actor`] itself. When a mailbox that grew past [`LARGE_MAILBOX`] drains to empty, the
 //! loop frees its queues' buffers and hands the freed heap back to the OS
 //! ([`crate::process::return_free_memory_soon`]), so a flood that has passed leaves no
 //! resident memory behind.
@@ -952,7 +959,7 @@ impl Actor {
 mod tests {
     use super::*;
 
-    /// tokio's mailbox allocates slots of the largest message: keep it small.
+    /// Every slot of a mailbox's queues is as large as the largest message: keep it small.
     #[test]
     fn a_mailbox_slot_stays_small() {
         assert!(
