@@ -425,10 +425,11 @@ mod tests {
             .call(Vec::new(), PATIENCE)
             .await
             .expect("the actor answers after its backlog");
-        let handled = lock(&handled);
-        assert_eq!(handled.len(), BACKLOG as usize);
-        assert!(handled.iter().copied().eq(0..BACKLOG), "in the order sent");
-        drop(handled);
+        {
+            let handled = lock(&handled);
+            assert_eq!(handled.len(), BACKLOG as usize);
+            assert!(handled.iter().copied().eq(0..BACKLOG), "in the order sent");
+        }
         actor.stop(StopReason::Normal, Some(PATIENCE)).await;
     }
 
