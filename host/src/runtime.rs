@@ -12,7 +12,12 @@
 //!   arrives later is dropped with its one-shot channel, never delivered to a later call.
 //!   A caller sees a distinct error for timeout, not found, and exited (with the reason).
 //! - System messages (`suspend`, `resume`, `get_state`, `format_status`, `status`,
-//!   `change_code`, `replace_state`) are handled between callbacks. While suspended, other messages wait
+//!   `change_code`, `replace_state`) are handled between callbacks. They have their own
+//!   lane in the mailbox ([`mailbox`]): a waiting system message goes before the next
+//!   ordinary one, so a `suspend` never waits behind a backlog of casts (and `get_state`
+//!   or `status` shows the actor as of its last callback, not after what is still queued).
+//!   Stops and links' exit signals stay in order with the messages sent before them.
+//!   While suspended, other messages wait
 //!   in order in a side queue and run first after `resume`; none is lost. `change_code` and
 //!   `replace_state` are accepted only while suspended, and a failed one leaves the old
 //!   behaviour and state in place.
@@ -38,6 +43,7 @@
 mod actor;
 pub mod behaviour;
 pub mod executor;
+mod mailbox;
 
 pub use actor::ActorStatus;
 pub use behaviour::{Behaviour, BehaviourFactory, NativeFactory, PluginFactory, Started};
@@ -45,6 +51,7 @@ pub use behaviour::{Behaviour, BehaviourFactory, NativeFactory, PluginFactory, S
 use crate::plugin::CallbackError;
 use actor::{Envelope, SystemRequest};
 use graft_plugin::{Down, StopReason, abi, codec};
+use mailbox::Mailbox;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -202,7 +209,8 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(crate) struct ActorShared {
     runtime: std::sync::Weak<RuntimeInner>,
     pub(crate) name: Option<String>,
-    sender: mpsc::UnboundedSender<Envelope>,
+    /// The two lanes (ordinary and system messages); allocates nothing until used.
+    mailbox: Mailbox,
     /// Calls, casts and info messages sent and not yet taken up by the actor (waiting in
     /// the channel, in the side queue while suspended, or gathered ahead of their turn).
     mailbox_length: AtomicUsize,
@@ -558,12 +566,18 @@ impl ActorRef {
         }
     }
 
-    /// Queues a message that is neither counted nor refused (system messages, stops,
-    /// links' exit signals, monitors' `down`; see [`Envelope::is_counted`]). Returns
-    /// whether the actor's mailbox is still open.
+    /// Queues a message that is neither counted nor refused (stops, links' exit signals,
+    /// monitors' `down`; see [`Envelope::is_counted`]). Returns whether the actor's
+    /// mailbox is still open.
     fn deliver(&self, envelope: Envelope) -> bool {
         debug_assert!(!envelope.is_counted());
-        self.shared.sender.send(envelope).is_ok()
+        self.shared.mailbox.send(envelope).is_ok()
+    }
+
+    /// Queues a system message on its own lane, ahead of every ordinary message still
+    /// queued. Returns whether the actor's mailbox is still open.
+    fn deliver_system(&self, request: SystemRequest) -> bool {
+        self.shared.mailbox.send_system(request).is_ok()
     }
 
     /// Queues a call, cast or info message of the plugin's own type unless the mailbox is
@@ -596,7 +610,7 @@ impl ActorRef {
     /// mailbox is closed (the actor has exited).
     fn send_counted(&self, envelope: Envelope) -> bool {
         debug_assert!(envelope.is_counted());
-        let sent = self.shared.sender.send(envelope).is_ok();
+        let sent = self.shared.mailbox.send(envelope).is_ok();
         if !sent {
             self.shared.mailbox_length.fetch_sub(1, Ordering::Relaxed);
         }
@@ -735,7 +749,7 @@ impl ActorRef {
         build: impl FnOnce(oneshot::Sender<T>) -> SystemRequest,
     ) -> Result<T, SystemError> {
         let (reply, mut receiver) = oneshot::channel();
-        if !self.deliver(Envelope::System(build(reply))) {
+        if !self.deliver_system(build(reply)) {
             return Err(self.exited_system_error());
         }
         tokio::select! {
@@ -901,7 +915,7 @@ impl<T> PendingReplies<T> {
             .map(|(index, actor)| {
                 let (reply, receiver) = oneshot::channel();
                 actor
-                    .deliver(Envelope::System(build(index, reply)))
+                    .deliver_system(build(index, reply))
                     .then_some(receiver)
             })
             .collect();
@@ -1010,7 +1024,8 @@ pub async fn change_code_all(
     )
 }
 
-/// Queues a migration in each actor at once (behind what its mailbox already holds) and
+/// Queues a migration in each actor at once (on its system lane: behind the system
+/// messages already queued there, ahead of ordinary messages) and
 /// returns the wait for their answers under one deadline: the requests are sent by this
 /// call, whether or not the wait is ever awaited.
 pub fn queue_change_code_all(
@@ -1136,12 +1151,11 @@ impl Runtime {
     pub async fn spawn(&self, options: ActorOptions) -> Result<ActorRef, SpawnError> {
         let id = self.next_id();
         let label = options.name.clone().unwrap_or_else(|| id.to_string());
-        let (sender, mailbox) = mpsc::unbounded_channel();
         let actor = ActorRef {
             shared: Arc::new(ActorShared {
                 runtime: Arc::downgrade(&self.inner),
                 name: options.name.clone(),
-                sender,
+                mailbox: Mailbox::new(),
                 mailbox_length: AtomicUsize::new(0),
                 mailbox_high_water: AtomicUsize::new(0),
                 max_mailbox: AtomicUsize::new(options.max_mailbox.unwrap_or(usize::MAX)),
@@ -1169,7 +1183,7 @@ impl Runtime {
             self.clone(),
             actor.clone(),
             options,
-            mailbox,
+            mailbox::Receiver::new(actor.clone()),
             started,
         ));
         *lock(&actor.shared.task) = Some(task);

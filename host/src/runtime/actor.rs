@@ -2,7 +2,9 @@
 //! its behaviour reaches through the plugin context.
 //!
 //! Invariants:
-//! - One callback at a time; system messages are handled between callbacks.
+//! - One callback at a time; system messages are handled between callbacks, a waiting one
+//!   before the next ordinary message wherever that waits (mailbox, side queue, stash).
+//!   A pending continuation still goes first: it is the end of the callback before.
 //! - While suspended, every non-system message moves, in arrival order, to a side queue
 //!   that is drained before the mailbox after `resume`, so nothing is lost or reordered.
 //! - A pending continuation runs before any other message (OTP's `{continue, _}`).
@@ -31,24 +33,33 @@
 //!
 //! The mailbox length is one counter shared with the senders (see [`super`]): a call,
 //! cast or info message of the plugin's own type counts from its send until the loop
-//! takes it up to handle it; moving between the channel, the side queue and the stash
-//! changes nothing. When a mailbox that grew past [`LARGE_MAILBOX`] drains to empty, the
+//! takes it up to handle it; moving between the mailbox's lanes, its batch, the side queue
+//! and the stash changes nothing.
+//!
+//! An idle actor costs its shared state and its task, whose future lives as long as the
+//! actor: `init` runs in a plain function from boxed start arguments (freed once it has
+//! run), and what only some actors use (timers, the inactivity timeout's sleep) is
+//! allocated on first use, so the future holds little more than the [`Actor`] itself. When a mailbox that grew past [`LARGE_MAILBOX`] drains to empty, the
 //! loop frees its queues' buffers and hands the freed heap back to the OS
 //! ([`crate::process::return_free_memory_soon`]), so a flood that has passed leaves no
 //! resident memory behind.
 
 use super::behaviour::Behaviour;
 use super::executor::{self, Callback, CallbackGuard};
+use super::mailbox::{Next, Receiver};
 use super::{ActorOptions, ActorRef, CallError, Migration, Runtime, SpawnError, SystemError, lock};
 use crate::plugin::{CallbackError, HostServices, Outputs, SendKind, ServiceError};
 use graft_plugin::{Exit, StopReason, abi, codec};
 use serde::Serialize;
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 /// The most casts sent to a worker process in one round trip.
@@ -72,6 +83,9 @@ fn code_label(behaviour: &dyn Behaviour) -> String {
         .map_or_else(|| "native code".to_owned(), |identity| identity.to_string())
 }
 
+/// An actor's running timers, each one's task by its id.
+type Timers = Arc<Mutex<HashMap<u64, AbortHandle>>>;
+
 type ReplySender = oneshot::Sender<Result<Vec<u8>, CallError>>;
 
 /// A message in an actor's mailbox.
@@ -85,7 +99,6 @@ pub(crate) enum Envelope {
         kind: u32,
         message: Vec<u8>,
     },
-    System(SystemRequest),
     /// Boxed: links are rare, and every mailbox slot is as large as the largest variant.
     ExitSignal(Box<Exit>),
     Stop {
@@ -95,18 +108,19 @@ pub(crate) enum Envelope {
 
 impl Envelope {
     /// Whether it counts in the mailbox length and is bounded by `max_mailbox`: calls,
-    /// casts and info messages of the plugin's own type. System messages, stops, exit
-    /// signals and monitors' `down` are neither.
+    /// casts and info messages of the plugin's own type. Stops, exit signals and
+    /// monitors' `down` are neither (nor are system messages, which have their own lane).
     pub(crate) fn is_counted(&self) -> bool {
         match self {
             Envelope::Call { .. } | Envelope::Cast(_) => true,
             Envelope::Info { kind, .. } => *kind == abi::INFO_MESSAGE,
-            Envelope::System(_) | Envelope::ExitSignal(_) | Envelope::Stop { .. } => false,
+            Envelope::ExitSignal(_) | Envelope::Stop { .. } => false,
         }
     }
 }
 
-/// A `sys`-style request, handled between callbacks.
+/// A `sys`-style request, handled between callbacks; it has its own lane in the mailbox
+/// and goes before any ordinary message still queued.
 pub(crate) enum SystemRequest {
     Suspend(oneshot::Sender<()>),
     Resume(oneshot::Sender<()>),
@@ -158,16 +172,26 @@ pub struct ActorStatus {
 struct ActorServices {
     runtime: Runtime,
     me: ActorRef,
-    label: String,
     next_token: Cell<u64>,
     current_call: RefCell<Option<(u64, ReplySender)>>,
     pending: RefCell<HashMap<u64, ReplySender>>,
-    timers: Arc<Mutex<HashMap<u64, AbortHandle>>>,
+    /// The running timers, created with the first one (most actors never start one).
+    timers: OnceCell<Timers>,
+}
+
+impl ActorServices {
+    /// The actor's name, or its id when unnamed (kept once, in its shared state).
+    fn label(&self) -> &str {
+        &self.me.shared.lifecycle.label
+    }
 }
 
 impl Drop for ActorServices {
     fn drop(&mut self) {
-        for (_, timer) in lock(&self.timers).drain() {
+        let Some(timers) = self.timers.get() else {
+            return;
+        };
+        for (_, timer) in lock(timers).drain() {
             timer.abort();
         }
     }
@@ -202,7 +226,7 @@ fn mailbox_full(actor: String, limit: usize) -> ServiceError {
 
 impl HostServices for ActorServices {
     fn actor_name(&self) -> &str {
-        &self.label
+        self.label()
     }
 
     fn send(&self, to: &str, kind: SendKind, message: Vec<u8>) -> Result<(), ServiceError> {
@@ -223,7 +247,9 @@ impl HostServices for ActorServices {
             .whereis(to)
             .ok_or_else(|| ServiceError::NotFound(to.to_owned()))?;
         if target == self.me {
-            return Err(service_error(CallError::CallingSelf(self.label.clone())));
+            return Err(service_error(CallError::CallingSelf(
+                self.label().to_owned(),
+            )));
         }
         // The callback is synchronous: block this runner; the executor replaces it while
         // it waits, so waiting for `target` cannot starve the pool.
@@ -238,10 +264,11 @@ impl HostServices for ActorServices {
             .next_timer
             .fetch_add(1, Ordering::Relaxed);
         let me = self.me.clone();
-        let timers = Arc::clone(&self.timers);
+        let registry = self.timers.get_or_init(Timers::default);
+        let timers = Arc::clone(registry);
         // Hold the registry lock while spawning, so a timer that fires at once cannot try
         // to remove its entry before it is inserted.
-        let mut registry = lock(&self.timers);
+        let mut registry = lock(registry);
         let task = executor::timers().spawn(async move {
             if repeat {
                 let period = delay.max(Duration::from_millis(1));
@@ -263,7 +290,10 @@ impl HostServices for ActorServices {
     }
 
     fn cancel_timer(&self, timer: u64) -> bool {
-        match lock(&self.timers).remove(&timer) {
+        let Some(timers) = self.timers.get() else {
+            return false;
+        };
+        match lock(timers).remove(&timer) {
             Some(task) => {
                 task.abort();
                 true
@@ -289,7 +319,7 @@ impl HostServices for ActorServices {
                 Ok(())
             }
             None => Err(ServiceError::Refused {
-                actor: self.label.clone(),
+                actor: self.label().to_owned(),
                 reason: format!("no call is waiting for reply {token}"),
             }),
         }
@@ -315,7 +345,7 @@ impl Ending {
 struct Actor {
     behaviour: Box<dyn Behaviour>,
     services: ActorServices,
-    mailbox: mpsc::UnboundedReceiver<Envelope>,
+    mailbox: Receiver,
     deferred: VecDeque<Envelope>,
     /// Taken from the mailbox ahead of their turn (while gathering a batch of casts);
     /// handled before anything else in the mailbox, in order.
@@ -327,27 +357,69 @@ struct Actor {
     /// When the inactivity timeout the last callback asked for fires (OTP's `timeout`):
     /// any message clears it, each callback sets it again or not.
     inactivity_deadline: Option<tokio::time::Instant>,
+    /// The timer of that deadline: allocated the first time one is armed, then reset
+    /// (kept out of the task's future, which every idle actor pays for).
+    inactivity_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The longest the mailbox has been since its memory was last returned.
     longest_since_returned: usize,
 }
 
-/// The actor task: `init`, the loop, the exit path.
-pub(crate) async fn run(
+/// What an actor's task starts from, boxed until `init` has run: the task's future then
+/// holds one pointer for it (its size is every idle actor's cost), and the box is freed
+/// once the actor runs.
+struct Start {
     runtime: Runtime,
     me: ActorRef,
     options: ActorOptions,
-    mailbox: mpsc::UnboundedReceiver<Envelope>,
+    mailbox: Receiver,
     started: oneshot::Sender<Result<(), SpawnError>>,
-) {
+}
+
+/// The actor task: `init`, the loop, the exit path. `init` and the rest of the start run
+/// in a plain function ([`start`]), so that what they need is not part of the future
+/// that lives as long as the actor.
+pub(crate) fn run(
+    runtime: Runtime,
+    me: ActorRef,
+    options: ActorOptions,
+    mailbox: Receiver,
+    started: oneshot::Sender<Result<(), SpawnError>>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let arguments = Box::new(Start {
+        runtime,
+        me,
+        options,
+        mailbox,
+        started,
+    });
+    async move {
+        let Some(mut actor) = start(*arguments) else {
+            return;
+        };
+        let exit = actor.run_loop().await;
+        let (runtime, me) = (actor.services.runtime.clone(), actor.services.me.clone());
+        actor.exit(&runtime, &me, exit, None);
+    }
+}
+
+/// Runs `init`; answers the spawner. `None`: the start failed (already answered, the
+/// exit recorded).
+fn start(arguments: Start) -> Option<Actor> {
+    let Start {
+        runtime,
+        me,
+        options,
+        mailbox,
+        started,
+    } = arguments;
     let label = me.label();
     let services = ActorServices {
         runtime: runtime.clone(),
         me: me.clone(),
-        label: label.clone(),
         next_token: Cell::new(1),
         current_call: RefCell::new(None),
         pending: RefCell::new(HashMap::new()),
-        timers: Arc::new(Mutex::new(HashMap::new())),
+        timers: OnceCell::new(),
     };
     let initialising = guard(&me, Callback::Init);
     let started_behaviour = options.factory.start(&options.args, &services);
@@ -358,7 +430,7 @@ pub(crate) async fn run(
             runtime.unregister(&me);
             let _ = started.send(Err(SpawnError::Ignored { actor: label }));
             me.lifecycle().finish(StopReason::Normal);
-            return;
+            return None;
         }
         Err(error) => {
             let reason = StopReason::Error(error.to_string());
@@ -370,7 +442,7 @@ pub(crate) async fn run(
                 error: Box::new(error),
             }));
             me.lifecycle().finish(reason);
-            return;
+            return None;
         }
     };
     behaviour.attach(&me);
@@ -386,6 +458,7 @@ pub(crate) async fn run(
         restarts: options.restarts,
         continue_with: outputs.continue_with,
         inactivity_deadline: None,
+        inactivity_timer: None,
         longest_since_returned: 0,
     };
     actor.arm_inactivity_timeout(outputs.inactivity_timeout);
@@ -401,11 +474,10 @@ pub(crate) async fn run(
             reason,
         };
         actor.exit(&runtime, &me, exit, Some((started, failed)));
-        return;
+        return None;
     }
     let _ = started.send(Ok(()));
-    let exit = actor.run_loop().await;
-    actor.exit(&runtime, &me, exit, None);
+    Some(actor)
 }
 
 impl Actor {
@@ -432,21 +504,21 @@ impl Actor {
                 }
                 continue;
             }
-            let envelope = match self.stashed.pop_front() {
-                Some(envelope) => Some(envelope),
-                None => self.next_queued().await,
+            // A waiting system message goes before any ordinary one, wherever that waits.
+            let next = match self.mailbox.try_system() {
+                Some(request) => Next::System(request),
+                None => match self.stashed.pop_front() {
+                    Some(envelope) => Next::Ordinary(envelope),
+                    None => self.next_queued().await,
+                },
             };
-            let Some(envelope) = envelope else {
-                // Every sender is gone. The actor's own services hold a handle on it (for
-                // timers and replies), so this does not happen while it runs; an actor
-                // nobody can reach lives on, as an unregistered process does in OTP.
-                return Ending {
-                    reason: StopReason::Normal,
-                    run_terminate: true,
-                };
-            };
-            if let Some(exit) = self.handle(envelope) {
-                return exit;
+            match next {
+                Next::System(request) => self.handle_system(request),
+                Next::Ordinary(envelope) => {
+                    if let Some(exit) = self.handle(envelope) {
+                        return exit;
+                    }
+                }
             }
             if let Some(reason) = self.services.me.exit_reason() {
                 // Killed during that callback (its deadline, a crashed worker): its task
@@ -468,15 +540,17 @@ impl Actor {
             self.longest_since_returned = 0;
             self.deferred.shrink_to_fit();
             self.stashed.shrink_to_fit();
+            self.mailbox.shrink();
             crate::process::return_free_memory_soon();
-            tracing::debug!(actor = %self.services.label, "a large mailbox drained: memory returned");
+            tracing::debug!(actor = %self.services.label(), "a large mailbox drained: memory returned");
         }
     }
 
-    /// The next message: one that waited while suspended, else the mailbox's next.
-    async fn next_queued(&mut self) -> Option<Envelope> {
+    /// The next message: one that waited while suspended, else the mailbox's next (a
+    /// system message first).
+    async fn next_queued(&mut self) -> Next {
         match self.deferred.pop_front() {
-            Some(envelope) if !self.suspended => Some(envelope),
+            Some(envelope) if !self.suspended => Next::Ordinary(envelope),
             Some(envelope) => {
                 self.deferred.push_front(envelope);
                 self.next_from_mailbox().await
@@ -488,22 +562,35 @@ impl Actor {
     /// The mailbox's next message; while an inactivity timeout is armed (and the actor
     /// is not suspended), the timeout's info message if it passes first. A sleep exists
     /// only while one is armed: the common wait costs no timer.
-    async fn next_from_mailbox(&mut self) -> Option<Envelope> {
+    async fn next_from_mailbox(&mut self) -> Next {
         let deadline = match self.inactivity_deadline {
             Some(deadline) if !self.suspended => deadline,
-            _ => return self.mailbox.recv().await,
+            _ => return self.mailbox.next().await,
         };
-        tokio::select! {
-            biased;
-            envelope = self.mailbox.recv() => envelope,
-            () = tokio::time::sleep_until(deadline) => {
-                self.inactivity_deadline = None;
-                Some(Envelope::Info {
+        let timer = match &mut self.inactivity_timer {
+            Some(timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => self
+                .inactivity_timer
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        let mailbox = &mut self.mailbox;
+        let inactivity_deadline = &mut self.inactivity_deadline;
+        std::future::poll_fn(|context| {
+            if let Poll::Ready(next) = mailbox.poll_next(context) {
+                return Poll::Ready(next);
+            }
+            timer.as_mut().poll(context).map(|()| {
+                *inactivity_deadline = None;
+                Next::Ordinary(Envelope::Info {
                     kind: abi::INFO_TIMEOUT,
                     message: Vec::new(),
                 })
-            }
-        }
+            })
+        })
+        .await
     }
 
     fn arm_inactivity_timeout(&mut self, timeout: Option<Duration>) {
@@ -524,10 +611,6 @@ impl Actor {
             self.inactivity_deadline = None;
         }
         match envelope {
-            Envelope::System(request) => {
-                self.handle_system(request);
-                None
-            }
             Envelope::Stop { reason } => Some(Ending {
                 reason,
                 run_terminate: true,
@@ -577,18 +660,22 @@ impl Actor {
         let mut messages = vec![first];
         let mut bytes = messages[0].len();
         // Only the mailbox's own order is batched: not while older messages wait elsewhere.
+        // A system message that arrives meanwhile ends the batch: it goes next.
         if self.deferred.is_empty() && self.stashed.is_empty() {
-            while messages.len() < CASTS_PER_BATCH && bytes < BATCH_BYTES {
-                match self.mailbox.try_recv() {
-                    Ok(Envelope::Cast(message)) => {
+            while messages.len() < CASTS_PER_BATCH
+                && bytes < BATCH_BYTES
+                && !self.mailbox.system_waiting()
+            {
+                match self.mailbox.try_ordinary() {
+                    Some(Envelope::Cast(message)) => {
                         bytes += message.len();
                         messages.push(message);
                     }
-                    Ok(other) => {
+                    Some(other) => {
                         self.stashed.push_back(other);
                         break;
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
         }
@@ -625,7 +712,7 @@ impl Actor {
                     .map_err(|error| error.to_string())
             })
             .map_err(|message| SystemError::State {
-                actor: self.services.label.clone(),
+                actor: self.services.label().to_owned(),
                 message,
             })
     }
@@ -655,7 +742,7 @@ impl Actor {
             Err(error) if error.is_bad_input() => {
                 if let Some((_, sender)) = waiting {
                     let _ = sender.send(Err(CallError::BadRequest {
-                        actor: self.services.label.clone(),
+                        actor: self.services.label().to_owned(),
                         message: error.to_string(),
                     }));
                 }
@@ -665,7 +752,7 @@ impl Actor {
                 let exit = Ending::crash(&error);
                 if let Some((_, sender)) = waiting {
                     let _ = sender.send(Err(CallError::Exited {
-                        actor: self.services.label.clone(),
+                        actor: self.services.label().to_owned(),
                         reason: exit.reason.clone(),
                     }));
                 }
@@ -690,7 +777,7 @@ impl Actor {
             Err(error) if error.is_bad_input() => {
                 // The error names the field that failed (`... expected u64 at ttl_ms`).
                 self.services.me.count_undecodable();
-                tracing::warn!(actor = %self.services.label, "message dropped, it does not decode: {error}");
+                tracing::warn!(actor = %self.services.label(), "message dropped, it does not decode: {error}");
                 None
             }
             Err(error) => Some(Ending::crash(&error)),
@@ -748,7 +835,7 @@ impl Actor {
             }
             SystemRequest::ChangeCode { migration, reply } => {
                 let result = if !self.suspended {
-                    Err(SystemError::NotSuspended(self.services.label.clone()))
+                    Err(SystemError::NotSuspended(self.services.label().to_owned()))
                 } else {
                     let running = guard(&self.services.me, Callback::CodeChange);
                     let migrated = migration(&mut self.behaviour);
@@ -761,7 +848,7 @@ impl Actor {
                             Ok(())
                         }
                         Err(message) => Err(SystemError::ChangeCodeFailed {
-                            actor: self.services.label.clone(),
+                            actor: self.services.label().to_owned(),
                             message,
                         }),
                     }
@@ -788,7 +875,7 @@ impl Actor {
     /// `sys:replace_state`: a new instance of the same plugin version from `state` (its
     /// `restore_state`), only while suspended; on failure the old one stays.
     fn replace_state(&mut self, state: &[u8]) -> Result<(), SystemError> {
-        let actor = || self.services.label.clone();
+        let actor = || self.services.label().to_owned();
         if !self.suspended {
             return Err(SystemError::NotSuspendedFor {
                 actor: actor(),
@@ -842,12 +929,12 @@ impl Actor {
             && let Err(error) = behaviour.terminate(&exit.reason, &services)
         {
             // OTP: a crash in `terminate` is the exit reason.
-            tracing::error!(actor = %services.label, stopping_with = %exit.reason, "terminate failed: {error}");
+            tracing::error!(actor = %services.label(), stopping_with = %exit.reason, "terminate failed: {error}");
             exit.reason = StopReason::Error(error.to_string());
         }
         drop(terminating);
         if !exit.reason.is_clean() {
-            tracing::error!(actor = %services.label, reason = %exit.reason, "actor exited abnormally");
+            tracing::error!(actor = %services.label(), reason = %exit.reason, "actor exited abnormally");
         }
         // Release the plugin instance (and with it, possibly, an old library version).
         let dropping = guard(me, Callback::Drop);
@@ -872,7 +959,7 @@ impl Actor {
 mod tests {
     use super::*;
 
-    /// tokio's mailbox allocates slots of the largest message: keep it small.
+    /// Every slot of a mailbox's queues is as large as the largest message: keep it small.
     #[test]
     fn a_mailbox_slot_stays_small() {
         assert!(
