@@ -29,7 +29,9 @@
 //!   monitors' `down` are neither counted nor refused: an upgrade or a stop never fails
 //!   because a mailbox is full.
 //! - A name is unique and freed when its actor exits; exit notifications (monitors,
-//!   links, supervisors) are delivered exactly once, also to watchers added after the exit.
+//!   links, supervisors) are delivered exactly once, also to watchers added after the exit, and
+//!   `ActorRef::exited` returns only once they have been (so an exit it then causes reaches
+//!   a supervisor after this one).
 //!
 //! - A caller watches the callee's exit as well as its reply: an actor killed while a
 //!   callback holds its thread (past its deadline) cannot drop the reply channels it
@@ -109,6 +111,10 @@ pub(crate) struct Lifecycle {
     label: String,
     exit: OnceLock<StopReason>,
     watchers: Mutex<Vec<Watcher>>,
+    /// Set once every watcher of the exit has been told; [`Lifecycle::exited`] waits for
+    /// it, so whoever saw `exited()` return knows the supervisor, monitors and links have
+    /// their notices already (an exit it causes next reaches them after this one).
+    told: std::sync::atomic::AtomicBool,
     exited: Notify,
 }
 
@@ -119,6 +125,7 @@ impl Lifecycle {
             label,
             exit: OnceLock::new(),
             watchers: Mutex::new(Vec::new()),
+            told: std::sync::atomic::AtomicBool::new(false),
             exited: Notify::new(),
         }
     }
@@ -141,10 +148,11 @@ impl Lifecycle {
             }
             std::mem::take(&mut *watchers)
         };
-        self.exited.notify_waiters();
         for watcher in watchers {
             self.deliver(watcher, &reason);
         }
+        self.told.store(true, Ordering::Release);
+        self.exited.notify_waiters();
         true
     }
 
@@ -190,11 +198,14 @@ impl Lifecycle {
         }
     }
 
-    /// Waits until the process has exited and returns its reason.
+    /// Waits until the process has exited and every watcher has been told, and returns
+    /// its reason.
     pub(crate) async fn exited(&self) -> StopReason {
         loop {
             let notified = self.exited.notified();
-            if let Some(reason) = self.exit.get() {
+            if self.told.load(Ordering::Acquire)
+                && let Some(reason) = self.exit.get()
+            {
                 return reason.clone();
             }
             notified.await;
