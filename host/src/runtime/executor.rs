@@ -76,7 +76,7 @@ const PARK_TIMEOUT: Duration = Duration::from_millis(100);
 const SPINS_BEFORE_PARKING: u32 = 128;
 
 /// How many of an idle runner's first looks for work follow a short pure spin
-/// ([`wait_briefly_for_work`]) rather than a yield.
+/// ([`wait_briefly_for_work`]) rather than a yield: a few microseconds in all.
 const PURE_SPINS: u32 = 16;
 
 /// A runner takes from the injector first every this many tasks, so tasks woken from
@@ -473,7 +473,7 @@ fn run_runner(pool: &Arc<Pool>, number: usize, slot: Arc<RunnerSlot>) {
 /// Spins for a fraction of a microsecond, or until the injector holds work: cheaper than a
 /// yield when work is about to come (a caller off the pool sending its next request).
 fn wait_briefly_for_work(pool: &Pool) {
-    for _ in 0..32 {
+    for _ in 0..8 {
         if !pool.injector.is_empty() {
             return;
         }
@@ -815,5 +815,15 @@ mod tests {
         assert!(thread.starts_with("graft-actor-"), "{thread}");
         let timers = timers();
         assert_eq!(timers.block_on(task), 7);
+    }
+
+    /// A caller off the pool stops spinning at its budget (past the pure spin, yielding
+    /// in between) when nothing answers, and hears at once of a sender that is gone.
+    #[test]
+    fn a_spin_ends_at_its_budget_or_when_the_sender_is_gone() {
+        let (sender, mut receiver) = tokio::sync::oneshot::channel::<u8>();
+        assert_eq!(spin_for(&mut receiver, Duration::from_millis(2)), None);
+        drop(sender);
+        assert_eq!(spin_for(&mut receiver, Duration::from_secs(60)), Some(None));
     }
 }
