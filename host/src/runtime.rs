@@ -694,6 +694,10 @@ impl ActorRef {
             Some(None) => return Err(self.exited_error()),
             None => {}
         }
+        // Only a call not answered during the spin (or made from the pool, where the callee
+        // needs this very thread) arms a timer and watches the exit: a caller off the pool
+        // answered while it spun pays for neither. (Measured with the runtime bench: a
+        // caller on the pool pays about 0.2 µs for the timer.)
         // The exit is watched too: an actor killed while a callback holds its thread (its
         // deadline passed) never drops this call's reply channel, but the caller hears of
         // the exit at once, as an OTP caller does through its monitor.

@@ -38,8 +38,10 @@
 //!
 //! - Waking threads is what costs (a parked thread, on a virtual machine a halted vCPU,
 //!   takes tens of microseconds to wake): one idle runner at a time spins briefly before
-//!   parking, and no runner is unparked while one spins; a caller off the pool (a tokio
-//!   task, `block_on`) spins up to 30 µs for its answer before awaiting it.
+//!   parking (a few pure spins, then yielding its core between looks), and no runner is
+//!   unparked while one spins; a caller off the pool (a tokio task, `block_on`) spins up
+//!   to 30 µs for its answer before awaiting it, yielding its core after the first 3 µs
+//!   (on a loaded machine the runner that is to answer may need that very core).
 //!
 //! What is tricky: a runner cannot be preempted, only abandoned. The parking protocol is
 //! Dekker's: a runner registers as idle and then looks for work once more; a scheduler
@@ -72,6 +74,10 @@ const PARK_TIMEOUT: Duration = Duration::from_millis(100);
 /// How many times an idle runner looks for work (yielding its core in between) before it
 /// parks.
 const SPINS_BEFORE_PARKING: u32 = 128;
+
+/// How many of an idle runner's first looks for work follow a short pure spin
+/// ([`wait_briefly_for_work`]) rather than a yield: a few microseconds in all.
+const PURE_SPINS: u32 = 16;
 
 /// A runner takes from the injector first every this many tasks, so tasks woken from
 /// outside are not starved by a busy deque.
@@ -419,7 +425,9 @@ fn run_runner(pool: &Arc<Pool>, number: usize, slot: Arc<RunnerSlot>) {
             }
             // Out of work: look again a few times, giving the core away in between (a
             // reply is often about to wake a task here), then park. One runner spins at
-            // a time: more would take cores from the threads doing the work.
+            // a time: more would take cores from the threads doing the work. The first
+            // looks come after a short pure spin instead: a caller off the pool sends its
+            // next request within a microsecond or two, and a yield costs a system call.
             None if idle_rounds < SPINS_BEFORE_PARKING
                 && (spinning || pool.spinners.fetch_add(1, Ordering::AcqRel) == 0 || {
                     pool.spinners.fetch_sub(1, Ordering::AcqRel);
@@ -428,7 +436,11 @@ fn run_runner(pool: &Arc<Pool>, number: usize, slot: Arc<RunnerSlot>) {
             {
                 spinning = true;
                 idle_rounds += 1;
-                std::thread::yield_now();
+                if idle_rounds <= PURE_SPINS {
+                    wait_briefly_for_work(pool);
+                } else {
+                    std::thread::yield_now();
+                }
             }
             None => {
                 if spinning {
@@ -456,6 +468,17 @@ fn run_runner(pool: &Arc<Pool>, number: usize, slot: Arc<RunnerSlot>) {
         pool.notify_one();
     }
     lock(&pool.runners).retain(|other| !Arc::ptr_eq(other, &slot));
+}
+
+/// Spins for a fraction of a microsecond, or until the injector holds work: cheaper than a
+/// yield when work is about to come (a caller off the pool sending its next request).
+fn wait_briefly_for_work(pool: &Pool) {
+    for _ in 0..8 {
+        if !pool.injector.is_empty() {
+            return;
+        }
+        std::hint::spin_loop();
+    }
 }
 
 /// Registers as idle, looks for work once more, then sleeps until unparked.
@@ -558,11 +581,19 @@ where
 /// How long a caller off the pool waits for an answer by spinning before it awaits it.
 pub(crate) const SPIN_FOR_ANSWER: Duration = Duration::from_micros(30);
 
+/// How long such a caller spins without giving its core away: a quick callback on an
+/// awake runner answers within this.
+const SPIN_WITHOUT_YIELDING: Duration = Duration::from_micros(3);
+
 /// Waits up to `budget` for `receiver`'s value by spinning, when the current thread is
 /// not a runner (a tokio worker calling an actor, say): an answer from the pool then
 /// needs no cross-thread wake-up of the caller, which costs more than the answer itself.
 /// `Some(Some(value))`: answered; `Some(None)`: the sender is gone; `None`: no answer yet
 /// (await it). On a runner it returns `None` at once: the callee needs this very thread.
+///
+/// Past [`SPIN_WITHOUT_YIELDING`] it yields its core between looks: on a busy machine the
+/// runner that is to answer may be waiting for this very core, and a pure spin would only
+/// delay the answer it waits for.
 pub(crate) fn spin_for<T>(
     receiver: &mut tokio::sync::oneshot::Receiver<T>,
     budget: Duration,
@@ -580,8 +611,12 @@ pub(crate) fn spin_for<T>(
                 Err(TryRecvError::Empty) => std::hint::spin_loop(),
             }
         }
-        if start.elapsed() >= budget {
+        let spun = start.elapsed();
+        if spun >= budget {
             return None;
+        }
+        if spun >= SPIN_WITHOUT_YIELDING {
+            std::thread::yield_now();
         }
     }
 }
@@ -780,5 +815,15 @@ mod tests {
         assert!(thread.starts_with("graft-actor-"), "{thread}");
         let timers = timers();
         assert_eq!(timers.block_on(task), 7);
+    }
+
+    /// A caller off the pool stops spinning at its budget (past the pure spin, yielding
+    /// in between) when nothing answers, and hears at once of a sender that is gone.
+    #[test]
+    fn a_spin_ends_at_its_budget_or_when_the_sender_is_gone() {
+        let (sender, mut receiver) = tokio::sync::oneshot::channel::<u8>();
+        assert_eq!(spin_for(&mut receiver, Duration::from_millis(2)), None);
+        drop(sender);
+        assert_eq!(spin_for(&mut receiver, Duration::from_secs(60)), Some(None));
     }
 }
