@@ -159,11 +159,12 @@ fn plan_between(
 pub struct ReleaseHandler {
     root: PathBuf,
     runtime: Runtime,
-    loader: Loader,
+    /// Shared with the blocking thread an install loads its libraries on.
+    loader: Arc<Loader>,
     table: Arc<PluginTable>,
     /// The worker process of each plugin with `isolation = "process"` in the running
-    /// release (started when its first version loads).
-    workers: Workers,
+    /// release (started when its first version loads); shared like the loader.
+    workers: Arc<Workers>,
     state: tokio::sync::Mutex<State>,
     /// The state as read-only requests see it (see [`Published`]).
     published: Mutex<Arc<Published>>,

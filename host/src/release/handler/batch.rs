@@ -13,6 +13,9 @@ use super::*;
 impl ReleaseHandler {
     /// Phases 2 and 3 of an install for the given updates: suspend, snapshot and migrate
     /// (or undo all of it), then switch the plugin table, resume, move stragglers, purge.
+    /// `walked`: the workers, when the caller found them already (while the libraries
+    /// loaded); walked here otherwise.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn swap(
         &self,
         state: &mut State,
@@ -20,63 +23,79 @@ impl ReleaseHandler {
         companions: &HashSet<String>,
         direction: Direction,
         target_plugins: &HashMap<String, PluginVersion>,
+        walked: Option<Walk>,
         report: &(dyn Fn(InstallPhase) + Send + Sync),
     ) -> Result<Swapped, ReleaseError> {
-        let started_before = self.runtime.processes_started();
         let watched = self.watch_workers(updates);
-        let all_workers = workers(state.root_supervisor.clone()).await;
+        let walk = match walked {
+            Some(walk) => walk,
+            None => Walk::of(&self.runtime, &state.root_supervisor).await,
+        };
         let updated: HashMap<&str, &PlannedUpdate> = updates
             .iter()
             .map(|update| (update.plugin.as_str(), update))
             .collect();
-        let mut to_migrate: Vec<(ActorRef, &PlannedUpdate)> = Vec::new();
-        let mut to_suspend: Vec<(ActorRef, String, Duration)> = Vec::new();
-        for (actor, plugin) in &all_workers {
+        // Parallel lists, not tuples: the runtime takes slices of actors, and nothing per
+        // actor is cloned but its handle.
+        let mut to_migrate: Vec<ActorRef> = Vec::with_capacity(walk.workers.len());
+        let mut migrate_updates: Vec<&PlannedUpdate> = Vec::with_capacity(walk.workers.len());
+        let mut to_suspend: Vec<ActorRef> = Vec::with_capacity(walk.workers.len());
+        let mut suspend_plugins: Vec<&str> = Vec::with_capacity(walk.workers.len());
+        for (actor, plugin) in &walk.workers {
             let Some(plugin) = plugin else { continue };
             if let Some(update) = updated.get(plugin.as_str()) {
-                to_migrate.push((actor.clone(), update));
-                to_suspend.push((actor.clone(), plugin.clone(), update.suspend_timeout));
-            } else if companions.contains(plugin) {
-                let timeout = updates
-                    .iter()
-                    .map(|update| update.suspend_timeout)
-                    .max()
-                    .unwrap_or_default();
-                to_suspend.push((actor.clone(), plugin.clone(), timeout));
+                to_migrate.push(actor.clone());
+                migrate_updates.push(update);
+            } else if !companions.contains(plugin) {
+                continue;
             }
+            to_suspend.push(actor.clone());
+            suspend_plugins.push(plugin.as_str());
         }
-        // Suspend everyone, then migrate everyone: each phase one batch under one deadline.
-        // (Sending change_code right behind suspend would save a round trip, but a long
-        // migration would then hold hostage the task the suspend answer just woke: tokio
-        // puts it in the worker's LIFO slot, which other workers cannot steal.)
-        report(InstallPhase::Suspending(to_suspend.len()));
-        let snapshots: Snapshots = Arc::default();
-        let suspended_at = Instant::now();
         let timeout = updates
             .iter()
             .map(|update| update.suspend_timeout)
             .max()
             .unwrap_or_default();
-        let suspend_refs: Vec<ActorRef> = to_suspend
+        // Every migration is made before the first suspend, so the pause does not pay for
+        // them: one shared plan per update, one closure per actor.
+        let snapshots: Snapshots =
+            Arc::new(Mutex::new(SnapshotBook::with_capacity(to_migrate.len())));
+        let plans: HashMap<&str, Arc<MigrationPlan>> = updates
             .iter()
-            .map(|(actor, _, _)| actor.clone())
+            .map(|update| {
+                (
+                    update.plugin.as_str(),
+                    MigrationPlan::new(update, direction, &snapshots),
+                )
+            })
             .collect();
-        let migrate_refs: Vec<ActorRef> =
-            to_migrate.iter().map(|(actor, _)| actor.clone()).collect();
-        let suspended = runtime::suspend_all(&suspend_refs, timeout).await;
-        let failure = match check_suspended(&to_suspend, suspended) {
-            Err(failure) => Some(failure),
+        let migrations: Vec<Migration> = to_migrate
+            .iter()
+            .zip(&migrate_updates)
+            .map(|(actor, update)| migration(&plans[update.plugin.as_str()], actor))
+            .collect();
+        drop(plans);
+
+        // Suspend everyone and queue each migration right behind its actor's suspend: an
+        // actor migrates as soon as it is suspended, while the others are still being
+        // suspended, and the batch pays one round trip instead of two. The commit still
+        // waits for every suspend and every migration; if a suspend fails, the migrations
+        // are abandoned (see `abandon`), and those that ran are undone from their
+        // snapshots like after a failed migration.
+        report(InstallPhase::Suspending(to_suspend.len()));
+        let suspended_at = Instant::now();
+        let (suspended, migrating) =
+            suspend_then_migrate(&to_suspend, &to_migrate, migrations, timeout).await;
+        let failure = match check_suspended(&to_suspend, &suspend_plugins, suspended) {
+            Err(failure) => {
+                abandon(&snapshots);
+                drop(migrating);
+                Some(failure)
+            }
             Ok(()) => {
                 report(InstallPhase::Migrating(to_migrate.len()));
-                let migrations = to_migrate
-                    .iter()
-                    .map(|(actor, update)| migration(update, direction, &snapshots, actor))
-                    .collect();
-                check_migrated(
-                    &to_migrate,
-                    runtime::change_code_all(&migrate_refs, migrations, timeout).await,
-                    &snapshots,
-                )
+                check_migrated(&to_migrate, &migrate_updates, migrating.await, &snapshots)
             }
         };
         // A worker of an updated plugin that died meanwhile took its actors with it (they
@@ -98,20 +117,14 @@ impl ReleaseHandler {
         if let Some(failure) = failure {
             let (error, busy) = *failure;
             rollback(&to_migrate, &snapshots, &busy).await;
-            let answering: Vec<(ActorRef, String, Duration)> = to_suspend
+            let (still_busy, answering): (Vec<ActorRef>, Vec<ActorRef>) = to_suspend
                 .iter()
-                .filter(|(actor, _, _)| !busy.contains(&actor.id()))
                 .cloned()
-                .collect();
+                .partition(|actor| busy.contains(&actor.id()));
             resume_all(&answering).await;
             // An actor that did not answer in time still has the suspend (and the abandoned
             // change_code) in its mailbox; the resume queued behind them undoes it when it
             // gets there (OTP sends this defensive resume too). Nobody waits for those.
-            let still_busy: Vec<ActorRef> = to_suspend
-                .iter()
-                .filter(|(actor, _, _)| busy.contains(&actor.id()))
-                .map(|(actor, _, _)| actor.clone())
-                .collect();
             tokio::spawn(async move {
                 runtime::resume_all(&still_busy, Duration::from_secs(3600)).await;
             });
@@ -144,19 +157,19 @@ impl ReleaseHandler {
         let migrated = lock(&snapshots).taken.len();
         drop(snapshots);
         // Only actors started since the walk can still be on the old code.
-        let stragglers = if self.runtime.processes_started() == started_before {
-            0
-        } else {
-            let handled: HashSet<ProcessId> =
-                to_suspend.iter().map(|(actor, _, _)| actor.id()).collect();
+        let stragglers = if walk.outdated(&self.runtime) {
+            let handled: HashSet<ProcessId> = to_suspend.iter().map(ActorRef::id).collect();
             self.migrate_stragglers(&state.root_supervisor, updates, direction, &handled)
                 .await
+        } else {
+            0
         };
         self.purge(updates, &state.root_supervisor).await;
         Ok(Swapped {
             migrated: migrated + stragglers,
             suspended: to_suspend.len(),
             longest_pause,
+            walk,
         })
     }
 
@@ -217,11 +230,9 @@ impl ReleaseHandler {
             }
             let snapshots: Snapshots = Arc::default();
             if actor.suspend(update.suspend_timeout).await.is_ok() {
+                let plan = MigrationPlan::new(update, direction, &snapshots);
                 let result = actor
-                    .change_code(
-                        migration(update, direction, &snapshots, &actor),
-                        update.suspend_timeout,
-                    )
+                    .change_code(migration(&plan, &actor), update.suspend_timeout)
                     .await;
                 let _ = actor.resume(update.suspend_timeout).await;
                 match result {
@@ -273,4 +284,35 @@ impl ReleaseHandler {
             }
         }
     }
+}
+
+/// Sends every suspend, then queues every migration behind its actor's suspend; returns the
+/// suspend answers (collected under `timeout`) and the wait for the migrations' answers
+/// (under `timeout` again, from when it is first awaited).
+///
+/// What is tricky: [`runtime::suspend_all`] sends its requests when first polled, so it is
+/// polled once by hand before the migrations are queued (a `change_code` sent before its
+/// actor's `suspend` would be refused: the actor is not suspended yet). The migrations'
+/// answers come back to this task, a tokio task off the actor executor, so queuing a
+/// migration right behind a suspend holds no task of the executor hostage behind a long
+/// `code_change` (see `runtime/actor.rs`).
+async fn suspend_then_migrate(
+    to_suspend: &[ActorRef],
+    to_migrate: &[ActorRef],
+    migrations: Vec<Migration>,
+    timeout: Duration,
+) -> (
+    Vec<Result<(), SystemError>>,
+    impl std::future::Future<Output = Vec<Result<(), SystemError>>> + Send + 'static,
+) {
+    let mut suspending = std::pin::pin!(runtime::suspend_all(to_suspend, timeout));
+    let first_poll =
+        std::future::poll_fn(|context| std::task::Poll::Ready(suspending.as_mut().poll(context)))
+            .await;
+    let migrating = runtime::queue_change_code_all(to_migrate, migrations, timeout);
+    let suspended = match first_poll {
+        std::task::Poll::Ready(suspended) => suspended,
+        std::task::Poll::Pending => suspending.await,
+    };
+    (suspended, migrating)
 }
