@@ -14,7 +14,8 @@
 //! An install runs in three phases:
 //! 1. **Check and load**: the script is found (the target's `[[upgrade]]` matching the
 //!    running version, or the running release's `[[downgrade]]` to the target) and checked
-//!    against both trees; every new library is loaded and verified.
+//!    against both trees; every new library is loaded and verified (on the blocking pool,
+//!    before any actor is suspended, so no actor waits for a library to load).
 //! 2. **Migrate, atomically**: every actor touched by an `update` (and its `suspend_with`
 //!    companions) is suspended concurrently under one deadline, its state is snapshotted,
 //!    and it is moved to the new code. Each new instance then proves the way back: its

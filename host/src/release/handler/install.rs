@@ -4,6 +4,11 @@
 //! workers, the history and the record's *old*), then the instructions written after the
 //! last update (on the new code). Also `hot_swap`, the batch for one plugin's fresh build.
 //!
+//! The libraries load on the blocking pool (reading, hashing, copying and `dlopen` block),
+//! before any actor is suspended; meanwhile the install walks the tree for the actors to
+//! update, when no instruction runs before the suspend, and the commit reuses that walk
+//! unless an actor started since.
+//!
 //! Invariants: nothing runs before every library of the target is loaded and verified; a
 //! failure before the batch leaves the running release current (the instructions that ran
 //! are not undone, as OTP does not undo an `apply`); a failure after the commit leaves the

@@ -1,10 +1,13 @@
 //! Phase 2 of an install: the migration each suspended actor runs (snapshot, then move to
-//! the new code and prove the way back), the restoration that undoes it, and the checks
-//! of the answers collected under one deadline; `rollback` puts every migrated actor back
-//! on its old code from its snapshot.
+//! the new code and prove the way back; what it shares with the others of its update is
+//! one [`MigrationPlan`]), the restoration that undoes it, and the checks of the answers
+//! collected under one deadline; `rollback` puts every migrated actor back on its old
+//! code from its snapshot. Also the [`Walk`] of the tree an install works from.
 //!
-//! Invariant: a restoration queues behind its migration in the actor's mailbox, so even a
-//! migration that returns after the deadline is undone.
+//! Invariants: a restoration queues behind its migration in the actor's mailbox, so even a
+//! migration that returns after the deadline is undone; a migration files its snapshot
+//! under the book's lock only if the install is not abandoned, so the rollback (which
+//! marks it abandoned under that lock first) sees every snapshot taken.
 
 use super::*;
 
