@@ -14,7 +14,8 @@
 //! An install runs in three phases:
 //! 1. **Check and load**: the script is found (the target's `[[upgrade]]` matching the
 //!    running version, or the running release's `[[downgrade]]` to the target) and checked
-//!    against both trees; every new library is loaded and verified.
+//!    against both trees; every new library is loaded and verified (on the blocking pool,
+//!    before any actor is suspended, so no actor waits for a library to load).
 //! 2. **Migrate, atomically**: every actor touched by an `update` (and its `suspend_with`
 //!    companions) is suspended concurrently under one deadline, its state is snapshotted,
 //!    and it is moved to the new code. Each new instance then proves the way back: its
@@ -159,11 +160,12 @@ fn plan_between(
 pub struct ReleaseHandler {
     root: PathBuf,
     runtime: Runtime,
-    loader: Loader,
+    /// Shared with the blocking thread an install loads its libraries on.
+    loader: Arc<Loader>,
     table: Arc<PluginTable>,
     /// The worker process of each plugin with `isolation = "process"` in the running
-    /// release (started when its first version loads).
-    workers: Workers,
+    /// release (started when its first version loads); shared like the loader.
+    workers: Arc<Workers>,
     state: tokio::sync::Mutex<State>,
     /// The state as read-only requests see it (see [`Published`]).
     published: Mutex<Arc<Published>>,

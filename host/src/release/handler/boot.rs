@@ -76,9 +76,9 @@ impl ReleaseHandler {
         Ok(ReleaseHandler {
             root: root.to_owned(),
             runtime,
-            loader,
+            loader: Arc::new(loader),
             table,
-            workers,
+            workers: Arc::new(workers),
             published: Mutex::new(Arc::new(Published::of(&state))),
             state: tokio::sync::Mutex::new(state),
             installing: std::sync::atomic::AtomicBool::new(false),

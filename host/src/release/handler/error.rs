@@ -43,6 +43,10 @@ pub enum ReleaseError {
     /// before anything changes).
     #[error(transparent)]
     Plan(#[from] PlanError),
+    /// The libraries' load was abandoned before it finished (the runtime is shutting
+    /// down); nothing changed.
+    #[error("the load of the target's libraries was abandoned (the host is shutting down)")]
+    LoadAbandoned,
     /// A library was refused.
     #[error("manifest {manifest}: plugin {plugin}: {source}")]
     Load {

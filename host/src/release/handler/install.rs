@@ -4,6 +4,11 @@
 //! workers, the history and the record's *old*), then the instructions written after the
 //! last update (on the new code). Also `hot_swap`, the batch for one plugin's fresh build.
 //!
+//! The libraries load on the blocking pool (reading, hashing, copying and `dlopen` block),
+//! before any actor is suspended; meanwhile the install walks the tree for the actors to
+//! update, when no instruction runs before the suspend, and the commit reuses that walk
+//! unless an actor started since.
+//!
 //! Invariants: nothing runs before every library of the target is loaded and verified; a
 //! failure before the batch leaves the running release current (the instructions that ran
 //! are not undone, as OTP does not undo an `apply`); a failure after the commit leaves the
@@ -52,16 +57,32 @@ impl ReleaseHandler {
         let plan = plan_between(&state.current, &target_release)?;
         let direction = plan.direction;
 
-        // Phase 1: load and verify every library of the target.
+        // Phase 1: load and verify every library of the target. Reading, hashing, copying
+        // and `dlopen` block, so they run on the blocking pool, before any actor is
+        // suspended; meanwhile this task finds the actors to update, unless instructions
+        // run before the suspend (they may start or stop some, and must not run before
+        // every library is loaded).
         let current_plugins = lock(&self.table.current).clone();
         report(InstallPhase::Loading(target_release.manifest.plugins.len()));
-        let target_plugins = Self::load_plugins(
-            &self.loader,
-            &self.workers,
-            &target_release,
-            &current_plugins,
-        )
-        .inspect_err(|_| settle_workers(&self.workers, &state.current))?;
+        let loading = {
+            let (loader, workers) = (Arc::clone(&self.loader), Arc::clone(&self.workers));
+            let (release, current) = (target_release.clone(), current_plugins.clone());
+            tokio::task::spawn_blocking(move || {
+                Self::load_plugins(&loader, &workers, &release, &current)
+            })
+        };
+        let walked = if plan.before_suspend.is_empty() {
+            Some(Walk::of(&self.runtime, &state.root_supervisor).await)
+        } else {
+            None
+        };
+        let target_plugins = loading
+            .await
+            .unwrap_or_else(|error| match error.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => Err(ReleaseError::LoadAbandoned),
+            })
+            .inspect_err(|_| settle_workers(&self.workers, &state.current))?;
 
         let updates: Vec<PlannedUpdate> = plan
             .updates
@@ -128,6 +149,7 @@ impl ReleaseHandler {
                 &companions,
                 direction,
                 &target_plugins,
+                walked,
                 &report,
             )
             .await
@@ -143,14 +165,13 @@ impl ReleaseHandler {
         // The target's callback deadlines and mailbox bounds apply to new actors (restarts
         // included: their factory reads the table) and running ones alike.
         self.table.set_limits(&target_release);
-        for (actor, plugin) in workers(state.root_supervisor.clone()).await {
-            if let Some(plugin) = plugin {
-                actor.set_callback_timeout(self.table.callback_timeout(&plugin));
-            }
-            if let Some(bound) = actor.name().and_then(|name| self.table.max_mailbox(name)) {
-                actor.set_max_mailbox(bound);
-            }
-        }
+        // The batch's walk still lists every worker unless an actor started since.
+        let walk = if swapped.walk.outdated(&self.runtime) {
+            Walk::of(&self.runtime, &state.root_supervisor).await
+        } else {
+            swapped.walk
+        };
+        self.table.apply_limits(&walk.workers);
         let previous = std::mem::replace(&mut state.current, target_release);
         match install_target {
             InstallTarget::Version(_) => state.history.push(previous.version.clone()),
@@ -270,6 +291,7 @@ impl ReleaseHandler {
                 &HashSet::new(),
                 Direction::Upgrade,
                 &targets,
+                None,
                 &|_| {},
             )
             .await?;

@@ -1,10 +1,13 @@
 //! Phase 2 of an install: the migration each suspended actor runs (snapshot, then move to
-//! the new code and prove the way back), the restoration that undoes it, and the checks
-//! of the answers collected under one deadline; `rollback` puts every migrated actor back
-//! on its old code from its snapshot.
+//! the new code and prove the way back; what it shares with the others of its update is
+//! one [`MigrationPlan`]), the restoration that undoes it, and the checks of the answers
+//! collected under one deadline; `rollback` puts every migrated actor back on its old
+//! code from its snapshot. Also the [`Walk`] of the tree an install works from.
 //!
-//! Invariant: a restoration queues behind its migration in the actor's mailbox, so even a
-//! migration that returns after the deadline is undone.
+//! Invariants: a restoration queues behind its migration in the actor's mailbox, so even a
+//! migration that returns after the deadline is undone; a migration files its snapshot
+//! under the book's lock only if the install is not abandoned, so the rollback (which
+//! marks it abandoned under that lock first) sees every snapshot taken.
 
 use super::*;
 
@@ -28,6 +31,32 @@ pub(super) struct Swapped {
     pub(super) migrated: usize,
     pub(super) suspended: usize,
     pub(super) longest_pause: Duration,
+    /// The walk the batch worked from (reused after the commit when no actor started
+    /// since).
+    pub(super) walk: Walk,
+}
+
+/// The workers found in the tree, and how many processes had started when the walk
+/// began: while [`Runtime::processes_started`] still says so, no actor is missing from it.
+pub(super) struct Walk {
+    pub(super) workers: Vec<Worker>,
+    pub(super) started_before: u64,
+}
+
+impl Walk {
+    /// Walks the tree under `root`.
+    pub(super) async fn of(runtime: &Runtime, root: &SupervisorRef) -> Walk {
+        let started_before = runtime.processes_started();
+        Walk {
+            workers: workers(root.clone()).await,
+            started_before,
+        }
+    }
+
+    /// Whether an actor started since the walk began (the walk may miss it).
+    pub(super) fn outdated(&self, runtime: &Runtime) -> bool {
+        runtime.processes_started() != self.started_before
+    }
 }
 
 /// What an actor looked like before its migration, to restore it.
@@ -48,31 +77,80 @@ pub(super) struct SnapshotBook {
     pub(super) too_large: HashMap<ProcessId, usize>,
 }
 
+impl SnapshotBook {
+    /// A book with room for `actors` snapshots (filled by the actors' threads under its
+    /// lock, so it should not grow while they wait for it).
+    pub(super) fn with_capacity(actors: usize) -> SnapshotBook {
+        SnapshotBook {
+            taken: HashMap::with_capacity(actors),
+            ..SnapshotBook::default()
+        }
+    }
+}
+
 pub(super) type Snapshots = Arc<Mutex<SnapshotBook>>;
 
-pub(super) fn migration(
-    update: &PlannedUpdate,
+/// Abandons an install's migrations: those that have not taken their snapshot yet change
+/// nothing when they run; those that have are undone by [`rollback`].
+pub(super) fn abandon(snapshots: &Snapshots) {
+    lock(snapshots).aborted = true;
+}
+
+/// What every migration of one `update` shares: built once per update, not per actor, so
+/// the task driving the batch allocates one `Arc` per actor and nothing else.
+pub(super) struct MigrationPlan {
+    target: PluginVersion,
+    mode: UpdateMode,
+    extra: Vec<u8>,
+    /// `code_change` is told it upgrades from this version instead of the running one's.
+    code_change_from: Option<Version>,
     direction: Direction,
-    snapshots: &Snapshots,
-    actor: &ActorRef,
-) -> Migration {
-    let target = update.target.clone();
-    let mode = update.mode;
-    let extra = update.extra.clone();
-    let code_change_from = update.code_change_from.clone();
-    let snapshots = Arc::clone(snapshots);
-    let id = actor.id();
-    let label = actor.label();
+    snapshots: Snapshots,
+}
+
+impl MigrationPlan {
+    pub(super) fn new(
+        update: &PlannedUpdate,
+        direction: Direction,
+        snapshots: &Snapshots,
+    ) -> Arc<MigrationPlan> {
+        Arc::new(MigrationPlan {
+            target: update.target.clone(),
+            mode: update.mode,
+            extra: update.extra.clone(),
+            code_change_from: update.code_change_from.clone(),
+            direction,
+            snapshots: Arc::clone(snapshots),
+        })
+    }
+}
+
+/// The migration `actor` runs: snapshot its state, move it to the target code, prove the
+/// way back. Everything per actor (its label, the snapshot) is made inside, on the actor's
+/// own thread.
+pub(super) fn migration(plan: &Arc<MigrationPlan>, actor: &ActorRef) -> Migration {
+    let plan = Arc::clone(plan);
+    let actor = actor.clone();
     Box::new(move |current| {
+        let MigrationPlan {
+            target,
+            mode,
+            extra,
+            code_change_from,
+            direction,
+            snapshots,
+        } = &*plan;
+        let (mode, direction) = (*mode, *direction);
         let Some(old) = PluginVersion::of(current.as_ref()) else {
             return Ok(None);
         };
-        if old.same(&target) {
+        if old.same(target) {
             return Ok(None);
         }
+        let id = actor.id();
         let state = Arc::new(current.encode_state().map_err(|error| error.to_string())?);
         {
-            let mut book = lock(&snapshots);
+            let mut book = lock(snapshots);
             if book.aborted {
                 return Ok(None);
             }
@@ -84,13 +162,13 @@ pub(super) fn migration(
                 },
             );
         }
-        let services = Detached::new(label);
+        let services = Detached::new(actor.label());
         // The state travels as bytes, so the old and the new version may run in different
         // places (the host, a worker process).
         let converted = match (direction, mode) {
             (Direction::Downgrade, UpdateMode::Advanced) => Some(
                 current
-                    .downgrade(target.version(), &extra)
+                    .downgrade(target.version(), extra)
                     .map_err(|error| error.to_string())?,
             ),
             _ => None,
@@ -100,10 +178,10 @@ pub(super) fn migration(
         let from = code_change_from.as_ref().unwrap_or(old.version());
         // Prove the way back before the commit: a downgrade or a restore from a snapshot
         // starts from the new state, so it must come out of the plugin under the state cap.
-        let (behaviour, size): (Box<dyn Behaviour>, _) = match &target {
+        let (behaviour, size): (Box<dyn Behaviour>, _) = match target {
             PluginVersion::InProcess(plugin) => {
                 let instance = if code_change {
-                    Instance::code_change(plugin, from, source, &extra, &services)
+                    Instance::code_change(plugin, from, source, extra, &services)
                 } else {
                     Instance::restore(plugin, source, &services)
                 };
@@ -115,7 +193,7 @@ pub(super) fn migration(
             }
             PluginVersion::Isolated(plugin) => {
                 let behaviour = if code_change {
-                    plugin.code_change(from, source, &extra, &services)
+                    plugin.code_change(from, source, extra, &services)
                 } else {
                     plugin.restore(source, &services)
                 };
@@ -129,7 +207,7 @@ pub(super) fn migration(
         };
         let size = size.map_err(|error| format!("the way back is not proven: {error}"))?;
         if size > MAX_STATE_BYTES {
-            lock(&snapshots).too_large.insert(id, size);
+            lock(snapshots).too_large.insert(id, size);
             return Err(format!(
                 "the migrated state is {size} bytes, over the {MAX_STATE_BYTES}-byte cap a rollback could carry"
             ));
@@ -152,22 +230,24 @@ pub(super) fn restoration(snapshot: Snapshot, label: String) -> Migration {
 /// A failed phase: the first error, and the actors that did not answer in time.
 pub(super) type Failure = Box<(ReleaseError, HashSet<ProcessId>)>;
 
-/// Checks the suspend answers. An actor that exited meanwhile is not in the way: its
-/// supervisor restarts it, and the sweep after the commit moves it to the new code.
+/// Checks the suspend answers of `actors` (each of plugin `plugins[i]`). An actor that
+/// exited meanwhile is not in the way: its supervisor restarts it, and the sweep after the
+/// commit moves it to the new code.
 pub(super) fn check_suspended(
-    actors: &[(ActorRef, String, Duration)],
+    actors: &[ActorRef],
+    plugins: &[&str],
     results: Vec<Result<(), SystemError>>,
 ) -> Result<(), Failure> {
     let mut first_error = None;
     let mut late = HashSet::new();
-    for ((actor, plugin, _), result) in actors.iter().zip(results) {
+    for ((actor, plugin), result) in actors.iter().zip(plugins).zip(results) {
         match result {
             Ok(()) | Err(SystemError::Exited { .. }) => {}
             Err(error) => {
                 late.insert(actor.id());
                 first_error.get_or_insert_with(|| ReleaseError::Suspend {
                     actor: actor.label(),
-                    plugin: plugin.clone(),
+                    plugin: (*plugin).to_owned(),
                     reason: error.to_string(),
                 });
             }
@@ -179,11 +259,10 @@ pub(super) fn check_suspended(
     }
 }
 
-pub(super) async fn resume_all(actors: &[(ActorRef, String, Duration)]) {
-    let refs: Vec<ActorRef> = actors.iter().map(|(actor, _, _)| actor.clone()).collect();
-    for (actor, result) in refs
+pub(super) async fn resume_all(actors: &[ActorRef]) {
+    for (actor, result) in actors
         .iter()
-        .zip(runtime::resume_all(&refs, Duration::from_secs(5)).await)
+        .zip(runtime::resume_all(actors, Duration::from_secs(5)).await)
     {
         if let Err(error) = result
             && !matches!(error, SystemError::Exited { .. })
@@ -197,14 +276,15 @@ pub(super) async fn resume_all(actors: &[(ActorRef, String, Duration)]) {
 /// the deadline (a `code_change` that does not return), if any failed. A migration refused
 /// for a state over the cap is reported as [`ReleaseError::NoWayBack`].
 pub(super) fn check_migrated(
-    actors: &[(ActorRef, &PlannedUpdate)],
+    actors: &[ActorRef],
+    updates: &[&PlannedUpdate],
     results: Vec<Result<(), SystemError>>,
     snapshots: &Snapshots,
 ) -> Option<Failure> {
     let too_large = std::mem::take(&mut lock(snapshots).too_large);
     let mut first_error = None;
     let mut busy = HashSet::new();
-    for ((actor, update), result) in actors.iter().zip(results) {
+    for ((actor, update), result) in actors.iter().zip(updates).zip(results) {
         match result {
             Ok(()) | Err(SystemError::Exited { .. }) => {}
             Err(error) => {
@@ -236,7 +316,7 @@ pub(super) fn check_migrated(
 /// even when the migration is still running (a `code_change` that has not returned):
 /// those are not waited for.
 pub(super) async fn rollback(
-    actors: &[(ActorRef, &PlannedUpdate)],
+    actors: &[ActorRef],
     snapshots: &Snapshots,
     busy: &HashSet<ProcessId>,
 ) {
@@ -247,7 +327,7 @@ pub(super) async fn rollback(
     };
     let mut restoring = Vec::new();
     let mut restorations = Vec::new();
-    for (actor, _) in actors {
+    for actor in actors {
         let Some(snapshot) = taken.remove(&actor.id()) else {
             continue;
         };

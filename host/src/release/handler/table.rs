@@ -27,10 +27,7 @@ impl PluginTable {
     }
 
     pub(super) fn callback_timeout(&self, plugin: &str) -> Option<Duration> {
-        lock(&self.callback_timeouts)
-            .get(plugin)
-            .copied()
-            .unwrap_or(Some(crate::runtime::DEFAULT_CALLBACK_TIMEOUT))
+        timeout_in(&lock(&self.callback_timeouts), plugin)
     }
 
     /// The `max_mailbox` of the worker registered as `name` in the current release
@@ -50,6 +47,29 @@ impl PluginTable {
             .collect();
         *lock(&self.max_mailboxes) = release.manifest.max_mailboxes();
     }
+
+    /// Gives running `workers` the current callback deadlines and mailbox bounds (each
+    /// table locked once, not once per actor).
+    pub(super) fn apply_limits(&self, workers: &[Worker]) {
+        let callback_timeouts = lock(&self.callback_timeouts);
+        let max_mailboxes = lock(&self.max_mailboxes);
+        for (actor, plugin) in workers {
+            if let Some(plugin) = plugin {
+                actor.set_callback_timeout(timeout_in(&callback_timeouts, plugin));
+            }
+            if let Some(bound) = actor.name().and_then(|name| max_mailboxes.get(name)) {
+                actor.set_max_mailbox(*bound);
+            }
+        }
+    }
+}
+
+/// `plugin`'s callback deadline in `timeouts` (the default for a plugin it does not name).
+fn timeout_in(timeouts: &HashMap<String, Option<Duration>>, plugin: &str) -> Option<Duration> {
+    timeouts
+        .get(plugin)
+        .copied()
+        .unwrap_or(Some(crate::runtime::DEFAULT_CALLBACK_TIMEOUT))
 }
 
 /// Starts actors of a plugin on whatever version is current when they start.
