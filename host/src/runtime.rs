@@ -1039,6 +1039,17 @@ pub async fn change_code_all(
     )
 }
 
+/// Sends `suspend` to every actor at once and returns the wait for their answers under one
+/// deadline: the requests are sent by this call, whether or not the wait is ever awaited
+/// (so a `change_code` queued next lands behind each actor's suspend).
+pub fn queue_suspend_all(
+    actors: &[ActorRef],
+    timeout: Duration,
+) -> impl std::future::Future<Output = Vec<Result<(), SystemError>>> + Send + 'static {
+    let pending = send_suspend_all(actors);
+    async move { pending.collect(timeout).await }
+}
+
 /// Queues a migration in each actor at once (on its system lane: behind the system
 /// messages already queued there, ahead of ordinary messages) and
 /// returns the wait for their answers under one deadline: the requests are sent by this

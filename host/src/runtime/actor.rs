@@ -25,7 +25,8 @@
 //! unanswered (a deferred reply) moves to the map. A long callback can also delay the
 //! task its previous reply woke: the executor puts that task on top of this runner's
 //! deque, which other runners leave alone until the watchdog finds this runner stalled
-//! (installs therefore never queue a migration right behind a suspend). Every callback
+//! (an install that queues a migration right behind a suspend therefore waits for its
+//! answers on a tokio task, off the executor). Every callback
 //! runs under a guard the watchdog reads (its deadline), and a loop that finds its actor
 //! killed meanwhile (a deadline, a crashed worker) handles nothing more. Casts to a
 //! behaviour that batches them (a process-isolated one) are gathered from the mailbox in

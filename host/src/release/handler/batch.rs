@@ -412,11 +412,11 @@ pub(super) async fn resume_in_parallel(actors: &[ActorRef]) {
 /// suspend answers (collected under `timeout`) and the wait for the migrations' answers
 /// (under `timeout` again, from when it is first awaited).
 ///
-/// What is tricky: [`runtime::suspend_all`] sends its requests when first polled, so it is
-/// polled once by hand before the migrations are queued (a `change_code` sent before its
-/// actor's `suspend` would be refused: the actor is not suspended yet). The migrations'
-/// answers come back to this task, a tokio task off the actor executor, so queuing a
-/// migration right behind a suspend holds no task of the executor hostage behind a long
+/// What is tricky: a `change_code` sent before its actor's `suspend` would be refused (the
+/// actor is not suspended yet), so the suspends are queued first
+/// ([`runtime::queue_suspend_all`] sends them before it returns). The migrations' answers
+/// come back to this task, a tokio task off the actor executor, so queuing a migration
+/// right behind a suspend holds no task of the executor hostage behind a long
 /// `code_change` (see `runtime/actor.rs`).
 async fn suspend_then_migrate(
     to_suspend: &[ActorRef],
@@ -427,14 +427,8 @@ async fn suspend_then_migrate(
     Vec<Result<(), SystemError>>,
     impl std::future::Future<Output = Vec<Result<(), SystemError>>> + Send + 'static,
 ) {
-    let mut suspending = std::pin::pin!(runtime::suspend_all(to_suspend, timeout));
-    let first_poll =
-        std::future::poll_fn(|context| std::task::Poll::Ready(suspending.as_mut().poll(context)))
-            .await;
+    let suspending = runtime::queue_suspend_all(to_suspend, timeout);
     let migrating = runtime::queue_change_code_all(to_migrate, migrations, timeout);
-    let suspended = match first_poll {
-        std::task::Poll::Ready(suspended) => suspended,
-        std::task::Poll::Pending => suspending.await,
-    };
+    let suspended = suspending.await;
     (suspended, migrating)
 }
