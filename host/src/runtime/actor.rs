@@ -65,6 +65,10 @@ use tokio::task::AbortHandle;
 /// The most casts sent to a worker process in one round trip.
 const CASTS_PER_BATCH: usize = 256;
 
+/// The most casts an in-process behaviour's run takes up at once (see
+/// [`Actor::handle_cast_run`]).
+const CASTS_PER_RUN: usize = 64;
+
 /// A batch stops growing past this many bytes of messages.
 const BATCH_BYTES: usize = 1 << 20;
 
@@ -362,6 +366,8 @@ struct Actor {
     inactivity_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The longest the mailbox has been since its memory was last returned.
     longest_since_returned: usize,
+    /// Messages this turn may still handle before the loop lets other tasks run.
+    turn_left: u32,
 }
 
 /// What an actor's task starts from, boxed until `init` has run: the task's future then
@@ -460,6 +466,7 @@ fn start(arguments: Start) -> Option<Actor> {
         inactivity_deadline: None,
         inactivity_timer: None,
         longest_since_returned: 0,
+        turn_left: executor::MESSAGES_PER_TURN,
     };
     actor.arm_inactivity_timeout(outputs.inactivity_timeout);
     if let Some(reason) = outputs.stop {
@@ -482,13 +489,12 @@ fn start(arguments: Start) -> Option<Actor> {
 
 impl Actor {
     async fn run_loop(&mut self) -> Ending {
-        let mut turn = executor::MESSAGES_PER_TURN;
         loop {
-            turn -= 1;
-            if turn == 0 {
+            self.turn_left = self.turn_left.saturating_sub(1);
+            if self.turn_left == 0 {
                 // A flood never makes the mailbox wait: yield now and then, so the other
                 // tasks waiting for this runner get their turn.
-                turn = executor::MESSAGES_PER_TURN;
+                self.turn_left = executor::MESSAGES_PER_TURN;
                 if executor::others_waiting() {
                     executor::yield_now().await;
                 }
@@ -598,9 +604,21 @@ impl Actor {
     }
 
     fn handle(&mut self, envelope: Envelope) -> Option<Ending> {
-        // A counted message is taken up now, unless it waits while suspended.
+        // A counted message is taken up now, unless it waits while suspended. A cast to an
+        // in-process behaviour takes up with it the casts right behind it in the mailbox
+        // (a run: one count for all, see `handle_cast_run`), when nothing older waits
+        // elsewhere (the side queue, the stash).
+        let mut run = 0;
         if !self.suspended && envelope.is_counted() {
-            self.taken(1);
+            if matches!(envelope, Envelope::Cast(_))
+                && !self.behaviour.batches_casts()
+                && self.deferred.is_empty()
+                && self.stashed.is_empty()
+            {
+                let limit = (CASTS_PER_RUN - 1).min(self.turn_left as usize);
+                run = self.mailbox.leading_casts(limit);
+            }
+            self.taken(1 + run);
         }
         // Any message cancels an inactivity timeout (system messages do not, and an exit
         // signal that does not stop the actor is no message in OTP).
@@ -638,18 +656,52 @@ impl Actor {
             }
             Envelope::Call { request, reply } => self.handle_call(&request, reply),
             Envelope::Cast(message) if self.behaviour.batches_casts() => self.handle_casts(message),
-            Envelope::Cast(message) => {
-                let running = guard(&self.services.me, Callback::HandleCast);
-                let result = self.behaviour.handle_cast(&message, &self.services);
-                drop(running);
-                self.after(result)
-            }
+            Envelope::Cast(message) => self.handle_cast_run(message, run),
             Envelope::Info { kind, message } => {
                 let running = guard(&self.services.me, Callback::HandleInfo);
                 let result = self.behaviour.handle_info(kind, &message, &self.services);
                 drop(running);
                 self.after(result)
             }
+        }
+    }
+
+    /// Handles `first` and the `run` casts right behind it in the mailbox, taken up with it
+    /// (one count for all: the mailbox length is one atomic the senders write too), each
+    /// in its own callback under its own guard and deadline, in order. Between two casts
+    /// the run ends early when something must go first (a waiting system message, a
+    /// continuation, a stop, the actor killed): the casts not handled stay where they are,
+    /// at the front of the mailbox, and count again.
+    fn handle_cast_run(&mut self, first: Vec<u8>, run: usize) -> Option<Ending> {
+        let mut message = first;
+        let mut left = run;
+        loop {
+            let running = guard(&self.services.me, Callback::HandleCast);
+            let result = self.behaviour.handle_cast(&message, &self.services);
+            drop(running);
+            drop(message);
+            let exit = self.after(result);
+            if left == 0 {
+                return exit;
+            }
+            let next = if exit.is_none()
+                && self.continue_with.is_none()
+                && !self.mailbox.system_waiting()
+                && self.services.me.is_alive()
+            {
+                self.mailbox.pop_leading_cast()
+            } else {
+                None
+            };
+            let Some(next) = next else {
+                self.services.me.returned_to_mailbox(left);
+                return exit;
+            };
+            message = next;
+            left -= 1;
+            self.turn_left = self.turn_left.saturating_sub(1);
+            // Any message cancels an inactivity timeout.
+            self.inactivity_deadline = None;
         }
     }
 

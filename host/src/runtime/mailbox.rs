@@ -154,6 +154,27 @@ impl Receiver {
         self.batch.pop_front()
     }
 
+    /// How many casts, at most `limit`, lead the messages already taken from the shared
+    /// lane (no lock: only what the last swap brought).
+    pub(crate) fn leading_casts(&self, limit: usize) -> usize {
+        self.batch
+            .iter()
+            .take(limit)
+            .take_while(|envelope| matches!(envelope, Envelope::Cast(_)))
+            .count()
+    }
+
+    /// The next cast among those [`Receiver::leading_casts`] counted.
+    pub(crate) fn pop_leading_cast(&mut self) -> Option<Vec<u8>> {
+        match self.batch.front() {
+            Some(Envelope::Cast(_)) => match self.batch.pop_front() {
+                Some(Envelope::Cast(message)) => Some(message),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Whether a system message waits (to stop gathering a batch of casts for it).
     pub(crate) fn system_waiting(&self) -> bool {
         self.mailbox().system_waiting.load(Ordering::Acquire)
