@@ -3,7 +3,9 @@
 //!
 //! Invariants:
 //! - One callback at a time; system messages are handled between callbacks, a waiting one
-//!   before the next ordinary message wherever that waits (mailbox, side queue, stash).
+//!   before the next ordinary message wherever that waits (mailbox, side queue, stash),
+//!   or, during a run of casts (below), before the next run: a run is one turn of the
+//!   loop, at most [`CASTS_PER_RUN`] casts, as a batch for a worker process is.
 //!   A pending continuation still goes first: it is the end of the callback before.
 //! - While suspended, every non-system message moves, in arrival order, to a side queue
 //!   that is drained before the mailbox after `resume`, so nothing is lost or reordered.
@@ -29,12 +31,16 @@
 //! runs under a guard the watchdog reads (its deadline), and a loop that finds its actor
 //! killed meanwhile (a deadline, a crashed worker) handles nothing more. Casts to a
 //! behaviour that batches them (a process-isolated one) are gathered from the mailbox in
-//! order and sent together; what a batch did not run goes back in front.
+//! order and sent together; what a batch did not run goes back in front. Casts to an
+//! in-process behaviour go in runs: the casts right behind one in the mailbox's local
+//! batch are taken up with it (one update of the shared length, not one per cast) and
+//! handled one callback at a time, each under its own guard; a continuation, a stop or a
+//! kill ends a run early and the rest stays at the front of the mailbox, counted again.
 //!
 //! The mailbox length is one counter shared with the senders (see [`super`]): a call,
 //! cast or info message of the plugin's own type counts from its send until the loop
-//! takes it up to handle it; moving between the mailbox's lanes, its batch, the side queue
-//! and the stash changes nothing.
+//! takes it up to handle it (a run or a batch of casts is taken up at once); moving
+//! between the mailbox's lanes, its batch, the side queue and the stash changes nothing.
 //!
 //! An idle actor costs its shared state and its task, whose future lives as long as the
 //! actor: `init` runs in a plain function from boxed start arguments (freed once it has
@@ -668,15 +674,23 @@ impl Actor {
 
     /// Handles `first` and the `run` casts right behind it in the mailbox, taken up with it
     /// (one count for all: the mailbox length is one atomic the senders write too), each
-    /// in its own callback under its own guard and deadline, in order. Between two casts
-    /// the run ends early when something must go first (a waiting system message, a
-    /// continuation, a stop, the actor killed): the casts not handled stay where they are,
-    /// at the front of the mailbox, and count again.
+    /// in its own callback under its own guard and deadline, in order. A run is one turn
+    /// of the loop: a system message that arrives during it waits for its end (at most
+    /// [`CASTS_PER_RUN`] casts), as one during a batch does, and the deadline is read
+    /// once for the run. Between two casts the run ends early when something must go
+    /// first (a continuation, a stop, the actor killed): the casts not handled stay where
+    /// they are, at the front of the mailbox, and count again.
+    ///
+    /// What is tricky: nothing read here per cast may share a cache line with what every
+    /// send writes (the mailbox's lock and its system flag, the length), or each cast
+    /// costs both cores a miss; hence the flag and the deadline once per run.
     fn handle_cast_run(&mut self, first: Vec<u8>, run: usize) -> Option<Ending> {
+        let deadline = self.services.me.callback_timeout();
         let mut message = first;
         let mut left = run;
         loop {
-            let running = guard(&self.services.me, Callback::HandleCast);
+            let running =
+                executor::enter_callback(&self.services.me, Callback::HandleCast, deadline);
             let result = self.behaviour.handle_cast(&message, &self.services);
             drop(running);
             drop(message);
@@ -684,15 +698,12 @@ impl Actor {
             if left == 0 {
                 return exit;
             }
-            let next = if exit.is_none()
-                && self.continue_with.is_none()
-                && !self.mailbox.system_waiting()
-                && self.services.me.is_alive()
-            {
-                self.mailbox.pop_leading_cast()
-            } else {
-                None
-            };
+            let next =
+                if exit.is_none() && self.continue_with.is_none() && self.services.me.is_alive() {
+                    self.mailbox.pop_leading_cast()
+                } else {
+                    None
+                };
             let Some(next) = next else {
                 self.services.me.returned_to_mailbox(left);
                 return exit;
