@@ -12,8 +12,9 @@
 //!   without waiting for a `resume`.
 //! - *System*: `suspend`, `resume`, `change_code`, `get_state`, `status`, … The actor
 //!   takes a waiting system message before its next ordinary one (between callbacks, never
-//!   during one), so an upgrade's `suspend` does not wait behind a backlog of casts, and
-//!   its pause does not grow with the queue's depth. A flag beside the lock says whether
+//!   during one; during a run of casts, before the next run: at most 64 casts, see
+//!   [`super::actor`]), so an upgrade's `suspend` does not wait behind a backlog of casts,
+//!   and its pause does not grow with the queue's depth. A flag beside the lock says whether
 //!   the lane holds anything, so checking it before each message costs one atomic load.
 //!
 //! Invariants:
