@@ -1558,7 +1558,9 @@ impl Instance {
         services: &dyn HostServices,
         body: impl FnOnce(&ffi::PluginCode, &mut ffi::InstanceHandle, &mut ffi::CallContext<'_>) -> u32,
     ) -> Result<(u32, Outputs), CallbackError> {
-        let plugin = Arc::clone(&self.plugin);
+        // Borrowed, not cloned: an `Arc` clone per callback is two atomic operations on a
+        // line every actor of the plugin shares.
+        let plugin = &self.plugin;
         let Some(handle) = self.handle.as_mut() else {
             return Err(CallbackError::Protocol {
                 plugin: plugin.identity.clone(),

@@ -3,7 +3,9 @@
 //!
 //! Invariants:
 //! - One callback at a time; system messages are handled between callbacks, a waiting one
-//!   before the next ordinary message wherever that waits (mailbox, side queue, stash).
+//!   before the next ordinary message wherever that waits (mailbox, side queue, stash),
+//!   or, during a run of casts (below), before the next run: a run is one turn of the
+//!   loop, at most [`CASTS_PER_RUN`] casts, as a batch for a worker process is.
 //!   A pending continuation still goes first: it is the end of the callback before.
 //! - While suspended, every non-system message moves, in arrival order, to a side queue
 //!   that is drained before the mailbox after `resume`, so nothing is lost or reordered.
@@ -30,12 +32,16 @@
 //! runs under a guard the watchdog reads (its deadline), and a loop that finds its actor
 //! killed meanwhile (a deadline, a crashed worker) handles nothing more. Casts to a
 //! behaviour that batches them (a process-isolated one) are gathered from the mailbox in
-//! order and sent together; what a batch did not run goes back in front.
+//! order and sent together; what a batch did not run goes back in front. Casts to an
+//! in-process behaviour go in runs: the casts right behind one in the mailbox's local
+//! batch are taken up with it (one update of the shared length, not one per cast) and
+//! handled one callback at a time, each under its own guard; a continuation, a stop or a
+//! kill ends a run early and the rest stays at the front of the mailbox, counted again.
 //!
 //! The mailbox length is one counter shared with the senders (see [`super`]): a call,
 //! cast or info message of the plugin's own type counts from its send until the loop
-//! takes it up to handle it; moving between the mailbox's lanes, its batch, the side queue
-//! and the stash changes nothing.
+//! takes it up to handle it (a run or a batch of casts is taken up at once); moving
+//! between the mailbox's lanes, its batch, the side queue and the stash changes nothing.
 //!
 //! An idle actor costs its shared state and its task, whose future lives as long as the
 //! actor: `init` runs in a plain function from boxed start arguments (freed once it has
@@ -65,6 +71,10 @@ use tokio::task::AbortHandle;
 
 /// The most casts sent to a worker process in one round trip.
 const CASTS_PER_BATCH: usize = 256;
+
+/// The most casts an in-process behaviour's run takes up at once (see
+/// [`Actor::handle_cast_run`]).
+const CASTS_PER_RUN: usize = 64;
 
 /// A batch stops growing past this many bytes of messages.
 const BATCH_BYTES: usize = 1 << 20;
@@ -363,6 +373,8 @@ struct Actor {
     inactivity_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The longest the mailbox has been since its memory was last returned.
     longest_since_returned: usize,
+    /// Messages this turn may still handle before the loop lets other tasks run.
+    turn_left: u32,
 }
 
 /// What an actor's task starts from, boxed until `init` has run: the task's future then
@@ -461,6 +473,7 @@ fn start(arguments: Start) -> Option<Actor> {
         inactivity_deadline: None,
         inactivity_timer: None,
         longest_since_returned: 0,
+        turn_left: executor::MESSAGES_PER_TURN,
     };
     actor.arm_inactivity_timeout(outputs.inactivity_timeout);
     if let Some(reason) = outputs.stop {
@@ -483,13 +496,12 @@ fn start(arguments: Start) -> Option<Actor> {
 
 impl Actor {
     async fn run_loop(&mut self) -> Ending {
-        let mut turn = executor::MESSAGES_PER_TURN;
         loop {
-            turn -= 1;
-            if turn == 0 {
+            self.turn_left = self.turn_left.saturating_sub(1);
+            if self.turn_left == 0 {
                 // A flood never makes the mailbox wait: yield now and then, so the other
                 // tasks waiting for this runner get their turn.
-                turn = executor::MESSAGES_PER_TURN;
+                self.turn_left = executor::MESSAGES_PER_TURN;
                 if executor::others_waiting() {
                     executor::yield_now().await;
                 }
@@ -599,9 +611,21 @@ impl Actor {
     }
 
     fn handle(&mut self, envelope: Envelope) -> Option<Ending> {
-        // A counted message is taken up now, unless it waits while suspended.
+        // A counted message is taken up now, unless it waits while suspended. A cast to an
+        // in-process behaviour takes up with it the casts right behind it in the mailbox
+        // (a run: one count for all, see `handle_cast_run`), when nothing older waits
+        // elsewhere (the side queue, the stash).
+        let mut run = 0;
         if !self.suspended && envelope.is_counted() {
-            self.taken(1);
+            if matches!(envelope, Envelope::Cast(_))
+                && !self.behaviour.batches_casts()
+                && self.deferred.is_empty()
+                && self.stashed.is_empty()
+            {
+                let limit = (CASTS_PER_RUN - 1).min(self.turn_left as usize);
+                run = self.mailbox.leading_casts(limit);
+            }
+            self.taken(1 + run);
         }
         // Any message cancels an inactivity timeout (system messages do not, and an exit
         // signal that does not stop the actor is no message in OTP).
@@ -639,18 +663,57 @@ impl Actor {
             }
             Envelope::Call { request, reply } => self.handle_call(&request, reply),
             Envelope::Cast(message) if self.behaviour.batches_casts() => self.handle_casts(message),
-            Envelope::Cast(message) => {
-                let running = guard(&self.services.me, Callback::HandleCast);
-                let result = self.behaviour.handle_cast(&message, &self.services);
-                drop(running);
-                self.after(result)
-            }
+            Envelope::Cast(message) => self.handle_cast_run(message, run),
             Envelope::Info { kind, message } => {
                 let running = guard(&self.services.me, Callback::HandleInfo);
                 let result = self.behaviour.handle_info(kind, &message, &self.services);
                 drop(running);
                 self.after(result)
             }
+        }
+    }
+
+    /// Handles `first` and the `run` casts right behind it in the mailbox, taken up with it
+    /// (one count for all: the mailbox length is one atomic the senders write too), each
+    /// in its own callback under its own guard and deadline, in order. A run is one turn
+    /// of the loop: a system message that arrives during it waits for its end (at most
+    /// [`CASTS_PER_RUN`] casts), as one during a batch does, and the deadline is read
+    /// once for the run. Between two casts the run ends early when something must go
+    /// first (a continuation, a stop, the actor killed): the casts not handled stay where
+    /// they are, at the front of the mailbox, and count again.
+    ///
+    /// What is tricky: nothing read here per cast may share a cache line with what every
+    /// send writes (the mailbox's lock and its system flag, the length), or each cast
+    /// costs both cores a miss; hence the flag and the deadline once per run.
+    fn handle_cast_run(&mut self, first: Vec<u8>, run: usize) -> Option<Ending> {
+        let deadline = self.services.me.callback_timeout();
+        let mut message = first;
+        let mut left = run;
+        loop {
+            let running =
+                executor::enter_callback(&self.services.me, Callback::HandleCast, deadline);
+            let result = self.behaviour.handle_cast(&message, &self.services);
+            drop(running);
+            drop(message);
+            let exit = self.after(result);
+            if left == 0 {
+                return exit;
+            }
+            let next =
+                if exit.is_none() && self.continue_with.is_none() && self.services.me.is_alive() {
+                    self.mailbox.pop_leading_cast()
+                } else {
+                    None
+                };
+            let Some(next) = next else {
+                self.services.me.returned_to_mailbox(left);
+                return exit;
+            };
+            message = next;
+            left -= 1;
+            self.turn_left = self.turn_left.saturating_sub(1);
+            // Any message cancels an inactivity timeout.
+            self.inactivity_deadline = None;
         }
     }
 

@@ -12,8 +12,9 @@
 //!   without waiting for a `resume`.
 //! - *System*: `suspend`, `resume`, `change_code`, `get_state`, `status`, … The actor
 //!   takes a waiting system message before its next ordinary one (between callbacks, never
-//!   during one), so an upgrade's `suspend` does not wait behind a backlog of casts, and
-//!   its pause does not grow with the queue's depth. A flag beside the lock says whether
+//!   during one; during a run of casts, before the next run: at most 64 casts, see
+//!   [`super::actor`]), so an upgrade's `suspend` does not wait behind a backlog of casts,
+//!   and its pause does not grow with the queue's depth. A flag beside the lock says whether
 //!   the lane holds anything, so checking it before each message costs one atomic load.
 //!
 //! Invariants:
@@ -152,6 +153,27 @@ impl Receiver {
         std::mem::swap(&mut self.batch, &mut lanes.ordinary);
         drop(lanes);
         self.batch.pop_front()
+    }
+
+    /// How many casts, at most `limit`, lead the messages already taken from the shared
+    /// lane (no lock: only what the last swap brought).
+    pub(crate) fn leading_casts(&self, limit: usize) -> usize {
+        self.batch
+            .iter()
+            .take(limit)
+            .take_while(|envelope| matches!(envelope, Envelope::Cast(_)))
+            .count()
+    }
+
+    /// The next cast among those [`Receiver::leading_casts`] counted.
+    pub(crate) fn pop_leading_cast(&mut self) -> Option<Vec<u8>> {
+        match self.batch.front() {
+            Some(Envelope::Cast(_)) => match self.batch.pop_front() {
+                Some(Envelope::Cast(message)) => Some(message),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     /// Whether a system message waits (to stop gathering a batch of casts for it).
@@ -431,6 +453,110 @@ mod tests {
             assert!(handled.iter().copied().eq(0..BACKLOG), "in the order sent");
         }
         actor.stop(StopReason::Normal, Some(PATIENCE)).await;
+    }
+
+    /// Records casts (their first byte) and continuations (as 255); the cast `5` asks for
+    /// a continuation, the cast `9` stops the actor, the cast `100` waits for `gate`.
+    struct Continuer {
+        handled: Arc<StdMutex<Vec<u8>>>,
+        gate: Arc<StdMutex<Option<std::sync::mpsc::Receiver<()>>>>,
+    }
+
+    impl Behaviour for Continuer {
+        fn identity(&self) -> Option<&PluginIdentity> {
+            None
+        }
+        fn handle_call(
+            &mut self,
+            _: &[u8],
+            _: u64,
+            _: &dyn HostServices,
+        ) -> Result<Outputs, CallbackError> {
+            Ok(Outputs {
+                reply: Some(Vec::new()),
+                ..Outputs::default()
+            })
+        }
+        fn handle_cast(
+            &mut self,
+            message: &[u8],
+            _: &dyn HostServices,
+        ) -> Result<Outputs, CallbackError> {
+            if message[0] == 100 {
+                if let Some(gate) = lock(&self.gate).take() {
+                    let _ = gate.recv();
+                }
+                return Ok(Outputs::default());
+            }
+            lock(&self.handled).push(message[0]);
+            Ok(Outputs {
+                continue_with: (message[0] == 5).then(Vec::new),
+                stop: (message[0] == 9).then_some(StopReason::Normal),
+                ..Outputs::default()
+            })
+        }
+        fn handle_info(
+            &mut self,
+            _: u32,
+            _: &[u8],
+            _: &dyn HostServices,
+        ) -> Result<Outputs, CallbackError> {
+            Ok(Outputs::default())
+        }
+        fn handle_continue(
+            &mut self,
+            _: &[u8],
+            _: &dyn HostServices,
+        ) -> Result<Outputs, CallbackError> {
+            lock(&self.handled).push(255);
+            Ok(Outputs::default())
+        }
+        fn terminate(&mut self, _: &StopReason, _: &dyn HostServices) -> Result<(), CallbackError> {
+            Ok(())
+        }
+        fn encode_state(&mut self) -> Result<Vec<u8>, CallbackError> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Casts queued together run in one run; a continuation asked for in the middle of it
+    /// runs before the next cast, and a stop ends the actor with the casts behind it
+    /// unhandled.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_continuation_or_a_stop_in_a_run_of_casts_goes_before_the_rest() {
+        let handled = Arc::new(StdMutex::new(Vec::new()));
+        let (release, gate) = std::sync::mpsc::channel();
+        let gate = Arc::new(StdMutex::new(Some(gate)));
+        let factory = {
+            let handled = Arc::clone(&handled);
+            NativeFactory(move |_: &[u8], _: &dyn HostServices| {
+                let continuer = Continuer {
+                    handled: Arc::clone(&handled),
+                    gate: Arc::clone(&gate),
+                };
+                Ok((
+                    Box::new(continuer) as Box<dyn Behaviour>,
+                    Outputs::default(),
+                ))
+            })
+        };
+        let runtime = Runtime::new();
+        let actor = runtime
+            .spawn(ActorOptions::new(Arc::new(factory), Vec::new()))
+            .await
+            .expect("the continuer starts");
+        actor.set_callback_timeout(None);
+        // Held in a callback while the casts queue up, so that they are taken together.
+        actor.cast(vec![100]);
+        assert!(eventually(|| actor.mailbox_length() == 0).await);
+        for value in 0..12_u8 {
+            actor.cast(vec![value]);
+        }
+        assert_eq!(actor.mailbox_length(), 12);
+        release.send(()).expect("the held callback waits");
+        assert_eq!(actor.exited().await, StopReason::Normal);
+        assert_eq!(*lock(&handled), vec![0, 1, 2, 3, 4, 5, 255, 6, 7, 8, 9]);
+        assert_eq!(actor.mailbox_length(), 2, "the casts after the stop count");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
