@@ -386,8 +386,13 @@ pub(crate) fn run(
         started,
     });
     async move {
-        // `start` takes the box itself, so it is freed before the loop begins (moving out
-        // of it here would keep its allocation as long as this future).
+        // Moved out of the box in a block of its own, so the box is freed before the loop
+        // begins (moving out of the captured box directly would keep its allocation as
+        // long as this future).
+        let arguments = {
+            let boxed = arguments;
+            *boxed
+        };
         let Some(mut actor) = start(arguments) else {
             return;
         };
@@ -399,14 +404,14 @@ pub(crate) fn run(
 
 /// Runs `init`; answers the spawner. `None`: the start failed (already answered, the
 /// exit recorded).
-fn start(arguments: Box<Start>) -> Option<Actor> {
+fn start(arguments: Start) -> Option<Actor> {
     let Start {
         runtime,
         me,
         options,
         mailbox,
         started,
-    } = *arguments;
+    } = arguments;
     let label = me.label();
     let services = ActorServices {
         runtime: runtime.clone(),
