@@ -786,6 +786,7 @@ impl Loader {
             },
         )?;
         let mut plugin = LoadedPlugin {
+            code_label: Arc::from(identity.to_string()),
             identity,
             abi_minor: header.abi_minor,
             api_version: String::from_utf8_lossy(&header.api_version).into_owned(),
@@ -992,6 +993,8 @@ fn thread_starter(bytes: &[u8]) -> Option<&'static str> {
 /// One loaded plugin version. Closed (and its unloading verified) when the last `Arc` goes.
 pub struct LoadedPlugin {
     identity: PluginIdentity,
+    /// "name version", made once and shared by every actor running this version.
+    code_label: Arc<str>,
     /// The ABI minor its header declares.
     abi_minor: u16,
     api_version: String,
@@ -1021,6 +1024,11 @@ impl LoadedPlugin {
     /// Name and version.
     pub fn identity(&self) -> &PluginIdentity {
         &self.identity
+    }
+
+    /// "name version", shared (each actor's code label points at it).
+    pub fn code_label(&self) -> Arc<str> {
+        Arc::clone(&self.code_label)
     }
 
     /// The plugin's name.

@@ -105,10 +105,61 @@ pub(crate) enum Watcher {
     Channel(mpsc::UnboundedSender<ExitNotice>),
 }
 
+/// A process's label: its registered name, or else its id in decimal, kept inline so that
+/// an unnamed process needs no allocation for it.
+pub(crate) enum Label {
+    Name(String),
+    Id { digits: [u8; 20], length: u8 },
+}
+
+impl Label {
+    pub(crate) fn new(id: ProcessId, name: Option<String>) -> Label {
+        match name {
+            Some(name) => Label::Name(name),
+            None => {
+                let mut digits = [0u8; 20];
+                let mut value = id.0;
+                let mut start = digits.len();
+                loop {
+                    start -= 1;
+                    digits[start] = b'0' + (value % 10) as u8;
+                    value /= 10;
+                    if value == 0 {
+                        break;
+                    }
+                }
+                digits.copy_within(start.., 0);
+                Label::Id {
+                    digits,
+                    length: (digits.len() - start) as u8,
+                }
+            }
+        }
+    }
+
+    /// The registered name, if any.
+    pub(crate) fn name(&self) -> Option<&str> {
+        match self {
+            Label::Name(name) => Some(name),
+            Label::Id { .. } => None,
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Label::Name(name) => name,
+            // Only ASCII digits are ever written there.
+            Label::Id { digits, length } => {
+                std::str::from_utf8(&digits[..usize::from(*length)]).unwrap_or_default()
+            }
+        }
+    }
+}
+
 /// The exit of one process: set once, with its watchers.
 pub(crate) struct Lifecycle {
     id: ProcessId,
-    label: String,
+    label: Label,
     exit: OnceLock<StopReason>,
     watchers: Mutex<Vec<Watcher>>,
     /// Set once every watcher of the exit has been told; [`Lifecycle::exited`] waits for
@@ -119,10 +170,10 @@ pub(crate) struct Lifecycle {
 }
 
 impl Lifecycle {
-    pub(crate) fn new(id: ProcessId, label: String) -> Lifecycle {
+    pub(crate) fn new(id: ProcessId, name: Option<String>) -> Lifecycle {
         Lifecycle {
             id,
-            label,
+            label: Label::new(id, name),
             exit: OnceLock::new(),
             watchers: Mutex::new(Vec::new()),
             told: std::sync::atomic::AtomicBool::new(false),
@@ -164,7 +215,14 @@ impl Lifecycle {
                 drop(watchers);
                 self.deliver(watcher, &reason);
             }
-            None => watchers.push(watcher),
+            None => {
+                // Most processes have one watcher (their supervisor): room for one, not
+                // the four a first `push` would make.
+                if watchers.capacity() == 0 {
+                    watchers.reserve_exact(1);
+                }
+                watchers.push(watcher);
+            }
         }
     }
 
@@ -173,7 +231,7 @@ impl Lifecycle {
             Watcher::Monitor { monitor, watcher } => {
                 let down = Down {
                     monitor,
-                    actor: self.label.clone(),
+                    actor: self.label.as_str().to_owned(),
                     reason: reason.clone(),
                 };
                 if let Ok(message) = codec::encode(&down) {
@@ -185,7 +243,7 @@ impl Lifecycle {
             }
             Watcher::Link(other) => {
                 other.deliver(Envelope::ExitSignal(Box::new(graft_plugin::Exit {
-                    actor: self.label.clone(),
+                    actor: self.label.as_str().to_owned(),
                     reason: reason.clone(),
                 })));
             }
@@ -219,7 +277,6 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub(crate) struct ActorShared {
     runtime: std::sync::Weak<RuntimeInner>,
-    pub(crate) name: Option<String>,
     /// The two lanes (ordinary and system messages); allocates nothing until used.
     mailbox: Mailbox,
     /// Calls, casts and info messages sent and not yet taken up by the actor (waiting in
@@ -241,7 +298,7 @@ pub(crate) struct ActorShared {
     /// The deadline of each callback, in milliseconds (`u64::MAX`: none).
     callback_timeout_ms: AtomicU64,
     /// "plugin version" of the code the actor runs, for timeout reasons and reports.
-    code_label: Mutex<String>,
+    code_label: Mutex<Arc<str>>,
     /// Frees the thread of a callback killed at its deadline, when the behaviour can
     /// (a process-isolated one closes its connection to the worker).
     interrupt: Mutex<Option<Interrupt>>,
@@ -463,12 +520,12 @@ impl ActorRef {
 
     /// The registered name, if any.
     pub fn name(&self) -> Option<&str> {
-        self.shared.name.as_deref()
+        self.shared.lifecycle.label.name()
     }
 
     /// The name, or the id when unnamed.
     pub fn label(&self) -> String {
-        self.shared.lifecycle.label.clone()
+        self.shared.lifecycle.label.as_str().to_owned()
     }
 
     /// Calls, casts and info messages waiting in the mailbox (also those waiting while
@@ -554,10 +611,10 @@ impl ActorRef {
 
     /// The plugin and version it runs (`native` for host-native behaviours).
     pub fn code_label(&self) -> String {
-        lock(&self.shared.code_label).clone()
+        lock(&self.shared.code_label).to_string()
     }
 
-    pub(crate) fn set_code_label(&self, label: String) {
+    pub(crate) fn set_code_label(&self, label: Arc<str>) {
         *lock(&self.shared.code_label) = label;
     }
 
@@ -882,7 +939,7 @@ impl ActorRef {
     ) -> Result<StopReason, NoSuchProcess> {
         if let Some(exited) = self.exit_reason() {
             return Err(NoSuchProcess {
-                actor: self.shared.lifecycle.label.clone(),
+                actor: self.shared.lifecycle.label.as_str().to_owned(),
                 reason: exited,
             });
         }
@@ -1176,29 +1233,22 @@ impl Runtime {
     /// `{continue, _}`). A failed start answers only once the name is free again.
     pub async fn spawn(&self, options: ActorOptions) -> Result<ActorRef, SpawnError> {
         let id = self.next_id();
-        let label = options.name.clone().unwrap_or_else(|| id.to_string());
         let actor = ActorRef {
             shared: Arc::new(ActorShared {
                 runtime: Arc::downgrade(&self.inner),
-                name: options.name.clone(),
                 mailbox: Mailbox::new(),
                 mailbox_length: AtomicUsize::new(0),
                 mailbox_high_water: AtomicUsize::new(0),
                 max_mailbox: AtomicUsize::new(options.max_mailbox.unwrap_or(usize::MAX)),
                 mailbox_refused: AtomicU64::new(0),
                 undecodable_messages: AtomicU64::new(0),
-                lifecycle: Lifecycle::new(id, label.clone()),
+                lifecycle: Lifecycle::new(id, options.name.clone()),
                 task: Mutex::new(None),
                 callback_timeout_ms: AtomicU64::new(timeout_millis(
                     options.factory.callback_timeout(),
                 )),
                 interrupt: Mutex::new(None),
-                code_label: Mutex::new(
-                    options
-                        .factory
-                        .identity()
-                        .map_or_else(|| "native code".to_owned(), |identity| identity.to_string()),
-                ),
+                code_label: Mutex::new(options.factory.code_label()),
             }),
         };
         if let Some(name) = &options.name {
@@ -1223,7 +1273,7 @@ impl Runtime {
                 // Killed during `init` (its deadline): the stuck thread holds the sender.
                 reason = actor.exited() => match start_result.try_recv() {
                     Ok(result) => Ok(result),
-                    Err(_) => Ok(Err(SpawnError::Stopped { actor: label.clone(), reason })),
+                    Err(_) => Ok(Err(SpawnError::Stopped { actor: actor.label(), reason })),
                 },
             },
         };
@@ -1231,7 +1281,7 @@ impl Runtime {
             Ok(Ok(())) => Ok(actor),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(SpawnError::Stopped {
-                actor: label,
+                actor: actor.label(),
                 reason: actor
                     .exit_reason()
                     .unwrap_or_else(|| StopReason::Error("killed during start".to_owned())),
@@ -1336,5 +1386,24 @@ impl Runtime {
     pub fn link(&self, first: &ActorRef, second: &ActorRef) {
         first.lifecycle().watch(Watcher::Link(second.clone()));
         second.lifecycle().watch(Watcher::Link(first.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An unnamed process is labelled by its id in decimal, held inline; a named one by
+    /// its name.
+    #[test]
+    fn a_label_is_the_name_or_the_id() {
+        for id in [0, 7, 10, 12_345, u64::MAX] {
+            let label = Label::new(ProcessId(id), None);
+            assert_eq!(label.as_str(), id.to_string());
+            assert_eq!(label.name(), None);
+        }
+        let named = Label::new(ProcessId(3), Some("counter".to_owned()));
+        assert_eq!(named.as_str(), "counter");
+        assert_eq!(named.name(), Some("counter"));
     }
 }

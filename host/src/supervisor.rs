@@ -418,7 +418,7 @@ pub async fn start_supervisor(
         shared: Arc::new(SupervisorShared {
             name: spec.name.clone(),
             sender,
-            lifecycle: Lifecycle::new(id, label.clone()),
+            lifecycle: Lifecycle::new(id, spec.name.clone()),
         }),
     };
     if let Some(name) = &spec.name {

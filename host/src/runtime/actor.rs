@@ -87,13 +87,6 @@ fn guard(actor: &ActorRef, callback: Callback) -> CallbackGuard {
     executor::enter_callback(actor, callback, actor.callback_timeout())
 }
 
-/// "plugin version" of a behaviour, for reports.
-fn code_label(behaviour: &dyn Behaviour) -> String {
-    behaviour
-        .identity()
-        .map_or_else(|| "native code".to_owned(), |identity| identity.to_string())
-}
-
 /// An actor's running timers, each one's task by its id.
 type Timers = Arc<Mutex<HashMap<u64, AbortHandle>>>;
 
@@ -193,7 +186,7 @@ struct ActorServices {
 impl ActorServices {
     /// The actor's name, or its id when unnamed (kept once, in its shared state).
     fn label(&self) -> &str {
-        &self.me.shared.lifecycle.label
+        self.me.shared.lifecycle.label.as_str()
     }
 }
 
@@ -406,7 +399,14 @@ pub(crate) fn run(
         started,
     });
     async move {
-        let Some(mut actor) = start(*arguments) else {
+        // Moved out of the box in a block of its own, so the box is freed before the loop
+        // begins (moving out of the captured box directly would keep its allocation as
+        // long as this future).
+        let arguments = {
+            let boxed = arguments;
+            *boxed
+        };
+        let Some(mut actor) = start(arguments) else {
             return;
         };
         let exit = actor.run_loop().await;
@@ -459,7 +459,7 @@ fn start(arguments: Start) -> Option<Actor> {
         }
     };
     behaviour.attach(&me);
-    me.set_code_label(code_label(&*behaviour));
+    me.set_code_label(behaviour.code_label());
     let mut actor = Actor {
         behaviour,
         services,
@@ -931,7 +931,7 @@ impl Actor {
         // The old behaviour's interrupt (and any connection it holds) goes with it.
         self.services.me.set_interrupt(None);
         replacement.attach(&self.services.me);
-        self.services.me.set_code_label(code_label(&*replacement));
+        self.services.me.set_code_label(replacement.code_label());
         let _dropping = guard(&self.services.me, Callback::Drop);
         self.behaviour = replacement;
     }

@@ -14,6 +14,11 @@ use std::sync::Arc;
 pub trait Behaviour: Send {
     /// The plugin and version, when the behaviour is a plugin.
     fn identity(&self) -> Option<&PluginIdentity>;
+    /// "plugin version" (`native code` for host-native behaviours), for reports; a
+    /// plugin's is one string shared by all its actors.
+    fn code_label(&self) -> Arc<str> {
+        code_label_of(self.identity())
+    }
     /// Handles a call; `reply_token` identifies it for a deferred reply.
     fn handle_call(
         &mut self,
@@ -114,6 +119,10 @@ impl Behaviour for Instance {
         Some(self.plugin().identity())
     }
 
+    fn code_label(&self) -> Arc<str> {
+        self.plugin().code_label()
+    }
+
     fn handle_call(
         &mut self,
         request: &[u8],
@@ -191,6 +200,14 @@ pub(crate) fn ends_a_batch(result: &Result<Outputs, CallbackError>) -> bool {
     }
 }
 
+/// "plugin version", or `native code` without a plugin.
+fn code_label_of(identity: Option<&PluginIdentity>) -> Arc<str> {
+    identity.map_or_else(
+        || Arc::from("native code"),
+        |identity| Arc::from(identity.to_string()),
+    )
+}
+
 /// A started behaviour and what its `init` produced (a continuation, say).
 pub type Started = (Box<dyn Behaviour>, Outputs);
 
@@ -200,6 +217,11 @@ pub trait BehaviourFactory: Send + Sync {
     fn start(&self, args: &[u8], services: &dyn HostServices) -> Result<Started, CallbackError>;
     /// The plugin and version new actors will run, when a plugin.
     fn identity(&self) -> Option<PluginIdentity>;
+
+    /// "plugin version" of the actors it starts (`native code` for host-native ones).
+    fn code_label(&self) -> Arc<str> {
+        code_label_of(self.identity().as_ref())
+    }
 
     /// The mailbox bound of the actors it starts, given the child spec's (a factory that
     /// follows releases may know a newer one).
@@ -250,6 +272,10 @@ impl BehaviourFactory for PluginFactory {
 
     fn identity(&self) -> Option<PluginIdentity> {
         Some(self.plugin.identity().clone())
+    }
+
+    fn code_label(&self) -> Arc<str> {
+        self.plugin.code_label()
     }
 }
 
