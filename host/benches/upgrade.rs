@@ -717,12 +717,7 @@ fn verdict(met: bool) -> &'static str {
 /// Medians of one fleet's rounds.
 struct FleetSummary {
     actors: usize,
-    rounds: usize,
-    upgrade_total: Duration,
-    upgrade_pause: Duration,
-    worst_upgrade_pause: Duration,
-    downgrade_total: Duration,
-    downgrade_pause: Duration,
+    installs: Installs,
     baseline: Duration,
     walk: Duration,
     phases: Phases,
@@ -733,32 +728,72 @@ struct FleetSummary {
 
 /// Medians of one fleet's rounds under the unpaced client.
 struct UnpacedSummary {
-    rounds: usize,
-    upgrade_total: Duration,
-    upgrade_pause: Duration,
-    worst_upgrade_pause: Duration,
-    downgrade_total: Duration,
-    downgrade_pause: Duration,
+    installs: Installs,
     /// Suspending every actor (the suspends wait behind the backlog unless system
     /// messages are served first).
     suspend: Duration,
     casts_per_second: f64,
 }
 
+/// The upgrades and downgrades of some rounds: medians, and the worst upgrade pause.
+struct Installs {
+    rounds: usize,
+    upgrade_total: Duration,
+    upgrade_pause: Duration,
+    worst_upgrade_pause: Duration,
+    downgrade_total: Duration,
+    downgrade_pause: Duration,
+}
+
+impl Installs {
+    /// From each round's (upgrade, downgrade).
+    fn new(rounds: &[(Install, Install)]) -> Installs {
+        let of =
+            |pick: fn(&(Install, Install)) -> Duration| median(rounds.iter().map(pick).collect());
+        Installs {
+            rounds: rounds.len(),
+            upgrade_total: of(|(upgrade, _)| upgrade.total),
+            upgrade_pause: of(|(upgrade, _)| upgrade.longest_pause),
+            worst_upgrade_pause: rounds
+                .iter()
+                .map(|(upgrade, _)| upgrade.longest_pause)
+                .max()
+                .unwrap_or_default(),
+            downgrade_total: of(|(_, downgrade)| downgrade.total),
+            downgrade_pause: of(|(_, downgrade)| downgrade.longest_pause),
+        }
+    }
+
+    /// The two targets' lines (total time, longest pause), each after its prefix (which
+    /// names the client when it is not the paced one).
+    fn print_targets(&self, total_prefix: &str, pause_prefix: &str) {
+        println!(
+            "summary: target {total_prefix}{TARGET_ACTORS} actors upgraded in <= {}: median {}, {}",
+            human_time(TARGET_TIME),
+            human_time(self.upgrade_total),
+            verdict(self.upgrade_total <= TARGET_TIME)
+        );
+        println!(
+            "summary: target {pause_prefix}no actor suspended longer than {}: median longest pause {} ({}), worst of {} rounds {} ({})",
+            human_time(TARGET_PAUSE),
+            human_time(self.upgrade_pause),
+            verdict(self.upgrade_pause <= TARGET_PAUSE),
+            self.rounds,
+            human_time(self.worst_upgrade_pause),
+            verdict(self.worst_upgrade_pause <= TARGET_PAUSE),
+        );
+    }
+}
+
 impl UnpacedSummary {
     fn new(rounds: &[UnpacedRound], fleet: &Fleet) -> UnpacedSummary {
         let of = |pick: fn(&UnpacedRound) -> Duration| median(rounds.iter().map(pick).collect());
+        let installs: Vec<(Install, Install)> = rounds
+            .iter()
+            .map(|round| (round.upgrade, round.downgrade))
+            .collect();
         UnpacedSummary {
-            rounds: rounds.len(),
-            upgrade_total: of(|round| round.upgrade.total),
-            upgrade_pause: of(|round| round.upgrade.longest_pause),
-            worst_upgrade_pause: rounds
-                .iter()
-                .map(|round| round.upgrade.longest_pause)
-                .max()
-                .unwrap_or_default(),
-            downgrade_total: of(|round| round.downgrade.total),
-            downgrade_pause: of(|round| round.downgrade.longest_pause),
+            installs: Installs::new(&installs),
             suspend: of(|round| round.upgrade.phases.suspend),
             casts_per_second: fleet.unpaced_casts_sent as f64
                 / fleet.unpaced_client_time.as_secs_f64(),
@@ -769,18 +804,13 @@ impl UnpacedSummary {
 impl FleetSummary {
     fn new(fleet: &Fleet, rounds: &[Round], unpaced: &[UnpacedRound]) -> FleetSummary {
         let of = |pick: fn(&Round) -> Duration| median(rounds.iter().map(pick).collect());
+        let installs: Vec<(Install, Install)> = rounds
+            .iter()
+            .map(|round| (round.upgrade, round.downgrade))
+            .collect();
         FleetSummary {
             actors: fleet.actors.len(),
-            rounds: rounds.len(),
-            upgrade_total: of(|round| round.upgrade.total),
-            upgrade_pause: of(|round| round.upgrade.longest_pause),
-            worst_upgrade_pause: rounds
-                .iter()
-                .map(|round| round.upgrade.longest_pause)
-                .max()
-                .unwrap_or_default(),
-            downgrade_total: of(|round| round.downgrade.total),
-            downgrade_pause: of(|round| round.downgrade.longest_pause),
+            installs: Installs::new(&installs),
             baseline: of(|round| round.baseline),
             walk: of(|round| round.walk),
             phases: Phases {
@@ -799,22 +829,23 @@ impl FleetSummary {
 
     fn print(&self) {
         let ratio = |time: Duration| time.as_secs_f64() / self.baseline.as_secs_f64();
+        let installs = &self.installs;
         println!(
             "summary: upgrade {} actors: median total {}, longest pause {}, lost {}; suspend/resume only {} ({:.1}x)",
             self.actors,
-            human_time(self.upgrade_total),
-            human_time(self.upgrade_pause),
+            human_time(installs.upgrade_total),
+            human_time(installs.upgrade_pause),
             self.lost,
             human_time(self.baseline),
-            ratio(self.upgrade_total),
+            ratio(installs.upgrade_total),
         );
         println!(
             "summary:   {} rounds; pause {:.1}x suspend/resume only; worst round's pause {}; downgrade median total {}, pause {}; client {:.0} casts/s",
-            self.rounds,
-            ratio(self.upgrade_pause),
-            human_time(self.worst_upgrade_pause),
-            human_time(self.downgrade_total),
-            human_time(self.downgrade_pause),
+            installs.rounds,
+            ratio(installs.upgrade_pause),
+            human_time(installs.worst_upgrade_pause),
+            human_time(installs.downgrade_total),
+            human_time(installs.downgrade_pause),
             self.casts_per_second,
         );
         let phases = self.phases;
@@ -831,13 +862,13 @@ impl FleetSummary {
         let unpaced = &self.unpaced;
         println!(
             "summary:   unpaced client (~{UNPACED_BACKLOG} casts queued), {} rounds: upgrade median total {}, longest pause {} (suspend {}), worst round's pause {}; downgrade median total {}, pause {}; client {:.0} casts/s",
-            unpaced.rounds,
-            human_time(unpaced.upgrade_total),
-            human_time(unpaced.upgrade_pause),
+            unpaced.installs.rounds,
+            human_time(unpaced.installs.upgrade_total),
+            human_time(unpaced.installs.upgrade_pause),
             human_time(unpaced.suspend),
-            human_time(unpaced.worst_upgrade_pause),
-            human_time(unpaced.downgrade_total),
-            human_time(unpaced.downgrade_pause),
+            human_time(unpaced.installs.worst_upgrade_pause),
+            human_time(unpaced.installs.downgrade_total),
+            human_time(unpaced.installs.downgrade_pause),
             unpaced.casts_per_second,
         );
     }
@@ -850,36 +881,10 @@ fn print_targets(summaries: &[FleetSummary], smoke: bool) {
         .find(|summary| summary.actors == TARGET_ACTORS)
     {
         Some(largest) => {
-            println!(
-                "summary: target {TARGET_ACTORS} actors upgraded in <= {}: median {}, {}",
-                human_time(TARGET_TIME),
-                human_time(largest.upgrade_total),
-                verdict(largest.upgrade_total <= TARGET_TIME)
-            );
-            println!(
-                "summary: target no actor suspended longer than {}: median longest pause {} ({}), worst of {} rounds {} ({})",
-                human_time(TARGET_PAUSE),
-                human_time(largest.upgrade_pause),
-                verdict(largest.upgrade_pause <= TARGET_PAUSE),
-                largest.rounds,
-                human_time(largest.worst_upgrade_pause),
-                verdict(largest.worst_upgrade_pause <= TARGET_PAUSE),
-            );
-            let unpaced = &largest.unpaced;
-            println!(
-                "summary: target unpaced client (~{UNPACED_BACKLOG} casts queued): {TARGET_ACTORS} actors upgraded in <= {}: median {}, {}",
-                human_time(TARGET_TIME),
-                human_time(unpaced.upgrade_total),
-                verdict(unpaced.upgrade_total <= TARGET_TIME)
-            );
-            println!(
-                "summary: target unpaced client: no actor suspended longer than {}: median longest pause {} ({}), worst of {} rounds {} ({})",
-                human_time(TARGET_PAUSE),
-                human_time(unpaced.upgrade_pause),
-                verdict(unpaced.upgrade_pause <= TARGET_PAUSE),
-                unpaced.rounds,
-                human_time(unpaced.worst_upgrade_pause),
-                verdict(unpaced.worst_upgrade_pause <= TARGET_PAUSE),
+            largest.installs.print_targets("", "");
+            largest.unpaced.installs.print_targets(
+                &format!("unpaced client (~{UNPACED_BACKLOG} casts queued): "),
+                "unpaced client: ",
             );
         }
         None if smoke => println!("summary: no {TARGET_ACTORS}-actor fleet in a smoke run"),
