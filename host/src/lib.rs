@@ -25,6 +25,7 @@
 pub mod build;
 pub mod control;
 pub mod isolation;
+pub mod metrics;
 pub mod ownership;
 pub mod plugin;
 pub mod process;
