@@ -25,7 +25,7 @@
 //! accept (at the file-descriptor limit) pauses accepting, with one warning per interval.
 
 mod client;
-mod commands;
+pub(crate) mod commands;
 mod limits;
 pub mod protocol;
 mod server;

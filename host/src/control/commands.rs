@@ -42,7 +42,7 @@ fn describe_phase(phase: &InstallPhase) -> String {
 
 /// Why a request failed; the client sees its message (the wire carries the text).
 #[derive(Debug, Error)]
-pub(super) enum CommandError {
+pub(crate) enum CommandError {
     /// No actor is registered under the name.
     #[error("no actor named {0:?}")]
     NoActor(String),
@@ -113,7 +113,7 @@ fn encode(response: &impl Serialize) -> Result<Value, CommandError> {
 }
 
 /// Runs one request; progress lines go to `progress`.
-pub(super) async fn execute(
+pub(crate) async fn execute(
     handler: &ReleaseHandler,
     request: Request,
     progress: tokio::sync::mpsc::UnboundedSender<String>,
