@@ -954,6 +954,8 @@ async fn start(
     // A second host on a live root — serving, or still booting — stops here, before it
     // boots anything; the claim is held until this host exits.
     let _claim = ControlServer::claim_root(root).await?;
+    // What a host that died left: this one serves HTTP only if asked, at its own address.
+    graft::http::remove_info(root);
     // Signals are caught from before the socket answers: a client that sees the host up
     // and stops it at once gets the orderly stop, not the default action of SIGINT.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())

@@ -154,11 +154,7 @@ impl HttpServer {
 
     /// Serves until the task running it is aborted (with the host) or the listener fails.
     pub async fn serve(self) -> Result<(), HttpError> {
-        let app = routes::router(routes::Shared::new(
-            self.handler,
-            self.token,
-            self.address,
-        ));
+        let app = routes::router(routes::Shared::new(self.handler, self.token, self.address));
         axum::serve(self.listener, app)
             .await
             .map_err(HttpError::Serve)

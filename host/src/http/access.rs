@@ -24,7 +24,9 @@ impl Token {
         use std::io::Read as _;
         let mut bytes = [0u8; 32];
         std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-        Ok(Token(bytes.iter().map(|byte| format!("{byte:02x}")).collect()))
+        Ok(Token(
+            bytes.iter().map(|byte| format!("{byte:02x}")).collect(),
+        ))
     }
 
     /// The token as text (to print for the operator).
@@ -198,28 +200,42 @@ mod tests {
             check_mutation(&headers(&[host, ("authorization", "Bearer nope")]), &token),
             Err(AccessError::WrongToken)
         );
-        assert_eq!(check_mutation(&headers(&[host, ("authorization", &bearer)]), &token), Ok(()));
+        assert_eq!(
+            check_mutation(&headers(&[host, ("authorization", &bearer)]), &token),
+            Ok(())
+        );
         assert_eq!(
             check_mutation(&headers(&[host, ("x-graft-token", token.as_str())]), &token),
             Ok(())
         );
         assert_eq!(
             check_mutation(
-                &headers(&[host, ("authorization", &bearer), ("origin", "http://127.0.0.1:9464")]),
+                &headers(&[
+                    host,
+                    ("authorization", &bearer),
+                    ("origin", "http://127.0.0.1:9464")
+                ]),
                 &token
             ),
             Ok(())
         );
         let foreign = check_mutation(
-            &headers(&[host, ("authorization", &bearer), ("origin", "http://evil.example")]),
+            &headers(&[
+                host,
+                ("authorization", &bearer),
+                ("origin", "http://evil.example"),
+            ]),
             &token,
         )
         .unwrap_err();
         assert_eq!(foreign.status(), StatusCode::FORBIDDEN);
         assert!(foreign.to_string().contains("evil.example"), "{foreign}");
         assert_eq!(
-            check_mutation(&headers(&[host, ("authorization", &bearer), ("origin", "null")]), &token)
-                .map_err(|error| error.kind()),
+            check_mutation(
+                &headers(&[host, ("authorization", &bearer), ("origin", "null")]),
+                &token
+            )
+            .map_err(|error| error.kind()),
             Err("foreign_origin")
         );
     }
@@ -227,8 +243,17 @@ mod tests {
     #[test]
     fn a_loopback_server_answers_only_loopback_host_names() {
         let bound: SocketAddr = "127.0.0.1:9464".parse().unwrap();
-        for host in ["127.0.0.1:9464", "localhost:9464", "LOCALHOST:9464", "[::1]:9464"] {
-            assert_eq!(check_host(&headers(&[("host", host)]), bound), Ok(()), "{host}");
+        for host in [
+            "127.0.0.1:9464",
+            "localhost:9464",
+            "LOCALHOST:9464",
+            "[::1]:9464",
+        ] {
+            assert_eq!(
+                check_host(&headers(&[("host", host)]), bound),
+                Ok(()),
+                "{host}"
+            );
         }
         for host in ["rebound.example:9464", "127.0.0.1:80", "localhost"] {
             assert_eq!(
@@ -239,6 +264,9 @@ mod tests {
         }
         assert!(check_host(&HeaderMap::new(), bound).is_err());
         let anywhere: SocketAddr = "0.0.0.0:9464".parse().unwrap();
-        assert_eq!(check_host(&headers(&[("host", "box.example:9464")]), anywhere), Ok(()));
+        assert_eq!(
+            check_host(&headers(&[("host", "box.example:9464")]), anywhere),
+            Ok(())
+        );
     }
 }

@@ -14,6 +14,15 @@
   // Per actor: the last `messages_handled` and when; the rate computed from them.
   const counts = new Map();
   const rates = new Map();
+  // What each part was last drawn from: a part is redrawn only when that changes (no
+  // flicker, and a button under the pointer stays the same element).
+  const drawn = { tree: '', releases: '', timeline: '' };
+  function unchanged(part, inputs) {
+    const key = JSON.stringify(inputs);
+    if (drawn[part] === key) return true;
+    drawn[part] = key;
+    return false;
+  }
 
   // The token may come in the fragment (#token=…), which browsers never send to servers.
   const fromFragment = /(?:^#|&)token=([0-9a-fA-F]+)/.exec(location.hash);
@@ -92,21 +101,26 @@
     }
   }
 
-  function renderNode(node) {
+  // Nested lists; the depth indents the names only, so the columns stay aligned.
+  function renderNode(node, depth = 0) {
+    const indent = (child) => {
+      child.style.paddingLeft = `${depth * 16}px`;
+      return child;
+    };
     if (node.supervisor) {
       const counts = node.counts ? `${node.counts.active}/${node.counts.specs} active` : (node.state || '');
-      const label = element('span', { className: 'label' }, [
+      const label = indent(element('span', { className: 'label' }, [
         element('span', { text: node.id }),
         element('span', { className: 'subtle', text: `supervisor ${counts}` }),
-      ]);
-      const list = element('ul', {}, (node.children || []).map(renderNode));
+      ]));
+      const list = element('ul', {}, (node.children || []).map((child) => renderNode(child, depth + 1)));
       return element('li', { className: 'supervisor', data: { supervisor: node.id } }, [label, list]);
     }
     const key = actorKey(node);
     const code = node.plugin ? `${node.plugin}@${node.version || '?'}` : (node.code || '—');
     const rate = rates.has(key) ? rates.get(key).toFixed(rates.get(key) < 10 ? 1 : 0) : '—';
     const row = element('div', { className: 'row' }, [
-      element('span', { className: 'name', text: node.id === key ? key : `${node.id} (${key})` }),
+      indent(element('span', { className: 'name', text: node.id === key ? key : `${node.id} (${key})` })),
       element('span', { className: 'badge status', text: node.state, data: { state: node.state } }),
       element('span', { className: 'code', text: code }),
       element('span', { className: 'number mailbox', text: node.mailbox ?? '—', title: `high-water ${node.mailbox_high_water ?? '—'}` }),
@@ -121,6 +135,7 @@
   }
 
   function renderTree(status) {
+    if (unchanged('tree', [status.tree, status.release, status.install_in_progress, selected, [...rates]])) return;
     const tree = $('tree');
     tree.replaceChildren(element('ul', {}, [renderNode(status.tree)]));
     $('current-release').textContent = `release ${status.release}${status.install_in_progress ? ' (installing…)' : ''}`;
@@ -171,6 +186,7 @@
 
   function renderReleases(status) {
     const installing = status.install_in_progress || busy;
+    if (unchanged('releases', [status.releases, installing, Boolean(token)])) return;
     const rows = status.releases.map((release) => {
       const install = element('button', { className: 'install', text: release.running ? 'Running' : 'Install', data: { action: 'install', version: release.version } });
       install.disabled = !token || installing || release.running;
@@ -235,6 +251,7 @@
   }
 
   function renderTimeline(upgrades, source) {
+    if (unchanged('timeline', [upgrades, source])) return;
     $('timeline-source').textContent = source === 'metrics' ? '' : '(run from this page; metrics off)';
     const timeline = $('timeline');
     if (!upgrades || upgrades.length === 0) {

@@ -169,7 +169,9 @@ impl Shared {
 
     fn progress(&self, line: String) {
         if let Some(activity) = lock(&self.activity).as_mut() {
-            let at = activity.started.map_or(0, |started| micros(started.elapsed()));
+            let at = activity
+                .started
+                .map_or(0, |started| micros(started.elapsed()));
             activity.progress.push(line);
             activity.progress_at_us.push(at);
         }
@@ -184,7 +186,15 @@ impl Shared {
                 Ok(report) => activity.result = Some(report.clone()),
                 Err(error) => activity.error = Some(error.to_string()),
             }
-            if let Some(kind) = kind {
+            // Refused before anything ran (unknown, already current, another running): not
+            // an upgrade for the timeline.
+            let refused = outcome.as_ref().err().is_some_and(|error| {
+                matches!(
+                    command_status(error).0,
+                    StatusCode::NOT_FOUND | StatusCode::CONFLICT
+                )
+            });
+            if let Some(kind) = kind.filter(|_| !refused) {
                 record = Some(own_upgrade_record(kind, activity, outcome));
             }
         }
@@ -288,7 +298,10 @@ async fn guard(State(shared): State<Arc<Shared>>, request: HttpRequest, next: Ne
             "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
         ),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response
 }
 
@@ -300,10 +313,7 @@ enum ApiError {
     #[error(transparent)]
     Command(#[from] CommandError),
     #[error("{text:?} is not a release version: {source}")]
-    BadVersion {
-        text: String,
-        source: semver::Error,
-    },
+    BadVersion { text: String, source: semver::Error },
     #[error("no such route: {0} (the API is under /api/, the page at /)")]
     NotFound(String),
     #[error("the operation stopped before it answered: {0}")]
@@ -392,7 +402,9 @@ async fn events(
                 }
             }
             let snapshot = shared.snapshot().await;
-            let event = Event::default().event("snapshot").data(snapshot.to_string());
+            let event = Event::default()
+                .event("snapshot")
+                .data(snapshot.to_string());
             Some((Ok(event), (shared, changes, false)))
         },
     );
@@ -418,7 +430,9 @@ async fn actor(
     .await;
     let exits = crate::metrics::recent_exits(&name);
     match state {
-        Ok(state) => Ok(Json(json!({"actor": name, "state": state, "recent_exits": exits}))),
+        Ok(state) => Ok(Json(
+            json!({"actor": name, "state": state, "recent_exits": exits}),
+        )),
         Err(CommandError::NoActor(_)) if exits.is_empty() => {
             Err(CommandError::NoActor(name).into())
         }
