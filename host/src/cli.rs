@@ -168,6 +168,10 @@ enum Command {
         /// The workspace holding releases/ and the plugin crates.
         #[arg(long, default_value = ".")]
         workspace: PathBuf,
+        /// Serve /metrics and the observer web page on ADDR [default: 127.0.0.1:9464], as
+        /// `graft start --http` does (after the version: `graft dev 1.0.0 --http`).
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+        http: Option<std::net::SocketAddr>,
     },
     /// From a fresh clone: build, start, upgrade under traffic, roll back, report.
     Demo {
@@ -626,9 +630,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Dev { version, workspace } => {
-            dev::dev(explicit_root.as_deref(), &workspace, version).await
-        }
+        Command::Dev {
+            version,
+            workspace,
+            http,
+        } => dev::dev(explicit_root.as_deref(), &workspace, version, http, json).await,
         Command::Demo { debug } => demo(!debug, json).await.map(|()| ExitCode::SUCCESS),
         Command::New { app, plugin, path } => {
             scaffold::new(app.as_deref(), plugin.as_deref(), path, json).map(|()| ExitCode::SUCCESS)
