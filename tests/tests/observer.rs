@@ -556,10 +556,19 @@ fn the_http_server_refuses_what_it_must_and_serves_metrics_promtool_accepts() {
         metrics.body
     );
 
-    // A host killed outright leaves its http.json; the next one, without --http, removes
-    // it and serves no HTTP.
-    drop(host);
-    assert!(root.join("run").join("http.json").exists());
+    // An orderly stop takes the server and its file away.
+    let mut host = host;
+    graft_tests::send_signal(host.0.id(), "TERM");
+    let status = host.0.wait().unwrap();
+    assert!(status.success(), "the host's exit: {status}");
+    assert!(!root.join("run").join("http.json").exists());
+    assert!(
+        std::net::TcpStream::connect(&address).is_err(),
+        "the HTTP server outlived the host"
+    );
+    // A file left by a host that died is removed by the next one, which (without --http)
+    // serves no HTTP.
+    std::fs::write(root.join("run").join("http.json"), "{}").unwrap();
     let _plain = Host::start(root, &[]);
     assert!(
         !root.join("run").join("http.json").exists(),

@@ -1,6 +1,8 @@
 //! What each request does, and the `status` report (the tree with every actor's plugin,
 //! version, state, restarts, mailbox and health; resident libraries; workers; releases).
 //! `state` shows what the plugin's `format_status` shows (the raw state with `raw`).
+//! The HTTP observer (`crate::http`) runs the same [`execute`] for its actor view and its
+//! install, rollback and make-permanent, so both doors behave alike.
 //!
 //! Invariant: nothing here waits on an actor or a supervisor without a deadline; `status`
 //! asks every actor at once under one deadline, shorter while an install runs, and takes
