@@ -7,7 +7,7 @@
 //! | `GET /`, `/observer.js`, `/observer.css` | the page |
 //! | `GET /metrics` | Prometheus text (`metrics::render`) |
 //! | `GET /api/snapshot` | `{host, status, upgrades, activity}` |
-//! | `GET /api/events` | server-sent events: a `snapshot` every 500 ms and right after a change |
+//! | `GET /api/events` | server-sent events: a `snapshot` every 500 ms (shared by all streams) and right after a change |
 //! | `GET /api/actors/{name}` | `{actor, state or state_error, recent_exits}` |
 //! | `POST /api/install/{version}` | install; the install report |
 //! | `POST /api/rollback` | rollback; the report |
@@ -52,6 +52,9 @@ use tokio::sync::watch;
 /// How often the event stream sends a snapshot when nothing changed.
 const EVENT_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long a snapshot taken for one event stream is good for the others.
+const SNAPSHOT_REUSE: Duration = Duration::from_millis(250);
+
 /// How many upgrades run through this server are kept for the timeline (when metrics are
 /// off).
 const OWN_UPGRADES_KEPT: usize = 20;
@@ -68,6 +71,11 @@ pub struct Shared {
     activity: Mutex<Option<Activity>>,
     /// Upgrades run here, for the timeline when metrics are off.
     own_upgrades: Mutex<VecDeque<Value>>,
+    /// The last snapshot sent, when it was taken, and the change generation it saw: event
+    /// streams share it, so the host is asked for its status at most once per
+    /// [`SNAPSHOT_REUSE`] however many pages are open (the lock is held while one is
+    /// taken: the others wait for it rather than ask too).
+    last_snapshot: tokio::sync::Mutex<Option<(Instant, u64, Arc<str>)>>,
 }
 
 /// A mutation run through this server, as the page shows it.
@@ -121,7 +129,24 @@ impl Shared {
             changed: watch::channel(0).0,
             activity: Mutex::new(None),
             own_upgrades: Mutex::new(VecDeque::new()),
+            last_snapshot: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// The snapshot as JSON text for an event: the last one taken when it is younger than
+    /// [`SNAPSHOT_REUSE`] and no change was made here since.
+    async fn shared_snapshot(&self) -> Arc<str> {
+        let mut last = self.last_snapshot.lock().await;
+        let generation = *self.changed.borrow();
+        if let Some((taken, taken_generation, text)) = last.as_ref()
+            && taken.elapsed() < SNAPSHOT_REUSE
+            && *taken_generation == generation
+        {
+            return Arc::clone(text);
+        }
+        let text: Arc<str> = self.snapshot().await.to_string().into();
+        *last = Some((Instant::now(), generation, Arc::clone(&text)));
+        text
     }
 
     fn notify(&self) {
@@ -401,10 +426,8 @@ async fn events(
                     _ = changes.changed() => {}
                 }
             }
-            let snapshot = shared.snapshot().await;
-            let event = Event::default()
-                .event("snapshot")
-                .data(snapshot.to_string());
+            let snapshot = shared.shared_snapshot().await;
+            let event = Event::default().event("snapshot").data(&*snapshot);
             Some((Ok(event), (shared, changes, false)))
         },
     );
@@ -528,4 +551,104 @@ async fn mutate(
     });
     let outcome = task.await.map_err(ApiError::Task)?;
     Ok(Json(outcome?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activity(operation: &str, lines: &[(&str, u64)]) -> Activity {
+        Activity {
+            operation: operation.to_owned(),
+            started_unix_ms: 1,
+            running: false,
+            progress: lines.iter().map(|(line, _)| (*line).to_owned()).collect(),
+            result: None,
+            error: None,
+            started: None,
+            progress_at_us: lines.iter().map(|(_, at)| *at).collect(),
+        }
+    }
+
+    #[test]
+    fn an_upgrade_run_here_is_timed_from_its_progress_lines() {
+        let activity = activity(
+            "install 1.1.0",
+            &[
+                ("loading 2 libraries", 10),
+                ("suspending 2 actors", 110),
+                ("migrating 2 actors", 150),
+            ],
+        );
+        let report = json!({"from": "1.0.0", "to": "1.1.0", "actors_migrated": 2, "actors_suspended": 2, "longest_pause_us": 40, "total_us": 200});
+        let record = own_upgrade_record("install", &activity, &Ok(report));
+        assert_eq!(record["from"], "1.0.0");
+        assert_eq!(record["to"], "1.1.0");
+        assert_eq!(record["outcome"], "completed");
+        assert_eq!(record["actors_migrated"], 2);
+        assert_eq!(
+            record["lost"],
+            Value::Null,
+            "not known here: never claimed to be 0"
+        );
+        let phases: Vec<(String, u64, u64)> = record["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|phase| {
+                (
+                    phase["name"].as_str().unwrap().to_owned(),
+                    phase["start_us"].as_u64().unwrap(),
+                    phase["duration_us"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            phases[..2],
+            [
+                ("loading".to_owned(), 10, 100),
+                ("suspending".to_owned(), 110, 40)
+            ]
+        );
+        assert_eq!(phases[2].0, "migrating");
+    }
+
+    #[test]
+    fn a_failed_upgrade_names_its_target_and_error() {
+        let activity = activity("install 2.0.0", &[]);
+        let error = CommandError::Release(ReleaseError::InstallInProgress);
+        let record = own_upgrade_record("install", &activity, &Err(error));
+        assert_eq!(record["to"], "2.0.0");
+        assert_eq!(record["outcome"], "failed");
+        assert_eq!(record["error"], "an install is already in progress");
+    }
+
+    #[test]
+    fn failures_get_the_status_that_says_what_kind() {
+        let version = semver::Version::new(1, 0, 0);
+        for (error, status) in [
+            (CommandError::NoActor("x".to_owned()), StatusCode::NOT_FOUND),
+            (
+                CommandError::Release(ReleaseError::AlreadyCurrent(version.clone())),
+                StatusCode::CONFLICT,
+            ),
+            (
+                CommandError::Release(ReleaseError::InstallInProgress),
+                StatusCode::CONFLICT,
+            ),
+            (
+                CommandError::Release(ReleaseError::UnknownRelease {
+                    version,
+                    root: "/r".into(),
+                }),
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                CommandError::Release(ReleaseError::LoadAbandoned),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ] {
+            assert_eq!(command_status(&error).0, status, "{error}");
+        }
+    }
 }
