@@ -962,6 +962,11 @@ async fn start(
     let _claim = ControlServer::claim_root(root).await?;
     // What a host that died left: this one serves HTTP only if asked, at its own address.
     graft::http::remove_info(root);
+    // Bound before the boot: an address in use stops the start before any plugin runs.
+    let http = match http {
+        Some(address) => Some(graft::http::HttpServer::bind(address).await?),
+        None => None,
+    };
     // Signals are caught from before the socket answers: a client that sees the host up
     // and stops it at once gets the orderly stop, not the default action of SIGINT.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -977,10 +982,7 @@ async fn start(
     let server = ControlServer::bind(root).await?;
     tracing::info!(socket = %server.path().display(), release = %handler.current_version().await, "host started");
     let serving = tokio::spawn(server.serve_with(Arc::clone(&handler), limits));
-    let observing = match http {
-        Some(address) => Some(serve_http(root, address, &handler, json).await?),
-        None => None,
-    };
+    let observing = http.map(|server| serve_http(root, server, &handler, json));
     let watching = watch.map(|watch| {
         tokio::spawn(async move {
             if let Err(error) = watch.run(auto_permanent, None).await {
@@ -1021,17 +1023,16 @@ async fn start(
     }
 }
 
-/// `graft start --http`: binds the HTTP server (`/metrics` and the observer), tells the
-/// operator where it is and its token (a line on stdout; with `--json`, a JSON line
+/// `graft start --http`: tells the operator where the bound HTTP server (`/metrics` and
+/// the observer) is and its token (a line on stdout; with `--json`, a JSON line
 /// `{"observer": {"url", "address", "token"}}`), writes `<root>/run/http.json` (0600) for
 /// tools, and serves it in a task of the control plane's runtime.
-async fn serve_http(
+fn serve_http(
     root: &Path,
-    address: std::net::SocketAddr,
+    server: graft::http::HttpServer,
     handler: &Arc<ReleaseHandler>,
     json: bool,
-) -> Result<tokio::task::JoinHandle<()>, Failure> {
-    let server = graft::http::HttpServer::bind(address, Arc::clone(handler)).await?;
+) -> tokio::task::JoinHandle<()> {
     // A stdout nobody reads any more does not stop the host: the file below still tells.
     let printed = if json {
         output::json(&json!({"observer": {
@@ -1054,11 +1055,12 @@ async fn serve_http(
         tracing::warn!("{error}; the observer's address and token are only printed");
     }
     tracing::info!(address = %server.local_addr(), "serving /metrics and the observer");
-    Ok(tokio::spawn(async move {
-        if let Err(error) = server.serve().await {
+    let handler = Arc::clone(handler);
+    tokio::spawn(async move {
+        if let Err(error) = server.serve(handler).await {
             tracing::error!("the HTTP server stopped: {error}");
         }
-    }))
+    })
 }
 
 /// The workspace this binary was built from (for the demo and `graft new`).

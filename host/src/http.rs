@@ -70,20 +70,18 @@ pub enum HttpError {
 
 /// A bound HTTP server, not yet serving: its address and token are known (to print) before
 /// the first request is accepted.
+///
+/// Bound before the host boots (`graft start` binds first, so an address in use fails the
+/// start before any plugin code runs), served once the host is up.
 pub struct HttpServer {
     listener: tokio::net::TcpListener,
     address: SocketAddr,
     token: Token,
-    handler: Arc<ReleaseHandler>,
 }
 
 impl HttpServer {
-    /// Binds `address` (port 0: any free port) for the host run by `handler`, with a new
-    /// random token.
-    pub async fn bind(
-        address: SocketAddr,
-        handler: Arc<ReleaseHandler>,
-    ) -> Result<HttpServer, HttpError> {
+    /// Binds `address` (port 0: any free port), with a new random token.
+    pub async fn bind(address: SocketAddr) -> Result<HttpServer, HttpError> {
         let token = Token::generate().map_err(HttpError::Random)?;
         let listener = tokio::net::TcpListener::bind(address)
             .await
@@ -95,7 +93,6 @@ impl HttpServer {
             listener,
             address,
             token,
-            handler,
         })
     }
 
@@ -152,9 +149,10 @@ impl HttpServer {
         Ok(path)
     }
 
-    /// Serves until the task running it is aborted (with the host) or the listener fails.
-    pub async fn serve(self) -> Result<(), HttpError> {
-        let app = routes::router(routes::Shared::new(self.handler, self.token, self.address));
+    /// Serves the host run by `handler` until the task running this is aborted (with the
+    /// host) or the listener fails.
+    pub async fn serve(self, handler: Arc<ReleaseHandler>) -> Result<(), HttpError> {
+        let app = routes::router(routes::Shared::new(handler, self.token, self.address));
         axum::serve(self.listener, app)
             .await
             .map_err(HttpError::Serve)

@@ -556,6 +556,16 @@ fn the_http_server_refuses_what_it_must_and_serves_metrics_promtool_accepts() {
         metrics.body
     );
 
+    // An address in use stops another host before it boots anything.
+    let other = tempfile::tempdir().unwrap();
+    let refused = graft_tests::run_graft(other.path(), &["start", "--http", &address]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = graft_tests::stderr_text(&refused);
+    assert!(
+        stderr.contains(&format!("binding the HTTP server to {address}")),
+        "{stderr}"
+    );
+
     // An orderly stop takes the server and its file away.
     let mut host = host;
     graft_tests::send_signal(host.0.id(), "TERM");

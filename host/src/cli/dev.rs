@@ -217,6 +217,10 @@ pub(super) async fn dev(
     // still booting here is refused before it runs any plugin code.
     let _claim = ControlServer::claim_root(&root).await?;
     graft::http::remove_info(&root);
+    let http = match http {
+        Some(address) => Some(graft::http::HttpServer::bind(address).await?),
+        None => None,
+    };
     let mut ours = previous.clone();
     ours.insert(version.clone());
     // Marked before anything is assembled: what a crash leaves behind is known to be ours.
@@ -283,10 +287,7 @@ pub(super) async fn dev(
     let server = ControlServer::bind(&root).await?;
     tracing::info!(release = %version, root = %root.display(), socket = %server.path().display(), "dev host started; rebuild a plugin with cargo build to hot-swap it");
     let serving = tokio::spawn(server.serve(Arc::clone(&handler)));
-    let observing = match http {
-        Some(address) => Some(super::serve_http(&root, address, &handler, json).await?),
-        None => None,
-    };
+    let observing = http.map(|server| super::serve_http(&root, server, &handler, json));
 
     let (notices, mut changes) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
