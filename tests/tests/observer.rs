@@ -527,6 +527,25 @@ fn the_http_server_refuses_what_it_must_and_serves_metrics_promtool_accepts() {
         (response.status, error_kind(&response)),
         (409, json!("already_current"))
     );
+    // Rolled back from the API; the timeline has both.
+    let response = post("/api/rollback", &[("X-Graft-Token", &token)]);
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.json()["to"], "1.0.0");
+    assert_eq!(release(), "1.0.0");
+    let upgrades = get("/api/snapshot").json()["upgrades"].clone();
+    let kinds: Vec<(Value, Value)> = upgrades
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|upgrade| (upgrade["kind"].clone(), upgrade["to"].clone()))
+        .collect();
+    assert!(
+        kinds.ends_with(&[
+            (json!("install"), json!("1.1.0")),
+            (json!("rollback"), json!("1.0.0"))
+        ]),
+        "{upgrades}"
+    );
     let actor = get("/api/actors/counter");
     assert_eq!(actor.status, 200, "{}", actor.body);
     assert!(actor.json()["state"].is_object(), "{}", actor.body);
