@@ -55,6 +55,10 @@ impl Chromedriver {
                 "--log-path={}",
                 profile.path().join("chromedriver.log").display()
             ))
+            // Chromium's crash handlers leave the process group; with its configuration
+            // under our directory their command lines name it (see `drop`).
+            .env("XDG_CONFIG_HOME", profile.path().join("config"))
+            .env("XDG_CACHE_HOME", profile.path().join("cache"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -122,7 +126,7 @@ impl Drop for Chromedriver {
             .stderr(Stdio::null())
             .status();
         let _ = self.child.wait();
-        // A Chromium that left the group (its zygote may) still names our profile.
+        // What left the group (Chromium's crash handlers) still names our directory.
         kill_processes_naming(&self.profile.path().to_string_lossy());
     }
 }
