@@ -205,6 +205,53 @@ async fn click(client: &Client, what: &str, css: &str) {
         .unwrap_or_else(|error| panic!("clicking {what}: {error}"));
 }
 
+/// Casts `{"Add": 1}` to counter over the control socket, about 200 a second, until
+/// dropped: figures for the page's message rates.
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(root: &Path) -> Traffic {
+        use std::io::Write as _;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let socket = root.join("run").join("control.sock");
+        let thread = std::thread::spawn({
+            let stop = std::sync::Arc::clone(&stop);
+            move || {
+                let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+                let mut answers = BufReader::new(stream.try_clone().unwrap());
+                let mut answer = String::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let cast = r#"{"command": "cast", "actor": "counter", "message": {"Add": 1}}"#;
+                    if writeln!(stream, "{cast}").is_err() {
+                        return;
+                    }
+                    answer.clear();
+                    if answers.read_line(&mut answer).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+        Traffic {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The attributes of every actor row: `[actor, state, version]`.
 const ACTORS: &str = "return [...document.querySelectorAll('#tree li.actor')].map(row => [row.dataset.actor, row.dataset.state, row.dataset.version || '']);";
 
@@ -229,8 +276,9 @@ async fn the_observer_shows_the_tree_installs_from_the_page_and_draws_the_upgrad
     );
     let address = info["address"].as_str().unwrap().to_owned();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    // Some state to show: the counter's count.
+    // Some state to show: the counter's count, and messages to count.
     succeed_graft(root, &["cast", "counter", r#"{"Add": 42}"#]);
+    let traffic = Traffic::start(root);
     lap("host up");
 
     let driver = Chromedriver::start();
@@ -270,8 +318,20 @@ async fn the_observer_shows_the_tree_installs_from_the_page_and_draws_the_upgrad
     )
     .await;
     lap("tree shown");
+    // The message rate, from successive snapshots, where the host reports messages handled.
+    let snapshot = http_request(&address, "GET", "/api/snapshot", &[]).json();
+    if snapshot["status"]["tree"]["children"][0]["messages_handled"].is_u64() {
+        wait_for(
+            &client,
+            "the counter's message rate shows",
+            r#"return document.querySelector('#tree li.actor[data-actor="counter"] .rate').textContent"#,
+            |rate| rate.as_str().and_then(|rate| rate.parse::<f64>().ok()).is_some_and(|rate| rate > 0.0),
+        )
+        .await;
+    }
 
     // An actor's state, through its format_status.
+    // Under traffic the count grows: what the panel shows is at least 42.
     click(
         &client,
         "the counter's row",
@@ -282,7 +342,12 @@ async fn the_observer_shows_the_tree_installs_from_the_page_and_draws_the_upgrad
         &client,
         "the side panel shows the counter's state",
         "return document.getElementById('actor-state').textContent",
-        |text| text.as_str().is_some_and(|text| text.contains("42")),
+        |text| {
+            text.as_str()
+                .and_then(|text| serde_json::from_str::<Value>(text).ok())
+                .and_then(|state| state["count"].as_i64())
+                .is_some_and(|count| count >= 42)
+        },
     )
     .await;
 
@@ -374,6 +439,7 @@ async fn the_observer_shows_the_tree_installs_from_the_page_and_draws_the_upgrad
         "{releases}"
     );
     lap("made permanent");
+    drop(traffic);
     client.close().await.expect("closing the browser");
     drop(driver);
     drop(host);
