@@ -82,6 +82,11 @@ enum Command {
         /// Close a control connection that sends no request for SECONDS.
         #[arg(long, value_name = "SECONDS", default_value_t = graft::control::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = parse_at_least_one)]
         idle_timeout: u64,
+        /// Serve /metrics (Prometheus) and the observer web page on ADDR [default:
+        /// 127.0.0.1:9464, loopback only]; prints the page's address and the token its
+        /// actions need. Off without the flag.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+        http: Option<std::net::SocketAddr>,
     },
     /// The supervision tree, each actor's plugin and version, resident libraries, workers.
     Status,
@@ -163,6 +168,10 @@ enum Command {
         /// The workspace holding releases/ and the plugin crates.
         #[arg(long, default_value = ".")]
         workspace: PathBuf,
+        /// Serve /metrics and the observer web page on ADDR [default: 127.0.0.1:9464], as
+        /// `graft start --http` does (after the version: `graft dev 1.0.0 --http`).
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+        http: Option<std::net::SocketAddr>,
     },
     /// From a fresh clone: build, start, upgrade under traffic, roll back, report.
     Demo {
@@ -420,6 +429,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             auto_permanent,
             max_connections,
             idle_timeout,
+            http,
         } => {
             let limits = graft::control::ControlLimits {
                 max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
@@ -431,6 +441,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 watch,
                 auto_permanent.map(Duration::from_secs),
                 limits,
+                http,
+                json,
             )
             .await
         }
@@ -618,9 +630,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Dev { version, workspace } => {
-            dev::dev(explicit_root.as_deref(), &workspace, version).await
-        }
+        Command::Dev {
+            version,
+            workspace,
+            http,
+        } => dev::dev(explicit_root.as_deref(), &workspace, version, http, json).await,
         Command::Demo { debug } => demo(!debug, json).await.map(|()| ExitCode::SUCCESS),
         Command::New { app, plugin, path } => {
             scaffold::new(app.as_deref(), plugin.as_deref(), path, json).map(|()| ExitCode::SUCCESS)
@@ -935,11 +949,24 @@ async fn start(
     watch: bool,
     auto_permanent: Option<Duration>,
     limits: graft::control::ControlLimits,
+    http: Option<std::net::SocketAddr>,
+    json: bool,
 ) -> Result<ExitCode, Failure> {
     init_tracing();
+    // Metrics are counted from the boot on when they will be served.
+    if http.is_some() {
+        graft::metrics::enable();
+    }
     // A second host on a live root — serving, or still booting — stops here, before it
     // boots anything; the claim is held until this host exits.
     let _claim = ControlServer::claim_root(root).await?;
+    // What a host that died left: this one serves HTTP only if asked, at its own address.
+    graft::http::remove_info(root);
+    // Bound before the boot: an address in use stops the start before any plugin runs.
+    let http = match http {
+        Some(address) => Some(graft::http::HttpServer::bind(address).await?),
+        None => None,
+    };
     // Signals are caught from before the socket answers: a client that sees the host up
     // and stops it at once gets the orderly stop, not the default action of SIGINT.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -955,6 +982,7 @@ async fn start(
     let server = ControlServer::bind(root).await?;
     tracing::info!(socket = %server.path().display(), release = %handler.current_version().await, "host started");
     let serving = tokio::spawn(server.serve_with(Arc::clone(&handler), limits));
+    let observing = http.map(|server| serve_http(root, server, &handler, json));
     let watching = watch.map(|watch| {
         tokio::spawn(async move {
             if let Err(error) = watch.run(auto_permanent, None).await {
@@ -973,6 +1001,11 @@ async fn start(
     }
     serving.abort();
     let _ = serving.await;
+    if let Some(observing) = observing {
+        observing.abort();
+        let _ = observing.await;
+        graft::http::remove_info(root);
+    }
     match code {
         None => {
             tracing::info!("stopping: shutting the supervision tree down");
@@ -988,6 +1021,46 @@ async fn start(
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// `graft start --http`: tells the operator where the bound HTTP server (`/metrics` and
+/// the observer) is and its token (a line on stdout; with `--json`, a JSON line
+/// `{"observer": {"url", "address", "token"}}`), writes `<root>/run/http.json` (0600) for
+/// tools, and serves it in a task of the control plane's runtime.
+fn serve_http(
+    root: &Path,
+    server: graft::http::HttpServer,
+    handler: &Arc<ReleaseHandler>,
+    json: bool,
+) -> tokio::task::JoinHandle<()> {
+    // A stdout nobody reads any more does not stop the host: the file below still tells.
+    let printed = if json {
+        output::json(&json!({"observer": {
+            "url": server.url(),
+            "address": server.local_addr().to_string(),
+            "token": server.token().as_str(),
+        }}))
+    } else {
+        output::line(format_args!(
+            "observer: {} token: {}\nopen {}",
+            server.url(),
+            server.token().as_str(),
+            server.url_with_token()
+        ))
+    };
+    if let Err(error) = printed {
+        tracing::warn!("printing the observer's address: {error}");
+    }
+    if let Err(error) = server.write_info(root) {
+        tracing::warn!("{error}; the observer's address and token are only printed");
+    }
+    tracing::info!(address = %server.local_addr(), "serving /metrics and the observer");
+    let handler = Arc::clone(handler);
+    tokio::spawn(async move {
+        if let Err(error) = server.serve(handler).await {
+            tracing::error!("the HTTP server stopped: {error}");
+        }
+    })
 }
 
 /// The workspace this binary was built from (for the demo and `graft new`).

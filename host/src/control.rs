@@ -8,7 +8,7 @@
 //!
 //! Submodules: `server` (binding and serving, one task per client), `limits` (what a
 //! client may hold: connections, buffered bytes, idle time, accept backoff), `commands`
-//! (what each request does, and `status`), `protocol` (the typed responses, one per request
+//! (what each request does, and `status`; the HTTP observer runs them too), `protocol` (the typed responses, one per request
 //! kind, shared by the server and the client), `client` (connecting — after checking the
 //! root and the server's peer — and sending requests, returning typed responses).
 //!
@@ -25,7 +25,7 @@
 //! accept (at the file-descriptor limit) pauses accepting, with one warning per interval.
 
 mod client;
-mod commands;
+pub(crate) mod commands;
 mod limits;
 pub mod protocol;
 mod server;

@@ -13,6 +13,8 @@
 //! - [`isolation`]: process isolation — a plugin's callbacks in a worker process, reached
 //!   over Unix sockets, so a segfault or abort in plugin code ends only its actors.
 //! - [`control`]: the control socket's protocol, server and client.
+//! - [`http`]: `graft start --http`: `/metrics` and the observer web page, its JSON API and
+//!   event stream, and its token-guarded install, rollback and make-permanent.
 //! - [`trust`]: the StrictModes-style checks of the root directory before it is used.
 //! - [`watch`]: installing newly assembled releases as they appear, with a health gate.
 //! - [`build`]: builds plugin crates (and binaries, for tests) with cargo.
@@ -24,6 +26,7 @@
 
 pub mod build;
 pub mod control;
+pub mod http;
 pub mod isolation;
 pub mod metrics;
 pub mod ownership;

@@ -741,3 +741,131 @@ pub fn send_signal(pid: u32, signal: &str) {
 pub fn kill_9(pid: u32) {
     send_signal(pid, "KILL");
 }
+
+/// Where a host started with `--http` serves, from its `<root>/run/http.json` (`url`,
+/// `address`, `token`); waits up to 60 s for the file.
+pub fn http_info(root: &Path) -> serde_json::Value {
+    let path = root.join("run").join("http.json");
+    assert!(
+        eventually_blocking(std::time::Duration::from_secs(60), || path.is_file()),
+        "the host wrote no {}",
+        path.display()
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_json::from_str(&text)
+        .unwrap_or_else(|error| panic!("{}: {error}: {text}", path.display()))
+}
+
+/// An HTTP response, as [`http_request`] read it.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The headers, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// The body, as text.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first header named `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request to `address` (`HOST:PORT`) over a plain socket, `Connection:
+/// close`; `Host` is `address` unless `headers` names one. Bodies in `Content-Length` or
+/// chunked encoding are read whole.
+pub fn http_request(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(address)
+        .unwrap_or_else(|error| panic!("connecting to {address}: {error}"));
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .unwrap();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\n");
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        request.push_str(&format!("Host: {address}\r\n"));
+    }
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let end = find_bytes(&raw, b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of headers in {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut body = &raw[end + 4..];
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(name, value)| name == "transfer-encoding" && value.contains("chunked"));
+    let body = if chunked {
+        let mut decoded = Vec::new();
+        while let Some(line_end) = find_bytes(body, b"\r\n") {
+            let size = std::str::from_utf8(&body[..line_end])
+                .ok()
+                .and_then(|size| usize::from_str_radix(size.trim(), 16).ok())
+                .unwrap_or(0);
+            let data = &body[line_end + 2..];
+            if size == 0 || data.len() < size {
+                break;
+            }
+            decoded.extend_from_slice(&data[..size]);
+            body = data[size..].strip_prefix(b"\r\n").unwrap_or(&data[size..]);
+        }
+        String::from_utf8_lossy(&decoded).into_owned()
+    } else {
+        String::from_utf8_lossy(body).into_owned()
+    };
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn find_bytes(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// A TCP port free on loopback now (the OS's pick; free again once returned).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -175,9 +175,14 @@ pub(super) async fn dev(
     explicit_root: Option<&Path>,
     workspace: &Path,
     version: Option<Version>,
+    http: Option<std::net::SocketAddr>,
+    json: bool,
 ) -> Result<ExitCode, Failure> {
     use notify::Watcher;
     super::init_tracing();
+    if http.is_some() {
+        graft::metrics::enable();
+    }
     let workspace = workspace
         .canonicalize()
         .with_context(|| format!("resolving the workspace {}", workspace.display()))?;
@@ -211,6 +216,11 @@ pub(super) async fn dev(
     // The one host of this root until it exits: a second `graft dev` or `graft start`
     // still booting here is refused before it runs any plugin code.
     let _claim = ControlServer::claim_root(&root).await?;
+    graft::http::remove_info(&root);
+    let http = match http {
+        Some(address) => Some(graft::http::HttpServer::bind(address).await?),
+        None => None,
+    };
     let mut ours = previous.clone();
     ours.insert(version.clone());
     // Marked before anything is assembled: what a crash leaves behind is known to be ours.
@@ -277,6 +287,7 @@ pub(super) async fn dev(
     let server = ControlServer::bind(&root).await?;
     tracing::info!(release = %version, root = %root.display(), socket = %server.path().display(), "dev host started; rebuild a plugin with cargo build to hot-swap it");
     let serving = tokio::spawn(server.serve(Arc::clone(&handler)));
+    let observing = http.map(|server| super::serve_http(&root, server, &handler, json));
 
     let (notices, mut changes) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -312,6 +323,11 @@ pub(super) async fn dev(
     drop(watcher);
     serving.abort();
     let _ = serving.await;
+    if let Some(observing) = observing {
+        observing.abort();
+        let _ = observing.await;
+        graft::http::remove_info(&root);
+    }
     handler.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

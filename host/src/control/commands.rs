@@ -1,6 +1,8 @@
 //! What each request does, and the `status` report (the tree with every actor's plugin,
 //! version, state, restarts, mailbox and health; resident libraries; workers; releases).
 //! `state` shows what the plugin's `format_status` shows (the raw state with `raw`).
+//! The HTTP observer (`crate::http`) runs the same [`execute`] for its actor view and its
+//! install, rollback and make-permanent, so both doors behave alike.
 //!
 //! Invariant: nothing here waits on an actor or a supervisor without a deadline; `status`
 //! asks every actor at once under one deadline, shorter while an install runs, and takes
@@ -42,7 +44,7 @@ fn describe_phase(phase: &InstallPhase) -> String {
 
 /// Why a request failed; the client sees its message (the wire carries the text).
 #[derive(Debug, Error)]
-pub(super) enum CommandError {
+pub(crate) enum CommandError {
     /// No actor is registered under the name.
     #[error("no actor named {0:?}")]
     NoActor(String),
@@ -113,7 +115,7 @@ fn encode(response: &impl Serialize) -> Result<Value, CommandError> {
 }
 
 /// Runs one request; progress lines go to `progress`.
-pub(super) async fn execute(
+pub(crate) async fn execute(
     handler: &ReleaseHandler,
     request: Request,
     progress: tokio::sync::mpsc::UnboundedSender<String>,

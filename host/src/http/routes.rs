@@ -1,0 +1,654 @@
+//! The routes: the page and its assets, `/metrics`, the JSON API the page reads (a
+//! snapshot, an event stream of snapshots, one actor's state and exits) and the three
+//! mutations, which run the control socket's own commands (`control::commands::execute`).
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `GET /`, `/observer.js`, `/observer.css` | the page |
+//! | `GET /metrics` | Prometheus text (`metrics::render`) |
+//! | `GET /api/snapshot` | `{host, status, upgrades, activity}` |
+//! | `GET /api/events` | server-sent events: a `snapshot` every 500 ms (shared by all streams) and right after a change |
+//! | `GET /api/actors/{name}` | `{actor, state or state_error, recent_exits}` |
+//! | `POST /api/install/{version}` | install; the install report |
+//! | `POST /api/rollback` | rollback; the report |
+//! | `POST /api/make-permanent/{version}` | make permanent |
+//!
+//! Errors answer `{"error": {"kind", "message"}}` with a status saying what kind: 401/403
+//! refused (see `access`), 404 unknown actor, release or route, 409 conflicts with the
+//! host's state (an install running, already current, nothing to roll back), 422 a
+//! release that cannot be installed as written (manifest, plan), 500 a failed operation.
+//!
+//! Every response carries `Cache-Control: no-store`, `X-Content-Type-Options: nosniff` and a
+//! content security policy allowing only this server's own scripts and styles, in no frame.
+//!
+//! The timeline: `metrics::upgrades` when metrics are on (they are with `--http`); when the
+//! metrics side reports itself off, the upgrades run through this server instead, timed
+//! from their progress lines (their `lost` unknown: `null`).
+
+use super::Token;
+use super::access::{AccessError, check_host, check_mutation};
+use super::assets;
+use crate::control::Request;
+use crate::control::commands::{CommandError, execute, status_report};
+use crate::release::handler::{ReleaseError, ReleaseHandler};
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Request as HttpRequest, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+use tokio::sync::watch;
+
+/// How often the event stream sends a snapshot when nothing changed.
+const EVENT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a snapshot taken for one event stream is good for the others.
+const SNAPSHOT_REUSE: Duration = Duration::from_millis(250);
+
+/// How many upgrades run through this server are kept for the timeline (when metrics are
+/// off).
+const OWN_UPGRADES_KEPT: usize = 20;
+
+/// What every request shares.
+pub struct Shared {
+    handler: Arc<ReleaseHandler>,
+    token: Token,
+    bound: SocketAddr,
+    started_unix_ms: u64,
+    /// Bumped after each change made here: event streams send a snapshot at once.
+    changed: watch::Sender<u64>,
+    /// The last mutation run here (running or finished).
+    activity: Mutex<Option<Activity>>,
+    /// Upgrades run here, for the timeline when metrics are off.
+    own_upgrades: Mutex<VecDeque<Value>>,
+    /// The last snapshot sent, when it was taken, and the change generation it saw: event
+    /// streams share it, so the host is asked for its status at most once per
+    /// [`SNAPSHOT_REUSE`] however many pages are open (the lock is held while one is
+    /// taken: the others wait for it rather than ask too).
+    last_snapshot: tokio::sync::Mutex<Option<(Instant, u64, Arc<str>)>>,
+}
+
+/// A mutation run through this server, as the page shows it.
+#[derive(Debug, Clone, Serialize)]
+struct Activity {
+    /// `install 1.1.0`, `rollback`, `make-permanent 1.1.0`.
+    operation: String,
+    started_unix_ms: u64,
+    running: bool,
+    /// Progress lines as they came.
+    progress: Vec<String>,
+    /// The report, once it succeeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Value>,
+    /// The error, once it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip)]
+    started: Option<Instant>,
+    /// When each progress line came, in microseconds from the start.
+    #[serde(skip)]
+    progress_at_us: Vec<u64>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Shared {
+    /// The state of a server for `handler`'s host, bound to `bound`.
+    pub fn new(handler: Arc<ReleaseHandler>, token: Token, bound: SocketAddr) -> Shared {
+        Shared {
+            handler,
+            token,
+            bound,
+            started_unix_ms: now_unix_ms(),
+            changed: watch::channel(0).0,
+            activity: Mutex::new(None),
+            own_upgrades: Mutex::new(VecDeque::new()),
+            last_snapshot: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The snapshot as JSON text for an event: the last one taken when it is younger than
+    /// [`SNAPSHOT_REUSE`] and no change was made here since.
+    async fn shared_snapshot(&self) -> Arc<str> {
+        let mut last = self.last_snapshot.lock().await;
+        let generation = *self.changed.borrow();
+        if let Some((taken, taken_generation, text)) = last.as_ref()
+            && taken.elapsed() < SNAPSHOT_REUSE
+            && *taken_generation == generation
+        {
+            return Arc::clone(text);
+        }
+        let text: Arc<str> = self.snapshot().await.to_string().into();
+        *last = Some((Instant::now(), generation, Arc::clone(&text)));
+        text
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|generation| *generation += 1);
+    }
+
+    /// The whole picture the page draws.
+    async fn snapshot(&self) -> Value {
+        let status = status_report(&self.handler).await;
+        let metrics_enabled = crate::metrics::is_enabled();
+        let upgrades = if metrics_enabled {
+            serde_json::to_value(crate::metrics::upgrades()).unwrap_or(Value::Null)
+        } else {
+            Value::Array(lock(&self.own_upgrades).iter().cloned().collect())
+        };
+        json!({
+            "host": {
+                "graft_version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "root": self.handler.root(),
+                "started_unix_ms": self.started_unix_ms,
+                "now_unix_ms": now_unix_ms(),
+                "metrics_enabled": metrics_enabled,
+                "upgrades_source": if metrics_enabled { "metrics" } else { "observer" },
+            },
+            "status": status,
+            "upgrades": upgrades,
+            "activity": lock(&self.activity).clone(),
+        })
+    }
+
+    fn begin(&self, operation: String) {
+        *lock(&self.activity) = Some(Activity {
+            operation,
+            started_unix_ms: now_unix_ms(),
+            running: true,
+            progress: Vec::new(),
+            result: None,
+            error: None,
+            started: Some(Instant::now()),
+            progress_at_us: Vec::new(),
+        });
+        self.notify();
+    }
+
+    fn progress(&self, line: String) {
+        if let Some(activity) = lock(&self.activity).as_mut() {
+            let at = activity
+                .started
+                .map_or(0, |started| micros(started.elapsed()));
+            activity.progress.push(line);
+            activity.progress_at_us.push(at);
+        }
+        self.notify();
+    }
+
+    fn finish(&self, kind: Option<&'static str>, outcome: &Result<Value, CommandError>) {
+        let mut record = None;
+        if let Some(activity) = lock(&self.activity).as_mut() {
+            activity.running = false;
+            match outcome {
+                Ok(report) => activity.result = Some(report.clone()),
+                Err(error) => activity.error = Some(error.to_string()),
+            }
+            // Refused before anything ran (unknown, already current, another running): not
+            // an upgrade for the timeline.
+            let refused = outcome.as_ref().err().is_some_and(|error| {
+                matches!(
+                    command_status(error).0,
+                    StatusCode::NOT_FOUND | StatusCode::CONFLICT
+                )
+            });
+            if let Some(kind) = kind.filter(|_| !refused) {
+                record = Some(own_upgrade_record(kind, activity, outcome));
+            }
+        }
+        if let Some(record) = record {
+            let mut upgrades = lock(&self.own_upgrades);
+            upgrades.push_back(record);
+            while upgrades.len() > OWN_UPGRADES_KEPT {
+                upgrades.pop_front();
+            }
+        }
+        self.notify();
+    }
+}
+
+/// An upgrade run here, in the shape of `metrics::UpgradeRecord` (its phases timed from the
+/// progress lines, each named by its first word; `lost` unknown).
+fn own_upgrade_record(
+    kind: &'static str,
+    activity: &Activity,
+    outcome: &Result<Value, CommandError>,
+) -> Value {
+    let total_us = activity
+        .started
+        .map_or(0, |started| micros(started.elapsed()));
+    let phases: Vec<Value> = activity
+        .progress
+        .iter()
+        .zip(&activity.progress_at_us)
+        .enumerate()
+        .map(|(index, (line, &start_us))| {
+            let end_us = activity
+                .progress_at_us
+                .get(index + 1)
+                .copied()
+                .unwrap_or(total_us);
+            json!({
+                "name": line.split_whitespace().next().unwrap_or("phase"),
+                "start_us": start_us,
+                "duration_us": end_us.saturating_sub(start_us),
+            })
+        })
+        .collect();
+    let report = outcome.as_ref().ok();
+    let field = |name: &str| report.and_then(|report| report.get(name)).cloned();
+    let target = activity
+        .operation
+        .split_whitespace()
+        .nth(1)
+        .map(|version| json!(version));
+    json!({
+        "kind": kind,
+        "from": field("from").unwrap_or(Value::Null),
+        "to": field("to").or(target).unwrap_or(Value::Null),
+        "started_unix_ms": activity.started_unix_ms,
+        "outcome": if report.is_some() { "completed" } else { "failed" },
+        "error": outcome.as_ref().err().map(ToString::to_string),
+        "phases": phases,
+        "actors_migrated": field("actors_migrated").unwrap_or(json!(0)),
+        "actors_suspended": field("actors_suspended").unwrap_or(json!(0)),
+        "longest_pause_us": field("longest_pause_us").unwrap_or(json!(0)),
+        "total_us": field("total_us").unwrap_or(json!(total_us)),
+        "lost": Value::Null,
+    })
+}
+
+/// The routes, checked and headed by [`guard`].
+pub fn router(shared: Shared) -> Router {
+    let shared = Arc::new(shared);
+    Router::new()
+        .route("/", get(assets::page))
+        .route("/observer.js", get(assets::script))
+        .route("/observer.css", get(assets::style))
+        .route("/metrics", get(metrics))
+        .route("/api/snapshot", get(snapshot))
+        .route("/api/events", get(events))
+        .route("/api/actors/{name}", get(actor))
+        .route("/api/install/{version}", post(install))
+        .route("/api/rollback", post(rollback))
+        .route("/api/make-permanent/{version}", post(make_permanent))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(Arc::clone(&shared), guard))
+        .with_state(shared)
+}
+
+/// Every request: a loopback server's `Host` check; every response: no caching, no
+/// sniffing, no framing, nothing but this server's own scripts and styles.
+async fn guard(State(shared): State<Arc<Shared>>, request: HttpRequest, next: Next) -> Response {
+    let mut response = match check_host(request.headers(), shared.bound) {
+        Ok(()) => next.run(request).await,
+        Err(error) => ApiError::from(error).into_response(),
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+/// A request that failed: its status, a word for scripts, and the message.
+#[derive(Debug, Error)]
+enum ApiError {
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("{text:?} is not a release version: {source}")]
+    BadVersion { text: String, source: semver::Error },
+    #[error("no such route: {0} (the API is under /api/, the page at /)")]
+    NotFound(String),
+    #[error("the operation stopped before it answered: {0}")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl ApiError {
+    fn status_and_kind(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Access(error) => (error.status(), error.kind()),
+            ApiError::BadVersion { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "bad_version"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Task(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Command(error) => command_status(error),
+        }
+    }
+}
+
+/// The status and kind of a control command's failure.
+fn command_status(error: &CommandError) -> (StatusCode, &'static str) {
+    match error {
+        CommandError::NoActor(_) => (StatusCode::NOT_FOUND, "no_actor"),
+        CommandError::InstallInProgress { .. } => (StatusCode::CONFLICT, "install_in_progress"),
+        CommandError::AlreadySuspended(_) | CommandError::NotSuspended(_) => {
+            (StatusCode::CONFLICT, "conflict")
+        }
+        CommandError::Release(error) => match error {
+            ReleaseError::InstallInProgress => (StatusCode::CONFLICT, "install_in_progress"),
+            ReleaseError::AlreadyCurrent(_) => (StatusCode::CONFLICT, "already_current"),
+            ReleaseError::NothingToRollBack { .. } => {
+                (StatusCode::CONFLICT, "nothing_to_roll_back")
+            }
+            ReleaseError::BadStatus { .. } | ReleaseError::InUse { .. } => {
+                (StatusCode::CONFLICT, "bad_status")
+            }
+            ReleaseError::UnknownRelease { .. } => (StatusCode::NOT_FOUND, "unknown_release"),
+            ReleaseError::Manifest(_) | ReleaseError::Plan(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "not_installable")
+            }
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "release_failed"),
+        },
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "failed"),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind) = self.status_and_kind();
+        let body = json!({"error": {"kind": kind, "message": self.to_string()}});
+        (status, Json(body)).into_response()
+    }
+}
+
+async fn not_found(request: HttpRequest) -> ApiError {
+    ApiError::NotFound(format!("{} {}", request.method(), request.uri().path()))
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+}
+
+async fn snapshot(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(shared.snapshot().await)
+}
+
+/// A `snapshot` event at once, then every [`EVENT_INTERVAL`] or as soon as a change was
+/// made here, until the client goes away.
+async fn events(
+    State(shared): State<Arc<Shared>>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let changes = shared.changed.subscribe();
+    let stream = futures_util::stream::unfold(
+        (shared, changes, true),
+        |(shared, mut changes, first)| async move {
+            if !first {
+                tokio::select! {
+                    () = tokio::time::sleep(EVENT_INTERVAL) => {}
+                    // The sender lives as long as `shared`: this never fails.
+                    _ = changes.changed() => {}
+                }
+            }
+            let snapshot = shared.shared_snapshot().await;
+            let event = Event::default().event("snapshot").data(&*snapshot);
+            Some((Ok(event), (shared, changes, false)))
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// What an actor shows of its state (its `format_status`, else the state) and its last
+/// exits; 404 only for a name with neither.
+async fn actor(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (progress, _) = tokio::sync::mpsc::unbounded_channel();
+    let state = execute(
+        &shared.handler,
+        Request::State {
+            actor: name.clone(),
+            replace: None,
+            raw: false,
+        },
+        progress,
+    )
+    .await;
+    let exits = crate::metrics::recent_exits(&name);
+    match state {
+        Ok(state) => Ok(Json(
+            json!({"actor": name, "state": state, "recent_exits": exits}),
+        )),
+        Err(CommandError::NoActor(_)) if exits.is_empty() => {
+            Err(CommandError::NoActor(name).into())
+        }
+        Err(error) => Ok(Json(json!({
+            "actor": name,
+            "state_error": error.to_string(),
+            "recent_exits": exits,
+        }))),
+    }
+}
+
+fn parse_version(text: &str) -> Result<semver::Version, ApiError> {
+    semver::Version::parse(text).map_err(|source| ApiError::BadVersion {
+        text: text.to_owned(),
+        source,
+    })
+}
+
+async fn install(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(version): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_mutation(&headers, &shared.token)?;
+    let version = parse_version(&version)?;
+    mutate(
+        shared,
+        format!("install {version}"),
+        Some("install"),
+        Request::Install {
+            version,
+            permanent: false,
+        },
+    )
+    .await
+}
+
+async fn rollback(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    check_mutation(&headers, &shared.token)?;
+    mutate(
+        shared,
+        "rollback".to_owned(),
+        Some("rollback"),
+        Request::Rollback {},
+    )
+    .await
+}
+
+async fn make_permanent(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(version): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check_mutation(&headers, &shared.token)?;
+    let version = parse_version(&version)?;
+    mutate(
+        shared,
+        format!("make-permanent {version}"),
+        None,
+        Request::MakePermanent { version },
+    )
+    .await
+}
+
+/// Runs a control command in a task of its own (a client that goes away does not cancel
+/// it), its progress recorded for the page; `upgrade` names it for the timeline.
+async fn mutate(
+    shared: Arc<Shared>,
+    operation: String,
+    upgrade: Option<&'static str>,
+    request: Request,
+) -> Result<Json<Value>, ApiError> {
+    let task = tokio::spawn(async move {
+        tracing::info!(%operation, "observer: running a request from the page");
+        shared.begin(operation);
+        let (progress, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        let run = execute(&shared.handler, request, progress);
+        tokio::pin!(run);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut run => break outcome,
+                Some(line) = lines.recv() => shared.progress(line),
+            }
+        };
+        while let Ok(line) = lines.try_recv() {
+            shared.progress(line);
+        }
+        shared.finish(upgrade, &outcome);
+        outcome
+    });
+    let outcome = task.await.map_err(ApiError::Task)?;
+    Ok(Json(outcome?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activity(operation: &str, lines: &[(&str, u64)]) -> Activity {
+        Activity {
+            operation: operation.to_owned(),
+            started_unix_ms: 1,
+            running: false,
+            progress: lines.iter().map(|(line, _)| (*line).to_owned()).collect(),
+            result: None,
+            error: None,
+            started: None,
+            progress_at_us: lines.iter().map(|(_, at)| *at).collect(),
+        }
+    }
+
+    #[test]
+    fn an_upgrade_run_here_is_timed_from_its_progress_lines() {
+        let activity = activity(
+            "install 1.1.0",
+            &[
+                ("loading 2 libraries", 10),
+                ("suspending 2 actors", 110),
+                ("migrating 2 actors", 150),
+            ],
+        );
+        let report = json!({"from": "1.0.0", "to": "1.1.0", "actors_migrated": 2, "actors_suspended": 2, "longest_pause_us": 40, "total_us": 200});
+        let record = own_upgrade_record("install", &activity, &Ok(report));
+        assert_eq!(record["from"], "1.0.0");
+        assert_eq!(record["to"], "1.1.0");
+        assert_eq!(record["outcome"], "completed");
+        assert_eq!(record["actors_migrated"], 2);
+        assert_eq!(
+            record["lost"],
+            Value::Null,
+            "not known here: never claimed to be 0"
+        );
+        let phases: Vec<(String, u64, u64)> = record["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|phase| {
+                (
+                    phase["name"].as_str().unwrap().to_owned(),
+                    phase["start_us"].as_u64().unwrap(),
+                    phase["duration_us"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            phases[..2],
+            [
+                ("loading".to_owned(), 10, 100),
+                ("suspending".to_owned(), 110, 40)
+            ]
+        );
+        assert_eq!(phases[2].0, "migrating");
+    }
+
+    #[test]
+    fn a_failed_upgrade_names_its_target_and_error() {
+        let activity = activity("install 2.0.0", &[]);
+        let error = CommandError::Release(ReleaseError::InstallInProgress);
+        let record = own_upgrade_record("install", &activity, &Err(error));
+        assert_eq!(record["to"], "2.0.0");
+        assert_eq!(record["outcome"], "failed");
+        assert_eq!(record["error"], "an install is already in progress");
+    }
+
+    #[test]
+    fn failures_get_the_status_that_says_what_kind() {
+        let version = semver::Version::new(1, 0, 0);
+        for (error, status) in [
+            (CommandError::NoActor("x".to_owned()), StatusCode::NOT_FOUND),
+            (
+                CommandError::Release(ReleaseError::AlreadyCurrent(version.clone())),
+                StatusCode::CONFLICT,
+            ),
+            (
+                CommandError::Release(ReleaseError::InstallInProgress),
+                StatusCode::CONFLICT,
+            ),
+            (
+                CommandError::Release(ReleaseError::UnknownRelease {
+                    version,
+                    root: "/r".into(),
+                }),
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                CommandError::Release(ReleaseError::LoadAbandoned),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ] {
+            assert_eq!(command_status(&error).0, status, "{error}");
+        }
+    }
+}
