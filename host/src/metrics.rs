@@ -1,42 +1,146 @@
 //! The host's metrics and recent history: what `/metrics` (Prometheus text) and the web
 //! observer read.
 //!
-//! SKELETON — the interface the HTTP server and the observer are written against. The
-//! bodies are filled in by the metrics work (counters, histograms, the hooks in the
-//! runtime, supervisors, release handler and loader).
+//! Where each part lives: [`plugin`] the per-plugin-version counters of the hot path
+//! (sharded by thread), [`host`] the rare events in the `prometheus` crate's own types
+//! (supervisors, installs, exits, libraries, the release), [`history`] the rings the
+//! observer reads (upgrades with their phases, actor exits) and the lost-message count,
+//! [`render`] what is computed at scrape and the text encoding.
 //!
 //! Invariants:
 //! - Process-wide, like a Prometheus client's default registry: every runtime and release
 //!   handler in the process reports here.
 //! - Off until [`enable`]: until then a hook costs one relaxed load and nothing is timed.
+//!   Only the release facts (current, permanent) and the library counts are kept while
+//!   off: they are a state, changed by rare operations, that a later scrape must show
+//!   true.
 //! - Bounded: label cardinality (per plugin and version, per supervisor, top-N actors) and
 //!   the history rings ([`upgrades`], [`recent_exits`]) never grow without bound.
+//! - Counters only grow (a scrape sums shards and never resets them); tests in one process
+//!   share them, so they compare deltas.
+//!
+//! What is tricky: an actor counts in "actors running" from the first message it handles
+//! (or its start, or a code change) while metrics are on: one idle since before [`enable`]
+//! is not counted until it handles something.
+
+pub mod history;
+pub mod host;
+pub mod plugin;
+mod render;
+
+pub use history::{UpgradeRecorder, UpgradeSummary};
+pub use plugin::{MessageKind, Running, VersionMetrics};
 
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// How many actors get a label of their own in the mailbox families unless told.
+pub const DEFAULT_TOP_ACTORS: usize = 10;
+
+/// What [`enable_with`] turns on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsOptions {
+    /// Label every named actor's mailbox (not only the top ones): one series per actor,
+    /// so only for hosts with few actors.
+    pub per_actor: bool,
+    /// How many actors, the longest mailboxes first, get a label of their own.
+    pub top_actors: usize,
+}
+
+impl Default for MetricsOptions {
+    fn default() -> MetricsOptions {
+        MetricsOptions {
+            per_actor: false,
+            top_actors: DEFAULT_TOP_ACTORS,
+        }
+    }
+}
+
+static OPTIONS: Mutex<MetricsOptions> = Mutex::new(MetricsOptions {
+    per_actor: false,
+    top_actors: DEFAULT_TOP_ACTORS,
+});
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// The options in force.
+pub fn options() -> MetricsOptions {
+    *lock(&OPTIONS)
+}
 
 /// Turns metrics on for this process (`graft start --http`). Idempotent.
-pub fn enable() {}
+pub fn enable() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// Turns metrics on with `options` (the per-actor labels); may be called again to change
+/// them.
+pub fn enable_with(options: MetricsOptions) {
+    *lock(&OPTIONS) = options;
+    enable();
+}
 
 /// Whether [`enable`] was called.
+#[inline]
 pub fn is_enabled() -> bool {
-    false
+    ENABLED.load(Ordering::Relaxed)
 }
 
-/// The metrics in the Prometheus text exposition format (what `GET /metrics` serves).
+/// Why the metrics could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// A family could not be registered or encoded (a bug: they are defined here).
+    #[error("metrics could not be encoded: {0}")]
+    Prometheus(#[from] prometheus::Error),
+}
+
+/// The process-wide registry: the rare-event families and the scrape-time collector.
+fn registry() -> Result<&'static prometheus::Registry, RenderError> {
+    static REGISTRY: OnceLock<Result<prometheus::Registry, String>> = OnceLock::new();
+    let made = REGISTRY.get_or_init(|| {
+        let registry = prometheus::Registry::new();
+        host::register(&registry)
+            .and_then(|()| registry.register(Box::new(render::ScrapeCollector::new()?)))
+            .map_err(|error| error.to_string())?;
+        Ok(registry)
+    });
+    made.as_ref()
+        .map_err(|message| RenderError::Prometheus(prometheus::Error::Msg(message.clone())))
+}
+
+/// The metrics in the Prometheus text exposition format (version 0.0.4).
+pub fn try_render() -> Result<String, RenderError> {
+    let families = registry()?.gather();
+    Ok(prometheus::TextEncoder::new().encode_to_string(&families)?)
+}
+
+/// The metrics in the Prometheus text exposition format (what `GET /metrics` serves);
+/// empty if they cannot be encoded (logged; see [`try_render`]).
 pub fn render() -> String {
-    String::new()
+    try_render().unwrap_or_else(|error| {
+        tracing::error!("{error}");
+        String::new()
+    })
 }
 
-/// The last upgrades (installs and rollbacks), oldest first, at most a fixed number.
+/// The content type of [`render`]'s text (`text/plain; version=0.0.4`).
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+/// The last upgrades (installs and rollbacks), oldest first, at most a fixed number
+/// ([`history::KEPT_UPGRADES`]).
 pub fn upgrades() -> Vec<UpgradeRecord> {
-    Vec::new()
+    history::upgrades()
 }
 
 /// The last exits of the actor registered (or labelled) `actor`, oldest first, at most a
-/// fixed number.
+/// fixed number (from one ring of the last [`history::KEPT_EXITS`] exits of all actors).
 pub fn recent_exits(actor: &str) -> Vec<ExitRecord> {
-    let _ = actor;
-    Vec::new()
+    history::exits_of(actor)
 }
 
 /// Which operation an [`UpgradeRecord`] is.
@@ -98,7 +202,10 @@ pub struct UpgradeRecord {
     /// The whole operation, in microseconds.
     pub total_us: u64,
     /// Messages lost during it: dropped with an actor that exited, or refused by a full
-    /// mailbox, while it ran (0 is the point).
+    /// mailbox, while it ran (0 is the point). Measured as the growth of the process-wide
+    /// count ([`history::lost_messages`]: messages still queued when their actor exited,
+    /// plus messages a full mailbox refused) from its start to its end, so a loss anywhere
+    /// in the process meanwhile counts.
     pub lost: u64,
 }
 

@@ -38,6 +38,13 @@
 //! handled one callback at a time, each under its own guard; a continuation, a stop or a
 //! kill ends a run early and the rest stays at the front of the mailbox, counted again.
 //!
+//! Metrics (see [`crate::metrics`]): each call, cast and info message is counted in
+//! `messages_handled` (what `status` reports); while metrics are on, it is also counted
+//! and timed in its plugin version's sharded metrics, which the actor holds (so it counts
+//! as running that version) from its start, a code change or its first message after
+//! they were turned on; a run of casts reads the clock once per cast. Off, a message costs
+//! one relaxed load for them.
+//!
 //! The mailbox length is one counter shared with the senders (see [`super`]): a call,
 //! cast or info message of the plugin's own type counts from its send until the loop
 //! takes it up to handle it (a run or a batch of casts is taken up at once); moving
@@ -55,6 +62,7 @@ use super::behaviour::Behaviour;
 use super::executor::{self, Callback, CallbackGuard};
 use super::mailbox::{Next, Receiver};
 use super::{ActorOptions, ActorRef, CallError, Migration, Runtime, SpawnError, SystemError, lock};
+use crate::metrics::{self, MessageKind, Running};
 use crate::plugin::{CallbackError, HostServices, Outputs, SendKind, ServiceError};
 use graft_plugin::{Exit, StopReason, abi, codec};
 use serde::Serialize;
@@ -65,7 +73,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
@@ -166,6 +174,9 @@ pub struct ActorStatus {
     pub restarts: u32,
     /// Whether it is suspended.
     pub suspended: bool,
+    /// Calls, casts and info messages its callbacks have handled since it started (a
+    /// message rate, for the observer).
+    pub messages_handled: u64,
     /// Its own view of its health (plugin ABI 1.1 `health`): `None` when it reports none
     /// (an ABI 1.0 plugin, a host-native behaviour), `Err` with the message when the check
     /// failed.
@@ -368,6 +379,12 @@ struct Actor {
     longest_since_returned: usize,
     /// Messages this turn may still handle before the loop lets other tasks run.
     turn_left: u32,
+    /// Calls, casts and info messages handled so far (`status` reports it).
+    messages_handled: u64,
+    /// The metrics of the plugin version it runs, counting it as running there: set while
+    /// metrics are on (at the start, a code change, or the first message after
+    /// [`metrics::enable`]), `None` otherwise.
+    metrics: Option<Running>,
 }
 
 /// What an actor's task starts from, boxed until `init` has run: the task's future then
@@ -437,12 +454,18 @@ fn start(arguments: Start) -> Option<Actor> {
     let initialising = guard(&me, Callback::Init);
     let started_behaviour = options.factory.start(&options.args, &services);
     drop(initialising);
+    if let Err(error) = &started_behaviour
+        && error.is_panic()
+        && metrics::is_enabled()
+    {
+        metrics::plugin::for_identity(options.factory.identity().as_ref()).count_panic();
+    }
     let (mut behaviour, outputs) = match started_behaviour {
         Ok(started) => started,
         Err(CallbackError::Ignored { .. }) => {
             runtime.unregister(&me);
             let _ = started.send(Err(SpawnError::Ignored { actor: label }));
-            me.lifecycle().finish(StopReason::Normal);
+            me.finish(StopReason::Normal);
             return None;
         }
         Err(error) => {
@@ -454,7 +477,7 @@ fn start(arguments: Start) -> Option<Actor> {
                 actor: label,
                 error: Box::new(error),
             }));
-            me.lifecycle().finish(reason);
+            me.finish(reason);
             return None;
         }
     };
@@ -474,7 +497,10 @@ fn start(arguments: Start) -> Option<Actor> {
         inactivity_timer: None,
         longest_since_returned: 0,
         turn_left: executor::MESSAGES_PER_TURN,
+        messages_handled: 0,
+        metrics: None,
     };
+    actor.metrics_on();
     actor.arm_inactivity_timeout(outputs.inactivity_timeout);
     if let Some(reason) = outputs.stop {
         // OTP's `{stop, Reason}` from `init`: the start failed, so no `terminate`; the
@@ -495,6 +521,42 @@ fn start(arguments: Start) -> Option<Actor> {
 }
 
 impl Actor {
+    /// Whether metrics are on; when they are, the actor's version metrics are set (and it
+    /// counts as running that version).
+    #[inline]
+    fn metrics_on(&mut self) -> bool {
+        if !metrics::is_enabled() {
+            return false;
+        }
+        if self.metrics.is_none() {
+            self.metrics = Some(Running::start(metrics::plugin::for_identity(
+                self.behaviour.identity(),
+            )));
+        }
+        true
+    }
+
+    /// Records a message of `kind` whose callback began at `began`; returns now (the
+    /// beginning of the next one, in a run).
+    #[inline]
+    fn record(&self, kind: MessageKind, began: Instant) -> Instant {
+        let now = Instant::now();
+        if let Some(running) = &self.metrics {
+            running.metrics().record(kind, now.saturating_duration_since(began));
+        }
+        now
+    }
+
+    /// A callback failed: the actor's exit (a panic counted in its version's metrics).
+    fn crash(&self, error: &CallbackError) -> Ending {
+        if error.is_panic()
+            && let Some(running) = &self.metrics
+        {
+            running.metrics().count_panic();
+        }
+        Ending::crash(error)
+    }
+
     async fn run_loop(&mut self) -> Ending {
         loop {
             self.turn_left = self.turn_left.saturating_sub(1);
@@ -665,9 +727,14 @@ impl Actor {
             Envelope::Cast(message) if self.behaviour.batches_casts() => self.handle_casts(message),
             Envelope::Cast(message) => self.handle_cast_run(message, run),
             Envelope::Info { kind, message } => {
+                let timed = self.metrics_on().then(Instant::now);
                 let running = guard(&self.services.me, Callback::HandleInfo);
                 let result = self.behaviour.handle_info(kind, &message, &self.services);
                 drop(running);
+                self.messages_handled += 1;
+                if let Some(began) = timed {
+                    self.record(MessageKind::Info, began);
+                }
                 self.after(result)
             }
         }
@@ -689,11 +756,18 @@ impl Actor {
         let deadline = self.services.me.callback_timeout();
         let mut message = first;
         let mut left = run;
+        // Timed only while metrics are on: one clock read per cast (the end of one is the
+        // beginning of the next).
+        let mut timed = self.metrics_on().then(Instant::now);
         loop {
             let running =
                 executor::enter_callback(&self.services.me, Callback::HandleCast, deadline);
             let result = self.behaviour.handle_cast(&message, &self.services);
             drop(running);
+            self.messages_handled += 1;
+            if let Some(began) = timed {
+                timed = Some(self.record(MessageKind::Cast, began));
+            }
             drop(message);
             let exit = self.after(result);
             if left == 0 {
@@ -746,10 +820,19 @@ impl Actor {
         if messages.len() > 1 {
             self.taken(messages.len() - 1);
         }
+        let timed = self.metrics_on().then(Instant::now);
         let running = guard(&self.services.me, Callback::HandleCast);
         let results = self.behaviour.handle_casts(&messages, &self.services);
         drop(running);
         let ran = results.len().max(1).min(messages.len());
+        self.messages_handled += ran as u64;
+        if let Some(began) = timed
+            && let Some(running) = &self.metrics
+        {
+            running
+                .metrics()
+                .record_batch(MessageKind::Cast, ran, began.elapsed());
+        }
         if ran < messages.len() {
             self.services.me.returned_to_mailbox(messages.len() - ran);
         }
@@ -785,9 +868,14 @@ impl Actor {
         let token = self.services.next_token.get();
         self.services.next_token.set(token + 1);
         *self.services.current_call.borrow_mut() = Some((token, reply));
+        let timed = self.metrics_on().then(Instant::now);
         let running = guard(&self.services.me, Callback::HandleCall);
         let result = self.behaviour.handle_call(request, token, &self.services);
         drop(running);
+        self.messages_handled += 1;
+        if let Some(began) = timed {
+            self.record(MessageKind::Call, began);
+        }
         let waiting = self.services.current_call.borrow_mut().take();
         match result {
             Ok(mut outputs) => {
@@ -813,7 +901,7 @@ impl Actor {
                 None
             }
             Err(error) => {
-                let exit = Ending::crash(&error);
+                let exit = self.crash(&error);
                 if let Some((_, sender)) = waiting {
                     let _ = sender.send(Err(CallError::Exited {
                         actor: self.services.label().to_owned(),
@@ -844,7 +932,7 @@ impl Actor {
                 tracing::warn!(actor = %self.services.label(), "message dropped, it does not decode: {error}");
                 None
             }
-            Err(error) => Some(Ending::crash(&error)),
+            Err(error) => Some(self.crash(&error)),
         }
     }
 
@@ -895,6 +983,7 @@ impl Actor {
                     undecodable_messages: self.services.me.undecodable_messages(),
                     restarts: self.restarts,
                     suspended: self.suspended,
+                    messages_handled: self.messages_handled,
                 });
             }
             SystemRequest::ChangeCode { migration, reply } => {
@@ -934,6 +1023,9 @@ impl Actor {
         self.services.me.set_code_label(replacement.code_label());
         let _dropping = guard(&self.services.me, Callback::Drop);
         self.behaviour = replacement;
+        // It runs another version now (or, after a replaced state, the same one again).
+        self.metrics = None;
+        self.metrics_on();
     }
 
     /// `sys:replace_state`: a new instance of the same plugin version from `state` (its
@@ -986,8 +1078,12 @@ impl Actor {
             services,
             mailbox,
             deferred,
+            metrics,
             ..
         } = self;
+        // No longer running its version (counted before the exit is, so whoever sees the
+        // exit sees the gauge moved).
+        drop(metrics);
         let terminating = guard(me, Callback::Terminate);
         if exit.run_terminate
             && let Err(error) = behaviour.terminate(&exit.reason, &services)
@@ -1011,7 +1107,7 @@ impl Actor {
         if let Some((started, error)) = start_failed {
             let _ = started.send(Err(error));
         }
-        me.lifecycle().finish(exit.reason);
+        me.finish(exit.reason);
         // Callers waiting on a deferred reply or still queued now see "exited".
         drop(services);
         drop(deferred);

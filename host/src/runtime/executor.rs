@@ -552,6 +552,9 @@ fn watchdog(pool: &Arc<Pool>) {
                     actor.code_label(),
                 );
                 tracing::error!(actor = %actor.label(), "{reason}; its thread is abandoned and its library stays loaded");
+                if crate::metrics::is_enabled() {
+                    crate::metrics::plugin::for_code_label(&actor.code_label()).count_timeout();
+                }
                 actor.kill_with(StopReason::Error(reason));
                 // A behaviour that can free its thread does (an isolated one's worker
                 // keeps the stuck thread instead).
