@@ -219,3 +219,78 @@ pub struct ExitRecord {
     /// The exit reason, as text (`normal`, `shutdown`, `error: …`, `killed`).
     pub reason: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Duration;
+
+    /// Runs `promtool check metrics` on `text`; panics with its findings, or when promtool
+    /// is missing (CI installs it: Debian's `prometheus` package).
+    pub(crate) fn promtool_accepts(text: &str) {
+        let mut file = tempfile::NamedTempFile::new().expect("a temporary file");
+        file.write_all(text.as_bytes())
+            .expect("the rendered metrics written");
+        let input = std::fs::File::open(file.path()).expect("the rendered metrics reopened");
+        let output = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(input)
+            .output()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "promtool could not run ({error}): install Debian's `prometheus` package \
+                     (it provides /usr/bin/promtool)"
+                )
+            });
+        assert!(
+            output.status.success(),
+            "promtool check metrics refused the output:\n{}{}\n--- the output ---\n{text}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+    }
+
+    #[test]
+    fn the_rendered_metrics_pass_promtool() {
+        enable();
+        let version = plugin::for_version("unit-render", "1.2.3", "unit-render 1.2.3");
+        let running = Running::start(std::sync::Arc::clone(&version));
+        version.record(MessageKind::Call, Duration::from_micros(3));
+        version.record(MessageKind::Cast, Duration::from_nanos(200));
+        version.count_panic();
+        host::supervisor_restarted("unit-render-supervisor");
+        host::supervisor_reached_intensity("unit-render-supervisor");
+        host::release_published("1.0.0", Some("0.9.0"));
+        let recorder = UpgradeRecorder::begin(UpgradeKind::Install).expect("metrics are on");
+        recorder.set_endpoints("0.9.0".to_owned(), "1.0.0".to_owned());
+        recorder.finish(
+            Some(UpgradeSummary {
+                actors_migrated: 2,
+                actors_suspended: 2,
+                longest_pause: Duration::from_micros(40),
+            }),
+            None,
+            true,
+        );
+        let text = try_render().expect("the metrics render");
+        for expected in [
+            "graft_plugin_messages_handled_total{plugin=\"unit-render\",version=\"1.2.3\",kind=\"call\"} 1",
+            "graft_plugin_callback_duration_seconds_bucket{plugin=\"unit-render\",version=\"1.2.3\",kind=\"cast\",le=\"0.0000005\"} 1",
+            "graft_plugin_callback_panics_total{plugin=\"unit-render\",version=\"1.2.3\"} 1",
+            "graft_plugin_actors_running{plugin=\"unit-render\",version=\"1.2.3\"} 1",
+            "graft_supervisor_restarts_total{supervisor=\"unit-render-supervisor\"}",
+            "graft_upgrade_duration_seconds_count{kind=\"install\"}",
+            "graft_messages_lost_total",
+        ] {
+            assert!(text.contains(expected), "no {expected} in:\n{text}");
+        }
+        promtool_accepts(&text);
+        drop(running);
+        assert!(
+            upgrades()
+                .iter()
+                .any(|upgrade| upgrade.from == "0.9.0" && upgrade.actors_migrated == 2)
+        );
+    }
+}

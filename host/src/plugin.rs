@@ -807,6 +807,7 @@ impl Loader {
             });
         }
         plugin.report = true;
+        crate::metrics::host::library_loaded();
         tracing::debug!(plugin = %plugin.identity, copy = %copy.display(), "plugin loaded");
         Ok(Arc::new(plugin))
     }
@@ -1102,6 +1103,7 @@ impl Drop for LoadedPlugin {
             Ok(()) if is_mapped(&self.copy) => UnloadOutcome::Resident,
             Ok(()) => UnloadOutcome::Unloaded,
         };
+        crate::metrics::host::library_closed(outcome == UnloadOutcome::Unloaded);
         match &outcome {
             UnloadOutcome::Unloaded => tracing::debug!(plugin = %self.identity, "plugin unloaded"),
             UnloadOutcome::Pinned(reason) => tracing::info!(

@@ -96,13 +96,18 @@ fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The phases seen so far of one upgrade.
+/// The phases seen so far of one upgrade, and what they said.
 #[derive(Debug, Default)]
 struct Phases {
     /// Each begun phase: its name and when, since the start.
     begun: Vec<(&'static str, Duration)>,
     batch_begun: bool,
     rolled_back: bool,
+    /// Actors the batch suspended (from its `suspending` report).
+    suspended: u64,
+    /// The release it goes from and to, once the handler knows them.
+    from: String,
+    to: String,
 }
 
 /// Times one install or rollback and records it (its [`UpgradeRecord`], its counters and
@@ -116,13 +121,9 @@ pub struct UpgradeRecorder {
     phases: Mutex<Phases>,
 }
 
-/// What a finished upgrade did, as the handler knows it.
+/// What a finished upgrade did, as the handler reports it.
 #[derive(Debug, Clone, Default)]
 pub struct UpgradeSummary {
-    /// The release it started from.
-    pub from: String,
-    /// The release it went to.
-    pub to: String,
     /// Actors moved to new code.
     pub actors_migrated: u64,
     /// Actors suspended.
@@ -149,8 +150,9 @@ impl UpgradeRecorder {
         let mut phases = lock(&self.phases);
         let name = match phase {
             InstallPhase::Loading(_) => "loading",
-            InstallPhase::Suspending(_) => {
+            InstallPhase::Suspending(actors) => {
                 phases.batch_begun = true;
+                phases.suspended = *actors as u64;
                 "suspending"
             }
             InstallPhase::Migrating(_) => "migrating",
@@ -168,10 +170,18 @@ impl UpgradeRecorder {
         }
     }
 
-    /// The upgrade ended: `summary` of what it did (as much as is known), and the error
-    /// when it did not complete (`completed` says whether the target is current anyway, as
-    /// after a failure past the commit).
-    pub fn finish(self, summary: UpgradeSummary, error: Option<String>, completed: bool) {
+    /// The handler knows which release the upgrade goes `from` and `to`.
+    pub fn set_endpoints(&self, from: String, to: String) {
+        let mut phases = lock(&self.phases);
+        phases.from = from;
+        phases.to = to;
+    }
+
+    /// The upgrade ended: `summary` of what it did (`None` when it reported nothing: it
+    /// failed; then the actors suspended are those its batch said it suspended), and the
+    /// error when it did not complete (`completed` says whether the target is current
+    /// anyway, as after a failure past the commit).
+    pub fn finish(self, summary: Option<UpgradeSummary>, error: Option<String>, completed: bool) {
         let total = self.started.elapsed();
         let phases = self
             .phases
@@ -196,14 +206,18 @@ impl UpgradeRecorder {
                 duration_us: micros(end.saturating_sub(*start)),
             });
         }
+        let summary = summary.unwrap_or(UpgradeSummary {
+            actors_suspended: phases.suspended,
+            ..UpgradeSummary::default()
+        });
         super::host::count_upgrade(self.kind, outcome, total, summary.longest_pause);
         push_bounded(
             &UPGRADES,
             KEPT_UPGRADES,
             UpgradeRecord {
                 kind: self.kind,
-                from: summary.from,
-                to: summary.to,
+                from: phases.from,
+                to: phases.to,
                 started_unix_ms: self.started_unix_ms,
                 outcome,
                 error,

@@ -456,6 +456,7 @@ impl Supervisor {
                 max_seconds = self.spec.max_seconds,
                 "reached maximum restart intensity; shutting down"
             );
+            crate::metrics::host::supervisor_reached_intensity(&self.label);
             self.stop_all(false).await;
             return Some(StopReason::Shutdown(Some(
                 REACHED_MAXIMUM_INTENSITY.to_owned(),
@@ -484,6 +485,7 @@ impl Supervisor {
         };
         child.restarts += 1;
         let (spec, restarts) = (child.spec.clone(), child.restarts);
+        crate::metrics::host::supervisor_restarted(&self.label);
         match self.start(&spec, restarts).await {
             Ok(Some(running)) => self.set_running(index, running),
             Ok(None) => {
@@ -533,6 +535,7 @@ impl Supervisor {
             child.restarting = false;
             child.restarts += 1;
             let (spec, restarts) = (child.spec.clone(), child.restarts);
+            crate::metrics::host::supervisor_restarted(&self.label);
             match self.start(&spec, restarts).await {
                 Ok(Some(running)) => self.set_running(index, running),
                 Ok(None) => {}
