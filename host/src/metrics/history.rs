@@ -52,7 +52,9 @@ pub(crate) fn count_lost(count: u64) {
 pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 fn push_bounded<T>(ring: &Mutex<VecDeque<T>>, kept: usize, item: T) {
@@ -196,10 +198,7 @@ impl UpgradeRecorder {
         };
         let mut records = Vec::with_capacity(phases.begun.len());
         for (index, (name, start)) in phases.begun.iter().enumerate() {
-            let end = phases
-                .begun
-                .get(index + 1)
-                .map_or(total, |(_, next)| *next);
+            let end = phases.begun.get(index + 1).map_or(total, |(_, next)| *next);
             records.push(PhaseRecord {
                 name: (*name).to_owned(),
                 start_us: micros(*start),
@@ -242,7 +241,10 @@ mod tests {
         for item in 0..10 {
             push_bounded(&ring, 4, item);
         }
-        assert_eq!(lock(&ring).iter().copied().collect::<Vec<_>>(), [6, 7, 8, 9]);
+        assert_eq!(
+            lock(&ring).iter().copied().collect::<Vec<_>>(),
+            [6, 7, 8, 9]
+        );
     }
 
     #[test]

@@ -352,7 +352,11 @@ mod tests {
 
     #[test]
     fn the_shards_of_many_threads_sum_up() {
-        let metrics = Arc::new(VersionMetrics::new("unit-shards", "1.0.0", "unit-shards 1.0.0"));
+        let metrics = Arc::new(VersionMetrics::new(
+            "unit-shards",
+            "1.0.0",
+            "unit-shards 1.0.0",
+        ));
         let threads: Vec<_> = (0..SHARDS + 3)
             .map(|_| {
                 let metrics = Arc::clone(&metrics);
@@ -404,7 +408,10 @@ mod tests {
     #[test]
     fn a_code_label_finds_its_version() {
         let by_version = for_version("unit-label", "2.1.0", "unit-label 2.1.0");
-        assert!(Arc::ptr_eq(&by_version, &for_code_label("unit-label 2.1.0")));
+        assert!(Arc::ptr_eq(
+            &by_version,
+            &for_code_label("unit-label 2.1.0")
+        ));
         let made = for_code_label("unit-made 0.3.0");
         assert_eq!((made.plugin(), made.version()), ("unit-made", "0.3.0"));
         let native = for_code_label("native code");

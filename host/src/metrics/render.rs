@@ -121,7 +121,11 @@ impl ScrapeCollector {
                 Desc::new(
                     family.name.to_owned(),
                     family.help.to_owned(),
-                    family.labels.iter().map(|label| (*label).to_owned()).collect(),
+                    family
+                        .labels
+                        .iter()
+                        .map(|label| (*label).to_owned())
+                        .collect(),
                     HashMap::new(),
                 )
             })
@@ -334,6 +338,9 @@ mod tests {
         assert_eq!(buckets[0].get_cumulative_count(), 1);
         assert_eq!(buckets[2].get_cumulative_count(), 1);
         assert_eq!(buckets[3].get_cumulative_count(), 2);
-        assert_eq!(buckets[DURATION_BOUNDS_NS.len() - 1].get_cumulative_count(), 2);
+        assert_eq!(
+            buckets[DURATION_BOUNDS_NS.len() - 1].get_cumulative_count(),
+            2
+        );
     }
 }

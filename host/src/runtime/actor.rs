@@ -542,7 +542,9 @@ impl Actor {
     fn record(&self, kind: MessageKind, began: Instant) -> Instant {
         let now = Instant::now();
         if let Some(running) = &self.metrics {
-            running.metrics().record(kind, now.saturating_duration_since(began));
+            running
+                .metrics()
+                .record(kind, now.saturating_duration_since(began));
         }
         now
     }

@@ -35,7 +35,12 @@ impl Published {
     pub(super) fn of(state: &State) -> Published {
         crate::metrics::host::release_published(
             &state.current.version.to_string(),
-            state.record.permanent.as_ref().map(Version::to_string).as_deref(),
+            state
+                .record
+                .permanent
+                .as_ref()
+                .map(Version::to_string)
+                .as_deref(),
         );
         Published {
             current: state.current.version.clone(),
