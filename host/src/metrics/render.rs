@@ -334,12 +334,12 @@ mod tests {
         assert_eq!(histogram.get_sample_count(), 2);
         let buckets = histogram.get_bucket();
         assert_eq!(buckets.len(), DURATION_BOUNDS_NS.len());
-        assert_eq!(buckets[0].get_upper_bound(), 5e-7);
-        assert_eq!(buckets[0].get_cumulative_count(), 1);
-        assert_eq!(buckets[2].get_cumulative_count(), 1);
-        assert_eq!(buckets[3].get_cumulative_count(), 2);
+        assert_eq!(buckets[0].upper_bound(), 5e-7);
+        assert_eq!(buckets[0].cumulative_count(), 1);
+        assert_eq!(buckets[2].cumulative_count(), 1);
+        assert_eq!(buckets[3].cumulative_count(), 2);
         assert_eq!(
-            buckets[DURATION_BOUNDS_NS.len() - 1].get_cumulative_count(),
+            buckets[DURATION_BOUNDS_NS.len() - 1].cumulative_count(),
             2
         );
     }
