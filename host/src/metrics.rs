@@ -85,6 +85,13 @@ pub fn enable_with(options: MetricsOptions) {
     enable();
 }
 
+/// Turns metrics off again: hooks stop counting and timing (what was counted stays).
+/// For benchmarks that alternate off and on in one process; a host never calls it.
+#[doc(hidden)]
+pub fn disable() {
+    ENABLED.store(false, Ordering::Relaxed);
+}
+
 /// Whether [`enable`] was called.
 #[inline]
 pub fn is_enabled() -> bool {

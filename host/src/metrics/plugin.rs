@@ -7,9 +7,13 @@
 //!   lookup.
 //! - Messages handled and durations are sharded by thread: a fixed number of
 //!   cache-line-aligned shards, each thread picking one once (round robin), so two runner
-//!   threads never write the same cache line; a scrape sums the shards. The message count
-//!   of a kind *is* the count of its duration histogram (one increment per message, not
-//!   two).
+//!   threads never write the same cache line; a scrape sums the shards.
+//! - Counts are exact; durations are a sample: an actor times one message in
+//!   [`TIMED_EVERY`] (its first, then every [`TIMED_EVERY`]th), because two clock reads
+//!   cost more than the rest of the bookkeeping together (measured: about 25 ns each,
+//!   against a call round trip of about 1.3 µs and a cast of about 150 ns, and the budget
+//!   is 5%). Averages and quantiles of a uniform sample are those of the whole; the
+//!   histogram's `_count` is the number of timed messages.
 //! - "Actors running" is a gauge moved by [`Running`]: created when an actor starts on (or
 //!   changes to) a version while metrics are on, dropped when it leaves it (exit, code
 //!   change, a killed actor's task dropped), so it never drifts.
@@ -24,6 +28,9 @@ use super::lock;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// An actor times one message in this many (see the module documentation).
+pub const TIMED_EVERY: u32 = 16;
 
 /// How many shards each version's counters have (a power of two).
 pub(crate) const SHARDS: usize = 16;
@@ -85,12 +92,13 @@ impl MessageKind {
     }
 }
 
-/// One thread's share of a version's counters: non-cumulative bucket counts and the sum of
-/// durations, per kind. Aligned so that no two shards share a cache line (128 bytes: the
-/// adjacent-line prefetcher pairs lines).
+/// One thread's share of a version's counters: messages handled, and the timed ones'
+/// non-cumulative bucket counts and sum of durations, per kind. Aligned so that no two
+/// shards share a cache line (128 bytes: the adjacent-line prefetcher pairs lines).
 #[repr(align(128))]
 #[derive(Default)]
 struct Shard {
+    handled: [AtomicU64; 3],
     buckets: [[AtomicU64; BUCKETS]; 3],
     sum_ns: [AtomicU64; 3],
 }
@@ -177,9 +185,16 @@ impl VersionMetrics {
         &self.version
     }
 
-    /// Records one message of `kind` handled in `took`.
+    /// Counts `messages` of `kind` handled.
     #[inline]
-    pub fn record(&self, kind: MessageKind, took: Duration) {
+    pub fn count(&self, kind: MessageKind, messages: u64) {
+        self.shards[shard_index()].handled[kind as usize].fetch_add(messages, Ordering::Relaxed);
+    }
+
+    /// Observes one timed message of `kind` whose callback took `took` (in the duration
+    /// histogram; counting it is [`VersionMetrics::count`]'s).
+    #[inline]
+    pub fn observe(&self, kind: MessageKind, took: Duration) {
         let nanoseconds = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         let shard = &self.shards[shard_index()];
         let kind = kind as usize;
@@ -187,16 +202,10 @@ impl VersionMetrics {
         shard.sum_ns[kind].fetch_add(nanoseconds, Ordering::Relaxed);
     }
 
-    /// Records `count` messages of `kind` handled together in `took` (a batch sent to a
-    /// worker process): each as taking an equal share.
-    pub fn record_batch(&self, kind: MessageKind, count: usize, took: Duration) {
-        let Ok(divisor) = u32::try_from(count.max(1)) else {
-            return;
-        };
-        let each = took / divisor;
-        for _ in 0..count {
-            self.record(kind, each);
-        }
+    /// Counts and observes one message (tests and one-off callers).
+    pub fn record(&self, kind: MessageKind, took: Duration) {
+        self.count(kind, 1);
+        self.observe(kind, took);
     }
 
     /// Counts a callback that panicked.
@@ -226,7 +235,10 @@ impl VersionMetrics {
 
     /// Messages of `kind` handled so far.
     pub fn handled(&self, kind: MessageKind) -> u64 {
-        self.histogram(kind).count()
+        self.shards
+            .iter()
+            .map(|shard| shard.handled[kind as usize].load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
     }
 
     /// The duration histogram of `kind`, summed over the shards.
@@ -385,12 +397,14 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_counts_each_message() {
+    fn counts_and_observations_are_apart() {
         let metrics = VersionMetrics::new("unit-batch", "1.0.0", "unit-batch 1.0.0");
-        metrics.record_batch(MessageKind::Cast, 4, Duration::from_micros(8));
+        metrics.count(MessageKind::Cast, 64);
+        metrics.observe(MessageKind::Cast, Duration::from_micros(2));
+        assert_eq!(metrics.handled(MessageKind::Cast), 64);
         let casts = metrics.histogram(MessageKind::Cast);
-        assert_eq!(casts.count(), 4);
-        assert_eq!(casts.buckets[bucket_of(2_000)], 4);
+        assert_eq!(casts.count(), 1);
+        assert_eq!(casts.buckets[bucket_of(2_000)], 1);
     }
 
     #[test]

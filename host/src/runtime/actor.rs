@@ -40,10 +40,11 @@
 //!
 //! Metrics (see [`crate::metrics`]): each call, cast and info message is counted in
 //! `messages_handled` (what `status` reports); while metrics are on, it is also counted
-//! and timed in its plugin version's sharded metrics, which the actor holds (so it counts
-//! as running that version) from its start, a code change or its first message after
-//! they were turned on; a run of casts reads the clock once per cast. Off, a message costs
-//! one relaxed load for them.
+//! in its plugin version's sharded metrics (a run of casts once, at its end), and one in
+//! [`metrics::plugin::TIMED_EVERY`] is timed (two clock reads cost more than the rest);
+//! the actor holds its version's metrics (so it counts as running that version) from its
+//! start, a code change or its first message after they were turned on. Off, a message
+//! costs one relaxed load for them.
 //!
 //! The mailbox length is one counter shared with the senders (see [`super`]): a call,
 //! cast or info message of the plugin's own type counts from its send until the loop
@@ -341,6 +342,17 @@ impl HostServices for ActorServices {
     }
 }
 
+/// What the metrics do with one message (see [`Actor::sample`]).
+#[derive(Clone, Copy)]
+enum Sample {
+    /// Metrics are off.
+    Off,
+    /// Counted, not timed.
+    Counted,
+    /// Counted and timed from this instant.
+    Timed(Instant),
+}
+
 /// Why the loop ended.
 struct Ending {
     reason: StopReason,
@@ -381,6 +393,8 @@ struct Actor {
     turn_left: u32,
     /// Calls, casts and info messages handled so far (`status` reports it).
     messages_handled: u64,
+    /// Messages until the next one timed for the metrics (counts down to 0).
+    until_timed: u32,
     /// The metrics of the plugin version it runs, counting it as running there: set while
     /// metrics are on (at the start, a code change, or the first message after
     /// [`metrics::enable`]), `None` otherwise.
@@ -498,6 +512,7 @@ fn start(arguments: Start) -> Option<Actor> {
         longest_since_returned: 0,
         turn_left: executor::MESSAGES_PER_TURN,
         messages_handled: 0,
+        until_timed: 1,
         metrics: None,
     };
     actor.metrics_on();
@@ -536,17 +551,47 @@ impl Actor {
         true
     }
 
-    /// Records a message of `kind` whose callback began at `began`; returns now (the
-    /// beginning of the next one, in a run).
+    /// Whether the next message is one the actor times (one in
+    /// [`metrics::plugin::TIMED_EVERY`], while metrics are on).
     #[inline]
-    fn record(&self, kind: MessageKind, began: Instant) -> Instant {
-        let now = Instant::now();
-        if let Some(running) = &self.metrics {
-            running
-                .metrics()
-                .record(kind, now.saturating_duration_since(began));
+    fn timing_next(&mut self) -> bool {
+        self.until_timed -= 1;
+        if self.until_timed == 0 {
+            self.until_timed = metrics::plugin::TIMED_EVERY;
+            true
+        } else {
+            false
         }
-        now
+    }
+
+    /// The bookkeeping of one message about to be handled: whether it counts, and its
+    /// start if it is timed.
+    #[inline]
+    fn sample(&mut self) -> Sample {
+        if !self.metrics_on() {
+            Sample::Off
+        } else if self.timing_next() {
+            Sample::Timed(Instant::now())
+        } else {
+            Sample::Counted
+        }
+    }
+
+    /// One message of `kind` handled, as `sample` said.
+    #[inline]
+    fn handled(&mut self, kind: MessageKind, sample: Sample) {
+        self.messages_handled += 1;
+        let Some(running) = &self.metrics else {
+            return;
+        };
+        match sample {
+            Sample::Off => {}
+            Sample::Counted => running.metrics().count(kind, 1),
+            Sample::Timed(began) => {
+                running.metrics().count(kind, 1);
+                running.metrics().observe(kind, began.elapsed());
+            }
+        }
     }
 
     /// A callback failed: the actor's exit (a panic counted in its version's metrics).
@@ -729,14 +774,11 @@ impl Actor {
             Envelope::Cast(message) if self.behaviour.batches_casts() => self.handle_casts(message),
             Envelope::Cast(message) => self.handle_cast_run(message, run),
             Envelope::Info { kind, message } => {
-                let timed = self.metrics_on().then(Instant::now);
+                let sample = self.sample();
                 let running = guard(&self.services.me, Callback::HandleInfo);
                 let result = self.behaviour.handle_info(kind, &message, &self.services);
                 drop(running);
-                self.messages_handled += 1;
-                if let Some(began) = timed {
-                    self.record(MessageKind::Info, began);
-                }
+                self.handled(MessageKind::Info, sample);
                 self.after(result)
             }
         }
@@ -755,20 +797,42 @@ impl Actor {
     /// send writes (the mailbox's lock and its system flag, the length), or each cast
     /// costs both cores a miss; hence the flag and the deadline once per run.
     fn handle_cast_run(&mut self, first: Vec<u8>, run: usize) -> Option<Ending> {
+        // While metrics are on, the run's casts are counted once, at its end; one in
+        // `TIMED_EVERY` is timed.
+        let metrics_on = self.metrics_on();
+        let handled_before = self.messages_handled;
+        let exit = self.handle_casts_in_run(first, run, metrics_on);
+        if metrics_on && let Some(running) = &self.metrics {
+            running
+                .metrics()
+                .count(MessageKind::Cast, self.messages_handled - handled_before);
+        }
+        exit
+    }
+
+    /// [`Actor::handle_cast_run`] without the count.
+    fn handle_casts_in_run(
+        &mut self,
+        first: Vec<u8>,
+        run: usize,
+        metrics_on: bool,
+    ) -> Option<Ending> {
         let deadline = self.services.me.callback_timeout();
         let mut message = first;
         let mut left = run;
-        // Timed only while metrics are on: one clock read per cast (the end of one is the
-        // beginning of the next).
-        let mut timed = self.metrics_on().then(Instant::now);
         loop {
+            let timed = (metrics_on && self.timing_next()).then(Instant::now);
             let running =
                 executor::enter_callback(&self.services.me, Callback::HandleCast, deadline);
             let result = self.behaviour.handle_cast(&message, &self.services);
             drop(running);
             self.messages_handled += 1;
-            if let Some(began) = timed {
-                timed = Some(self.record(MessageKind::Cast, began));
+            if let Some(began) = timed
+                && let Some(running) = &self.metrics
+            {
+                running
+                    .metrics()
+                    .observe(MessageKind::Cast, began.elapsed());
             }
             drop(message);
             let exit = self.after(result);
@@ -822,6 +886,8 @@ impl Actor {
         if messages.len() > 1 {
             self.taken(messages.len() - 1);
         }
+        // A batch is a round trip to a worker process: each is counted and timed (one
+        // observation, its time per message).
         let timed = self.metrics_on().then(Instant::now);
         let running = guard(&self.services.me, Callback::HandleCast);
         let results = self.behaviour.handle_casts(&messages, &self.services);
@@ -831,9 +897,9 @@ impl Actor {
         if let Some(began) = timed
             && let Some(running) = &self.metrics
         {
-            running
-                .metrics()
-                .record_batch(MessageKind::Cast, ran, began.elapsed());
+            running.metrics().count(MessageKind::Cast, ran as u64);
+            let per_message = began.elapsed() / u32::try_from(ran).unwrap_or(u32::MAX);
+            running.metrics().observe(MessageKind::Cast, per_message);
         }
         if ran < messages.len() {
             self.services.me.returned_to_mailbox(messages.len() - ran);
@@ -870,16 +936,13 @@ impl Actor {
         let token = self.services.next_token.get();
         self.services.next_token.set(token + 1);
         *self.services.current_call.borrow_mut() = Some((token, reply));
-        let timed = self.metrics_on().then(Instant::now);
+        let sample = self.sample();
         let running = guard(&self.services.me, Callback::HandleCall);
         let result = self.behaviour.handle_call(request, token, &self.services);
         drop(running);
-        self.messages_handled += 1;
-        if let Some(began) = timed {
-            self.record(MessageKind::Call, began);
-        }
         let waiting = self.services.current_call.borrow_mut().take();
-        match result {
+        // Recorded once the caller has its answer (the clock is read after the reply).
+        let exit = match result {
             Ok(mut outputs) => {
                 if let Some((_, sender)) = waiting {
                     match outputs.reply.take() {
@@ -912,7 +975,9 @@ impl Actor {
                 }
                 Some(exit)
             }
-        }
+        };
+        self.handled(MessageKind::Call, sample);
+        exit
     }
 
     /// Applies a callback's outputs: a continuation, a stop, or a crash.
