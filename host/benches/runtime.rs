@@ -1209,19 +1209,35 @@ fn print_summary(fixture: &Fixture, sampling: Sampling, parts: Parts) {
 /// Rounds of off-then-on measurements for the metrics overhead.
 const METRICS_ROUNDS: usize = 5;
 
+/// Graft's messaging figures in one measurement: medians of a call round trip (ns) and
+/// casts per second.
+struct Messaging {
+    block_on_call: f64,
+    worker_call: f64,
+    casts: f64,
+}
+
+/// One figure of a [`Messaging`].
+type Figure = fn(&Messaging) -> f64;
+
 /// Graft's call and cast figures with metrics off, then on, in rounds (see the module
 /// documentation); prints the medians, the median ratios and the target. Leaves metrics
 /// off.
 fn print_metrics_overhead(fixture: &Fixture, sampling: Sampling) {
-    let measure = || {
-        let calls: Vec<f64> = [Placement::BlockOn, Placement::Worker]
-            .iter()
-            .map(|&placement| {
-                median_call_nanoseconds(fixture, sampling, Contender::Graft, placement)
-            })
-            .collect();
-        let casts = median_casts_per_second(fixture, sampling, Contender::Graft);
-        (calls, casts)
+    let measure = || Messaging {
+        block_on_call: median_call_nanoseconds(
+            fixture,
+            sampling,
+            Contender::Graft,
+            Placement::BlockOn,
+        ),
+        worker_call: median_call_nanoseconds(
+            fixture,
+            sampling,
+            Contender::Graft,
+            Placement::Worker,
+        ),
+        casts: median_casts_per_second(fixture, sampling, Contender::Graft),
     };
     let rounds = if sampling.samples == 1 {
         1
@@ -1237,7 +1253,7 @@ fn print_metrics_overhead(fixture: &Fixture, sampling: Sampling) {
         on.push(measure());
     }
     graft::metrics::disable();
-    let ratio_of = |figure: &dyn Fn(&(Vec<f64>, f64)) -> f64| {
+    let ratio_of = |figure: Figure| {
         median(
             on.iter()
                 .zip(&off)
@@ -1245,17 +1261,16 @@ fn print_metrics_overhead(fixture: &Fixture, sampling: Sampling) {
                 .collect(),
         )
     };
-    let median_of = |measured: &[(Vec<f64>, f64)], figure: &dyn Fn(&(Vec<f64>, f64)) -> f64| {
-        median(measured.iter().map(figure).collect())
-    };
-    let block_on = |measured: &(Vec<f64>, f64)| measured.0[0];
-    let worker = |measured: &(Vec<f64>, f64)| measured.0[1];
-    let casts = |measured: &(Vec<f64>, f64)| measured.1;
-    let calls_on = [median_of(&on, &block_on), median_of(&on, &worker)];
-    let calls_off = [median_of(&off, &block_on), median_of(&off, &worker)];
-    let (casts_on, casts_off) = (median_of(&on, &casts), median_of(&off, &casts));
-    let call_ratios = [ratio_of(&block_on), ratio_of(&worker)];
-    let cast_ratio = ratio_of(&casts);
+    let median_of =
+        |measured: &[Messaging], figure: Figure| median(measured.iter().map(figure).collect());
+    let block_on: Figure = |measured| measured.block_on_call;
+    let worker: Figure = |measured| measured.worker_call;
+    let casts: Figure = |measured| measured.casts;
+    let calls_on = [median_of(&on, block_on), median_of(&on, worker)];
+    let calls_off = [median_of(&off, block_on), median_of(&off, worker)];
+    let (casts_on, casts_off) = (median_of(&on, casts), median_of(&off, casts));
+    let call_ratios = [ratio_of(block_on), ratio_of(worker)];
+    let cast_ratio = ratio_of(casts);
     // Lost: the extra time of a call, the rate a cast stream gives up.
     let call_losses = [call_ratios[0] - 1.0, call_ratios[1] - 1.0];
     let cast_loss = 1.0 - cast_ratio;
