@@ -3,10 +3,13 @@
 //! and after, `promtool check metrics` accepts both scrapes, and the numbers move as they
 //! should (messages counted per plugin version, one more install with its duration and
 //! pause observed, the current release changed, actors moved from the old version to the
-//! new, libraries loaded; a killed actor's restart and exit recorded).
+//! new, libraries loaded; a killed actor's restart and exit recorded). With the `faulty`
+//! fixture: an install that rolls back, a panicking callback, a supervisor giving up at its
+//! restart intensity, and a callback killed at its deadline are counted.
 //!
 //! The registry is process-wide and shared by every test of this binary: assertions
-//! compare two scrapes (deltas), never absolute values.
+//! compare two scrapes (deltas), never absolute values; and the tests take turns
+//! ([`SERIAL`]), since the release facts are the last booted handler's.
 
 use graft::metrics::{self, UpgradeKind, UpgradeOutcome};
 use graft_plugin::codec;
@@ -19,6 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 const SECOND: Duration = Duration::from_secs(1);
+
+/// Held by each test for its whole run.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const DEADLINE: Duration = Duration::from_secs(20);
 
 fn encode(value: &Value) -> Vec<u8> {
@@ -121,6 +127,7 @@ fn promtool_accepts(scrape: &Scrape) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_scrape_during_an_install_shows_the_numbers_move() {
+    let _serial = SERIAL.lock().await;
     metrics::enable();
     let root = example_root();
     let (runtime, handler) = boot(root.path()).await;
@@ -317,5 +324,112 @@ async fn a_scrape_during_an_install_shows_the_numbers_move() {
         !metrics::recent_exits("counter").is_empty(),
         "the kill is among counter's recent exits"
     );
+    handler.shutdown().await;
+}
+
+const UPGRADE_FAULTY: &str = "\n[[upgrade]]\nfrom = \"1.0.0\"\n\n[[upgrade.instructions]]\nop = \"update\"\nplugin = \"faulty\"\nsuspend_timeout_ms = 200\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_install_a_panic_and_a_timeout_are_counted() {
+    let _serial = SERIAL.lock().await;
+    metrics::enable();
+    // f2's code_change panics (the install rolls back); f3's handle_call panics, and with
+    // max_restarts = 0 its supervisor then gives up.
+    let root = graft_tests::faulty_releases(
+        3,
+        |index| match index {
+            2 => "{ panic_in = [\"code_change\"] }",
+            3 => "{ panic_in = [\"handle_call\"] }",
+            _ => "{}",
+        },
+        UPGRADE_FAULTY,
+    );
+    let (runtime, handler) = boot(root.path()).await;
+    let before = Scrape::now();
+    let echo = encode(&json!({"Echo": "x"}));
+    runtime.call("f1", echo.clone(), SECOND).await.unwrap();
+
+    handler
+        .install(&version("2.0.0"), None)
+        .await
+        .expect_err("f2's code_change panics");
+    let rolled_back = Scrape::now();
+    promtool_accepts(&rolled_back);
+    assert_eq!(
+        rolled_back.value(
+            "graft_upgrades_total",
+            &[("kind", "install"), ("outcome", "rolled_back")]
+        ) - before.value(
+            "graft_upgrades_total",
+            &[("kind", "install"), ("outcome", "rolled_back")]
+        ),
+        1.0,
+        "{}",
+        rolled_back.text
+    );
+    let record = metrics::upgrades()
+        .into_iter()
+        .rev()
+        .find(|record| record.to == "2.0.0" && record.from == "1.0.0")
+        .expect("the install is recorded");
+    assert_eq!(record.outcome, UpgradeOutcome::RolledBack, "{record:?}");
+    assert!(record.error.is_some());
+    assert!(
+        record
+            .phases
+            .iter()
+            .any(|phase| phase.name == "rolling_back"),
+        "{record:?}"
+    );
+    assert_eq!(record.actors_migrated, 0);
+
+    let panics = |scrape: &Scrape| {
+        scrape.value(
+            "graft_plugin_callback_panics_total",
+            &[("plugin", "faulty"), ("version", "0.3.0")],
+        )
+    };
+    runtime
+        .call("f3", echo.clone(), SECOND)
+        .await
+        .expect_err("f3's handle_call panics");
+    assert!(
+        eventually(DEADLINE, || {
+            let now = Scrape::now();
+            panics(&now) - panics(&before) >= 1.0
+                && now.sum("graft_supervisor_intensity_exits_total")
+                    > before.sum("graft_supervisor_intensity_exits_total")
+        })
+        .await,
+        "the panic and the supervisor giving up were counted:\n{}",
+        Scrape::now().text
+    );
+    assert!(
+        metrics::recent_exits("f3")
+            .iter()
+            .any(|exit| exit.reason.contains("panic")),
+        "{:?}",
+        metrics::recent_exits("f3")
+    );
+    handler.shutdown().await;
+
+    // A callback past its deadline (5 s by default) is killed and counted.
+    let root =
+        graft_tests::faulty_releases(1, |_| "{ stuck_in = [\"handle_call\"] }", UPGRADE_FAULTY);
+    let (runtime, handler) = boot(root.path()).await;
+    let timeouts = |scrape: &Scrape| {
+        scrape.value(
+            "graft_plugin_callback_timeouts_total",
+            &[("plugin", "faulty"), ("version", "0.3.0")],
+        )
+    };
+    let before = Scrape::now();
+    runtime
+        .call("f1", echo, Duration::from_secs(30))
+        .await
+        .expect_err("f1 is killed at its deadline");
+    let after = Scrape::now();
+    assert_eq!(timeouts(&after) - timeouts(&before), 1.0, "{}", after.text);
+    promtool_accepts(&after);
     handler.shutdown().await;
 }
