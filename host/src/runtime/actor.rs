@@ -393,8 +393,6 @@ struct Actor {
     turn_left: u32,
     /// Calls, casts and info messages handled so far (`status` reports it).
     messages_handled: u64,
-    /// Messages until the next one timed for the metrics (counts down to 0).
-    until_timed: u32,
     /// The metrics of the plugin version it runs, counting it as running there: set while
     /// metrics are on (at the start, a code change, or the first message after
     /// [`metrics::enable`]), `None` otherwise.
@@ -512,7 +510,6 @@ fn start(arguments: Start) -> Option<Actor> {
         longest_since_returned: 0,
         turn_left: executor::MESSAGES_PER_TURN,
         messages_handled: 0,
-        until_timed: 1,
         metrics: None,
     };
     actor.metrics_on();
@@ -552,16 +549,12 @@ impl Actor {
     }
 
     /// Whether the next message is one the actor times (one in
-    /// [`metrics::plugin::TIMED_EVERY`], while metrics are on).
+    /// [`metrics::plugin::TIMED_EVERY`] by its count of messages handled, its first
+    /// included; no field of its own, as every idle actor would pay for it).
     #[inline]
-    fn timing_next(&mut self) -> bool {
-        self.until_timed -= 1;
-        if self.until_timed == 0 {
-            self.until_timed = metrics::plugin::TIMED_EVERY;
-            true
-        } else {
-            false
-        }
+    fn timing_next(&self) -> bool {
+        self.messages_handled
+            .is_multiple_of(u64::from(metrics::plugin::TIMED_EVERY))
     }
 
     /// The bookkeeping of one message about to be handled: whether it counts, and its
