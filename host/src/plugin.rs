@@ -24,7 +24,8 @@
 //!   directory (tests, tools).
 //! - Unloading is best effort and always verified: after `dlclose` the loader looks for the
 //!   copy in `/proc/self/maps` and records an [`UnloadReport`] (unloaded, or still resident
-//!   because, say, a thread-local destructor pins it). Never a crash.
+//!   because, say, a thread-local destructor pins it). Never a crash. Loads and closes
+//!   (unloaded or still resident) are counted in [`crate::metrics`].
 //!
 //! - Outputs are capped before they are copied: an encoded state (`encode_state`,
 //!   `downgrade`) at [`MAX_STATE_BYTES`] (1 GiB), anything else (replies, messages) at

@@ -28,6 +28,8 @@
 //!   once, without blocking the sender. System messages, stops, links' exit signals and
 //!   monitors' `down` are neither counted nor refused: an upgrade or a stop never fails
 //!   because a mailbox is full.
+//! - Every runtime of the process is listed (weakly) for the metrics' mailbox walk, and an
+//!   actor's exit goes to [`crate::metrics`]' history while metrics are on.
 //! - A name is unique and freed when its actor exits; exit notifications (monitors,
 //!   links, supervisors) are delivered exactly once, also to watchers added after the exit, and
 //!   `ActorRef::exited` returns only once they have been (so an exit it then causes reaches

@@ -28,6 +28,8 @@
 //!   to everyone else the actor is gone at once (its supervisor restarts it), while the
 //!   thread stays inside the plugin, holding the instance and so the library: a library
 //!   with a thread inside it is never unmapped. [`stuck_callbacks`] lists such threads.
+//!   While metrics are on, each such kill counts as a timeout of the plugin version
+//!   ([`crate::metrics`]).
 //! - Nothing a stuck runner holds is lost: its deque is stealable, and wakes from inside a
 //!   callback go to the injector, never to the deque of a runner that may be stuck.
 //! - Pool growth is bounded ([`MAX_RUNNERS`]); past it, a stuck runner is not replaced.

@@ -8,6 +8,8 @@
 //!   queued, OTP's `try_again_restart`) or `stopped`. A retry only runs while its child is
 //!   still `restarting`: `terminate_child` and a group restart clear the flag, which is how
 //!   they cancel it.
+//! - While metrics are on, each child restart and a shutdown at the maximum intensity
+//!   count in [`crate::metrics`], by the supervisor's label.
 //! - The task never panics on its own (no indexing it has not checked, no `unwrap`). If
 //!   code it calls panics anyway (a third-party `BehaviourFactory`), [`spawn`]'s watcher
 //!   stops the children the task left behind (its `Drop` hands them over) and finishes the
