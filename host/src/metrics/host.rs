@@ -3,8 +3,8 @@
 //! reason, plugin libraries loaded and closed, and the current and permanent release.
 //!
 //! Invariants:
-//! - Every family here is registered once, in the process-wide [`registry`], with the
-//!   scrape-time collector of [`super::render`] beside it.
+//! - Every family here is registered once, in the process-wide registry
+//!   (`super::registry`), with the scrape-time collector of [`super::render`] beside it.
 //! - Label values are bounded: supervisor names (a release's tree), outcomes, kinds, and
 //!   the two release statuses.
 //! - The release facts and the library counts are kept whether metrics are on or not
@@ -104,7 +104,7 @@ pub(crate) static HOST: LazyLock<HostMetrics> = LazyLock::new(|| HostMetrics {
     )),
     libraries_resident: valid(IntCounter::new(
         "graft_libraries_resident_after_close_total",
-        "Plugin libraries closed but still mapped (pinned on purpose, kept by the loader, or a failed dlclose).",
+        "Plugin libraries closed but still mapped (pinned on purpose, held by a thread-local destructor, or a failed dlclose).",
     )),
     release: valid(IntGaugeVec::new(
         Opts::new(

@@ -33,10 +33,10 @@ use std::time::Duration;
 pub const TIMED_EVERY: u32 = 16;
 
 /// How many shards each version's counters have (a power of two).
-pub(crate) const SHARDS: usize = 16;
+pub const SHARDS: usize = 16;
 
 /// The most plugin versions kept; past it, versions no actor runs are forgotten.
-pub(crate) const MAX_VERSIONS: usize = 64;
+pub const MAX_VERSIONS: usize = 64;
 
 /// Upper bounds of the callback-duration buckets, in nanoseconds (then `+Inf`).
 pub(crate) const DURATION_BOUNDS_NS: [u64; 22] = [
