@@ -799,6 +799,7 @@ impl Loader {
             shared: Arc::clone(&self.shared),
             report: false,
             pinned,
+            metrics: std::sync::OnceLock::new(),
         };
         let (status, message) = plugin.code.initialize(level_number());
         if status != abi::STATUS_OK {
@@ -1010,6 +1011,8 @@ pub struct LoadedPlugin {
     report: bool,
     /// Why it is loaded with `RTLD_NODELETE`, if it is.
     pinned: Option<String>,
+    /// Its metrics, looked up once (by the first actor to run it while metrics are on).
+    metrics: std::sync::OnceLock<Arc<crate::metrics::VersionMetrics>>,
 }
 
 impl fmt::Debug for LoadedPlugin {
@@ -1031,6 +1034,14 @@ impl LoadedPlugin {
     /// "name version", shared (each actor's code label points at it).
     pub fn code_label(&self) -> Arc<str> {
         Arc::clone(&self.code_label)
+    }
+
+    /// The metrics of this version (looked up in [`crate::metrics`] once).
+    pub fn version_metrics(&self) -> Arc<crate::metrics::VersionMetrics> {
+        Arc::clone(
+            self.metrics
+                .get_or_init(|| crate::metrics::plugin::for_identity(Some(&self.identity))),
+        )
     }
 
     /// The plugin's name.

@@ -541,9 +541,7 @@ impl Actor {
             return false;
         }
         if self.metrics.is_none() {
-            self.metrics = Some(Running::start(metrics::plugin::for_identity(
-                self.behaviour.identity(),
-            )));
+            self.metrics = Some(Running::start(self.behaviour.version_metrics()));
         }
         true
     }
