@@ -53,7 +53,13 @@
 //!   measurement. To measure one figure again quickly, skip criterion's groups with a
 //!   filter that matches none and name the summary's parts:
 //!   `GRAFT_BENCH_PARTS=calls cargo bench -p graft --bench runtime -- none` (`calls`,
-//!   `casts`, `spawns`, comma-separated; all when unset).
+//!   `casts`, `spawns`, `metrics`, comma-separated; all when unset).
+//! - The cost of metrics (`metrics`): [`graft::metrics`] is process-wide, so everything
+//!   else runs with it off; then graft's call (caller in block_on and in a tokio worker
+//!   task) and cast throughput are measured in rounds, each off then on (its hidden
+//!   `disable` turns it off again between rounds), and the ratio reported is the median
+//!   of the rounds' on/off ratios: adjacent measurements, so that the noise of a shared
+//!   machine falls on both sides. The target: at most 5% lost.
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use graft::build::CargoBuild;
@@ -993,6 +999,7 @@ struct Parts {
     calls: bool,
     casts: bool,
     spawns: bool,
+    metrics: bool,
 }
 
 impl Parts {
@@ -1004,12 +1011,14 @@ impl Parts {
                     calls: has("calls"),
                     casts: has("casts"),
                     spawns: has("spawns"),
+                    metrics: has("metrics"),
                 }
             }
             Err(_) => Parts {
                 calls: true,
                 casts: true,
                 spawns: true,
+                metrics: true,
             },
         }
     }
@@ -1168,6 +1177,9 @@ fn print_summary(fixture: &Fixture, sampling: Sampling, parts: Parts) {
             verdict(casts[0] > casts[2])
         );
     }
+    if parts.metrics {
+        print_metrics_overhead(fixture, sampling);
+    }
     if parts.spawns {
         let graft_spawn = &spawns[0].2;
         let graft_spawn_from_worker = &spawns[1].2;
@@ -1192,6 +1204,96 @@ fn print_summary(fixture: &Fixture, sampling: Sampling, parts: Parts) {
             verdict(slowest <= 0.5),
         );
     }
+}
+
+/// Rounds of off-then-on measurements for the metrics overhead.
+const METRICS_ROUNDS: usize = 5;
+
+/// Graft's messaging figures in one measurement: medians of a call round trip (ns) and
+/// casts per second.
+struct Messaging {
+    block_on_call: f64,
+    worker_call: f64,
+    casts: f64,
+}
+
+/// One figure of a [`Messaging`].
+type Figure = fn(&Messaging) -> f64;
+
+/// Graft's call and cast figures with metrics off, then on, in rounds (see the module
+/// documentation); prints the medians, the median ratios and the target. Leaves metrics
+/// off.
+fn print_metrics_overhead(fixture: &Fixture, sampling: Sampling) {
+    let measure = || Messaging {
+        block_on_call: median_call_nanoseconds(
+            fixture,
+            sampling,
+            Contender::Graft,
+            Placement::BlockOn,
+        ),
+        worker_call: median_call_nanoseconds(
+            fixture,
+            sampling,
+            Contender::Graft,
+            Placement::Worker,
+        ),
+        casts: median_casts_per_second(fixture, sampling, Contender::Graft),
+    };
+    let rounds = if sampling.samples == 1 {
+        1
+    } else {
+        METRICS_ROUNDS
+    };
+    let mut off = Vec::new();
+    let mut on = Vec::new();
+    for _ in 0..rounds {
+        graft::metrics::disable();
+        off.push(measure());
+        graft::metrics::enable();
+        on.push(measure());
+    }
+    graft::metrics::disable();
+    let ratio_of = |figure: Figure| {
+        median(
+            on.iter()
+                .zip(&off)
+                .map(|(on, off)| figure(on) / figure(off))
+                .collect(),
+        )
+    };
+    let median_of =
+        |measured: &[Messaging], figure: Figure| median(measured.iter().map(figure).collect());
+    let block_on: Figure = |measured| measured.block_on_call;
+    let worker: Figure = |measured| measured.worker_call;
+    let casts: Figure = |measured| measured.casts;
+    let calls_on = [median_of(&on, block_on), median_of(&on, worker)];
+    let calls_off = [median_of(&off, block_on), median_of(&off, worker)];
+    let (casts_on, casts_off) = (median_of(&on, casts), median_of(&off, casts));
+    let call_ratios = [ratio_of(block_on), ratio_of(worker)];
+    let cast_ratio = ratio_of(casts);
+    // Lost: the extra time of a call, the rate a cast stream gives up.
+    let call_losses = [call_ratios[0] - 1.0, call_ratios[1] - 1.0];
+    let cast_loss = 1.0 - cast_ratio;
+    println!(
+        "summary: metrics on vs off ({rounds} rounds, medians): call (caller in block_on) {} vs {} ({:.3}x), call (caller in a tokio worker task) {} vs {} ({:.3}x), casts {} vs {} ({:.3}x) [(x) = median of the rounds' on / off]",
+        human_time(calls_on[0]),
+        human_time(calls_off[0]),
+        call_ratios[0],
+        human_time(calls_on[1]),
+        human_time(calls_off[1]),
+        call_ratios[1],
+        human_rate(casts_on),
+        human_rate(casts_off),
+        cast_ratio,
+    );
+    let worst = call_losses.iter().copied().fold(cast_loss, f64::max);
+    println!(
+        "summary: target metrics overhead <= 5% (calls and casts): calls {:+.1}% and {:+.1}%, casts {:+.1}%, {}",
+        call_losses[0] * 100.0,
+        call_losses[1] * 100.0,
+        cast_loss * 100.0,
+        verdict(worst <= 0.05)
+    );
 }
 
 fn main() {

@@ -24,7 +24,8 @@
 //!   directory (tests, tools).
 //! - Unloading is best effort and always verified: after `dlclose` the loader looks for the
 //!   copy in `/proc/self/maps` and records an [`UnloadReport`] (unloaded, or still resident
-//!   because, say, a thread-local destructor pins it). Never a crash.
+//!   because, say, a thread-local destructor pins it). Never a crash. Loads and closes
+//!   (unloaded or still resident) are counted in [`crate::metrics`].
 //!
 //! - Outputs are capped before they are copied: an encoded state (`encode_state`,
 //!   `downgrade`) at [`MAX_STATE_BYTES`] (1 GiB), anything else (replies, messages) at
@@ -798,6 +799,7 @@ impl Loader {
             shared: Arc::clone(&self.shared),
             report: false,
             pinned,
+            metrics: std::sync::OnceLock::new(),
         };
         let (status, message) = plugin.code.initialize(level_number());
         if status != abi::STATUS_OK {
@@ -807,6 +809,7 @@ impl Loader {
             });
         }
         plugin.report = true;
+        crate::metrics::host::library_loaded();
         tracing::debug!(plugin = %plugin.identity, copy = %copy.display(), "plugin loaded");
         Ok(Arc::new(plugin))
     }
@@ -1008,6 +1011,8 @@ pub struct LoadedPlugin {
     report: bool,
     /// Why it is loaded with `RTLD_NODELETE`, if it is.
     pinned: Option<String>,
+    /// Its metrics, looked up once (by the first actor to run it while metrics are on).
+    metrics: std::sync::OnceLock<Arc<crate::metrics::VersionMetrics>>,
 }
 
 impl fmt::Debug for LoadedPlugin {
@@ -1029,6 +1034,14 @@ impl LoadedPlugin {
     /// "name version", shared (each actor's code label points at it).
     pub fn code_label(&self) -> Arc<str> {
         Arc::clone(&self.code_label)
+    }
+
+    /// The metrics of this version (looked up in [`crate::metrics`] once).
+    pub fn version_metrics(&self) -> Arc<crate::metrics::VersionMetrics> {
+        Arc::clone(
+            self.metrics
+                .get_or_init(|| crate::metrics::plugin::for_identity(Some(&self.identity))),
+        )
     }
 
     /// The plugin's name.
@@ -1102,6 +1115,7 @@ impl Drop for LoadedPlugin {
             Ok(()) if is_mapped(&self.copy) => UnloadOutcome::Resident,
             Ok(()) => UnloadOutcome::Unloaded,
         };
+        crate::metrics::host::library_closed(outcome == UnloadOutcome::Unloaded);
         match &outcome {
             UnloadOutcome::Unloaded => tracing::debug!(plugin = %self.identity, "plugin unloaded"),
             UnloadOutcome::Pinned(reason) => tracing::info!(

@@ -28,6 +28,8 @@
 //!   once, without blocking the sender. System messages, stops, links' exit signals and
 //!   monitors' `down` are neither counted nor refused: an upgrade or a stop never fails
 //!   because a mailbox is full.
+//! - Every runtime of the process is listed (weakly) for the metrics' mailbox walk, and an
+//!   actor's exit goes to [`crate::metrics`]' history while metrics are on.
 //! - A name is unique and freed when its actor exits; exit notifications (monitors,
 //!   links, supervisors) are delivered exactly once, also to watchers added after the exit, and
 //!   `ActorRef::exited` returns only once they have been (so an exit it then causes reaches
@@ -664,6 +666,9 @@ impl ActorRef {
                 })
                 .map_err(|_| {
                     self.shared.mailbox_refused.fetch_add(1, Ordering::Relaxed);
+                    if crate::metrics::is_enabled() {
+                        crate::metrics::history::count_lost(1);
+                    }
                     CastError::MailboxFull {
                         actor: self.label(),
                         limit,
@@ -964,7 +969,24 @@ impl ActorRef {
         if let Some(inner) = self.shared.runtime.upgrade() {
             Runtime { inner }.unregister(self);
         }
-        self.shared.lifecycle.finish(reason)
+        self.finish(reason)
+    }
+
+    /// Records the actor's exit (the first one wins) and tells its watchers; while metrics
+    /// are on, the exit and the messages it left queued go to [`crate::metrics::history`].
+    pub(crate) fn finish(&self, reason: StopReason) -> bool {
+        let recorded = self.shared.lifecycle.finish(reason);
+        if recorded
+            && crate::metrics::is_enabled()
+            && let Some(reason) = self.shared.lifecycle.exit_reason()
+        {
+            crate::metrics::history::actor_exited(
+                self.shared.lifecycle.label.as_str(),
+                reason,
+                self.mailbox_length(),
+            );
+        }
+        recorded
     }
 }
 
@@ -1206,17 +1228,44 @@ impl fmt::Debug for Runtime {
     }
 }
 
+/// Every runtime of the process that is still alive, for the metrics' mailbox walk.
+static RUNTIMES: Mutex<Vec<std::sync::Weak<RuntimeInner>>> = Mutex::new(Vec::new());
+
+/// The named actors of every runtime in the process (what `/metrics` walks for mailbox
+/// lengths).
+pub(crate) fn named_actors_everywhere() -> Vec<ActorRef> {
+    let runtimes: Vec<Arc<RuntimeInner>> = lock(&RUNTIMES)
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .collect();
+    runtimes
+        .iter()
+        .flat_map(|inner| {
+            lock(&inner.registry)
+                .values()
+                .filter_map(|entry| match entry {
+                    Registered::Actor(actor) => Some(actor.clone()),
+                    Registered::Supervisor(_) => None,
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 impl Runtime {
     /// A runtime with an empty registry. Actors run on the current tokio runtime.
     pub fn new() -> Runtime {
-        Runtime {
-            inner: Arc::new(RuntimeInner {
-                registry: Mutex::new(HashMap::new()),
-                next_id: AtomicU64::new(1),
-                next_monitor: AtomicU64::new(1),
-                next_timer: AtomicU64::new(1),
-            }),
-        }
+        let inner = Arc::new(RuntimeInner {
+            registry: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            next_monitor: AtomicU64::new(1),
+            next_timer: AtomicU64::new(1),
+        });
+        let mut runtimes = lock(&RUNTIMES);
+        runtimes.retain(|runtime| runtime.strong_count() > 0);
+        runtimes.push(Arc::downgrade(&inner));
+        drop(runtimes);
+        Runtime { inner }
     }
 
     /// How many processes (actors and supervisors) this runtime has started so far.

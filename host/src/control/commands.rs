@@ -283,6 +283,7 @@ pub async fn status_report(handler: &ReleaseHandler) -> StatusResponse {
                         max_mailbox: status.max_mailbox.map(|bound| bound as u64),
                         mailbox_refused: Some(status.mailbox_refused),
                         undecodable_messages: Some(status.undecodable_messages),
+                        messages_handled: Some(status.messages_handled),
                         health: Some(health.to_owned()),
                         health_reason: reason,
                         ..ChildNode::default()

@@ -38,6 +38,14 @@
 //! handled one callback at a time, each under its own guard; a continuation, a stop or a
 //! kill ends a run early and the rest stays at the front of the mailbox, counted again.
 //!
+//! Metrics (see [`crate::metrics`]): each call, cast and info message is counted in
+//! `messages_handled` (what `status` reports); while metrics are on, it is also counted
+//! in its plugin version's sharded metrics (a run of casts once, at its end), and one in
+//! [`metrics::plugin::TIMED_EVERY`] is timed (two clock reads cost more than the rest);
+//! the actor holds its version's metrics (so it counts as running that version) from its
+//! start, a code change or its first message after they were turned on. Off, a message
+//! costs one relaxed load for them.
+//!
 //! The mailbox length is one counter shared with the senders (see [`super`]): a call,
 //! cast or info message of the plugin's own type counts from its send until the loop
 //! takes it up to handle it (a run or a batch of casts is taken up at once); moving
@@ -55,6 +63,7 @@ use super::behaviour::Behaviour;
 use super::executor::{self, Callback, CallbackGuard};
 use super::mailbox::{Next, Receiver};
 use super::{ActorOptions, ActorRef, CallError, Migration, Runtime, SpawnError, SystemError, lock};
+use crate::metrics::{self, MessageKind, Running};
 use crate::plugin::{CallbackError, HostServices, Outputs, SendKind, ServiceError};
 use graft_plugin::{Exit, StopReason, abi, codec};
 use serde::Serialize;
@@ -65,7 +74,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
@@ -166,6 +175,9 @@ pub struct ActorStatus {
     pub restarts: u32,
     /// Whether it is suspended.
     pub suspended: bool,
+    /// Calls, casts and info messages its callbacks have handled since it started (a
+    /// message rate, for the observer).
+    pub messages_handled: u64,
     /// Its own view of its health (plugin ABI 1.1 `health`): `None` when it reports none
     /// (an ABI 1.0 plugin, a host-native behaviour), `Err` with the message when the check
     /// failed.
@@ -330,6 +342,17 @@ impl HostServices for ActorServices {
     }
 }
 
+/// What the metrics do with one message (see [`Actor::sample`]).
+#[derive(Clone, Copy)]
+enum Sample {
+    /// Metrics are off.
+    Off,
+    /// Counted, not timed.
+    Counted,
+    /// Counted and timed from this instant.
+    Timed(Instant),
+}
+
 /// Why the loop ended.
 struct Ending {
     reason: StopReason,
@@ -368,6 +391,12 @@ struct Actor {
     longest_since_returned: usize,
     /// Messages this turn may still handle before the loop lets other tasks run.
     turn_left: u32,
+    /// Calls, casts and info messages handled so far (`status` reports it).
+    messages_handled: u64,
+    /// The metrics of the plugin version it runs, counting it as running there: set while
+    /// metrics are on (at the start, a code change, or the first message after
+    /// [`metrics::enable`]), `None` otherwise.
+    metrics: Option<Running>,
 }
 
 /// What an actor's task starts from, boxed until `init` has run: the task's future then
@@ -437,12 +466,18 @@ fn start(arguments: Start) -> Option<Actor> {
     let initialising = guard(&me, Callback::Init);
     let started_behaviour = options.factory.start(&options.args, &services);
     drop(initialising);
+    if let Err(error) = &started_behaviour
+        && error.is_panic()
+        && metrics::is_enabled()
+    {
+        metrics::plugin::for_identity(options.factory.identity().as_ref()).count_panic();
+    }
     let (mut behaviour, outputs) = match started_behaviour {
         Ok(started) => started,
         Err(CallbackError::Ignored { .. }) => {
             runtime.unregister(&me);
             let _ = started.send(Err(SpawnError::Ignored { actor: label }));
-            me.lifecycle().finish(StopReason::Normal);
+            me.finish(StopReason::Normal);
             return None;
         }
         Err(error) => {
@@ -454,7 +489,7 @@ fn start(arguments: Start) -> Option<Actor> {
                 actor: label,
                 error: Box::new(error),
             }));
-            me.lifecycle().finish(reason);
+            me.finish(reason);
             return None;
         }
     };
@@ -474,7 +509,10 @@ fn start(arguments: Start) -> Option<Actor> {
         inactivity_timer: None,
         longest_since_returned: 0,
         turn_left: executor::MESSAGES_PER_TURN,
+        messages_handled: 0,
+        metrics: None,
     };
+    actor.metrics_on();
     actor.arm_inactivity_timeout(outputs.inactivity_timeout);
     if let Some(reason) = outputs.stop {
         // OTP's `{stop, Reason}` from `init`: the start failed, so no `terminate`; the
@@ -495,6 +533,68 @@ fn start(arguments: Start) -> Option<Actor> {
 }
 
 impl Actor {
+    /// Whether metrics are on; when they are, the actor's version metrics are set (and it
+    /// counts as running that version).
+    #[inline]
+    fn metrics_on(&mut self) -> bool {
+        if !metrics::is_enabled() {
+            return false;
+        }
+        if self.metrics.is_none() {
+            self.metrics = Some(Running::start(self.behaviour.version_metrics()));
+        }
+        true
+    }
+
+    /// Whether the next message is one the actor times (one in
+    /// [`metrics::plugin::TIMED_EVERY`] by its count of messages handled, its first
+    /// included; no field of its own, as every idle actor would pay for it).
+    #[inline]
+    fn timing_next(&self) -> bool {
+        self.messages_handled
+            .is_multiple_of(u64::from(metrics::plugin::TIMED_EVERY))
+    }
+
+    /// The bookkeeping of one message about to be handled: whether it counts, and its
+    /// start if it is timed.
+    #[inline]
+    fn sample(&mut self) -> Sample {
+        if !self.metrics_on() {
+            Sample::Off
+        } else if self.timing_next() {
+            Sample::Timed(Instant::now())
+        } else {
+            Sample::Counted
+        }
+    }
+
+    /// One message of `kind` handled, as `sample` said.
+    #[inline]
+    fn handled(&mut self, kind: MessageKind, sample: Sample) {
+        self.messages_handled += 1;
+        let Some(running) = &self.metrics else {
+            return;
+        };
+        match sample {
+            Sample::Off => {}
+            Sample::Counted => running.metrics().count(kind, 1),
+            Sample::Timed(began) => {
+                running.metrics().count(kind, 1);
+                running.metrics().observe(kind, began.elapsed());
+            }
+        }
+    }
+
+    /// A callback failed: the actor's exit (a panic counted in its version's metrics).
+    fn crash(&self, error: &CallbackError) -> Ending {
+        if error.is_panic()
+            && let Some(running) = &self.metrics
+        {
+            running.metrics().count_panic();
+        }
+        Ending::crash(error)
+    }
+
     async fn run_loop(&mut self) -> Ending {
         loop {
             self.turn_left = self.turn_left.saturating_sub(1);
@@ -665,9 +765,11 @@ impl Actor {
             Envelope::Cast(message) if self.behaviour.batches_casts() => self.handle_casts(message),
             Envelope::Cast(message) => self.handle_cast_run(message, run),
             Envelope::Info { kind, message } => {
+                let sample = self.sample();
                 let running = guard(&self.services.me, Callback::HandleInfo);
                 let result = self.behaviour.handle_info(kind, &message, &self.services);
                 drop(running);
+                self.handled(MessageKind::Info, sample);
                 self.after(result)
             }
         }
@@ -686,14 +788,43 @@ impl Actor {
     /// send writes (the mailbox's lock and its system flag, the length), or each cast
     /// costs both cores a miss; hence the flag and the deadline once per run.
     fn handle_cast_run(&mut self, first: Vec<u8>, run: usize) -> Option<Ending> {
+        // While metrics are on, the run's casts are counted once, at its end; one in
+        // `TIMED_EVERY` is timed.
+        let metrics_on = self.metrics_on();
+        let handled_before = self.messages_handled;
+        let exit = self.handle_casts_in_run(first, run, metrics_on);
+        if metrics_on && let Some(running) = &self.metrics {
+            running
+                .metrics()
+                .count(MessageKind::Cast, self.messages_handled - handled_before);
+        }
+        exit
+    }
+
+    /// [`Actor::handle_cast_run`] without the count.
+    fn handle_casts_in_run(
+        &mut self,
+        first: Vec<u8>,
+        run: usize,
+        metrics_on: bool,
+    ) -> Option<Ending> {
         let deadline = self.services.me.callback_timeout();
         let mut message = first;
         let mut left = run;
         loop {
+            let timed = (metrics_on && self.timing_next()).then(Instant::now);
             let running =
                 executor::enter_callback(&self.services.me, Callback::HandleCast, deadline);
             let result = self.behaviour.handle_cast(&message, &self.services);
             drop(running);
+            self.messages_handled += 1;
+            if let Some(began) = timed
+                && let Some(running) = &self.metrics
+            {
+                running
+                    .metrics()
+                    .observe(MessageKind::Cast, began.elapsed());
+            }
             drop(message);
             let exit = self.after(result);
             if left == 0 {
@@ -746,10 +877,21 @@ impl Actor {
         if messages.len() > 1 {
             self.taken(messages.len() - 1);
         }
+        // A batch is a round trip to a worker process: each is counted and timed (one
+        // observation, its time per message).
+        let timed = self.metrics_on().then(Instant::now);
         let running = guard(&self.services.me, Callback::HandleCast);
         let results = self.behaviour.handle_casts(&messages, &self.services);
         drop(running);
         let ran = results.len().max(1).min(messages.len());
+        self.messages_handled += ran as u64;
+        if let Some(began) = timed
+            && let Some(running) = &self.metrics
+        {
+            running.metrics().count(MessageKind::Cast, ran as u64);
+            let per_message = began.elapsed() / u32::try_from(ran).unwrap_or(u32::MAX);
+            running.metrics().observe(MessageKind::Cast, per_message);
+        }
         if ran < messages.len() {
             self.services.me.returned_to_mailbox(messages.len() - ran);
         }
@@ -785,11 +927,13 @@ impl Actor {
         let token = self.services.next_token.get();
         self.services.next_token.set(token + 1);
         *self.services.current_call.borrow_mut() = Some((token, reply));
+        let sample = self.sample();
         let running = guard(&self.services.me, Callback::HandleCall);
         let result = self.behaviour.handle_call(request, token, &self.services);
         drop(running);
         let waiting = self.services.current_call.borrow_mut().take();
-        match result {
+        // Recorded once the caller has its answer (the clock is read after the reply).
+        let exit = match result {
             Ok(mut outputs) => {
                 if let Some((_, sender)) = waiting {
                     match outputs.reply.take() {
@@ -813,7 +957,7 @@ impl Actor {
                 None
             }
             Err(error) => {
-                let exit = Ending::crash(&error);
+                let exit = self.crash(&error);
                 if let Some((_, sender)) = waiting {
                     let _ = sender.send(Err(CallError::Exited {
                         actor: self.services.label().to_owned(),
@@ -822,7 +966,9 @@ impl Actor {
                 }
                 Some(exit)
             }
-        }
+        };
+        self.handled(MessageKind::Call, sample);
+        exit
     }
 
     /// Applies a callback's outputs: a continuation, a stop, or a crash.
@@ -844,7 +990,7 @@ impl Actor {
                 tracing::warn!(actor = %self.services.label(), "message dropped, it does not decode: {error}");
                 None
             }
-            Err(error) => Some(Ending::crash(&error)),
+            Err(error) => Some(self.crash(&error)),
         }
     }
 
@@ -895,6 +1041,7 @@ impl Actor {
                     undecodable_messages: self.services.me.undecodable_messages(),
                     restarts: self.restarts,
                     suspended: self.suspended,
+                    messages_handled: self.messages_handled,
                 });
             }
             SystemRequest::ChangeCode { migration, reply } => {
@@ -934,6 +1081,9 @@ impl Actor {
         self.services.me.set_code_label(replacement.code_label());
         let _dropping = guard(&self.services.me, Callback::Drop);
         self.behaviour = replacement;
+        // It runs another version now (or, after a replaced state, the same one again).
+        self.metrics = None;
+        self.metrics_on();
     }
 
     /// `sys:replace_state`: a new instance of the same plugin version from `state` (its
@@ -986,8 +1136,12 @@ impl Actor {
             services,
             mailbox,
             deferred,
+            metrics,
             ..
         } = self;
+        // No longer running its version (counted before the exit is, so whoever sees the
+        // exit sees the gauge moved).
+        drop(metrics);
         let terminating = guard(me, Callback::Terminate);
         if exit.run_terminate
             && let Err(error) = behaviour.terminate(&exit.reason, &services)
@@ -1011,7 +1165,7 @@ impl Actor {
         if let Some((started, error)) = start_failed {
             let _ = started.send(Err(error));
         }
-        me.lifecycle().finish(exit.reason);
+        me.finish(exit.reason);
         // Callers waiting on a deferred reply or still queued now see "exited".
         drop(services);
         drop(deferred);

@@ -19,6 +19,10 @@ pub trait Behaviour: Send {
     fn code_label(&self) -> Arc<str> {
         code_label_of(self.identity())
     }
+    /// The metrics of the code it runs (a loaded plugin keeps its own, looked up once).
+    fn version_metrics(&self) -> Arc<crate::metrics::VersionMetrics> {
+        crate::metrics::plugin::for_identity(self.identity())
+    }
     /// Handles a call; `reply_token` identifies it for a deferred reply.
     fn handle_call(
         &mut self,
@@ -121,6 +125,10 @@ impl Behaviour for Instance {
 
     fn code_label(&self) -> Arc<str> {
         self.plugin().code_label()
+    }
+
+    fn version_metrics(&self) -> Arc<crate::metrics::VersionMetrics> {
+        self.plugin().version_metrics()
     }
 
     fn handle_call(

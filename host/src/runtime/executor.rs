@@ -28,6 +28,8 @@
 //!   to everyone else the actor is gone at once (its supervisor restarts it), while the
 //!   thread stays inside the plugin, holding the instance and so the library: a library
 //!   with a thread inside it is never unmapped. [`stuck_callbacks`] lists such threads.
+//!   While metrics are on, each such kill counts as a timeout of the plugin version
+//!   ([`crate::metrics`]).
 //! - Nothing a stuck runner holds is lost: its deque is stealable, and wakes from inside a
 //!   callback go to the injector, never to the deque of a runner that may be stuck.
 //! - Pool growth is bounded ([`MAX_RUNNERS`]); past it, a stuck runner is not replaced.
@@ -552,6 +554,9 @@ fn watchdog(pool: &Arc<Pool>) {
                     actor.code_label(),
                 );
                 tracing::error!(actor = %actor.label(), "{reason}; its thread is abandoned and its library stays loaded");
+                if crate::metrics::is_enabled() {
+                    crate::metrics::plugin::for_code_label(&actor.code_label()).count_timeout();
+                }
                 actor.kill_with(StopReason::Error(reason));
                 // A behaviour that can free its thread does (an isolated one's worker
                 // keeps the stuck thread instead).

@@ -8,6 +8,8 @@
 //!   queued, OTP's `try_again_restart`) or `stopped`. A retry only runs while its child is
 //!   still `restarting`: `terminate_child` and a group restart clear the flag, which is how
 //!   they cancel it.
+//! - While metrics are on, each child restart and a shutdown at the maximum intensity
+//!   count in [`crate::metrics`], by the supervisor's label.
 //! - The task never panics on its own (no indexing it has not checked, no `unwrap`). If
 //!   code it calls panics anyway (a third-party `BehaviourFactory`), [`spawn`]'s watcher
 //!   stops the children the task left behind (its `Drop` hands them over) and finishes the
@@ -456,6 +458,7 @@ impl Supervisor {
                 max_seconds = self.spec.max_seconds,
                 "reached maximum restart intensity; shutting down"
             );
+            crate::metrics::host::supervisor_reached_intensity(&self.label);
             self.stop_all(false).await;
             return Some(StopReason::Shutdown(Some(
                 REACHED_MAXIMUM_INTENSITY.to_owned(),
@@ -484,6 +487,7 @@ impl Supervisor {
         };
         child.restarts += 1;
         let (spec, restarts) = (child.spec.clone(), child.restarts);
+        crate::metrics::host::supervisor_restarted(&self.label);
         match self.start(&spec, restarts).await {
             Ok(Some(running)) => self.set_running(index, running),
             Ok(None) => {
@@ -533,6 +537,7 @@ impl Supervisor {
             child.restarting = false;
             child.restarts += 1;
             let (spec, restarts) = (child.spec.clone(), child.restarts);
+            crate::metrics::host::supervisor_restarted(&self.label);
             match self.start(&spec, restarts).await {
                 Ok(Some(running)) => self.set_running(index, running),
                 Ok(None) => {}

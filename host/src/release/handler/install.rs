@@ -9,12 +9,17 @@
 //! update, when no instruction runs before the suspend, and the commit reuses that walk
 //! unless an actor started since.
 //!
+//! While metrics are on, an install or rollback that began (not one refused at once) is
+//! recorded ([`crate::metrics::UpgradeRecorder`]: its phases from the progress reports,
+//! its outcome, counters and histograms).
+//!
 //! Invariants: nothing runs before every library of the target is loaded and verified; a
 //! failure before the batch leaves the running release current (the instructions that ran
 //! are not undone, as OTP does not undo an `apply`); a failure after the commit leaves the
 //! target current and is reported as [`ReleaseError::AfterCommit`].
 
 use super::*;
+use crate::metrics::{UpgradeKind, UpgradeRecorder, UpgradeSummary};
 
 /// What an install is for: a named release, or going back (which undoes the last install).
 #[derive(Clone, Copy)]
@@ -25,14 +30,59 @@ pub(super) enum InstallTarget<'a> {
 
 impl ReleaseHandler {
     /// Installs `target` (a version, or the one before the last install): the whole
-    /// transaction, in the order the module documentation gives.
+    /// transaction, in the order the module documentation gives; while metrics are on,
+    /// timed and recorded (an [`UpgradeRecord`](crate::metrics::UpgradeRecord), the
+    /// upgrade counters and histograms), unless refused before it began.
     pub(super) async fn install_target(
         &self,
         target: InstallTarget<'_>,
         progress: Option<ProgressFn>,
     ) -> Result<InstallReport, ReleaseError> {
+        let kind = match target {
+            InstallTarget::Version(_) => UpgradeKind::Install,
+            InstallTarget::Previous => UpgradeKind::Rollback,
+        };
+        let Some(recorder) = UpgradeRecorder::begin(kind) else {
+            return self.install_steps(target, progress, None).await;
+        };
+        let result = self.install_steps(target, progress, Some(&recorder)).await;
+        match &result {
+            Ok(report) => recorder.finish(
+                Some(UpgradeSummary {
+                    actors_migrated: report.actors_migrated as u64,
+                    actors_suspended: report.actors_suspended as u64,
+                    longest_pause: report.longest_pause,
+                }),
+                None,
+                true,
+            ),
+            // Refused before anything began: no upgrade to record.
+            Err(
+                ReleaseError::InstallInProgress
+                | ReleaseError::AlreadyCurrent(_)
+                | ReleaseError::NothingToRollBack { .. },
+            ) => {}
+            Err(error) => recorder.finish(
+                None,
+                Some(error.to_string()),
+                matches!(error, ReleaseError::AfterCommit { .. }),
+            ),
+        }
+        result
+    }
+
+    /// The install transaction itself; `recorder` hears of its phases and endpoints.
+    async fn install_steps(
+        &self,
+        target: InstallTarget<'_>,
+        progress: Option<ProgressFn>,
+        recorder: Option<&UpgradeRecorder>,
+    ) -> Result<InstallReport, ReleaseError> {
         let started = Instant::now();
         let report = |phase: InstallPhase| {
+            if let Some(recorder) = recorder {
+                recorder.phase(&phase);
+            }
             if let Some(progress) = &progress {
                 progress(phase);
             }
@@ -52,6 +102,9 @@ impl ReleaseHandler {
             };
         if *target == from {
             return Err(ReleaseError::AlreadyCurrent(from));
+        }
+        if let Some(recorder) = recorder {
+            recorder.set_endpoints(from.to_string(), target.to_string());
         }
         let target_release = Self::read_release(&self.root, target)?;
         let plan = plan_between(&state.current, &target_release)?;

@@ -5,6 +5,7 @@
 //!
 //! Invariant: every change of the state happens under [`StateGuard`], so what read-only
 //! requests see is always the state after a whole operation, never one in the middle.
+//! Publishing also tells [`crate::metrics`] the current and permanent release.
 
 use super::*;
 
@@ -32,6 +33,15 @@ pub(super) struct Published {
 
 impl Published {
     pub(super) fn of(state: &State) -> Published {
+        crate::metrics::host::release_published(
+            &state.current.version.to_string(),
+            state
+                .record
+                .permanent
+                .as_ref()
+                .map(Version::to_string)
+                .as_deref(),
+        );
         Published {
             current: state.current.version.clone(),
             record: state.record.clone(),

@@ -1,0 +1,435 @@
+//! Metrics end to end: the example release booted with metrics on, called and cast to,
+//! then upgraded 1.0.0 → 1.1.0 under traffic; `graft::metrics::render` is scraped before
+//! and after, `promtool check metrics` accepts both scrapes, and the numbers move as they
+//! should (messages counted per plugin version, one more install with its duration and
+//! pause observed, the current release changed, actors moved from the old version to the
+//! new, libraries loaded; a killed actor's restart and exit recorded). With the `faulty`
+//! fixture: an install that rolls back, a panicking callback, a supervisor giving up at its
+//! restart intensity, and a callback killed at its deadline are counted.
+//!
+//! The registry is process-wide and shared by every test of this binary: assertions
+//! compare two scrapes (deltas), never absolute values; and the tests take turns
+//! ([`SERIAL`]), since the release facts are the last booted handler's.
+
+use graft::metrics::{self, UpgradeKind, UpgradeOutcome};
+use graft_plugin::codec;
+use graft_tests::{boot, eventually, example_root, version};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Held by each test for its whole run.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn encode(value: &Value) -> Vec<u8> {
+    codec::encode(value).unwrap()
+}
+
+/// One scrape, parsed: each sample by its name and labels (sorted).
+struct Scrape {
+    text: String,
+    samples: BTreeMap<(String, BTreeMap<String, String>), f64>,
+}
+
+impl Scrape {
+    fn now() -> Scrape {
+        Scrape::parse(metrics::render())
+    }
+
+    fn parse(text: String) -> Scrape {
+        let mut samples = BTreeMap::new();
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                value => value.parse().unwrap_or(f64::NAN),
+            };
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels: BTreeMap<String, String> = labels
+                .split("\",")
+                .filter(|pair| !pair.is_empty())
+                .filter_map(|pair| pair.split_once("=\""))
+                .map(|(key, value)| (key.to_owned(), value.trim_end_matches('"').to_owned()))
+                .collect();
+            samples.insert((name.to_owned(), labels), value);
+        }
+        Scrape { text, samples }
+    }
+
+    /// The value of `name` with exactly `labels` (0 when absent).
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect();
+        self.samples
+            .get(&(name.to_owned(), labels))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// The sum of `name` over every label set.
+    fn sum(&self, name: &str) -> f64 {
+        self.samples
+            .iter()
+            .filter(|((sample, _), _)| sample == name)
+            .map(|(_, value)| value)
+            .sum()
+    }
+
+    fn handled(&self, plugin: &str, version: &str, kind: &str) -> f64 {
+        self.value(
+            "graft_plugin_messages_handled_total",
+            &[("plugin", plugin), ("version", version), ("kind", kind)],
+        )
+    }
+
+    fn running(&self, plugin: &str, version: &str) -> f64 {
+        self.value(
+            "graft_plugin_actors_running",
+            &[("plugin", plugin), ("version", version)],
+        )
+    }
+}
+
+/// `promtool check metrics` on a scrape; fails (with a clear message) when promtool is
+/// missing: CI installs Debian's `prometheus` package.
+fn promtool_accepts(scrape: &Scrape) {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(scrape.text.as_bytes()).unwrap();
+    let input = std::fs::File::open(file.path()).unwrap();
+    let output = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(input)
+        .output()
+        .unwrap_or_else(|error| {
+            panic!("promtool could not run ({error}): install Debian's `prometheus` package")
+        });
+    assert!(
+        output.status.success(),
+        "promtool check metrics refused the scrape:\n{}{}\n--- the scrape ---\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        scrape.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scrape_during_an_install_shows_the_numbers_move() {
+    let _serial = SERIAL.lock().await;
+    metrics::enable();
+    let root = example_root();
+    let (runtime, handler) = boot(root.path()).await;
+    let before = Scrape::now();
+    promtool_accepts(&before);
+    assert_eq!(
+        before.value(
+            "graft_release_info",
+            &[("version", "1.0.0"), ("status", "current")]
+        ),
+        1.0,
+        "the booted release is current:\n{}",
+        before.text
+    );
+
+    // Calls and casts to kv 1.0.0 are counted for that version.
+    for index in 0..20 {
+        let put = json!({"Put": {"key": format!("call-{index}"), "value": "x"}});
+        runtime.call("kv", encode(&put), SECOND).await.unwrap();
+    }
+    for index in 0..30 {
+        let put = json!({"Put": {"key": format!("cast-{index}"), "value": "x"}});
+        runtime.cast("kv", encode(&put)).unwrap();
+    }
+    assert!(
+        eventually(DEADLINE, || {
+            let now = Scrape::now();
+            now.handled("kv", "1.0.0", "call") - before.handled("kv", "1.0.0", "call") >= 20.0
+                && now.handled("kv", "1.0.0", "cast") - before.handled("kv", "1.0.0", "cast")
+                    >= 30.0
+        })
+        .await,
+        "kv 1.0.0's calls and casts were counted:\n{}",
+        Scrape::now().text
+    );
+    let kv = runtime.whereis("kv").unwrap();
+    let status = kv.status(SECOND).await.unwrap();
+    assert!(status.messages_handled >= 50, "{status:?}");
+    let during = Scrape::now();
+    assert!(during.running("kv", "1.0.0") >= 1.0, "{}", during.text);
+    let duration_count = |scrape: &Scrape, kind: &str| {
+        scrape.value(
+            "graft_plugin_callback_duration_seconds_count",
+            &[("plugin", "kv"), ("version", "1.0.0"), ("kind", kind)],
+        )
+    };
+    // Durations are a sample: one message in TIMED_EVERY per actor (its first included).
+    let timed = duration_count(&during, "call") - duration_count(&before, "call");
+    let calls = during.handled("kv", "1.0.0", "call") - before.handled("kv", "1.0.0", "call");
+    assert!(
+        timed >= (calls / f64::from(metrics::plugin::TIMED_EVERY)).floor() && timed <= calls,
+        "{timed} of {calls} calls timed"
+    );
+
+    // Install 1.1.0 while clients keep calling and casting.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client in 0..2 {
+        let (runtime, stop) = (runtime.clone(), Arc::clone(&stop));
+        clients.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) || sent < 20 {
+                sent += 1;
+                let put = json!({"Put": {"key": format!("c{client}"), "value": sent.to_string()}});
+                runtime.cast("kv", encode(&put)).unwrap();
+                runtime
+                    .call("kv", encode(&put), Duration::from_secs(5))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    let upgrades_before = metrics::upgrades().len();
+    let report = handler.install(&version("1.1.0"), None).await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    // Traffic after the install is counted for the new version.
+    for index in 0..10 {
+        let get = json!({"Get": format!("call-{index}")});
+        runtime.call("kv", encode(&get), SECOND).await.unwrap();
+    }
+    assert!(
+        eventually(DEADLINE, || Scrape::now().handled("kv", "1.1.0", "call")
+            - before.handled("kv", "1.1.0", "call")
+            >= 10.0)
+        .await,
+        "kv 1.1.0's calls were counted:\n{}",
+        Scrape::now().text
+    );
+    let after = Scrape::now();
+    promtool_accepts(&after);
+    let delta = |name: &str, labels: &[(&str, &str)]| {
+        after.value(name, labels) - before.value(name, labels)
+    };
+    assert_eq!(
+        delta(
+            "graft_upgrades_total",
+            &[("kind", "install"), ("outcome", "completed")]
+        ),
+        1.0,
+        "{}",
+        after.text
+    );
+    assert_eq!(
+        delta(
+            "graft_upgrade_duration_seconds_count",
+            &[("kind", "install")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "graft_upgrade_longest_pause_seconds_count",
+            &[("kind", "install")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        after.value(
+            "graft_release_info",
+            &[("version", "1.1.0"), ("status", "current")]
+        ),
+        1.0,
+        "{}",
+        after.text
+    );
+    assert_eq!(
+        after.value(
+            "graft_release_info",
+            &[("version", "1.0.0"), ("status", "current")]
+        ),
+        0.0,
+        "only one release is current"
+    );
+    // kv moved from 1.0.0 to 1.1.0.
+    let left_old = before.running("kv", "1.0.0") - after.running("kv", "1.0.0");
+    let joined_new = after.running("kv", "1.1.0") - before.running("kv", "1.1.0");
+    assert!(left_old >= 1.0, "{}", after.text);
+    assert_eq!(left_old, joined_new, "{}", after.text);
+    assert!(
+        after.value("graft_libraries_loaded_total", &[])
+            > before.value("graft_libraries_loaded_total", &[])
+    );
+    assert!(
+        after.handled("kv", "1.0.0", "cast") - before.handled("kv", "1.0.0", "cast")
+            + after.handled("kv", "1.1.0", "cast")
+            - before.handled("kv", "1.1.0", "cast")
+            >= 30.0 + 40.0,
+        "the casts before and during the install were counted"
+    );
+
+    // The observer's timeline: this install, its phases, nothing lost.
+    let upgrades = metrics::upgrades();
+    assert!(upgrades.len() > upgrades_before || upgrades.len() == 32);
+    let record = upgrades
+        .iter()
+        .rev()
+        .find(|record| record.from == "1.0.0" && record.to == "1.1.0")
+        .expect("the install is recorded");
+    assert_eq!(record.kind, UpgradeKind::Install);
+    assert_eq!(record.outcome, UpgradeOutcome::Completed);
+    assert_eq!(record.actors_migrated, report.actors_migrated as u64);
+    assert_eq!(record.lost, 0, "{record:?}");
+    let phases: Vec<&str> = record
+        .phases
+        .iter()
+        .map(|phase| phase.name.as_str())
+        .collect();
+    for phase in ["loading", "suspending", "migrating", "resuming"] {
+        assert!(phases.contains(&phase), "{phases:?}");
+    }
+    assert!(record.total_us >= record.longest_pause_us);
+
+    // A killed actor: its supervisor's restart and its exit are recorded.
+    let counter = runtime.whereis("counter").unwrap();
+    counter.kill();
+    assert!(
+        eventually(DEADLINE, || runtime
+            .whereis("counter")
+            .is_some_and(|restarted| restarted != counter))
+        .await
+    );
+    let restarted = Scrape::now();
+    promtool_accepts(&restarted);
+    assert!(
+        restarted.sum("graft_supervisor_restarts_total")
+            > after.sum("graft_supervisor_restarts_total"),
+        "{}",
+        restarted.text
+    );
+    assert!(
+        !metrics::recent_exits("counter").is_empty(),
+        "the kill is among counter's recent exits"
+    );
+    handler.shutdown().await;
+}
+
+const UPGRADE_FAULTY: &str = "\n[[upgrade]]\nfrom = \"1.0.0\"\n\n[[upgrade.instructions]]\nop = \"update\"\nplugin = \"faulty\"\nsuspend_timeout_ms = 200\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_install_a_panic_and_a_timeout_are_counted() {
+    let _serial = SERIAL.lock().await;
+    metrics::enable();
+    // f2's code_change panics (the install rolls back); f3's handle_call panics, and with
+    // max_restarts = 0 its supervisor then gives up.
+    let root = graft_tests::faulty_releases(
+        3,
+        |index| match index {
+            2 => "{ panic_in = [\"code_change\"] }",
+            3 => "{ panic_in = [\"handle_call\"] }",
+            _ => "{}",
+        },
+        UPGRADE_FAULTY,
+    );
+    let (runtime, handler) = boot(root.path()).await;
+    let before = Scrape::now();
+    let echo = encode(&json!({"Echo": "x"}));
+    runtime.call("f1", echo.clone(), SECOND).await.unwrap();
+
+    handler
+        .install(&version("2.0.0"), None)
+        .await
+        .expect_err("f2's code_change panics");
+    let rolled_back = Scrape::now();
+    promtool_accepts(&rolled_back);
+    assert_eq!(
+        rolled_back.value(
+            "graft_upgrades_total",
+            &[("kind", "install"), ("outcome", "rolled_back")]
+        ) - before.value(
+            "graft_upgrades_total",
+            &[("kind", "install"), ("outcome", "rolled_back")]
+        ),
+        1.0,
+        "{}",
+        rolled_back.text
+    );
+    let record = metrics::upgrades()
+        .into_iter()
+        .rev()
+        .find(|record| record.to == "2.0.0" && record.from == "1.0.0")
+        .expect("the install is recorded");
+    assert_eq!(record.outcome, UpgradeOutcome::RolledBack, "{record:?}");
+    assert!(record.error.is_some());
+    assert!(
+        record
+            .phases
+            .iter()
+            .any(|phase| phase.name == "rolling_back"),
+        "{record:?}"
+    );
+    assert_eq!(record.actors_migrated, 0);
+
+    let panics = |scrape: &Scrape| {
+        scrape.value(
+            "graft_plugin_callback_panics_total",
+            &[("plugin", "faulty"), ("version", "0.3.0")],
+        )
+    };
+    runtime
+        .call("f3", echo.clone(), SECOND)
+        .await
+        .expect_err("f3's handle_call panics");
+    assert!(
+        eventually(DEADLINE, || {
+            let now = Scrape::now();
+            panics(&now) - panics(&before) >= 1.0
+                && now.sum("graft_supervisor_intensity_exits_total")
+                    > before.sum("graft_supervisor_intensity_exits_total")
+        })
+        .await,
+        "the panic and the supervisor giving up were counted:\n{}",
+        Scrape::now().text
+    );
+    assert!(
+        metrics::recent_exits("f3")
+            .iter()
+            .any(|exit| exit.reason.contains("panic")),
+        "{:?}",
+        metrics::recent_exits("f3")
+    );
+    handler.shutdown().await;
+
+    // A callback past its deadline (5 s by default) is killed and counted.
+    let root =
+        graft_tests::faulty_releases(1, |_| "{ stuck_in = [\"handle_call\"] }", UPGRADE_FAULTY);
+    let (runtime, handler) = boot(root.path()).await;
+    let timeouts = |scrape: &Scrape| {
+        scrape.value(
+            "graft_plugin_callback_timeouts_total",
+            &[("plugin", "faulty"), ("version", "0.3.0")],
+        )
+    };
+    let before = Scrape::now();
+    runtime
+        .call("f1", echo, Duration::from_secs(30))
+        .await
+        .expect_err("f1 is killed at its deadline");
+    let after = Scrape::now();
+    assert_eq!(timeouts(&after) - timeouts(&before), 1.0, "{}", after.text);
+    promtool_accepts(&after);
+    handler.shutdown().await;
+}
