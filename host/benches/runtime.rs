@@ -56,8 +56,8 @@
 //!   `casts`, `spawns`, `metrics`, comma-separated; all when unset).
 //! - The cost of metrics (`metrics`): [`graft::metrics`] is process-wide, so everything
 //!   else runs with it off; then graft's call (caller in block_on and in a tokio worker
-//!   task) and cast throughput are measured in rounds, each off then on (its hidden
-//!   `disable` turns it off again between rounds), and the ratio reported is the median
+//!   task) and cast throughput are measured in rounds, each off and on (off first in even
+//!   rounds, on first in odd ones; its hidden `disable` turns it off), and the ratio reported is the median
 //!   of the rounds' on/off ratios: adjacent measurements, so that the noise of a shared
 //!   machine falls on both sides. The target: at most 5% lost.
 
@@ -1206,8 +1206,9 @@ fn print_summary(fixture: &Fixture, sampling: Sampling, parts: Parts) {
     }
 }
 
-/// Rounds of off-then-on measurements for the metrics overhead.
-const METRICS_ROUNDS: usize = 5;
+/// Rounds of paired measurements (off and on) for the metrics overhead: enough that the
+/// median ratio stands above a shared machine's drift.
+const METRICS_ROUNDS: usize = 11;
 
 /// Graft's messaging figures in one measurement: medians of a call round trip (ns) and
 /// casts per second.
@@ -1246,11 +1247,24 @@ fn print_metrics_overhead(fixture: &Fixture, sampling: Sampling) {
     };
     let mut off = Vec::new();
     let mut on = Vec::new();
-    for _ in 0..rounds {
-        graft::metrics::disable();
-        off.push(measure());
-        graft::metrics::enable();
-        on.push(measure());
+    for round in 0..rounds {
+        // Off first in even rounds, on first in odd ones: a drift of the machine's speed
+        // during a round (another tenant, the clock) then favours neither side.
+        let measure_with = |enabled: bool| {
+            if enabled {
+                graft::metrics::enable();
+            } else {
+                graft::metrics::disable();
+            }
+            measure()
+        };
+        if round % 2 == 0 {
+            off.push(measure_with(false));
+            on.push(measure_with(true));
+        } else {
+            on.push(measure_with(true));
+            off.push(measure_with(false));
+        }
     }
     graft::metrics::disable();
     let ratio_of = |figure: Figure| {
