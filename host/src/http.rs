@@ -80,8 +80,12 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds `address` (port 0: any free port), with a new random token.
+    /// Binds `address` (port 0: any free port), with a new random token, and turns the
+    /// process's metrics on ([`crate::metrics::enable`]): the server serves them, and the
+    /// observer's timeline is their upgrade history. (`graft start` turns them on earlier,
+    /// before the boot, so the boot's actors count from their start.)
     pub async fn bind(address: SocketAddr) -> Result<HttpServer, HttpError> {
+        crate::metrics::enable();
         let token = Token::generate().map_err(HttpError::Random)?;
         let listener = tokio::net::TcpListener::bind(address)
             .await

@@ -250,9 +250,8 @@
     return PHASES.includes(name) ? `phase-${name}` : 'phase-other';
   }
 
-  function renderTimeline(upgrades, source) {
-    if (unchanged('timeline', [upgrades, source])) return;
-    $('timeline-source').textContent = source === 'metrics' ? '' : '(run from this page; metrics off)';
+  function renderTimeline(upgrades) {
+    if (unchanged('timeline', [upgrades])) return;
     const timeline = $('timeline');
     if (!upgrades || upgrades.length === 0) {
       timeline.replaceChildren(element('p', { className: 'subtle empty', text: 'no upgrade yet' }));
@@ -307,7 +306,7 @@
     renderTree(snapshot.status);
     renderReleases(snapshot.status);
     renderActivity(snapshot.activity);
-    renderTimeline(snapshot.upgrades, host.upgrades_source);
+    renderTimeline(snapshot.upgrades);
     document.body.dataset.release = snapshot.status.release;
   }
 

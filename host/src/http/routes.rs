@@ -21,9 +21,8 @@
 //! Every response carries `Cache-Control: no-store`, `X-Content-Type-Options: nosniff` and a
 //! content security policy allowing only this server's own scripts and styles, in no frame.
 //!
-//! The timeline: `metrics::upgrades` when metrics are on (they are with `--http`); when the
-//! metrics side reports itself off, the upgrades run through this server instead, timed
-//! from their progress lines (their `lost` unknown: `null`).
+//! The timeline is `metrics::upgrades` (binding the server turns metrics on), so it holds
+//! every install and rollback of the host, from the page, the control socket or watch mode.
 
 use super::Token;
 use super::access::{AccessError, check_host, check_mutation};
@@ -41,7 +40,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -55,10 +53,6 @@ const EVENT_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a snapshot taken for one event stream is good for the others.
 const SNAPSHOT_REUSE: Duration = Duration::from_millis(250);
 
-/// How many upgrades run through this server are kept for the timeline (when metrics are
-/// off).
-const OWN_UPGRADES_KEPT: usize = 20;
-
 /// What every request shares.
 pub struct Shared {
     handler: Arc<ReleaseHandler>,
@@ -69,8 +63,6 @@ pub struct Shared {
     changed: watch::Sender<u64>,
     /// The last mutation run here (running or finished).
     activity: Mutex<Option<Activity>>,
-    /// Upgrades run here, for the timeline when metrics are off.
-    own_upgrades: Mutex<VecDeque<Value>>,
     /// The last snapshot sent, when it was taken, and the change generation it saw: event
     /// streams share it, so the host is asked for its status at most once per
     /// [`SNAPSHOT_REUSE`] however many pages are open (the lock is held while one is
@@ -93,11 +85,6 @@ struct Activity {
     /// The error, once it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
-    #[serde(skip)]
-    started: Option<Instant>,
-    /// When each progress line came, in microseconds from the start.
-    #[serde(skip)]
-    progress_at_us: Vec<u64>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -114,10 +101,6 @@ fn now_unix_ms() -> u64 {
         })
 }
 
-fn micros(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
-}
-
 impl Shared {
     /// The state of a server for `handler`'s host, bound to `bound`.
     pub fn new(handler: Arc<ReleaseHandler>, token: Token, bound: SocketAddr) -> Shared {
@@ -128,7 +111,6 @@ impl Shared {
             started_unix_ms: now_unix_ms(),
             changed: watch::channel(0).0,
             activity: Mutex::new(None),
-            own_upgrades: Mutex::new(VecDeque::new()),
             last_snapshot: tokio::sync::Mutex::new(None),
         }
     }
@@ -156,12 +138,7 @@ impl Shared {
     /// The whole picture the page draws.
     async fn snapshot(&self) -> Value {
         let status = status_report(&self.handler).await;
-        let metrics_enabled = crate::metrics::is_enabled();
-        let upgrades = if metrics_enabled {
-            serde_json::to_value(crate::metrics::upgrades()).unwrap_or(Value::Null)
-        } else {
-            Value::Array(lock(&self.own_upgrades).iter().cloned().collect())
-        };
+        let upgrades = crate::metrics::upgrades();
         json!({
             "host": {
                 "graft_version": env!("CARGO_PKG_VERSION"),
@@ -169,8 +146,6 @@ impl Shared {
                 "root": self.handler.root(),
                 "started_unix_ms": self.started_unix_ms,
                 "now_unix_ms": now_unix_ms(),
-                "metrics_enabled": metrics_enabled,
-                "upgrades_source": if metrics_enabled { "metrics" } else { "observer" },
             },
             "status": status,
             "upgrades": upgrades,
@@ -186,103 +161,27 @@ impl Shared {
             progress: Vec::new(),
             result: None,
             error: None,
-            started: Some(Instant::now()),
-            progress_at_us: Vec::new(),
         });
         self.notify();
     }
 
     fn progress(&self, line: String) {
         if let Some(activity) = lock(&self.activity).as_mut() {
-            let at = activity
-                .started
-                .map_or(0, |started| micros(started.elapsed()));
             activity.progress.push(line);
-            activity.progress_at_us.push(at);
         }
         self.notify();
     }
 
-    fn finish(&self, kind: Option<&'static str>, outcome: &Result<Value, CommandError>) {
-        let mut record = None;
+    fn finish(&self, outcome: &Result<Value, CommandError>) {
         if let Some(activity) = lock(&self.activity).as_mut() {
             activity.running = false;
             match outcome {
                 Ok(report) => activity.result = Some(report.clone()),
                 Err(error) => activity.error = Some(error.to_string()),
             }
-            // Refused before anything ran (unknown, already current, another running): not
-            // an upgrade for the timeline.
-            let refused = outcome.as_ref().err().is_some_and(|error| {
-                matches!(
-                    command_status(error).0,
-                    StatusCode::NOT_FOUND | StatusCode::CONFLICT
-                )
-            });
-            if let Some(kind) = kind.filter(|_| !refused) {
-                record = Some(own_upgrade_record(kind, activity, outcome));
-            }
-        }
-        if let Some(record) = record {
-            let mut upgrades = lock(&self.own_upgrades);
-            upgrades.push_back(record);
-            while upgrades.len() > OWN_UPGRADES_KEPT {
-                upgrades.pop_front();
-            }
         }
         self.notify();
     }
-}
-
-/// An upgrade run here, in the shape of `metrics::UpgradeRecord` (its phases timed from the
-/// progress lines, each named by its first word; `lost` unknown).
-fn own_upgrade_record(
-    kind: &'static str,
-    activity: &Activity,
-    outcome: &Result<Value, CommandError>,
-) -> Value {
-    let total_us = activity
-        .started
-        .map_or(0, |started| micros(started.elapsed()));
-    let phases: Vec<Value> = activity
-        .progress
-        .iter()
-        .zip(&activity.progress_at_us)
-        .enumerate()
-        .map(|(index, (line, &start_us))| {
-            let end_us = activity
-                .progress_at_us
-                .get(index + 1)
-                .copied()
-                .unwrap_or(total_us);
-            json!({
-                "name": line.split_whitespace().next().unwrap_or("phase"),
-                "start_us": start_us,
-                "duration_us": end_us.saturating_sub(start_us),
-            })
-        })
-        .collect();
-    let report = outcome.as_ref().ok();
-    let field = |name: &str| report.and_then(|report| report.get(name)).cloned();
-    let target = activity
-        .operation
-        .split_whitespace()
-        .nth(1)
-        .map(|version| json!(version));
-    json!({
-        "kind": kind,
-        "from": field("from").unwrap_or(Value::Null),
-        "to": field("to").or(target).unwrap_or(Value::Null),
-        "started_unix_ms": activity.started_unix_ms,
-        "outcome": if report.is_some() { "completed" } else { "failed" },
-        "error": outcome.as_ref().err().map(ToString::to_string),
-        "phases": phases,
-        "actors_migrated": field("actors_migrated").unwrap_or(json!(0)),
-        "actors_suspended": field("actors_suspended").unwrap_or(json!(0)),
-        "longest_pause_us": field("longest_pause_us").unwrap_or(json!(0)),
-        "total_us": field("total_us").unwrap_or(json!(total_us)),
-        "lost": Value::Null,
-    })
 }
 
 /// The routes, checked and headed by [`guard`].
@@ -484,7 +383,6 @@ async fn install(
     mutate(
         shared,
         format!("install {version}"),
-        Some("install"),
         Request::Install {
             version,
             permanent: false,
@@ -498,13 +396,7 @@ async fn rollback(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     check_mutation(&headers, &shared.token)?;
-    mutate(
-        shared,
-        "rollback".to_owned(),
-        Some("rollback"),
-        Request::Rollback {},
-    )
-    .await
+    mutate(shared, "rollback".to_owned(), Request::Rollback {}).await
 }
 
 async fn make_permanent(
@@ -517,18 +409,16 @@ async fn make_permanent(
     mutate(
         shared,
         format!("make-permanent {version}"),
-        None,
         Request::MakePermanent { version },
     )
     .await
 }
 
 /// Runs a control command in a task of its own (a client that goes away does not cancel
-/// it), its progress recorded for the page; `upgrade` names it for the timeline.
+/// it), its progress recorded for the page.
 async fn mutate(
     shared: Arc<Shared>,
     operation: String,
-    upgrade: Option<&'static str>,
     request: Request,
 ) -> Result<Json<Value>, ApiError> {
     let task = tokio::spawn(async move {
@@ -546,7 +436,7 @@ async fn mutate(
         while let Ok(line) = lines.try_recv() {
             shared.progress(line);
         }
-        shared.finish(upgrade, &outcome);
+        shared.finish(&outcome);
         outcome
     });
     let outcome = task.await.map_err(ApiError::Task)?;
@@ -556,72 +446,6 @@ async fn mutate(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn activity(operation: &str, lines: &[(&str, u64)]) -> Activity {
-        Activity {
-            operation: operation.to_owned(),
-            started_unix_ms: 1,
-            running: false,
-            progress: lines.iter().map(|(line, _)| (*line).to_owned()).collect(),
-            result: None,
-            error: None,
-            started: None,
-            progress_at_us: lines.iter().map(|(_, at)| *at).collect(),
-        }
-    }
-
-    #[test]
-    fn an_upgrade_run_here_is_timed_from_its_progress_lines() {
-        let activity = activity(
-            "install 1.1.0",
-            &[
-                ("loading 2 libraries", 10),
-                ("suspending 2 actors", 110),
-                ("migrating 2 actors", 150),
-            ],
-        );
-        let report = json!({"from": "1.0.0", "to": "1.1.0", "actors_migrated": 2, "actors_suspended": 2, "longest_pause_us": 40, "total_us": 200});
-        let record = own_upgrade_record("install", &activity, &Ok(report));
-        assert_eq!(record["from"], "1.0.0");
-        assert_eq!(record["to"], "1.1.0");
-        assert_eq!(record["outcome"], "completed");
-        assert_eq!(record["actors_migrated"], 2);
-        assert_eq!(
-            record["lost"],
-            Value::Null,
-            "not known here: never claimed to be 0"
-        );
-        let phases: Vec<(String, u64, u64)> = record["phases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|phase| {
-                (
-                    phase["name"].as_str().unwrap().to_owned(),
-                    phase["start_us"].as_u64().unwrap(),
-                    phase["duration_us"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            phases[..2],
-            [
-                ("loading".to_owned(), 10, 100),
-                ("suspending".to_owned(), 110, 40)
-            ]
-        );
-        assert_eq!(phases[2].0, "migrating");
-    }
-
-    #[test]
-    fn a_failed_upgrade_names_its_target_and_error() {
-        let activity = activity("install 2.0.0", &[]);
-        let error = CommandError::Release(ReleaseError::InstallInProgress);
-        let record = own_upgrade_record("install", &activity, &Err(error));
-        assert_eq!(record["to"], "2.0.0");
-        assert_eq!(record["outcome"], "failed");
-        assert_eq!(record["error"], "an install is already in progress");
-    }
 
     #[test]
     fn failures_get_the_status_that_says_what_kind() {
