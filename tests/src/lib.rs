@@ -4,6 +4,8 @@
 //! Tests never load cargo's artifact paths themselves; the loader copies every library to
 //! a private file first, and altered copies are written to the test's own temp directory.
 
+pub mod scrape;
+
 use graft::build::CargoBuild;
 use graft::release::assemble::assemble;
 use std::collections::HashMap;
@@ -868,4 +870,52 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Casts `{"Add": 1}` to counter over the control socket, about 200 a second, until
+/// dropped: figures for the page's message rates.
+pub struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    /// Starts casting to the host of `root` (its control socket must answer).
+    pub fn start(root: &Path) -> Traffic {
+        use std::io::Write as _;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let socket = root.join("run").join("control.sock");
+        let thread = std::thread::spawn({
+            let stop = std::sync::Arc::clone(&stop);
+            move || {
+                let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+                let mut answers = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut answer = String::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let cast = r#"{"command": "cast", "actor": "counter", "message": {"Add": 1}}"#;
+                    if writeln!(stream, "{cast}").is_err() {
+                        return;
+                    }
+                    answer.clear();
+                    if std::io::BufRead::read_line(&mut answers, &mut answer).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+        });
+        Traffic {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

@@ -13,10 +13,9 @@
 
 use graft::metrics::{self, UpgradeKind, UpgradeOutcome};
 use graft_plugin::codec;
+use graft_tests::scrape::{Scrape, promtool_accepts};
 use graft_tests::{boot, eventually, example_root, version};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -31,98 +30,9 @@ fn encode(value: &Value) -> Vec<u8> {
     codec::encode(value).unwrap()
 }
 
-/// One scrape, parsed: each sample by its name and labels (sorted).
-struct Scrape {
-    text: String,
-    samples: BTreeMap<(String, BTreeMap<String, String>), f64>,
-}
-
-impl Scrape {
-    fn now() -> Scrape {
-        Scrape::parse(metrics::render())
-    }
-
-    fn parse(text: String) -> Scrape {
-        let mut samples = BTreeMap::new();
-        for line in text.lines().filter(|line| !line.starts_with('#')) {
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let value: f64 = match value {
-                "+Inf" => f64::INFINITY,
-                value => value.parse().unwrap_or(f64::NAN),
-            };
-            let (name, labels) = match series.split_once('{') {
-                Some((name, labels)) => (name, labels.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let labels: BTreeMap<String, String> = labels
-                .split("\",")
-                .filter(|pair| !pair.is_empty())
-                .filter_map(|pair| pair.split_once("=\""))
-                .map(|(key, value)| (key.to_owned(), value.trim_end_matches('"').to_owned()))
-                .collect();
-            samples.insert((name.to_owned(), labels), value);
-        }
-        Scrape { text, samples }
-    }
-
-    /// The value of `name` with exactly `labels` (0 when absent).
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let labels: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
-            .collect();
-        self.samples
-            .get(&(name.to_owned(), labels))
-            .copied()
-            .unwrap_or(0.0)
-    }
-
-    /// The sum of `name` over every label set.
-    fn sum(&self, name: &str) -> f64 {
-        self.samples
-            .iter()
-            .filter(|((sample, _), _)| sample == name)
-            .map(|(_, value)| value)
-            .sum()
-    }
-
-    fn handled(&self, plugin: &str, version: &str, kind: &str) -> f64 {
-        self.value(
-            "graft_plugin_messages_handled_total",
-            &[("plugin", plugin), ("version", version), ("kind", kind)],
-        )
-    }
-
-    fn running(&self, plugin: &str, version: &str) -> f64 {
-        self.value(
-            "graft_plugin_actors_running",
-            &[("plugin", plugin), ("version", version)],
-        )
-    }
-}
-
-/// `promtool check metrics` on a scrape; fails (with a clear message) when promtool is
-/// missing: CI installs Debian's `prometheus` package.
-fn promtool_accepts(scrape: &Scrape) {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    file.write_all(scrape.text.as_bytes()).unwrap();
-    let input = std::fs::File::open(file.path()).unwrap();
-    let output = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(input)
-        .output()
-        .unwrap_or_else(|error| {
-            panic!("promtool could not run ({error}): install Debian's `prometheus` package")
-        });
-    assert!(
-        output.status.success(),
-        "promtool check metrics refused the scrape:\n{}{}\n--- the scrape ---\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-        scrape.text
-    );
+/// A scrape of this process's metrics.
+fn scrape() -> Scrape {
+    Scrape::parse(metrics::render())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -131,7 +41,7 @@ async fn a_scrape_during_an_install_shows_the_numbers_move() {
     metrics::enable();
     let root = example_root();
     let (runtime, handler) = boot(root.path()).await;
-    let before = Scrape::now();
+    let before = scrape();
     promtool_accepts(&before);
     assert_eq!(
         before.value(
@@ -154,19 +64,19 @@ async fn a_scrape_during_an_install_shows_the_numbers_move() {
     }
     assert!(
         eventually(DEADLINE, || {
-            let now = Scrape::now();
+            let now = scrape();
             now.handled("kv", "1.0.0", "call") - before.handled("kv", "1.0.0", "call") >= 20.0
                 && now.handled("kv", "1.0.0", "cast") - before.handled("kv", "1.0.0", "cast")
                     >= 30.0
         })
         .await,
         "kv 1.0.0's calls and casts were counted:\n{}",
-        Scrape::now().text
+        scrape().text
     );
     let kv = runtime.whereis("kv").unwrap();
     let status = kv.status(SECOND).await.unwrap();
     assert!(status.messages_handled >= 50, "{status:?}");
-    let during = Scrape::now();
+    let during = scrape();
     assert!(during.running("kv", "1.0.0") >= 1.0, "{}", during.text);
     let duration_count = |scrape: &Scrape, kind: &str| {
         scrape.value(
@@ -212,14 +122,14 @@ async fn a_scrape_during_an_install_shows_the_numbers_move() {
         runtime.call("kv", encode(&get), SECOND).await.unwrap();
     }
     assert!(
-        eventually(DEADLINE, || Scrape::now().handled("kv", "1.1.0", "call")
+        eventually(DEADLINE, || scrape().handled("kv", "1.1.0", "call")
             - before.handled("kv", "1.1.0", "call")
             >= 10.0)
         .await,
         "kv 1.1.0's calls were counted:\n{}",
-        Scrape::now().text
+        scrape().text
     );
-    let after = Scrape::now();
+    let after = scrape();
     promtool_accepts(&after);
     let delta = |name: &str, labels: &[(&str, &str)]| {
         after.value(name, labels) - before.value(name, labels)
@@ -312,7 +222,7 @@ async fn a_scrape_during_an_install_shows_the_numbers_move() {
             .is_some_and(|restarted| restarted != counter))
         .await
     );
-    let restarted = Scrape::now();
+    let restarted = scrape();
     promtool_accepts(&restarted);
     assert!(
         restarted.sum("graft_supervisor_restarts_total")
@@ -345,7 +255,7 @@ async fn a_rolled_back_install_a_panic_and_a_timeout_are_counted() {
         UPGRADE_FAULTY,
     );
     let (runtime, handler) = boot(root.path()).await;
-    let before = Scrape::now();
+    let before = scrape();
     let echo = encode(&json!({"Echo": "x"}));
     runtime.call("f1", echo.clone(), SECOND).await.unwrap();
 
@@ -353,7 +263,7 @@ async fn a_rolled_back_install_a_panic_and_a_timeout_are_counted() {
         .install(&version("2.0.0"), None)
         .await
         .expect_err("f2's code_change panics");
-    let rolled_back = Scrape::now();
+    let rolled_back = scrape();
     promtool_accepts(&rolled_back);
     assert_eq!(
         rolled_back.value(
@@ -395,14 +305,14 @@ async fn a_rolled_back_install_a_panic_and_a_timeout_are_counted() {
         .expect_err("f3's handle_call panics");
     assert!(
         eventually(DEADLINE, || {
-            let now = Scrape::now();
+            let now = scrape();
             panics(&now) - panics(&before) >= 1.0
                 && now.sum("graft_supervisor_intensity_exits_total")
                     > before.sum("graft_supervisor_intensity_exits_total")
         })
         .await,
         "the panic and the supervisor giving up were counted:\n{}",
-        Scrape::now().text
+        scrape().text
     );
     assert!(
         metrics::recent_exits("f3")
@@ -423,12 +333,12 @@ async fn a_rolled_back_install_a_panic_and_a_timeout_are_counted() {
             &[("plugin", "faulty"), ("version", "0.3.0")],
         )
     };
-    let before = Scrape::now();
+    let before = scrape();
     runtime
         .call("f1", echo, Duration::from_secs(30))
         .await
         .expect_err("f1 is killed at its deadline");
-    let after = Scrape::now();
+    let after = scrape();
     assert_eq!(timeouts(&after) - timeouts(&before), 1.0, "{}", after.text);
     promtool_accepts(&after);
     handler.shutdown().await;

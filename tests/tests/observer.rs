@@ -12,9 +12,10 @@
 //! test's screenshot of the observer (the README's docs/observer.png comes from it).
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use graft_tests::scrape::{Scrape, promtool_accepts};
 use graft_tests::{
-    Host, built_root, eventually_blocking, free_port, graft_binary, http_info, http_request,
-    succeed_graft,
+    Host, Traffic, built_root, eventually_blocking, free_port, graft_binary, http_info,
+    http_request, succeed_graft,
 };
 use serde_json::{Value, json};
 use std::io::{BufRead as _, BufReader};
@@ -203,53 +204,6 @@ async fn click(client: &Client, what: &str, css: &str) {
         .click()
         .await
         .unwrap_or_else(|error| panic!("clicking {what}: {error}"));
-}
-
-/// Casts `{"Add": 1}` to counter over the control socket, about 200 a second, until
-/// dropped: figures for the page's message rates.
-struct Traffic {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(root: &Path) -> Traffic {
-        use std::io::Write as _;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let socket = root.join("run").join("control.sock");
-        let thread = std::thread::spawn({
-            let stop = std::sync::Arc::clone(&stop);
-            move || {
-                let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-                let mut answers = BufReader::new(stream.try_clone().unwrap());
-                let mut answer = String::new();
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let cast = r#"{"command": "cast", "actor": "counter", "message": {"Add": 1}}"#;
-                    if writeln!(stream, "{cast}").is_err() {
-                        return;
-                    }
-                    answer.clear();
-                    if answers.read_line(&mut answer).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        });
-        Traffic {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 /// The attributes of every actor row: `[actor, state, version]`.
@@ -624,23 +578,7 @@ fn the_http_server_refuses_what_it_must_and_serves_metrics_promtool_accepts() {
         metrics.header("content-type"),
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
-    let mut promtool = Command::new("/usr/bin/promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running promtool");
-    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), metrics.body.as_bytes())
-        .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool check metrics refused /metrics: {}{}\n{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr),
-        metrics.body
-    );
+    promtool_accepts(&Scrape::parse(metrics.body.clone()));
 
     // An address in use stops another host before it boots anything.
     let other = tempfile::tempdir().unwrap();
