@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod dev;
+mod fleet;
 mod scaffold;
 
 /// Supervise actors from cdylib plugins and upgrade them while they run.
@@ -87,6 +88,15 @@ enum Command {
         /// actions need. Off without the flag.
         #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
         http: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        fleet: fleet::JoinArgs,
+    },
+    /// Fleets of hosts on a NATS server: their status.
+    Fleet {
+        #[command(flatten)]
+        connection: fleet::Connection,
+        #[command(subcommand)]
+        command: fleet::FleetCommand,
     },
     /// The supervision tree, each actor's plugin and version, resident libraries, workers.
     Status,
@@ -303,7 +313,15 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             {
                 (3, "untrusted_root")
             }
-            _ => (1, "failed"),
+            _ => match error.downcast_ref::<graft::fleet::FleetError>() {
+                Some(graft::fleet::FleetError::Connect { .. }) => (2, "fleet_unreachable"),
+                Some(
+                    graft::fleet::FleetError::InvalidFleetName(_)
+                    | graft::fleet::FleetError::InvalidName { .. },
+                ) => (2, "usage"),
+                Some(_) => (1, "fleet"),
+                None => (1, "failed"),
+            },
         };
         Failure { code, kind, error }
     }
@@ -430,6 +448,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             max_connections,
             idle_timeout,
             http,
+            fleet,
         } => {
             let limits = graft::control::ControlLimits {
                 max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
@@ -442,10 +461,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 auto_permanent.map(Duration::from_secs),
                 limits,
                 http,
+                &fleet,
                 json,
             )
             .await
         }
+        Command::Fleet {
+            connection,
+            command,
+        } => fleet::run(&connection, &command, json).await,
         Command::Status => {
             let status: StatusResponse = request(&root, &Request::Status {}).await?;
             print_status(&status, json)?;
@@ -950,6 +974,7 @@ async fn start(
     auto_permanent: Option<Duration>,
     limits: graft::control::ControlLimits,
     http: Option<std::net::SocketAddr>,
+    fleet: &fleet::JoinArgs,
     json: bool,
 ) -> Result<ExitCode, Failure> {
     init_tracing();
@@ -979,6 +1004,8 @@ async fn start(
     let watch = watch
         .then(|| graft::watch::ReleaseWatch::start(Arc::clone(&handler)))
         .transpose()?;
+    // The fleet entry is written before the socket answers: a host that is up is listed.
+    let membership = fleet::join(root, fleet, &handler).await?;
     let server = ControlServer::bind(root).await?;
     tracing::info!(socket = %server.path().display(), release = %handler.current_version().await, "host started");
     let serving = tokio::spawn(server.serve_with(Arc::clone(&handler), limits));
@@ -998,6 +1025,9 @@ async fn start(
     };
     if let Some(watching) = watching {
         watching.abort();
+    }
+    if let Some(membership) = membership {
+        membership.abort();
     }
     serving.abort();
     let _ = serving.await;

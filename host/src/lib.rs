@@ -17,6 +17,8 @@
 //!   event stream, and its token-guarded install, rollback and make-permanent.
 //! - [`trust`]: the StrictModes-style checks of the root directory before it is used.
 //! - [`watch`]: installing newly assembled releases as they appear, with a health gate.
+//! - [`fleet`]: fleets of hosts on NATS JetStream: membership and heartbeats
+//!   (`graft start --fleet`), the fleet's status (`graft fleet status`).
 //! - [`build`]: builds plugin crates (and binaries, for tests) with cargo.
 //! - [`ownership`]: files and directories owned by a live process (private library copies,
 //!   build staging, temporary files), and the removal of those whose owner died.
@@ -26,6 +28,7 @@
 
 pub mod build;
 pub mod control;
+pub mod fleet;
 pub mod http;
 pub mod isolation;
 pub mod metrics;

@@ -70,6 +70,12 @@ fn crash_indicator(
     })
 }
 
+/// Restarts (and stopped children) across the tree under `root`: what a fleet host
+/// reports in its heartbeat, so a crash after an install shows fleet-wide.
+pub async fn total_restarts(root: SupervisorRef) -> u64 {
+    crash_indicator(root).await
+}
+
 /// How long the health gate waits for the actors' health reports.
 pub const HEALTH_WAIT: Duration = Duration::from_secs(2);
 
