@@ -91,7 +91,7 @@ enum Command {
         #[command(flatten)]
         fleet: fleet::JoinArgs,
     },
-    /// Fleets of hosts on a NATS server: their status.
+    /// Fleets of hosts on a NATS server: their status, publishing and fetching releases.
     Fleet {
         #[command(flatten)]
         connection: fleet::Connection,
@@ -319,6 +319,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
                     graft::fleet::FleetError::InvalidFleetName(_)
                     | graft::fleet::FleetError::InvalidName { .. },
                 ) => (2, "usage"),
+                Some(graft::fleet::FleetError::DigestMismatch(_)) => (3, "digest_mismatch"),
                 Some(_) => (1, "fleet"),
                 None => (1, "failed"),
             },
@@ -469,7 +470,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Fleet {
             connection,
             command,
-        } => fleet::run(&connection, &command, json).await,
+        } => fleet::run(&root, &connection, &command, json).await,
         Command::Status => {
             let status: StatusResponse = request(&root, &Request::Status {}).await?;
             print_status(&status, json)?;

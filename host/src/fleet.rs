@@ -5,6 +5,8 @@
 //! server without seeing each other), and the typed [`FleetError`]. The pieces:
 //! - [`membership`]: a host's registration and heartbeat (`graft start --fleet`), and the
 //!   listing of the fleet's live hosts (`graft fleet status`).
+//! - [`releases`]: assembled releases in the object store (`graft fleet publish`), and
+//!   their download, verification against the manifest's SHA-256s, and unpacking.
 //!
 //! Invariants:
 //! - All transport and consensus is NATS JetStream's (key-value buckets, compare-and-swap
@@ -17,7 +19,9 @@
 //! "get, else create, else get again" so the loser of the race uses the winner's bucket.
 
 pub mod membership;
+pub mod releases;
 
+use semver::Version;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -82,6 +86,31 @@ pub enum FleetError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The release is not in the fleet's object store.
+    #[error("release {0} is not published in the fleet (graft fleet publish {0})")]
+    NotPublished(Version),
+    /// A release (local or downloaded) is not a valid assembled release.
+    #[error("release {version} is not a valid assembled release: {message}")]
+    InvalidRelease {
+        /// The release.
+        version: Version,
+        /// What is wrong.
+        message: String,
+    },
+    /// A library's bytes are not the ones its manifest names.
+    #[error("{0}")]
+    DigestMismatch(Box<DigestMismatch>),
+    /// A file could not be read or written.
+    #[error("{action} {path} failed")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// An entry in a bucket is not what graft writes there.
     #[error("entry {key} of bucket {bucket} is not valid")]
     Decode {
@@ -93,6 +122,25 @@ pub enum FleetError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// A library whose SHA-256 is not its manifest's (boxed in [`FleetError`]: it is large).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refused release {version}: library {library} of plugin {plugin} has SHA-256 {found}, the manifest says {expected}",
+    library = library.display()
+)]
+pub struct DigestMismatch {
+    /// The release.
+    pub version: Version,
+    /// The plugin.
+    pub plugin: String,
+    /// The library's path in the release.
+    pub library: PathBuf,
+    /// The manifest's digest.
+    pub expected: String,
+    /// The digest of the bytes found.
+    pub found: String,
 }
 
 impl FleetError {
@@ -142,6 +190,11 @@ impl Namespace {
     /// The bucket of live hosts (entries expire: the heartbeat).
     pub fn hosts_bucket(&self) -> String {
         format!("graft_{}_hosts", self.fleet)
+    }
+
+    /// The object store of published releases.
+    pub fn releases_bucket(&self) -> String {
+        format!("graft_{}_releases", self.fleet)
     }
 }
 

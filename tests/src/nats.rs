@@ -126,3 +126,20 @@ impl Drop for NatsServer {
         self.stop();
     }
 }
+
+/// Replaces object `name` in the object store `bucket` on the server at `url` with
+/// `bytes` (a consistent object, its own digest updated: what an attacker with write
+/// access to the store could do).
+pub fn replace_object(url: &str, bucket: &str, name: &str, bytes: &[u8]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let jetstream = async_nats::jetstream::new(client);
+        let store = jetstream.get_object_store(bucket).await.unwrap();
+        let mut reader = bytes;
+        store.put(name, &mut reader).await.unwrap();
+    });
+}

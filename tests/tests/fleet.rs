@@ -6,7 +6,10 @@
 //! are polls with generous deadlines (a loaded 2-core machine), never sleeps.
 
 use graft_tests::nats::NatsServer;
-use graft_tests::{Host, built_root, eventually_blocking, run_graft, stderr_text, stdout_text};
+use graft_tests::{
+    Host, Traffic, built_root, eventually_blocking, run_graft, stderr_text, stdout_text,
+    succeed_graft,
+};
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
@@ -120,4 +123,111 @@ fn hosts_join_report_their_release_and_expire_when_killed() {
     });
     assert!(expired, "beta's entry should expire: {last}");
     drop(first);
+}
+
+/// A root holding only release 1.0.0 of the built releases.
+fn root_with_only_1_0_0() -> tempfile::TempDir {
+    let root = built_root();
+    for version in ["1.1.0", "1.2.0"] {
+        std::fs::remove_dir_all(root.path().join("releases").join(version)).unwrap();
+    }
+    root
+}
+
+/// Names left in a root's releases directory (releases and staging directories; not the
+/// release record).
+fn releases_left(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root.join("releases"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "RELEASES.json")
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn published_releases_are_fetched_verified_and_tampered_libraries_refused() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let publisher = built_root();
+    let published = succeed_graft(
+        publisher.path(),
+        &["fleet", "--server", &url, "publish", "1.1.0", "--json"],
+    );
+    let published: Value = serde_json::from_str(&published).unwrap();
+    assert_eq!(published["published"], "1.1.0", "{published}");
+
+    // A host with only 1.0.0 gets 1.1.0 byte for byte, and installs it live.
+    let receiver = root_with_only_1_0_0();
+    let host = Host::start(receiver.path(), &["--fleet", &url, "--host-name", "gamma"]);
+    let traffic = Traffic::start(receiver.path());
+    let fetched = succeed_graft(
+        receiver.path(),
+        &["fleet", "--server", &url, "fetch", "1.1.0", "--json"],
+    );
+    assert!(fetched.contains(r#""unpacked":true"#), "{fetched}");
+    let source = publisher.path().join("releases/1.1.0");
+    let copy = receiver.path().join("releases/1.1.0");
+    let manifest = graft::release::Manifest::read(&source.join("release.toml")).unwrap();
+    assert_eq!(
+        std::fs::read(source.join("release.toml")).unwrap(),
+        std::fs::read(copy.join("release.toml")).unwrap()
+    );
+    for entry in manifest.plugins.values() {
+        let library = entry.library.as_ref().unwrap();
+        assert_eq!(
+            std::fs::read(source.join(library)).unwrap(),
+            std::fs::read(copy.join(library)).unwrap(),
+            "{}",
+            library.display()
+        );
+    }
+    assert_eq!(releases_left(receiver.path()), ["1.0.0", "1.1.0"]);
+    succeed_graft(receiver.path(), &["install", "1.1.0"]);
+    drop(traffic);
+    let mut last = Value::Null;
+    assert!(
+        eventually_blocking(DEADLINE, || fleet_status(receiver.path(), &server, &[])
+            .is_some_and(|status| {
+                last = status;
+                hosts_of(&last) == vec![("gamma".into(), "default".into(), "1.1.0".into())]
+            })),
+        "the host should report 1.1.0: {last}\n{}",
+        host.log()
+    );
+    // Fetching again changes nothing.
+    let again = succeed_graft(
+        receiver.path(),
+        &["fleet", "--server", &url, "fetch", "1.1.0", "--json"],
+    );
+    assert!(again.contains(r#""unpacked":false"#), "{again}");
+
+    // A library replaced in the store (with the store's own digest updated) is refused
+    // by the manifest's digest, and nothing is unpacked.
+    let (plugin, entry) = manifest.plugins.iter().next().unwrap();
+    let library = entry.library.as_ref().unwrap();
+    let mut tampered = std::fs::read(source.join(library)).unwrap();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0xff;
+    graft_tests::nats::replace_object(
+        &url,
+        "graft_default_releases",
+        &format!("1.1.0/{}", library.display()),
+        &tampered,
+    );
+    let victim = root_with_only_1_0_0();
+    let output = run_graft(
+        victim.path(),
+        &["fleet", "--server", &url, "fetch", "1.1.0", "--json"],
+    );
+    assert_eq!(output.status.code(), Some(3), "{}", stdout_text(&output));
+    let error: Value = serde_json::from_str(&stdout_text(&output)).unwrap();
+    assert_eq!(error["error"]["kind"], "digest_mismatch", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("plugin {plugin}")) && message.contains("SHA-256"),
+        "{message}"
+    );
+    assert_eq!(releases_left(victim.path()), ["1.0.0"]);
 }

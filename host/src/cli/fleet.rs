@@ -13,8 +13,10 @@ use super::output;
 use super::output::say;
 use clap::{Args, Subcommand};
 use graft::fleet::membership::{HostStatus, Membership, default_host_name, list_hosts};
+use graft::fleet::releases::{Fetched, fetch, publish};
 use graft::fleet::{DEFAULT_FLEET, Fleet, FleetOptions};
 use graft::release::handler::ReleaseHandler;
+use semver::Version;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -66,6 +68,18 @@ impl Connection {
 pub enum FleetCommand {
     /// Every live host of the fleet: its group, release, permanent release and health.
     Status,
+    /// Upload the release VERSION assembled under the root (its manifest and libraries,
+    /// each checked against the manifest's SHA-256 first) to the fleet's object store.
+    Publish {
+        /// The release.
+        version: Version,
+    },
+    /// Download a published release into the root: every library is verified against
+    /// the manifest's SHA-256 before anything is written; a mismatch refuses the release.
+    Fetch {
+        /// The release.
+        version: Version,
+    },
 }
 
 /// `graft start`'s fleet flags.
@@ -130,6 +144,7 @@ pub async fn join(
 
 /// Runs a `graft fleet` subcommand.
 pub async fn run(
+    root: &Path,
     connection: &Connection,
     command: &FleetCommand,
     json: bool,
@@ -140,6 +155,33 @@ pub async fn run(
         FleetCommand::Status => {
             let hosts = list_hosts(&fleet).await?;
             print_status(&options.fleet, &hosts, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        FleetCommand::Publish { version } => {
+            let bytes = publish(&fleet, root, version).await?;
+            if json {
+                output::json(&json!({ "published": version.to_string(), "bytes": bytes }))?;
+            } else {
+                say!(
+                    "published {version} to fleet {} ({bytes} bytes)",
+                    options.fleet
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FleetCommand::Fetch { version } => {
+            let fetched = fetch(&fleet, root, version).await?;
+            let unpacked = fetched == Fetched::Unpacked;
+            if json {
+                output::json(&json!({ "fetched": version.to_string(), "unpacked": unpacked }))?;
+            } else if unpacked {
+                say!(
+                    "fetched {version}: verified and unpacked into {}",
+                    root.display()
+                );
+            } else {
+                say!("{version} is already assembled in {}", root.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
