@@ -7,6 +7,7 @@
 //!   listing of the fleet's live hosts (`graft fleet status`).
 //! - [`releases`]: assembled releases in the object store (`graft fleet publish`), and
 //!   their download, verification against the manifest's SHA-256s, and unpacking.
+//! - [`state`]: the desired state and rollout record, changed only by compare-and-swap.
 //!
 //! Invariants:
 //! - All transport and consensus is NATS JetStream's (key-value buckets, compare-and-swap
@@ -20,6 +21,7 @@
 
 pub mod membership;
 pub mod releases;
+pub mod state;
 
 use semver::Version;
 use std::path::PathBuf;
@@ -100,6 +102,17 @@ pub enum FleetError {
     /// A library's bytes are not the ones its manifest names.
     #[error("{0}")]
     DigestMismatch(Box<DigestMismatch>),
+    /// Another writer changed the state record since it was read.
+    #[error("the fleet's state changed concurrently (another controller?); read it again")]
+    Conflict,
+    /// A rollout is already running.
+    #[error("a rollout of group {group} to {to} is in progress; resume it (--resume) or wait")]
+    RolloutInProgress {
+        /// Its group.
+        group: String,
+        /// Its release.
+        to: Version,
+    },
     /// A file could not be read or written.
     #[error("{action} {path} failed")]
     Io {
@@ -190,6 +203,11 @@ impl Namespace {
     /// The bucket of live hosts (entries expire: the heartbeat).
     pub fn hosts_bucket(&self) -> String {
         format!("graft_{}_hosts", self.fleet)
+    }
+
+    /// The bucket of the desired state and rollout record (no expiry, CAS writes).
+    pub fn state_bucket(&self) -> String {
+        format!("graft_{}_state", self.fleet)
     }
 
     /// The object store of published releases.

@@ -231,3 +231,71 @@ fn published_releases_are_fetched_verified_and_tampered_libraries_refused() {
     );
     assert_eq!(releases_left(victim.path()), ["1.0.0"]);
 }
+
+#[test]
+fn the_state_record_is_compare_and_swap_and_one_rollout_runs_at_a_time() {
+    use graft::fleet::state::{Phase, Rollout, StateStore, WaveSize, plan_waves};
+    use graft::fleet::{Fleet, FleetError, FleetOptions};
+    use std::collections::BTreeMap;
+    let server = NatsServer::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let options = FleetOptions {
+            url: server.url(),
+            fleet: "cas".into(),
+            token: None,
+            credentials: None,
+        };
+        let first = StateStore::open(&Fleet::connect(&options, false).await.unwrap())
+            .await
+            .unwrap();
+        let second = StateStore::open(&Fleet::connect(&options, false).await.unwrap())
+            .await
+            .unwrap();
+        let hosts: Vec<String> = ["a", "b", "c"].map(str::to_owned).to_vec();
+        let rollout = |to: &str| {
+            Rollout::new(
+                "web",
+                semver::Version::parse(to).unwrap(),
+                BTreeMap::new(),
+                plan_waves(&hosts, 1, WaveSize::Hosts(2)),
+                Duration::from_secs(1),
+            )
+        };
+        // Both read the empty record; only one create wins.
+        let (empty, revision) = first.read().await.unwrap();
+        assert_eq!(revision, 0);
+        let won = first.write(&empty, 0).await.unwrap();
+        assert!(matches!(
+            second.write(&empty, 0).await,
+            Err(FleetError::Conflict)
+        ));
+        // A rollout begins; a second one is refused while it runs.
+        let (mut state, revision) = first.begin(rollout("1.1.0")).await.unwrap();
+        assert!(revision > won);
+        match second.begin(rollout("1.2.0")).await {
+            Err(FleetError::RolloutInProgress { group, to }) => {
+                assert_eq!((group.as_str(), to.to_string().as_str()), ("web", "1.1.0"));
+            }
+            other => panic!("a second rollout should be refused: {other:?}"),
+        }
+        // A write from a stale revision loses; the fresh one wins, and a finished rollout
+        // can be replaced.
+        state.rollout.as_mut().unwrap().phase = Phase::Succeeded;
+        assert!(matches!(
+            second.write(&state, won).await,
+            Err(FleetError::Conflict)
+        ));
+        first.write(&state, revision).await.unwrap();
+        let (read, _) = second.read().await.unwrap();
+        assert_eq!(read, state);
+        let (next, _) = second.begin(rollout("1.2.0")).await.unwrap();
+        assert_eq!(
+            next.rollout.unwrap().waves,
+            vec![vec!["a".to_owned()], vec!["b".to_owned(), "c".to_owned()]]
+        );
+    });
+}
