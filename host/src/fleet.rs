@@ -8,6 +8,7 @@
 //! - [`releases`]: assembled releases in the object store (`graft fleet publish`), and
 //!   their download, verification against the manifest's SHA-256s, and unpacking.
 //! - [`state`]: the desired state and rollout record, changed only by compare-and-swap.
+//! - [`converge`]: a host installing (and making permanent) what the record wants of it.
 //!
 //! Invariants:
 //! - All transport and consensus is NATS JetStream's (key-value buckets, compare-and-swap
@@ -19,6 +20,7 @@
 //! Tricky: hosts and `graft fleet` commands race to create a bucket; creation is
 //! "get, else create, else get again" so the loser of the race uses the winner's bucket.
 
+pub mod converge;
 pub mod membership;
 pub mod releases;
 pub mod state;

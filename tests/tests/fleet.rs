@@ -299,3 +299,133 @@ fn the_state_record_is_compare_and_swap_and_one_rollout_runs_at_a_time() {
         );
     });
 }
+
+/// Writes `change` into the state record of fleet `default` on `server` (re-reading on a
+/// conflict).
+fn change_state(server: &NatsServer, change: impl Fn(&mut graft::fleet::state::FleetState)) {
+    use graft::fleet::state::StateStore;
+    use graft::fleet::{Fleet, FleetError, FleetOptions};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let options = FleetOptions {
+            url: server.url(),
+            fleet: "default".into(),
+            token: None,
+            credentials: None,
+        };
+        let store = StateStore::open(&Fleet::connect(&options, false).await.unwrap())
+            .await
+            .unwrap();
+        loop {
+            let (mut state, revision) = store.read().await.unwrap();
+            change(&mut state);
+            match store.write(&state, revision).await {
+                Ok(_) => return,
+                Err(FleetError::Conflict) => continue,
+                Err(error) => panic!("writing the state: {error}"),
+            }
+        }
+    });
+}
+
+/// Polls `graft fleet status` until `check` holds of the hosts; the last status.
+fn await_hosts(
+    root: &Path,
+    server: &NatsServer,
+    what: &str,
+    check: impl Fn(&[Value]) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    let held = eventually_blocking(DEADLINE, || {
+        fleet_status(root, server, &[]).is_some_and(|status| {
+            last = status;
+            last["hosts"].as_array().is_some_and(|hosts| check(hosts))
+        })
+    });
+    assert!(held, "{what}: {last}");
+    last
+}
+
+#[test]
+fn hosts_converge_to_the_desired_release_and_late_joiners_follow() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let publisher = built_root();
+    succeed_graft(
+        publisher.path(),
+        &["fleet", "--server", &url, "publish", "1.1.0"],
+    );
+    let roots = [root_with_only_1_0_0(), root_with_only_1_0_0()];
+    let join = |name: &'static str| {
+        [
+            "--fleet",
+            url.as_str(),
+            "--group",
+            "web",
+            "--host-name",
+            name,
+        ]
+    };
+    let hosts = [
+        Host::start(roots[0].path(), &join("host-a")),
+        Host::start(roots[1].path(), &join("host-b")),
+    ];
+    for root in &roots {
+        assert_eq!(
+            succeed_graft(root.path(), &["call", "counter", r#"{"Add": 7}"#]).trim(),
+            "7"
+        );
+    }
+    await_hosts(roots[0].path(), &server, "both hosts on 1.0.0", |hosts| {
+        hosts.len() == 2 && hosts.iter().all(|host| host["current"] == "1.0.0")
+    });
+
+    change_state(&server, |state| {
+        state
+            .group_release
+            .insert("web".into(), semver::Version::new(1, 1, 0));
+    });
+    let status = await_hosts(roots[0].path(), &server, "both hosts on 1.1.0", |hosts| {
+        hosts.len() == 2 && hosts.iter().all(|host| host["current"] == "1.1.0")
+    });
+    assert!(
+        status["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|host| host["permanent"] == "1.0.0" && host["converge_error"].is_null()),
+        "{status}"
+    );
+    // State kept across the live upgrade, nothing lost.
+    for root in &roots {
+        assert_eq!(
+            succeed_graft(root.path(), &["call", "counter", r#""Get""#]).trim(),
+            "7"
+        );
+    }
+
+    change_state(&server, |state| {
+        for host in ["host-a", "host-b"] {
+            state
+                .permanent
+                .insert(host.into(), semver::Version::new(1, 1, 0));
+        }
+    });
+    await_hosts(
+        roots[0].path(),
+        &server,
+        "1.1.0 permanent on both",
+        |hosts| hosts.len() == 2 && hosts.iter().all(|host| host["permanent"] == "1.1.0"),
+    );
+
+    // A host joining afterwards converges too.
+    let late = root_with_only_1_0_0();
+    let late_host = Host::start(late.path(), &join("host-c"));
+    await_hosts(late.path(), &server, "the late host on 1.1.0", |hosts| {
+        hosts.len() == 3 && hosts.iter().all(|host| host["current"] == "1.1.0")
+    });
+    drop((hosts, late_host));
+}

@@ -12,6 +12,7 @@ use super::Failure;
 use super::output;
 use super::output::say;
 use clap::{Args, Subcommand};
+use graft::fleet::converge::{ConvergeReport, Converger};
 use graft::fleet::membership::{HostStatus, Membership, default_host_name, list_hosts};
 use graft::fleet::releases::{Fetched, fetch, publish};
 use graft::fleet::{DEFAULT_FLEET, Fleet, FleetOptions};
@@ -111,7 +112,8 @@ pub struct JoinArgs {
 }
 
 /// `graft start --fleet`: connects, registers (a failure stops the start) and returns the
-/// heartbeat task; `None` without `--fleet`.
+/// task that heartbeats and converges to the fleet's desired release; `None` without
+/// `--fleet`.
 pub async fn join(
     root: &Path,
     join: &JoinArgs,
@@ -131,7 +133,16 @@ pub async fn join(
         .host_name
         .clone()
         .unwrap_or_else(|| default_host_name(root));
-    let membership = Membership::join(fleet, Arc::clone(handler), host, join.group.clone()).await?;
+    let report = ConvergeReport::default();
+    let membership = Membership::join(
+        fleet.clone(),
+        Arc::clone(handler),
+        host.clone(),
+        join.group.clone(),
+        report.clone(),
+    )
+    .await?;
+    let converger = Converger::new(fleet, Arc::clone(handler), host, join.group.clone(), report);
     tracing::info!(
         host = membership.host(),
         group = %join.group,
@@ -139,7 +150,9 @@ pub async fn join(
         server = %url,
         "joined the fleet"
     );
-    Ok(Some(tokio::spawn(membership.run())))
+    Ok(Some(tokio::spawn(async move {
+        tokio::join!(membership.run(), converger.run());
+    })))
 }
 
 /// Runs a `graft fleet` subcommand.

@@ -19,6 +19,7 @@
 //! next tick; the client reconnects by itself, and the bucket is looked up again after a
 //! failure in case the server lost it (a server restarted without its store).
 
+use super::converge::ConvergeReport;
 use super::{Fleet, FleetError, now_ms, valid_name};
 use crate::release::handler::ReleaseHandler;
 use crate::release::record::ReleaseStatus;
@@ -58,6 +59,9 @@ pub struct HostStatus {
     pub restarts: u64,
     /// Whether an install is running on it now.
     pub installing: bool,
+    /// Why its last attempt to converge to the fleet's release failed, if it did.
+    #[serde(default)]
+    pub converge_error: Option<String>,
     /// When it wrote this entry (milliseconds since the Unix epoch, its clock).
     pub updated_ms: u64,
 }
@@ -166,6 +170,7 @@ pub struct Membership {
     handler: Arc<ReleaseHandler>,
     host: String,
     group: String,
+    report: ConvergeReport,
 }
 
 impl std::fmt::Debug for Membership {
@@ -186,6 +191,7 @@ impl Membership {
         handler: Arc<ReleaseHandler>,
         host: String,
         group: String,
+        report: ConvergeReport,
     ) -> Result<Membership, FleetError> {
         for (what, name) in [("host name", &host), ("group", &group)] {
             if !valid_name(name) {
@@ -200,6 +206,7 @@ impl Membership {
             handler,
             host,
             group,
+            report,
         };
         let store = hosts_bucket(&membership.fleet).await?;
         membership.heartbeat(&store).await?;
@@ -239,6 +246,7 @@ impl Membership {
             unhealthy,
             restarts,
             installing: self.handler.install_in_progress(),
+            converge_error: self.report.error(),
             updated_ms: now_ms(),
         }
     }
@@ -323,6 +331,7 @@ mod tests {
             unhealthy: Vec::new(),
             restarts: 0,
             installing: false,
+            converge_error: None,
             updated_ms: 1,
         };
         let text = serde_json::to_string(&status).unwrap();

@@ -170,6 +170,9 @@ pub struct FleetState {
     /// The release each group converges to, for hosts that join it later.
     #[serde(default)]
     pub group_release: BTreeMap<String, Version>,
+    /// The release each host should make permanent once it runs it, by host name.
+    #[serde(default)]
+    pub permanent: BTreeMap<String, Version>,
     /// The current or last rollout.
     #[serde(default)]
     pub rollout: Option<Rollout>,
