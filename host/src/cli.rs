@@ -320,6 +320,10 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
                     | graft::fleet::FleetError::InvalidName { .. },
                 ) => (2, "usage"),
                 Some(graft::fleet::FleetError::DigestMismatch(_)) => (3, "digest_mismatch"),
+                Some(graft::fleet::FleetError::RolloutInProgress { .. }) => {
+                    (1, "rollout_in_progress")
+                }
+                Some(graft::fleet::FleetError::RolloutFailed { .. }) => (1, "rollout_failed"),
                 Some(_) => (1, "fleet"),
                 None => (1, "failed"),
             },

@@ -9,6 +9,7 @@
 //!   their download, verification against the manifest's SHA-256s, and unpacking.
 //! - [`state`]: the desired state and rollout record, changed only by compare-and-swap.
 //! - [`converge`]: a host installing (and making permanent) what the record wants of it.
+//! - [`rollout`]: the controller: canaries, waves, health gates, fleet rollback.
 //!
 //! Invariants:
 //! - All transport and consensus is NATS JetStream's (key-value buckets, compare-and-swap
@@ -23,6 +24,7 @@
 pub mod converge;
 pub mod membership;
 pub mod releases;
+pub mod rollout;
 pub mod state;
 
 use semver::Version;
@@ -114,6 +116,29 @@ pub enum FleetError {
         group: String,
         /// Its release.
         to: Version,
+    },
+    /// `--resume` with no rollout running.
+    #[error("no rollout is in progress to resume")]
+    NothingToResume,
+    /// `graft fleet rollback` with no rollout recorded.
+    #[error("no rollout is recorded to roll back")]
+    NothingToRollBack,
+    /// A rollout's group has no live host.
+    #[error("group {0} has no live host in the fleet")]
+    NoHosts(String),
+    /// A gate failed; the fleet was rolled back.
+    #[error(
+        "rollout of group {group} to {to} failed: host {host}: {reason}; every upgraded host was rolled back to its previous release"
+    )]
+    RolloutFailed {
+        /// The group.
+        group: String,
+        /// The release.
+        to: Version,
+        /// The host whose gate failed.
+        host: String,
+        /// Why.
+        reason: String,
     },
     /// A file could not be read or written.
     #[error("{action} {path} failed")]

@@ -429,3 +429,156 @@ fn hosts_converge_to_the_desired_release_and_late_joiners_follow() {
     });
     drop((hosts, late_host));
 }
+
+/// Hosts `names` in group web on `server`, each on a fresh root with only 1.0.0 and
+/// `{"Add": 7}` counted.
+fn fleet_of(server: &NatsServer, names: &[&str]) -> Vec<(tempfile::TempDir, Host)> {
+    let url = server.url();
+    let hosts: Vec<(tempfile::TempDir, Host)> = names
+        .iter()
+        .map(|name| {
+            let root = root_with_only_1_0_0();
+            let host = Host::start(
+                root.path(),
+                &["--fleet", &url, "--group", "web", "--host-name", name],
+            );
+            (root, host)
+        })
+        .collect();
+    for (root, _) in &hosts {
+        assert_eq!(
+            succeed_graft(root.path(), &["call", "counter", r#"{"Add": 7}"#]).trim(),
+            "7"
+        );
+    }
+    let count = names.len();
+    await_hosts(hosts[0].0.path(), server, "every host listed", |listed| {
+        listed.len() == count
+    });
+    hosts
+}
+
+#[test]
+fn a_rollout_goes_canary_first_wave_by_wave_and_makes_the_release_permanent() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let publisher = built_root();
+    succeed_graft(
+        publisher.path(),
+        &["fleet", "--server", &url, "publish", "1.1.0"],
+    );
+    let hosts = fleet_of(&server, &["host-a", "host-b", "host-c"]);
+    let root = hosts[0].0.path();
+    let traffic = Traffic::start(hosts[1].0.path());
+    let output = run_graft(
+        root,
+        &[
+            "fleet",
+            "--server",
+            &url,
+            "rollout",
+            "1.1.0",
+            "--group",
+            "web",
+            "--canary",
+            "1",
+            "--wave",
+            "2",
+            "--health-window",
+            "2",
+            "--json",
+        ],
+    );
+    drop(traffic);
+    assert!(output.status.success(), "{}", stderr_text(&output));
+    let result: Value = serde_json::from_str(&stdout_text(&output)).unwrap();
+    assert_eq!(result["rollout"]["phase"], "succeeded", "{result}");
+    assert_eq!(
+        result["rollout"]["waves"],
+        serde_json::json!([["host-a"], ["host-b", "host-c"]]),
+        "{result}"
+    );
+    let status = await_hosts(root, &server, "1.1.0 permanent everywhere", |listed| {
+        listed.len() == 3
+            && listed
+                .iter()
+                .all(|host| host["current"] == "1.1.0" && host["permanent"] == "1.1.0")
+    });
+    assert_eq!(status["rollout"]["phase"], "succeeded", "{status}");
+    for (root, _) in [&hosts[0], &hosts[2]] {
+        assert_eq!(
+            succeed_graft(root.path(), &["call", "counter", r#""Get""#]).trim(),
+            "7",
+            "state kept"
+        );
+    }
+}
+
+#[test]
+fn a_canary_that_crashes_in_its_health_window_rolls_the_fleet_back() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let publisher = built_root();
+    succeed_graft(
+        publisher.path(),
+        &["fleet", "--server", &url, "publish", "1.1.0"],
+    );
+    let hosts = fleet_of(&server, &["host-a", "host-b"]);
+    let root = hosts[0].0.path().to_path_buf();
+    let controller = std::process::Command::new(graft_tests::graft_binary())
+        .env("GRAFT_ROOT", &root)
+        .args([
+            "fleet",
+            "--server",
+            &url,
+            "rollout",
+            "1.1.0",
+            "--group",
+            "web",
+            "--canary",
+            "1",
+            "--health-window",
+            "60",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the controller if the test fails before it ends.
+    struct Reaped(Option<std::process::Child>);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            if let Some(child) = self.0.as_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+    let mut controller = Reaped(Some(controller));
+    await_hosts(&root, &server, "the canary on 1.1.0", |listed| {
+        listed
+            .iter()
+            .any(|host| host["host"] == "host-a" && host["current"] == "1.1.0")
+    });
+    // Crash an actor of the canary inside its (long) health window.
+    let crash = run_graft(&root, &["call", "calculator", r#"{"Divide": 0}"#]);
+    assert_eq!(crash.status.code(), Some(1));
+    let output = controller.0.take().unwrap().wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stdout_text(&output));
+    let error: Value = serde_json::from_str(&stdout_text(&output)).unwrap();
+    assert_eq!(error["error"]["kind"], "rollout_failed", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("host host-a") && message.contains("restart"),
+        "{message}"
+    );
+    let status = await_hosts(&root, &server, "every host back on 1.0.0", |listed| {
+        listed.len() == 2
+            && listed
+                .iter()
+                .all(|host| host["current"] == "1.0.0" && host["permanent"] == "1.0.0")
+    });
+    assert_eq!(status["rollout"]["phase"], "rolled_back", "{status}");
+    assert_eq!(status["rollout"]["host"], "host-a", "{status}");
+}

@@ -15,6 +15,8 @@ use clap::{Args, Subcommand};
 use graft::fleet::converge::{ConvergeReport, Converger};
 use graft::fleet::membership::{HostStatus, Membership, default_host_name, list_hosts};
 use graft::fleet::releases::{Fetched, fetch, publish};
+use graft::fleet::rollout::{RolloutOptions, rollback, rollout};
+use graft::fleet::state::{StateStore, WaveSize};
 use graft::fleet::{DEFAULT_FLEET, Fleet, FleetOptions};
 use graft::release::handler::ReleaseHandler;
 use semver::Version;
@@ -22,6 +24,7 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How to reach a fleet (shared by `graft fleet …`).
 #[derive(Debug, Clone, Args)]
@@ -80,6 +83,38 @@ pub enum FleetCommand {
     Fetch {
         /// The release.
         version: Version,
+    },
+    /// Roll a group onto a published release: canaries first, then wave by wave, each
+    /// wave gated on its hosts' health and made permanent once it passes; a failed gate
+    /// rolls every upgraded host back and exits 1 naming the host and why.
+    Rollout {
+        /// The release (not with --resume).
+        #[arg(required_unless_present = "resume")]
+        version: Option<Version>,
+        /// The group.
+        #[arg(long, default_value = "default")]
+        group: String,
+        /// Hosts of the first wave (alone).
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        canary: usize,
+        /// Hosts per following wave: a number or a percentage of the group.
+        #[arg(long, value_name = "N|P%", default_value = "1")]
+        wave: WaveSize,
+        /// Seconds a wave must stay healthy before it passes.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        health_window: u64,
+        /// Seconds a wave's hosts may take to install (and a vanished host to return).
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        install_timeout: u64,
+        /// Continue the rollout in progress (whose controller died).
+        #[arg(long, conflicts_with = "version")]
+        resume: bool,
+    },
+    /// Roll every host of the last rollout back to its previous release.
+    Rollback {
+        /// Seconds to wait for the live hosts to report their previous release.
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        timeout: u64,
     },
 }
 
@@ -167,7 +202,8 @@ pub async fn run(
     match command {
         FleetCommand::Status => {
             let hosts = list_hosts(&fleet).await?;
-            print_status(&options.fleet, &hosts, json)?;
+            let (state, _) = StateStore::open(&fleet).await?.read().await?;
+            print_status(&options.fleet, &hosts, state.rollout.as_ref(), json)?;
             Ok(ExitCode::SUCCESS)
         }
         FleetCommand::Publish { version } => {
@@ -181,6 +217,57 @@ pub async fn run(
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+        FleetCommand::Rollout {
+            version,
+            group,
+            canary,
+            wave,
+            health_window,
+            install_timeout,
+            resume,
+        } => {
+            let options = RolloutOptions {
+                group: group.clone(),
+                to: version.clone().unwrap_or_else(|| Version::new(0, 0, 0)),
+                canary: *canary,
+                wave: *wave,
+                health_window: Duration::from_secs(*health_window),
+                install_deadline: Duration::from_secs(*install_timeout),
+                resume: *resume,
+            };
+            let report = |line: String| {
+                if !json {
+                    tracing::info!("{line}");
+                    eprintln!("{line}");
+                }
+            };
+            let rollout = rollout(&fleet, &options, &report).await?;
+            if json {
+                output::json(&json!({ "rollout": rollout }))?;
+            } else {
+                say!("rolled group {} onto {}", rollout.group, rollout.to);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FleetCommand::Rollback { timeout } => {
+            let (rollout, settled) = rollback(&fleet, Duration::from_secs(*timeout)).await?;
+            if json {
+                output::json(&json!({ "rolled_back": rollout, "settled": settled }))?;
+            } else if settled {
+                say!("rolled group {} back from {}", rollout.group, rollout.to);
+            } else {
+                say!(
+                    "rolled group {} back from {} in the desired state; not every host reports it yet",
+                    rollout.group,
+                    rollout.to
+                );
+            }
+            Ok(if settled {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         FleetCommand::Fetch { version } => {
             let fetched = fetch(&fleet, root, version).await?;
@@ -201,12 +288,27 @@ pub async fn run(
 }
 
 /// `graft fleet status`'s output.
-fn print_status(fleet: &str, hosts: &[HostStatus], json: bool) -> Result<(), Failure> {
+fn print_status(
+    fleet: &str,
+    hosts: &[HostStatus],
+    rollout: Option<&graft::fleet::state::Rollout>,
+    json: bool,
+) -> Result<(), Failure> {
     if json {
-        output::json(&json!({ "fleet": fleet, "hosts": hosts }))?;
+        output::json(&json!({ "fleet": fleet, "hosts": hosts, "rollout": rollout }))?;
         return Ok(());
     }
     say!("fleet {fleet}: {} host(s)", hosts.len());
+    if let Some(rollout) = rollout {
+        say!(
+            "  rollout of group {} to {}: {:?}, {}/{} wave(s) passed",
+            rollout.group,
+            rollout.to,
+            rollout.phase,
+            rollout.waves_done,
+            rollout.waves.len()
+        );
+    }
     for host in hosts {
         let permanent = host
             .permanent

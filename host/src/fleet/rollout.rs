@@ -1,0 +1,382 @@
+//! The rollout controller (`graft fleet rollout`, `graft fleet rollback`): moves a group
+//! to a release wave by wave through the state record, gating each wave on its hosts'
+//! health, and rolls every upgraded host back when a gate fails.
+//!
+//! Responsibility: writing the desired state (the hosts only follow it, see
+//! [`super::converge`]) and watching the hosts' heartbeats to decide each gate.
+//!
+//! Invariants:
+//! - Every change of the record is a compare-and-swap ([`modify`] re-reads and retries on
+//!   a conflict); progress (`waves_done`) is written after each wave, so a controller that
+//!   dies can be resumed from the record alone (`--resume`).
+//! - A wave passes only when each of its hosts runs the release, is not installing,
+//!   reports no convergence error, and then stays healthy (no unhealthy actor, no new
+//!   restart in its tree, still present, still on the release) for the whole health
+//!   window. Only then is the release made permanent on those hosts.
+//! - A failed gate sets every host of the rollout back to its previous release (and its
+//!   previous permanent release), marks the rollout rolled back, and returns
+//!   [`FleetError::RolloutFailed`] naming the host and why.
+//!
+//! Tricky: a host of the current wave that vanishes (killed) is waited for until the
+//! install deadline: when it restarts it boots its permanent release and converges to
+//! the desired one, so the gate can still pass; after the deadline the gate fails.
+
+use super::membership::{Health, HostStatus, list_hosts};
+use super::releases::releases_bucket;
+use super::state::{FleetState, Phase, Rollout, StateStore, WaveSize, plan_waves};
+use super::{Fleet, FleetError};
+use semver::Version;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// How often the controller looks at the hosts.
+const POLL: Duration = Duration::from_millis(500);
+
+/// What to roll out and how.
+#[derive(Debug, Clone)]
+pub struct RolloutOptions {
+    /// The group.
+    pub group: String,
+    /// The release (ignored with `resume`).
+    pub to: Version,
+    /// Hosts of the first wave, alone.
+    pub canary: usize,
+    /// The size of the following waves.
+    pub wave: WaveSize,
+    /// How long a wave must stay healthy.
+    pub health_window: Duration,
+    /// How long a wave's hosts may take to install (and a vanished host to come back).
+    pub install_deadline: Duration,
+    /// Continue the running rollout instead of starting one.
+    pub resume: bool,
+}
+
+/// Re-reads the record and applies `change` until the write wins; the state written.
+pub async fn modify(
+    store: &StateStore,
+    change: impl Fn(&mut FleetState),
+) -> Result<FleetState, FleetError> {
+    loop {
+        let (mut state, revision) = store.read().await?;
+        change(&mut state);
+        match store.write(&state, revision).await {
+            Ok(_) => return Ok(state),
+            Err(FleetError::Conflict) => continue,
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// The live hosts by name.
+async fn hosts_by_name(fleet: &Fleet) -> Result<BTreeMap<String, HostStatus>, FleetError> {
+    Ok(list_hosts(fleet)
+        .await?
+        .into_iter()
+        .map(|host| (host.host.clone(), host))
+        .collect())
+}
+
+/// Runs (or resumes) a rollout to its end; `progress` hears each step.
+pub async fn rollout(
+    fleet: &Fleet,
+    options: &RolloutOptions,
+    progress: &(dyn Fn(String) + Send + Sync),
+) -> Result<Rollout, FleetError> {
+    let store = StateStore::open(fleet).await?;
+    let mut rollout = if options.resume {
+        let (state, _) = store.read().await?;
+        match state.rollout {
+            Some(rollout) if rollout.running() => rollout,
+            _ => return Err(FleetError::NothingToResume),
+        }
+    } else {
+        let store_of_releases = releases_bucket(fleet).await?;
+        if store_of_releases
+            .info(format!("{}/release.toml", options.to))
+            .await
+            .is_err()
+        {
+            return Err(FleetError::NotPublished(options.to.clone()));
+        }
+        let hosts: BTreeMap<String, HostStatus> = hosts_by_name(fleet)
+            .await?
+            .into_iter()
+            .filter(|(_, host)| host.group == options.group)
+            .collect();
+        if hosts.is_empty() {
+            return Err(FleetError::NoHosts(options.group.clone()));
+        }
+        let names: Vec<String> = hosts.keys().cloned().collect();
+        let previous = hosts
+            .iter()
+            .map(|(name, host)| (name.clone(), host.current.clone()))
+            .collect();
+        let rollout = Rollout::new(
+            &options.group,
+            options.to.clone(),
+            previous,
+            plan_waves(&names, options.canary, options.wave),
+            options.health_window,
+        );
+        store.begin(rollout.clone()).await?;
+        progress(format!(
+            "rollout of group {} to {} started: {} wave(s) {:?}",
+            rollout.group,
+            rollout.to,
+            rollout.waves.len(),
+            rollout.waves
+        ));
+        rollout
+    };
+    let window = Duration::from_millis(rollout.health_window_ms);
+    while rollout.waves_done < rollout.waves.len() {
+        let index = rollout.waves_done;
+        let wave = rollout.waves[index].clone();
+        let to = rollout.to.clone();
+        modify(&store, |state| {
+            for host in &wave {
+                state.desired.insert(host.clone(), to.clone());
+            }
+        })
+        .await?;
+        progress(format!(
+            "wave {}: installing {to} on {}",
+            index + 1,
+            wave.join(", ")
+        ));
+        if let Err((host, reason)) = gate(fleet, &wave, &to, window, options.install_deadline).await
+        {
+            progress(format!(
+                "wave {}: {host} failed its gate: {reason}",
+                index + 1
+            ));
+            return Err(roll_back(
+                fleet,
+                &store,
+                &rollout,
+                &host,
+                &reason,
+                options.install_deadline,
+                progress,
+            )
+            .await);
+        }
+        let passed = index + 1;
+        let state = modify(&store, |state| {
+            for host in &wave {
+                state.permanent.insert(host.clone(), to.clone());
+            }
+            if let Some(running) = state.rollout.as_mut() {
+                running.waves_done = passed;
+            }
+        })
+        .await?;
+        progress(format!(
+            "wave {passed}: healthy; {to} made permanent on {}",
+            wave.join(", ")
+        ));
+        rollout = state.rollout.unwrap_or(rollout);
+    }
+    let group = rollout.group.clone();
+    let to = rollout.to.clone();
+    let state = modify(&store, |state| {
+        state.group_release.insert(group.clone(), to.clone());
+        if let Some(running) = state.rollout.as_mut() {
+            running.phase = Phase::Succeeded;
+        }
+    })
+    .await?;
+    progress(format!("rollout of group {group} to {to} succeeded"));
+    Ok(state.rollout.unwrap_or(rollout))
+}
+
+/// The health gate of one wave: `Err((host, why))` for the first host that fails it.
+async fn gate(
+    fleet: &Fleet,
+    wave: &[String],
+    to: &Version,
+    window: Duration,
+    install_deadline: Duration,
+) -> Result<(), (String, String)> {
+    // Installed everywhere.
+    let deadline = Instant::now() + install_deadline;
+    loop {
+        let hosts = hosts_by_name(fleet).await.unwrap_or_default();
+        let mut waiting = None;
+        for name in wave {
+            match hosts.get(name) {
+                Some(host) => {
+                    if let Some(error) = &host.converge_error
+                        && error.starts_with(&format!("{to}:"))
+                    {
+                        return Err((name.clone(), format!("could not install: {error}")));
+                    }
+                    if host.current != *to || host.installing {
+                        waiting = Some((name.clone(), format!("runs {}", host.current)));
+                    }
+                }
+                None => waiting = Some((name.clone(), "has no heartbeat".to_owned())),
+            }
+        }
+        let Some((name, why)) = waiting else { break };
+        if Instant::now() > deadline {
+            return Err((
+                name,
+                format!("did not install {to} within {install_deadline:?}: it {why}"),
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    // Healthy for the window.
+    let baseline: BTreeMap<String, u64> = hosts_by_name(fleet)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(name, _)| wave.contains(name))
+        .map(|(name, host)| (name, host.restarts))
+        .collect();
+    let end = Instant::now() + window;
+    loop {
+        let hosts = hosts_by_name(fleet).await.unwrap_or_default();
+        for name in wave {
+            let Some(host) = hosts.get(name) else {
+                return Err((
+                    name.clone(),
+                    "left the fleet during its health window".into(),
+                ));
+            };
+            if host.current != *to {
+                return Err((
+                    name.clone(),
+                    format!("runs {} instead of {to}", host.current),
+                ));
+            }
+            if host.health == Health::Unhealthy {
+                return Err((
+                    name.clone(),
+                    format!("unhealthy: {}", host.unhealthy.join("; ")),
+                ));
+            }
+            let before = baseline.get(name).copied().unwrap_or(host.restarts);
+            if host.restarts > before {
+                return Err((
+                    name.clone(),
+                    format!(
+                        "{} restart(s) during its health window",
+                        host.restarts - before
+                    ),
+                ));
+            }
+        }
+        if Instant::now() >= end {
+            return Ok(());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Sets every host of `rollout` back to its previous release and marks the rollout
+/// rolled back; the error to return.
+async fn roll_back(
+    fleet: &Fleet,
+    store: &StateStore,
+    rollout: &Rollout,
+    host: &str,
+    reason: &str,
+    deadline: Duration,
+    progress: &(dyn Fn(String) + Send + Sync),
+) -> FleetError {
+    let result = set_back(
+        store,
+        rollout,
+        Phase::RolledBack {
+            host: host.to_owned(),
+            reason: reason.to_owned(),
+        },
+    )
+    .await;
+    let rolled_back: Vec<String> = rollout.previous.keys().cloned().collect();
+    if let Err(error) = result {
+        return error;
+    }
+    let settled = await_releases(fleet, &rollout.previous, deadline).await;
+    progress(if settled {
+        format!(
+            "rolled back: {} on their previous release",
+            rolled_back.join(", ")
+        )
+    } else {
+        "rolled back in the desired state; not every host reports its previous release yet"
+            .to_owned()
+    });
+    FleetError::RolloutFailed {
+        group: rollout.group.clone(),
+        to: rollout.to.clone(),
+        host: host.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// Writes every host of `rollout` back to its previous release (and permanent release).
+async fn set_back(
+    store: &StateStore,
+    rollout: &Rollout,
+    phase: Phase,
+) -> Result<FleetState, FleetError> {
+    modify(store, |state| {
+        for (host, previous) in &rollout.previous {
+            state.desired.insert(host.clone(), previous.clone());
+            state.permanent.insert(host.clone(), previous.clone());
+        }
+        state.group_release.remove(&rollout.group);
+        if let Some(recorded) = state.rollout.as_mut() {
+            recorded.phase = phase.clone();
+        }
+    })
+    .await
+}
+
+/// Whether every live host named in `releases` reports its release within `deadline`.
+async fn await_releases(
+    fleet: &Fleet,
+    releases: &BTreeMap<String, Version>,
+    deadline: Duration,
+) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        let hosts = hosts_by_name(fleet).await.unwrap_or_default();
+        let settled = releases.iter().all(|(name, release)| {
+            hosts
+                .get(name)
+                .is_none_or(|host| host.current == *release && !host.installing)
+        });
+        if settled {
+            return true;
+        }
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `graft fleet rollback`: every host of the last rollout back to its previous release;
+/// waits up to `deadline` for the live ones. The rollout rolled back.
+pub async fn rollback(fleet: &Fleet, deadline: Duration) -> Result<(Rollout, bool), FleetError> {
+    let store = StateStore::open(fleet).await?;
+    let (state, _) = store.read().await?;
+    let Some(rollout) = state.rollout else {
+        return Err(FleetError::NothingToRollBack);
+    };
+    set_back(
+        &store,
+        &rollout,
+        Phase::RolledBack {
+            host: "-".to_owned(),
+            reason: "rolled back by the operator".to_owned(),
+        },
+    )
+    .await?;
+    let settled = await_releases(fleet, &rollout.previous, deadline).await;
+    Ok((rollout, settled))
+}
