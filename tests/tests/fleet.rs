@@ -582,3 +582,112 @@ fn a_canary_that_crashes_in_its_health_window_rolls_the_fleet_back() {
     assert_eq!(status["rollout"]["phase"], "rolled_back", "{status}");
     assert_eq!(status["rollout"]["host"], "host-a", "{status}");
 }
+
+#[test]
+fn a_rollout_survives_its_controller_a_killed_host_and_a_nats_restart_and_late_joiners_follow() {
+    let mut server = NatsServer::start();
+    let url = server.url();
+    let publisher = built_root();
+    succeed_graft(
+        publisher.path(),
+        &["fleet", "--server", &url, "publish", "1.1.0"],
+    );
+    let mut hosts = fleet_of(&server, &["host-a", "host-b", "host-c"]);
+    let root = hosts[0].0.path().to_path_buf();
+    let mut controller = std::process::Command::new(graft_tests::graft_binary())
+        .env("GRAFT_ROOT", &root)
+        .args([
+            "fleet",
+            "--server",
+            &url,
+            "rollout",
+            "1.1.0",
+            "--group",
+            "web",
+            "--canary",
+            "1",
+            "--wave",
+            "1",
+            "--health-window",
+            "20",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    await_hosts(&root, &server, "the canary on 1.1.0", |listed| {
+        listed
+            .iter()
+            .any(|host| host["host"] == "host-a" && host["current"] == "1.1.0")
+    });
+    // The controller dies inside the canary's health window; the rollout stays running.
+    let _ = controller.kill();
+    let _ = controller.wait();
+    let status = fleet_status(&root, &server, &[]).expect("fleet status");
+    assert_eq!(status["rollout"]["phase"], "running", "{status}");
+
+    // A host dies, the NATS server restarts (same store), the host comes back.
+    let (root_b, mut host_b) = hosts.remove(1);
+    host_b.signal("KILL");
+    host_b.wait();
+    drop(host_b);
+    server.restart();
+    let host_b = Host::start(
+        root_b.path(),
+        &["--fleet", &url, "--group", "web", "--host-name", "host-b"],
+    );
+    hosts.push((root_b, host_b));
+    await_hosts(
+        &root,
+        &server,
+        "all three back after the restart",
+        |listed| listed.len() == 3,
+    );
+
+    // A second rollout is refused while this one runs; --resume finishes it.
+    let refused = run_graft(
+        &root,
+        &[
+            "fleet", "--server", &url, "rollout", "1.1.0", "--group", "web", "--json",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", stdout_text(&refused));
+    assert!(
+        stdout_text(&refused).contains("rollout_in_progress"),
+        "{}",
+        stdout_text(&refused)
+    );
+    let resumed = run_graft(
+        &root,
+        &["fleet", "--server", &url, "rollout", "--resume", "--json"],
+    );
+    assert!(
+        resumed.status.success(),
+        "{}{}",
+        stdout_text(&resumed),
+        stderr_text(&resumed)
+    );
+    await_hosts(&root, &server, "1.1.0 permanent on all three", |listed| {
+        listed.len() == 3
+            && listed
+                .iter()
+                .all(|host| host["current"] == "1.1.0" && host["permanent"] == "1.1.0")
+    });
+    // State kept on the hosts that were never restarted.
+    for (root, _) in [&hosts[0], &hosts[1]] {
+        assert_eq!(
+            succeed_graft(root.path(), &["call", "counter", r#""Get""#]).trim(),
+            "7"
+        );
+    }
+
+    // A host joining after the rollout converges to the group's release.
+    let late = root_with_only_1_0_0();
+    let _late_host = Host::start(
+        late.path(),
+        &["--fleet", &url, "--group", "web", "--host-name", "host-d"],
+    );
+    await_hosts(&root, &server, "the late host on 1.1.0", |listed| {
+        listed.len() == 4 && listed.iter().all(|host| host["current"] == "1.1.0")
+    });
+}

@@ -19,7 +19,10 @@
 //!
 //! Tricky: a host of the current wave that vanishes (killed) is waited for until the
 //! install deadline: when it restarts it boots its permanent release and converges to
-//! the desired one, so the gate can still pass; after the deadline the gate fails.
+//! the desired one, so the gate can still pass; after the deadline the gate fails. The
+//! NATS server itself going away is not a host failing: readings are retried for up to
+//! the install deadline, and past it the controller stops with the error and leaves the
+//! rollout running in the record, to be resumed — it never rolls back on an outage.
 
 use super::membership::{Health, HostStatus, list_hosts};
 use super::releases::releases_bucket;
@@ -144,22 +147,25 @@ pub async fn rollout(
             index + 1,
             wave.join(", ")
         ));
-        if let Err((host, reason)) = gate(fleet, &wave, &to, window, options.install_deadline).await
-        {
-            progress(format!(
-                "wave {}: {host} failed its gate: {reason}",
-                index + 1
-            ));
-            return Err(roll_back(
-                fleet,
-                &store,
-                &rollout,
-                &host,
-                &reason,
-                options.install_deadline,
-                progress,
-            )
-            .await);
+        match gate(fleet, &wave, &to, window, options.install_deadline).await {
+            Ok(()) => {}
+            Err(GateFailure::Host(host, reason)) => {
+                progress(format!(
+                    "wave {}: {host} failed its gate: {reason}",
+                    index + 1
+                ));
+                return Err(roll_back(
+                    fleet,
+                    &store,
+                    &rollout,
+                    &host,
+                    &reason,
+                    options.install_deadline,
+                    progress,
+                )
+                .await);
+            }
+            Err(GateFailure::Unreachable(error)) => return Err(error),
         }
         let passed = index + 1;
         let state = modify(&store, |state| {
@@ -190,18 +196,43 @@ pub async fn rollout(
     Ok(state.rollout.unwrap_or(rollout))
 }
 
-/// The health gate of one wave: `Err((host, why))` for the first host that fails it.
+/// Why a gate did not pass.
+enum GateFailure {
+    /// A host failed it: (host, why).
+    Host(String, String),
+    /// The fleet could not be read for longer than the install deadline: nothing is
+    /// decided, the rollout stays running (resumable).
+    Unreachable(FleetError),
+}
+
+/// The live hosts by name, retried through a server outage of up to `patience`.
+async fn hosts_patiently(
+    fleet: &Fleet,
+    patience: Duration,
+) -> Result<BTreeMap<String, HostStatus>, GateFailure> {
+    let end = Instant::now() + patience;
+    loop {
+        match hosts_by_name(fleet).await {
+            Ok(hosts) => return Ok(hosts),
+            Err(error) if Instant::now() > end => return Err(GateFailure::Unreachable(error)),
+            Err(_) => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// The health gate of one wave.
 async fn gate(
     fleet: &Fleet,
     wave: &[String],
     to: &Version,
     window: Duration,
     install_deadline: Duration,
-) -> Result<(), (String, String)> {
+) -> Result<(), GateFailure> {
+    let failed = |name: &String, why: String| Err(GateFailure::Host(name.clone(), why));
     // Installed everywhere.
     let deadline = Instant::now() + install_deadline;
-    loop {
-        let hosts = hosts_by_name(fleet).await.unwrap_or_default();
+    let baseline = loop {
+        let hosts = hosts_patiently(fleet, install_deadline).await?;
         let mut waiting = None;
         for name in wave {
             match hosts.get(name) {
@@ -209,7 +240,7 @@ async fn gate(
                     if let Some(error) = &host.converge_error
                         && error.starts_with(&format!("{to}:"))
                     {
-                        return Err((name.clone(), format!("could not install: {error}")));
+                        return failed(name, format!("could not install: {error}"));
                     }
                     if host.current != *to || host.installing {
                         waiting = Some((name.clone(), format!("runs {}", host.current)));
@@ -218,54 +249,44 @@ async fn gate(
                 None => waiting = Some((name.clone(), "has no heartbeat".to_owned())),
             }
         }
-        let Some((name, why)) = waiting else { break };
+        let Some((name, why)) = waiting else {
+            break hosts
+                .into_iter()
+                .filter(|(name, _)| wave.contains(name))
+                .map(|(name, host)| (name, host.restarts))
+                .collect::<BTreeMap<String, u64>>();
+        };
         if Instant::now() > deadline {
-            return Err((
-                name,
+            return failed(
+                &name,
                 format!("did not install {to} within {install_deadline:?}: it {why}"),
-            ));
+            );
         }
         tokio::time::sleep(POLL).await;
-    }
-    // Healthy for the window.
-    let baseline: BTreeMap<String, u64> = hosts_by_name(fleet)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(name, _)| wave.contains(name))
-        .map(|(name, host)| (name, host.restarts))
-        .collect();
+    };
+    // Healthy for the window: decided by a reading taken after the window's end.
     let end = Instant::now() + window;
     loop {
-        let hosts = hosts_by_name(fleet).await.unwrap_or_default();
+        let hosts = hosts_patiently(fleet, install_deadline).await?;
         for name in wave {
             let Some(host) = hosts.get(name) else {
-                return Err((
-                    name.clone(),
-                    "left the fleet during its health window".into(),
-                ));
+                return failed(name, "left the fleet during its health window".into());
             };
             if host.current != *to {
-                return Err((
-                    name.clone(),
-                    format!("runs {} instead of {to}", host.current),
-                ));
+                return failed(name, format!("runs {} instead of {to}", host.current));
             }
             if host.health == Health::Unhealthy {
-                return Err((
-                    name.clone(),
-                    format!("unhealthy: {}", host.unhealthy.join("; ")),
-                ));
+                return failed(name, format!("unhealthy: {}", host.unhealthy.join("; ")));
             }
             let before = baseline.get(name).copied().unwrap_or(host.restarts);
             if host.restarts > before {
-                return Err((
-                    name.clone(),
+                return failed(
+                    name,
                     format!(
                         "{} restart(s) during its health window",
                         host.restarts - before
                     ),
-                ));
+                );
             }
         }
         if Instant::now() >= end {
