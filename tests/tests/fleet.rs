@@ -691,3 +691,73 @@ fn a_rollout_survives_its_controller_a_killed_host_and_a_nats_restart_and_late_j
         listed.len() == 4 && listed.iter().all(|host| host["current"] == "1.1.0")
     });
 }
+
+#[test]
+fn a_rollout_of_a_tampered_release_is_refused_by_digest_on_every_host() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let publisher = built_root();
+    succeed_graft(
+        publisher.path(),
+        &["fleet", "--server", &url, "publish", "1.1.0"],
+    );
+    let source = publisher.path().join("releases/1.1.0");
+    let manifest = graft::release::Manifest::read(&source.join("release.toml")).unwrap();
+    let library = manifest
+        .plugins
+        .values()
+        .next()
+        .unwrap()
+        .library
+        .clone()
+        .unwrap();
+    let mut tampered = std::fs::read(source.join(&library)).unwrap();
+    tampered[100] ^= 0x01;
+    graft_tests::nats::replace_object(
+        &url,
+        "graft_default_releases",
+        &format!("1.1.0/{}", library.display()),
+        &tampered,
+    );
+    let hosts = fleet_of(&server, &["host-a", "host-b", "host-c"]);
+    let root = hosts[0].0.path();
+    // Every host at once (no canary, one wave of all, at most 3 upgrading).
+    let output = run_graft(
+        root,
+        &[
+            "fleet",
+            "--server",
+            &url,
+            "rollout",
+            "1.1.0",
+            "--group",
+            "web",
+            "--canary",
+            "0",
+            "--wave",
+            "100%",
+            "--max-unavailable",
+            "3",
+            "--health-window",
+            "1",
+            "--json",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stdout_text(&output));
+    let error: Value = serde_json::from_str(&stdout_text(&output)).unwrap();
+    assert_eq!(error["error"]["kind"], "rollout_failed", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("SHA-256"), "{message}");
+    // Every host refused it by the digest, unpacked nothing, and stays on 1.0.0.
+    for (root, host) in &hosts {
+        assert!(
+            eventually_blocking(DEADLINE, || host.log().contains("refused release 1.1.0")),
+            "{}",
+            host.log()
+        );
+        assert_eq!(releases_left(root.path()), ["1.0.0"]);
+    }
+    await_hosts(root, &server, "every host on 1.0.0", |listed| {
+        listed.len() == 3 && listed.iter().all(|host| host["current"] == "1.0.0")
+    });
+}

@@ -100,6 +100,9 @@ pub enum FleetCommand {
         /// Hosts per following wave: a number or a percentage of the group.
         #[arg(long, value_name = "N|P%", default_value = "1")]
         wave: WaveSize,
+        /// At most N hosts upgrade at once: caps --canary and --wave.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_unavailable: Option<u64>,
         /// Seconds a wave must stay healthy before it passes.
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
         health_window: u64,
@@ -223,6 +226,7 @@ pub async fn run(
             group,
             canary,
             wave,
+            max_unavailable,
             health_window,
             install_timeout,
             resume,
@@ -232,6 +236,8 @@ pub async fn run(
                 to: version.clone().unwrap_or_else(|| Version::new(0, 0, 0)),
                 canary: *canary,
                 wave: *wave,
+                max_unavailable: max_unavailable
+                    .map(|most| usize::try_from(most).unwrap_or(usize::MAX)),
                 health_window: Duration::from_secs(*health_window),
                 install_deadline: Duration::from_secs(*install_timeout),
                 resume: *resume,

@@ -46,6 +46,8 @@ pub struct RolloutOptions {
     pub canary: usize,
     /// The size of the following waves.
     pub wave: WaveSize,
+    /// At most this many hosts upgrade at once (caps the canary and wave sizes).
+    pub max_unavailable: Option<usize>,
     /// How long a wave must stay healthy.
     pub health_window: Duration,
     /// How long a wave's hosts may take to install (and a vanished host to come back).
@@ -118,7 +120,16 @@ pub async fn rollout(
             &options.group,
             options.to.clone(),
             previous,
-            plan_waves(&names, options.canary, options.wave),
+            plan_waves(
+                &names,
+                options
+                    .max_unavailable
+                    .map_or(options.canary, |most| options.canary.min(most.max(1))),
+                match options.max_unavailable {
+                    Some(most) => WaveSize::Hosts(options.wave.hosts(names.len()).min(most.max(1))),
+                    None => options.wave,
+                },
+            ),
             options.health_window,
         );
         store.begin(rollout.clone()).await?;
@@ -234,20 +245,32 @@ async fn gate(
     let baseline = loop {
         let hosts = hosts_patiently(fleet, install_deadline).await?;
         let mut waiting = None;
+        let mut refused = Vec::new();
         for name in wave {
             match hosts.get(name) {
                 Some(host) => {
                     if let Some(error) = &host.converge_error
                         && error.starts_with(&format!("{to}:"))
                     {
-                        return failed(name, format!("could not install: {error}"));
-                    }
-                    if host.current != *to || host.installing {
+                        refused.push((name.clone(), error.clone()));
+                    } else if host.current != *to || host.installing {
                         waiting = Some((name.clone(), format!("runs {}", host.current)));
                     }
                 }
                 None => waiting = Some((name.clone(), "has no heartbeat".to_owned())),
             }
+        }
+        // A wave fails on a refusal once every host has either installed or refused (so
+        // each host's verdict is in before the fleet is rolled back), or at the deadline.
+        if let Some((name, error)) = refused.first()
+            && (waiting.is_none() || Instant::now() > deadline)
+        {
+            let others = if refused.len() > 1 {
+                format!(" (and {} more host(s) refused it)", refused.len() - 1)
+            } else {
+                String::new()
+            };
+            return failed(name, format!("could not install: {error}{others}"));
         }
         let Some((name, why)) = waiting else {
             break hosts
