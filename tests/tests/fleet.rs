@@ -459,7 +459,7 @@ fn fleet_of(server: &NatsServer, names: &[&str]) -> Vec<(tempfile::TempDir, Host
 }
 
 #[test]
-fn a_rollout_goes_canary_first_wave_by_wave_and_makes_the_release_permanent() {
+fn a_rollout_goes_canary_first_wave_by_wave_makes_the_release_permanent_and_rolls_back() {
     let server = NatsServer::start();
     let url = server.url();
     let publisher = built_root();
@@ -512,6 +512,23 @@ fn a_rollout_goes_canary_first_wave_by_wave_and_makes_the_release_permanent() {
             "state kept"
         );
     }
+
+    // An explicit fleet rollback sends every host back to 1.0.0, permanent, live.
+    let rolled = succeed_graft(root, &["fleet", "--server", &url, "rollback", "--json"]);
+    let rolled: Value = serde_json::from_str(&rolled).unwrap();
+    assert_eq!(rolled["settled"], true, "{rolled}");
+    let status = await_hosts(root, &server, "1.0.0 permanent everywhere", |listed| {
+        listed.len() == 3
+            && listed
+                .iter()
+                .all(|host| host["current"] == "1.0.0" && host["permanent"] == "1.0.0")
+    });
+    assert_eq!(status["rollout"]["phase"], "rolled_back", "{status}");
+    assert_eq!(
+        succeed_graft(root, &["call", "counter", r#""Get""#]).trim(),
+        "7",
+        "state kept across the rollback"
+    );
 }
 
 #[test]

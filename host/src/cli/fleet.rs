@@ -16,7 +16,7 @@ use graft::fleet::converge::{ConvergeReport, Converger};
 use graft::fleet::membership::{HostStatus, Membership, default_host_name, list_hosts};
 use graft::fleet::releases::{Fetched, fetch, publish};
 use graft::fleet::rollout::{RolloutOptions, rollback, rollout};
-use graft::fleet::state::{StateStore, WaveSize};
+use graft::fleet::state::{Phase, StateStore, WaveSize};
 use graft::fleet::{DEFAULT_FLEET, Fleet, FleetOptions};
 use graft::release::handler::ReleaseHandler;
 use semver::Version;
@@ -306,11 +306,15 @@ fn print_status(
     }
     say!("fleet {fleet}: {} host(s)", hosts.len());
     if let Some(rollout) = rollout {
+        let phase = match &rollout.phase {
+            Phase::Running => "running".to_owned(),
+            Phase::Succeeded => "succeeded".to_owned(),
+            Phase::RolledBack { host, reason } => format!("rolled back ({host}: {reason})"),
+        };
         say!(
-            "  rollout of group {} to {}: {:?}, {}/{} wave(s) passed",
+            "  rollout of group {} to {}: {phase}, {}/{} wave(s) passed",
             rollout.group,
             rollout.to,
-            rollout.phase,
             rollout.waves_done,
             rollout.waves.len()
         );
