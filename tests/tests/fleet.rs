@@ -458,6 +458,60 @@ fn fleet_of(server: &NatsServer, names: &[&str]) -> Vec<(tempfile::TempDir, Host
     hosts
 }
 
+/// Casts `{"Add": 1}` to counter over a root's control socket until stopped, counting
+/// the casts the host accepted.
+struct CountedCasts {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl CountedCasts {
+    fn start(root: &Path) -> CountedCasts {
+        use std::io::{BufRead as _, Write as _};
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let socket = root.join("run").join("control.sock");
+        let thread = std::thread::spawn({
+            let stop = std::sync::Arc::clone(&stop);
+            move || {
+                let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+                let mut answers = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut accepted = 0;
+                let mut answer = String::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let cast = r#"{"command": "cast", "actor": "counter", "message": {"Add": 1}}"#;
+                    writeln!(stream, "{cast}").unwrap();
+                    answer.clear();
+                    assert!(answers.read_line(&mut answer).unwrap() > 0, "socket closed");
+                    if answer.contains(r#""cast""#) && !answer.contains(r#""error""#) {
+                        accepted += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                accepted
+            }
+        });
+        CountedCasts {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops casting; how many casts were accepted.
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for CountedCasts {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[test]
 fn a_rollout_goes_canary_first_wave_by_wave_makes_the_release_permanent_and_rolls_back() {
     let server = NatsServer::start();
@@ -469,7 +523,7 @@ fn a_rollout_goes_canary_first_wave_by_wave_makes_the_release_permanent_and_roll
     );
     let hosts = fleet_of(&server, &["host-a", "host-b", "host-c"]);
     let root = hosts[0].0.path();
-    let traffic = Traffic::start(hosts[1].0.path());
+    let traffic = CountedCasts::start(hosts[1].0.path());
     let output = run_graft(
         root,
         &[
@@ -489,10 +543,24 @@ fn a_rollout_goes_canary_first_wave_by_wave_makes_the_release_permanent_and_roll
             "--json",
         ],
     );
-    drop(traffic);
+    let accepted = traffic.stop();
     assert!(output.status.success(), "{}", stderr_text(&output));
     let result: Value = serde_json::from_str(&stdout_text(&output)).unwrap();
     assert_eq!(result["rollout"]["phase"], "succeeded", "{result}");
+    // Every cast accepted during the rollout was counted by host-b's counter, across
+    // its live upgrade: nothing lost, state kept.
+    assert!(accepted > 0, "no cast was accepted during the rollout");
+    let expected = (7 + accepted).to_string();
+    let mut counted = String::new();
+    assert!(
+        eventually_blocking(DEADLINE, || {
+            counted = succeed_graft(hosts[1].0.path(), &["call", "counter", r#""Get""#])
+                .trim()
+                .to_owned();
+            counted == expected
+        }),
+        "host-b counted {counted}, expected {expected} (7 + {accepted} casts accepted)"
+    );
     assert_eq!(
         result["rollout"]["waves"],
         serde_json::json!([["host-a"], ["host-b", "host-c"]]),
