@@ -2,7 +2,8 @@
 //! mapping of failures to exit codes.
 //!
 //! Client commands talk to a running host over its control socket (see `graft::control`);
-//! `build`, `start`, `demo` and `new` do their work here.
+//! `build`, `start`, `demo` and `new` do their work here; `graft fleet …` talks to the
+//! fleet's NATS server (see [`fleet`] and `graft::fleet`).
 //!
 //! `--json` (global) makes every command print one JSON document on stdout, a failure
 //! included: `{"error": {"kind", "message"}}`, with the same exit code as in text mode

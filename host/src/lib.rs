@@ -18,7 +18,8 @@
 //! - [`trust`]: the StrictModes-style checks of the root directory before it is used.
 //! - [`watch`]: installing newly assembled releases as they appear, with a health gate.
 //! - [`fleet`]: fleets of hosts on NATS JetStream: membership and heartbeats
-//!   (`graft start --fleet`), the fleet's status (`graft fleet status`).
+//!   (`graft start --fleet`), releases in the object store, the desired state with
+//!   compare-and-swap, hosts converging to it, and rollouts with health gates.
 //! - [`build`]: builds plugin crates (and binaries, for tests) with cargo.
 //! - [`ownership`]: files and directories owned by a live process (private library copies,
 //!   build staging, temporary files), and the removal of those whose owner died.
