@@ -9,9 +9,9 @@
 //! update, when no instruction runs before the suspend, and the commit reuses that walk
 //! unless an actor started since.
 //!
-//! While metrics are on, an install, rollback or hot swap that began (not one refused at once) is
-//! recorded ([`crate::metrics::UpgradeRecorder`]: its phases from the progress reports,
-//! its outcome, counters and histograms).
+//! While metrics are on, an install, rollback or hot swap that began (not one refused at
+//! once) is recorded ([`crate::metrics::UpgradeRecorder`]: its phases from the progress
+//! reports, its outcome, counters and histograms).
 //!
 //! Invariants: nothing runs before every library of the target is loaded and verified; a
 //! failure before the batch leaves the running release current (the instructions that ran
