@@ -309,6 +309,34 @@ async fn the_observer_shows_the_tree_installs_from_the_page_and_draws_the_upgrad
     )
     .await;
 
+    // An actor's recent exits: hulk crashes on request, its supervisor restarts it, and its
+    // panel (refreshed every 2 s) lists the exit with its reason.
+    let crashed = graft_tests::run_graft(root, &["call", "hulk", "\"Crash\""]);
+    assert!(
+        !crashed.status.success(),
+        "the Crash call answers with the exit"
+    );
+    click(
+        &client,
+        "hulk's row",
+        r#"#tree li.actor[data-actor="hulk"] .row"#,
+    )
+    .await;
+    let exits = wait_for(
+        &client,
+        "hulk's panel lists its exit",
+        "return [...document.querySelectorAll('#actor-exits li[data-reason]')].map(exit => exit.dataset.reason)",
+        |reasons| reasons.as_array().is_some_and(|reasons| !reasons.is_empty()),
+    )
+    .await;
+    assert!(
+        exits[0]
+            .as_str()
+            .is_some_and(|reason| reason.contains("Hulk was defeated")),
+        "{exits}"
+    );
+    lap("an exit shown");
+
     // An install from the page.
     click(
         &client,
