@@ -28,6 +28,15 @@ pub(super) enum InstallTarget<'a> {
     Previous,
 }
 
+/// What a finished install, rollback or hot swap did, for its upgrade record.
+fn summary(report: &InstallReport) -> UpgradeSummary {
+    UpgradeSummary {
+        actors_migrated: report.actors_migrated as u64,
+        actors_suspended: report.actors_suspended as u64,
+        longest_pause: report.longest_pause,
+    }
+}
+
 impl ReleaseHandler {
     /// Installs `target` (a version, or the one before the last install): the whole
     /// transaction, in the order the module documentation gives; while metrics are on,
@@ -47,15 +56,7 @@ impl ReleaseHandler {
         };
         let result = self.install_steps(target, progress, Some(&recorder)).await;
         match &result {
-            Ok(report) => recorder.finish(
-                Some(UpgradeSummary {
-                    actors_migrated: report.actors_migrated as u64,
-                    actors_suspended: report.actors_suspended as u64,
-                    longest_pause: report.longest_pause,
-                }),
-                None,
-                true,
-            ),
+            Ok(report) => recorder.finish(Some(summary(report)), None, true),
             // Refused before anything began: no upgrade to record.
             Err(
                 ReleaseError::InstallInProgress
@@ -302,15 +303,7 @@ impl ReleaseHandler {
             .hot_swap_steps(plugin, path, running_build, Some(&recorder))
             .await;
         match &result {
-            Ok(report) => recorder.finish(
-                Some(UpgradeSummary {
-                    actors_migrated: report.actors_migrated as u64,
-                    actors_suspended: report.actors_suspended as u64,
-                    longest_pause: report.longest_pause,
-                }),
-                None,
-                true,
-            ),
+            Ok(report) => recorder.finish(Some(summary(report)), None, true),
             // Refused before anything began: no swap to record.
             Err(ReleaseError::InstallInProgress) => {}
             Err(error) => recorder.finish(None, Some(error.to_string()), false),
