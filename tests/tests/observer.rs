@@ -184,7 +184,8 @@ async fn wait_for(
     }
 }
 
-/// Clicks the element `css` finds once it is enabled, with a real WebDriver click.
+/// Clicks the element `css` finds once it is enabled, with a real WebDriver click (again,
+/// within a deadline, when the page redrew it in between).
 async fn click(client: &Client, what: &str, css: &str) {
     let query = format!(
         "const element = document.querySelector({}); return element !== null && !element.disabled;",
@@ -197,14 +198,23 @@ async fn click(client: &Client, what: &str, css: &str) {
         |value| value == &json!(true),
     )
     .await;
-    let element = client
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|error| panic!("{what}: {error}"));
-    element
-        .click()
-        .await
-        .unwrap_or_else(|error| panic!("clicking {what}: {error}"));
+    // The page redraws the tree when its figures change (every snapshot, under traffic): an
+    // element found just before a redraw is stale by the click. Find it again and retry.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let clicked = match client.find(Locator::Css(css)).await {
+            Ok(element) => element.click().await,
+            Err(error) => Err(error),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("clicking {what} again: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("clicking {what}: {error}"),
+        }
+    }
 }
 
 /// The attributes of every actor row: `[actor, state, version]`.
