@@ -36,6 +36,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 pub use access::Token;
+pub use routes::MAX_EVENT_STREAMS;
 
 /// Where `--http` without an address listens: loopback only.
 pub const DEFAULT_ADDRESS: SocketAddr =

@@ -138,7 +138,7 @@ pub fn render() -> String {
 /// The content type of [`render`]'s text (`text/plain; version=0.0.4`).
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 
-/// The last upgrades (installs and rollbacks), oldest first, at most a fixed number
+/// The last upgrades (installs, rollbacks and hot swaps), oldest first, at most a fixed number
 /// ([`history::KEPT_UPGRADES`]).
 pub fn upgrades() -> Vec<UpgradeRecord> {
     history::upgrades()
@@ -158,6 +158,9 @@ pub enum UpgradeKind {
     Install,
     /// `rollback`.
     Rollback,
+    /// A hot swap of one plugin to a fresh build of it (`graft dev`); `from` and `to` are
+    /// `plugin@version` (the running build's version carries `+dev.N`).
+    HotSwap,
 }
 
 /// How an upgrade ended.

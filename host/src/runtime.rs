@@ -29,7 +29,8 @@
 //!   monitors' `down` are neither counted nor refused: an upgrade or a stop never fails
 //!   because a mailbox is full.
 //! - Every runtime of the process is listed (weakly) for the metrics' mailbox walk, and an
-//!   actor's exit goes to [`crate::metrics`]' history while metrics are on.
+//!   actor's exit goes to [`crate::metrics`]' history while metrics are on, before any of
+//!   its watchers is told (so whoever reacts to the exit finds it there).
 //! - A name is unique and freed when its actor exits; exit notifications (monitors,
 //!   links, supervisors) are delivered exactly once, also to watchers added after the exit, and
 //!   `ActorRef::exited` returns only once they have been (so an exit it then causes reaches
@@ -194,6 +195,17 @@ impl Lifecycle {
     /// Records the exit (the first one wins) and tells every watcher. Returns whether this
     /// call was the one that recorded it.
     pub(crate) fn finish(&self, reason: StopReason) -> bool {
+        self.finish_then_tell(reason, |_| {})
+    }
+
+    /// [`Lifecycle::finish`], running `recorded` with the reason once it is recorded and
+    /// before any watcher is told (what a watcher does next may depend on it: the metrics'
+    /// exit history).
+    pub(crate) fn finish_then_tell(
+        &self,
+        reason: StopReason,
+        recorded: impl FnOnce(&StopReason),
+    ) -> bool {
         let watchers = {
             let mut watchers = lock(&self.watchers);
             if self.exit.set(reason.clone()).is_err() {
@@ -201,6 +213,7 @@ impl Lifecycle {
             }
             std::mem::take(&mut *watchers)
         };
+        recorded(&reason);
         for watcher in watchers {
             self.deliver(watcher, &reason);
         }
@@ -975,18 +988,17 @@ impl ActorRef {
     /// Records the actor's exit (the first one wins) and tells its watchers; while metrics
     /// are on, the exit and the messages it left queued go to [`crate::metrics::history`].
     pub(crate) fn finish(&self, reason: StopReason) -> bool {
-        let recorded = self.shared.lifecycle.finish(reason);
-        if recorded
-            && crate::metrics::is_enabled()
-            && let Some(reason) = self.shared.lifecycle.exit_reason()
-        {
-            crate::metrics::history::actor_exited(
-                self.shared.lifecycle.label.as_str(),
-                reason,
-                self.mailbox_length(),
-            );
-        }
-        recorded
+        self.shared.lifecycle.finish_then_tell(reason, |reason| {
+            // Before the watchers: a supervisor that restarts the actor, or a test that
+            // waits for its exit, finds the exit in the history already.
+            if crate::metrics::is_enabled() {
+                crate::metrics::history::actor_exited(
+                    self.shared.lifecycle.label.as_str(),
+                    reason,
+                    self.mailbox_length(),
+                );
+            }
+        })
     }
 }
 

@@ -343,3 +343,48 @@ async fn a_rolled_back_install_a_panic_and_a_timeout_are_counted() {
     promtool_accepts(&after);
     handler.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hot_swap_is_recorded_as_an_upgrade() {
+    let _serial = SERIAL.lock().await;
+    metrics::enable();
+    let root = example_root();
+    let (runtime, handler) = boot(root.path()).await;
+    let add = encode(&json!({"Add": 5}));
+    runtime.call("counter", add.clone(), SECOND).await.unwrap();
+    let before = scrape();
+
+    // A fresh build of the running plugin, as `graft dev` swaps in.
+    let library = graft_tests::plugin_library("counter-1-0-0");
+    let report = handler.hot_swap("counter", &library, 1).await.unwrap();
+    assert!(report.actors_migrated >= 1, "{report:?}");
+    runtime.call("counter", add, SECOND).await.unwrap();
+
+    let after = scrape();
+    promtool_accepts(&after);
+    let swaps = |scrape: &Scrape| {
+        scrape.value(
+            "graft_upgrades_total",
+            &[("kind", "hot_swap"), ("outcome", "completed")],
+        )
+    };
+    assert_eq!(swaps(&after) - swaps(&before), 1.0, "{}", after.text);
+    let upgrades = metrics::upgrades();
+    let record = upgrades.last().unwrap();
+    assert_eq!(record.kind, UpgradeKind::HotSwap, "{record:?}");
+    assert_eq!(record.outcome, UpgradeOutcome::Completed, "{record:?}");
+    assert_eq!(record.from, "counter@1.0.0+dev.1", "{record:?}");
+    assert_eq!(record.to, "counter@1.0.0", "{record:?}");
+    assert_eq!(record.lost, 0, "{record:?}");
+    let phases: Vec<&str> = record
+        .phases
+        .iter()
+        .map(|phase| phase.name.as_str())
+        .collect();
+    assert_eq!(phases.first(), Some(&"loading"), "{phases:?}");
+    assert!(
+        phases.contains(&"suspending") && phases.contains(&"resuming"),
+        "{phases:?}"
+    );
+    handler.shutdown().await;
+}

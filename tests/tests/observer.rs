@@ -1,6 +1,7 @@
 //! `graft start --http`, end to end: the observer page in a real headless Chromium (driven
 //! through chromedriver over WebDriver) shows the tree of a running host, installs a
-//! release from its button, and draws the upgrade in its timeline; and, without a browser,
+//! release from its button, and draws the upgrade in its timeline (then makes it
+//! permanent and rolls back, from their buttons too); and, without a browser,
 //! what the server refuses (no token, another token, another origin, a rebound `Host`),
 //! its answers' headers, its errors, and `/metrics` checked by `promtool`.
 //!
@@ -183,7 +184,8 @@ async fn wait_for(
     }
 }
 
-/// Clicks the element `css` finds once it is enabled, with a real WebDriver click.
+/// Clicks the element `css` finds once it is enabled, with a real WebDriver click (again,
+/// within a deadline, when the page redrew it in between).
 async fn click(client: &Client, what: &str, css: &str) {
     let query = format!(
         "const element = document.querySelector({}); return element !== null && !element.disabled;",
@@ -196,14 +198,23 @@ async fn click(client: &Client, what: &str, css: &str) {
         |value| value == &json!(true),
     )
     .await;
-    let element = client
-        .find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|error| panic!("{what}: {error}"));
-    element
-        .click()
-        .await
-        .unwrap_or_else(|error| panic!("clicking {what}: {error}"));
+    // The page redraws the tree when its figures change (every snapshot, under traffic): an
+    // element found just before a redraw is stale by the click. Find it again and retry.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let clicked = match client.find(Locator::Css(css)).await {
+            Ok(element) => element.click().await,
+            Err(error) => Err(error),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("clicking {what} again: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("clicking {what}: {error}"),
+        }
+    }
 }
 
 /// The attributes of every actor row: `[actor, state, version]`.
@@ -308,6 +319,34 @@ async fn the_observer_shows_the_tree_installs_from_the_page_and_draws_the_upgrad
     )
     .await;
 
+    // An actor's recent exits: hulk crashes on request, its supervisor restarts it, and its
+    // panel (refreshed every 2 s) lists the exit with its reason.
+    let crashed = graft_tests::run_graft(root, &["call", "hulk", "\"Crash\""]);
+    assert!(
+        !crashed.status.success(),
+        "the Crash call answers with the exit"
+    );
+    click(
+        &client,
+        "hulk's row",
+        r#"#tree li.actor[data-actor="hulk"] .row"#,
+    )
+    .await;
+    let exits = wait_for(
+        &client,
+        "hulk's panel lists its exit",
+        "return [...document.querySelectorAll('#actor-exits li[data-reason]')].map(exit => exit.dataset.reason)",
+        |reasons| reasons.as_array().is_some_and(|reasons| !reasons.is_empty()),
+    )
+    .await;
+    assert!(
+        exits[0]
+            .as_str()
+            .is_some_and(|reason| reason.contains("Hulk was defeated")),
+        "{exits}"
+    );
+    lap("an exit shown");
+
     // An install from the page.
     click(
         &client,
@@ -390,6 +429,29 @@ async fn the_observer_shows_the_tree_installs_from_the_page_and_draws_the_upgrad
         "{releases}"
     );
     lap("made permanent");
+
+    // Roll back from the page: back to 1.0.0 (1.1.0 stays permanent), drawn in the timeline.
+    click(&client, "the Roll back button", "#rollback").await;
+    wait_for(
+        &client,
+        "1.0.0 is current and the counter runs 1.0.0",
+        &format!(
+            "{ACTORS_BODY} return [document.body.dataset.release, rows];",
+            ACTORS_BODY = "const rows = [...document.querySelectorAll('#tree li.actor')].map(row => [row.dataset.actor, row.dataset.state, row.dataset.version || '']);"
+        ),
+        |value| value[0] == "1.0.0" && has_actor(&value[1], "counter", "running", "1.0.0"),
+    )
+    .await;
+    let rollback = wait_for(
+        &client,
+        "the timeline shows the rollback to 1.0.0, completed",
+        r#"const upgrade = document.querySelector('#timeline .upgrade[data-kind="rollback"][data-to="1.0.0"]');
+           return upgrade ? [upgrade.dataset.outcome, upgrade.dataset.lost] : null;"#,
+        |value| !value.is_null(),
+    )
+    .await;
+    assert_eq!(rollback, json!(["completed", "0"]), "{rollback}");
+    lap("rolled back from the page");
     drop(traffic);
     client.close().await.expect("closing the browser");
     drop(driver);
@@ -608,4 +670,80 @@ fn the_http_server_refuses_what_it_must_and_serves_metrics_promtool_accepts() {
         !root.join("run").join("http.json").exists(),
         "a host without --http left a stale http.json"
     );
+}
+
+/// Opens `GET /api/events` on `address` and reads its status line; the connection stays
+/// open (the stream with it) as long as the returned socket lives.
+fn open_event_stream(address: &str) -> (u16, std::net::TcpStream) {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /api/events HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut status_line = String::new();
+    BufReader::new(stream.try_clone().unwrap())
+        .read_line(&mut status_line)
+        .unwrap();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP status line: {status_line:?}"));
+    (status, stream)
+}
+
+#[test]
+fn event_streams_are_capped_and_a_closed_one_frees_its_place() {
+    let root = built_root();
+    let root = root.path();
+    let host = Host::start(root, &["--http", "127.0.0.1:0"]);
+    let info = http_info(root);
+    let address = info["address"].as_str().unwrap().to_owned();
+    let limit = graft::http::MAX_EVENT_STREAMS;
+    let began = Instant::now();
+    let mut open: Vec<std::net::TcpStream> = (0..limit)
+        .map(|index| {
+            let (status, stream) = open_event_stream(&address);
+            assert_eq!(status, 200, "stream {index}: {}", host.log());
+            stream
+        })
+        .collect();
+    // One more is refused, with a reason; the page and the API still answer.
+    let refused = http_request(&address, "GET", "/api/events", &[]);
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(error_kind(&refused), "too_many_streams", "{}", refused.body);
+    assert!(
+        refused.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&limit.to_string())
+    );
+    assert_eq!(
+        http_request(&address, "GET", "/api/snapshot", &[]).status,
+        200
+    );
+    eprintln!("{limit} streams open after {:?}", began.elapsed());
+    // A closed stream gives its place back (once the server notices, at its next event).
+    drop(open.pop());
+    let mut reopened = None;
+    assert!(
+        eventually_blocking(Duration::from_secs(60), || {
+            let (status, stream) = open_event_stream(&address);
+            if status == 200 {
+                reopened = Some(stream);
+            }
+            status == 200
+        }),
+        "no stream could open after one closed: {}",
+        host.log()
+    );
+    eprintln!("reopened after {:?}", began.elapsed());
+    drop(open);
+    drop(reopened);
+    drop(host);
 }

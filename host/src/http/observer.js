@@ -118,7 +118,7 @@
     }
     const key = actorKey(node);
     const code = node.plugin ? `${node.plugin}@${node.version || '?'}` : (node.code || '—');
-    const rate = rates.has(key) ? rates.get(key).toFixed(rates.get(key) < 10 ? 1 : 0) : '—';
+    const rate = rateText(key);
     const row = element('div', { className: 'row' }, [
       indent(element('span', { className: 'name', text: node.id === key ? key : `${node.id} (${key})` })),
       element('span', { className: 'badge status', text: node.state, data: { state: node.state } }),
@@ -134,11 +134,42 @@
     return item;
   }
 
+  function rateText(key) {
+    return rates.has(key) ? rates.get(key).toFixed(rates.get(key) < 10 ? 1 : 0) : '—';
+  }
+
+  // What the tree's elements are made from, without the figures that change with traffic.
+  function shapeOf(node) {
+    if (node.supervisor) {
+      return [node.id, node.state, node.counts, (node.children || []).map(shapeOf)];
+    }
+    return [actorKey(node), node.id, node.state, node.plugin, node.version, node.code];
+  }
+
+  // The figures (mailbox, rate) of rows already drawn, updated in place.
+  function updateFigures(node) {
+    if (node.supervisor) {
+      (node.children || []).forEach(updateFigures);
+      return;
+    }
+    const key = actorKey(node);
+    const item = [...document.querySelectorAll('#tree li.actor')].find((row) => row.dataset.actor === key);
+    if (!item) return;
+    const mailbox = item.querySelector('.mailbox');
+    mailbox.textContent = node.mailbox ?? '—';
+    mailbox.title = `high-water ${node.mailbox_high_water ?? '—'}`;
+    item.querySelector('.rate').textContent = rateText(key);
+  }
+
+  // The tree is redrawn only when its shape changes (an actor started, stopped, upgraded,
+  // selected); figures change in place, so a row under the pointer stays the same element.
   function renderTree(status) {
-    if (unchanged('tree', [status.tree, status.release, status.install_in_progress, selected, [...rates]])) return;
-    const tree = $('tree');
-    tree.replaceChildren(element('ul', {}, [renderNode(status.tree)]));
     $('current-release').textContent = `release ${status.release}${status.install_in_progress ? ' (installing…)' : ''}`;
+    if (unchanged('tree', [shapeOf(status.tree), status.release, status.install_in_progress, selected])) {
+      updateFigures(status.tree);
+      return;
+    }
+    $('tree').replaceChildren(element('ul', {}, [renderNode(status.tree)]));
   }
 
   // ---- the actor panel ------------------------------------------------------------------

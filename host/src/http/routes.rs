@@ -7,7 +7,7 @@
 //! | `GET /`, `/observer.js`, `/observer.css` | the page |
 //! | `GET /metrics` | Prometheus text (`metrics::render`) |
 //! | `GET /api/snapshot` | `{host, status, upgrades, activity}` |
-//! | `GET /api/events` | server-sent events: a `snapshot` every 500 ms (shared by all streams) and right after a change |
+//! | `GET /api/events` | server-sent events: a `snapshot` every 500 ms (shared by all streams) and right after a change; at most [`MAX_EVENT_STREAMS`] open at once (503 beyond) |
 //! | `GET /api/actors/{name}` | `{actor, state or state_error, recent_exits}` |
 //! | `POST /api/install/{version}` | install; the install report |
 //! | `POST /api/rollback` | rollback; the report |
@@ -50,6 +50,10 @@ use tokio::sync::watch;
 /// How often the event stream sends a snapshot when nothing changed.
 const EVENT_INTERVAL: Duration = Duration::from_millis(500);
 
+/// The most event streams open at once; one more is refused (503) until one closes. Each
+/// costs a connection and a task, nothing more (they share one snapshot).
+pub const MAX_EVENT_STREAMS: usize = 64;
+
 /// How long a snapshot taken for one event stream is good for the others.
 const SNAPSHOT_REUSE: Duration = Duration::from_millis(250);
 
@@ -59,6 +63,8 @@ pub struct Shared {
     token: Token,
     bound: SocketAddr,
     started_unix_ms: u64,
+    /// One permit per open event stream ([`MAX_EVENT_STREAMS`]).
+    streams: Arc<tokio::sync::Semaphore>,
     /// Bumped after each change made here: event streams send a snapshot at once.
     changed: watch::Sender<u64>,
     /// The last mutation run here (running or finished).
@@ -109,6 +115,7 @@ impl Shared {
             token,
             bound,
             started_unix_ms: now_unix_ms(),
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_EVENT_STREAMS)),
             changed: watch::channel(0).0,
             activity: Mutex::new(None),
             last_snapshot: tokio::sync::Mutex::new(None),
@@ -242,6 +249,8 @@ enum ApiError {
     NotFound(String),
     #[error("the operation stopped before it answered: {0}")]
     Task(#[source] tokio::task::JoinError),
+    #[error("{limit} event streams are open already; close one (another tab) and retry")]
+    TooManyStreams { limit: usize },
 }
 
 impl ApiError {
@@ -251,6 +260,9 @@ impl ApiError {
             ApiError::BadVersion { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "bad_version"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Task(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::TooManyStreams { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "too_many_streams")
+            }
             ApiError::Command(error) => command_status(error),
         }
     }
@@ -310,14 +322,20 @@ async fn snapshot(State(shared): State<Arc<Shared>>) -> Json<Value> {
 }
 
 /// A `snapshot` event at once, then every [`EVENT_INTERVAL`] or as soon as a change was
-/// made here, until the client goes away.
+/// made here, until the client goes away; at most [`MAX_EVENT_STREAMS`] at once (the
+/// stream holds its permit until it is dropped).
 async fn events(
     State(shared): State<Arc<Shared>>,
-) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let permit = Arc::clone(&shared.streams)
+        .try_acquire_owned()
+        .map_err(|_| ApiError::TooManyStreams {
+            limit: MAX_EVENT_STREAMS,
+        })?;
     let changes = shared.changed.subscribe();
     let stream = futures_util::stream::unfold(
-        (shared, changes, true),
-        |(shared, mut changes, first)| async move {
+        (shared, changes, true, permit),
+        |(shared, mut changes, first, permit)| async move {
             if !first {
                 tokio::select! {
                     () = tokio::time::sleep(EVENT_INTERVAL) => {}
@@ -327,10 +345,10 @@ async fn events(
             }
             let snapshot = shared.shared_snapshot().await;
             let event = Event::default().event("snapshot").data(&*snapshot);
-            Some((Ok(event), (shared, changes, false)))
+            Some((Ok(event), (shared, changes, false, permit)))
         },
     );
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 /// What an actor shows of its state (its `format_status`, else the state) and its last

@@ -1,6 +1,7 @@
 //! The metrics of rare events, kept in the `prometheus` crate's own types and registry:
-//! supervisors' restarts, installs and rollbacks (counters and histograms), actor exits by
-//! reason, plugin libraries loaded and closed, and the current and permanent release.
+//! supervisors' restarts, installs, rollbacks and hot swaps (counters and histograms),
+//! actor exits by reason, plugin libraries loaded and closed, and the current and permanent
+//! release.
 //!
 //! Invariants:
 //! - Every family here is registered once, in the process-wide registry
@@ -135,6 +136,7 @@ fn kind_label(kind: UpgradeKind) -> &'static str {
     match kind {
         UpgradeKind::Install => "install",
         UpgradeKind::Rollback => "rollback",
+        UpgradeKind::HotSwap => "hot_swap",
     }
 }
 

@@ -9,9 +9,9 @@
 //! update, when no instruction runs before the suspend, and the commit reuses that walk
 //! unless an actor started since.
 //!
-//! While metrics are on, an install or rollback that began (not one refused at once) is
-//! recorded ([`crate::metrics::UpgradeRecorder`]: its phases from the progress reports,
-//! its outcome, counters and histograms).
+//! While metrics are on, an install, rollback or hot swap that began (not one refused at
+//! once) is recorded ([`crate::metrics::UpgradeRecorder`]: its phases from the progress
+//! reports, its outcome, counters and histograms).
 //!
 //! Invariants: nothing runs before every library of the target is loaded and verified; a
 //! failure before the batch leaves the running release current (the instructions that ran
@@ -26,6 +26,15 @@ use crate::metrics::{UpgradeKind, UpgradeRecorder, UpgradeSummary};
 pub(super) enum InstallTarget<'a> {
     Version(&'a Version),
     Previous,
+}
+
+/// What a finished install, rollback or hot swap did, for its upgrade record.
+fn summary(report: &InstallReport) -> UpgradeSummary {
+    UpgradeSummary {
+        actors_migrated: report.actors_migrated as u64,
+        actors_suspended: report.actors_suspended as u64,
+        longest_pause: report.longest_pause,
+    }
 }
 
 impl ReleaseHandler {
@@ -47,15 +56,7 @@ impl ReleaseHandler {
         };
         let result = self.install_steps(target, progress, Some(&recorder)).await;
         match &result {
-            Ok(report) => recorder.finish(
-                Some(UpgradeSummary {
-                    actors_migrated: report.actors_migrated as u64,
-                    actors_suspended: report.actors_suspended as u64,
-                    longest_pause: report.longest_pause,
-                }),
-                None,
-                true,
-            ),
+            Ok(report) => recorder.finish(Some(summary(report)), None, true),
             // Refused before anything began: no upgrade to record.
             Err(
                 ReleaseError::InstallInProgress
@@ -286,15 +287,44 @@ impl ReleaseHandler {
     /// `dev.<running_build>` (`0.1.0+dev.1` for the build a dev host booted), so a plugin
     /// can tell a dev rebuild from a real upgrade: `from.build.starts_with("dev.")`. Build
     /// metadata, not a pre-release, so `from < Version::new(0, 1, 0)` stays false.
+    ///
+    /// While metrics are on, a swap that began is recorded as an upgrade of kind
+    /// [`UpgradeKind::HotSwap`] (its phases, pause, and messages lost).
     pub async fn hot_swap(
         &self,
         plugin: &str,
         path: &Path,
         running_build: u64,
     ) -> Result<InstallReport, ReleaseError> {
+        let Some(recorder) = UpgradeRecorder::begin(UpgradeKind::HotSwap) else {
+            return self.hot_swap_steps(plugin, path, running_build, None).await;
+        };
+        let result = self
+            .hot_swap_steps(plugin, path, running_build, Some(&recorder))
+            .await;
+        match &result {
+            Ok(report) => recorder.finish(Some(summary(report)), None, true),
+            // Refused before anything began: no swap to record.
+            Err(ReleaseError::InstallInProgress) => {}
+            Err(error) => recorder.finish(None, Some(error.to_string()), false),
+        }
+        result
+    }
+
+    /// The hot swap itself; `recorder` hears of its phases and endpoints.
+    async fn hot_swap_steps(
+        &self,
+        plugin: &str,
+        path: &Path,
+        running_build: u64,
+        recorder: Option<&UpgradeRecorder>,
+    ) -> Result<InstallReport, ReleaseError> {
         let started = Instant::now();
         let _installing = Installing::begin(&self.installing)?;
         let mut state = self.lock_state().await;
+        if let Some(recorder) = recorder {
+            recorder.phase(&InstallPhase::Loading(1));
+        }
         let manifest = state.current.directory.join("release.toml");
         let expect = Expectations {
             name: Some(plugin.to_owned()),
@@ -326,6 +356,12 @@ impl ReleaseHandler {
         // `dev.N` is valid build metadata for every N.
         from.build = semver::BuildMetadata::new(&format!("dev.{running_build}"))
             .unwrap_or(semver::BuildMetadata::EMPTY);
+        if let Some(recorder) = recorder {
+            recorder.set_endpoints(
+                format!("{plugin}@{from}"),
+                format!("{plugin}@{}", loaded.version()),
+            );
+        }
         let update = PlannedUpdate {
             plugin: plugin.to_owned(),
             target: loaded.clone(),
@@ -345,7 +381,11 @@ impl ReleaseHandler {
                 Direction::Upgrade,
                 &targets,
                 None,
-                &|_| {},
+                &|phase| {
+                    if let Some(recorder) = recorder {
+                        recorder.phase(&phase);
+                    }
+                },
             )
             .await?;
         drop(targets);
