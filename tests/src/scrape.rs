@@ -76,6 +76,23 @@ impl Scrape {
             &[("plugin", plugin), ("version", version)],
         )
     }
+
+    /// `graft_release_info` of `version` with `status` (`current`, `permanent`): 1 or 0.
+    pub fn release(&self, version: &str, status: &str) -> f64 {
+        self.value(
+            "graft_release_info",
+            &[("version", version), ("status", status)],
+        )
+    }
+
+    /// `graft_upgrades_total` of `kind` (`install`, `rollback`, `hot_swap`) that ended
+    /// with `outcome` (`completed`, `rolled_back`, `failed`).
+    pub fn upgrades(&self, kind: &str, outcome: &str) -> f64 {
+        self.value(
+            "graft_upgrades_total",
+            &[("kind", kind), ("outcome", outcome)],
+        )
+    }
 }
 
 /// `promtool check metrics` on a scrape; fails (with a clear message) when promtool is

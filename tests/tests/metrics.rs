@@ -44,10 +44,7 @@ async fn a_scrape_during_an_install_shows_the_numbers_move() {
     let before = scrape();
     promtool_accepts(&before);
     assert_eq!(
-        before.value(
-            "graft_release_info",
-            &[("version", "1.0.0"), ("status", "current")]
-        ),
+        before.release("1.0.0", "current"),
         1.0,
         "the booted release is current:\n{}",
         before.text
@@ -135,10 +132,7 @@ async fn a_scrape_during_an_install_shows_the_numbers_move() {
         after.value(name, labels) - before.value(name, labels)
     };
     assert_eq!(
-        delta(
-            "graft_upgrades_total",
-            &[("kind", "install"), ("outcome", "completed")]
-        ),
+        after.upgrades("install", "completed") - before.upgrades("install", "completed"),
         1.0,
         "{}",
         after.text
@@ -157,20 +151,9 @@ async fn a_scrape_during_an_install_shows_the_numbers_move() {
         ),
         1.0
     );
+    assert_eq!(after.release("1.1.0", "current"), 1.0, "{}", after.text);
     assert_eq!(
-        after.value(
-            "graft_release_info",
-            &[("version", "1.1.0"), ("status", "current")]
-        ),
-        1.0,
-        "{}",
-        after.text
-    );
-    assert_eq!(
-        after.value(
-            "graft_release_info",
-            &[("version", "1.0.0"), ("status", "current")]
-        ),
+        after.release("1.0.0", "current"),
         0.0,
         "only one release is current"
     );
@@ -266,13 +249,7 @@ async fn a_rolled_back_install_a_panic_and_a_timeout_are_counted() {
     let rolled_back = scrape();
     promtool_accepts(&rolled_back);
     assert_eq!(
-        rolled_back.value(
-            "graft_upgrades_total",
-            &[("kind", "install"), ("outcome", "rolled_back")]
-        ) - before.value(
-            "graft_upgrades_total",
-            &[("kind", "install"), ("outcome", "rolled_back")]
-        ),
+        rolled_back.upgrades("install", "rolled_back") - before.upgrades("install", "rolled_back"),
         1.0,
         "{}",
         rolled_back.text
@@ -362,13 +339,12 @@ async fn a_hot_swap_is_recorded_as_an_upgrade() {
 
     let after = scrape();
     promtool_accepts(&after);
-    let swaps = |scrape: &Scrape| {
-        scrape.value(
-            "graft_upgrades_total",
-            &[("kind", "hot_swap"), ("outcome", "completed")],
-        )
-    };
-    assert_eq!(swaps(&after) - swaps(&before), 1.0, "{}", after.text);
+    assert_eq!(
+        after.upgrades("hot_swap", "completed") - before.upgrades("hot_swap", "completed"),
+        1.0,
+        "{}",
+        after.text
+    );
     let upgrades = metrics::upgrades();
     let record = upgrades.last().unwrap();
     assert_eq!(record.kind, UpgradeKind::HotSwap, "{record:?}");

@@ -152,10 +152,8 @@ fn a_scrape_during_an_install_over_http_shows_the_numbers_move() {
     }
 
     // One install, completed, with its duration and its longest pause observed.
-    let install = [("kind", "install"), ("outcome", "completed")];
     assert_eq!(
-        last.value("graft_upgrades_total", &install)
-            - first.value("graft_upgrades_total", &install),
+        last.upgrades("install", "completed") - first.upgrades("install", "completed"),
         1.0,
         "{}",
         last.text
@@ -173,16 +171,10 @@ fn a_scrape_during_an_install_over_http_shows_the_numbers_move() {
         );
     }
     // The release moved; the permanent one did not.
-    let release = |scrape: &Scrape, version: &str, status: &str| {
-        scrape.value(
-            "graft_release_info",
-            &[("version", version), ("status", status)],
-        )
-    };
-    assert_eq!(release(first, "1.0.0", "current"), 1.0, "{}", first.text);
-    assert_eq!(release(last, "1.1.0", "current"), 1.0, "{}", last.text);
-    assert_eq!(release(last, "1.0.0", "current"), 0.0, "{}", last.text);
-    assert_eq!(release(last, "1.0.0", "permanent"), 1.0, "{}", last.text);
+    assert_eq!(first.release("1.0.0", "current"), 1.0, "{}", first.text);
+    assert_eq!(last.release("1.1.0", "current"), 1.0, "{}", last.text);
+    assert_eq!(last.release("1.0.0", "current"), 0.0, "{}", last.text);
+    assert_eq!(last.release("1.0.0", "permanent"), 1.0, "{}", last.text);
     // The counter runs the new version, and nothing runs the old one.
     assert!(last.running("counter", "1.1.0") >= 1.0, "{}", last.text);
     assert_eq!(last.running("counter", "1.0.0"), 0.0, "{}", last.text);

@@ -301,7 +301,7 @@
         segment.style.width = `${Math.max(0.5, (100 * phase.duration_us) / total)}%`;
         return segment;
       }));
-      const lost = upgrade.lost === null || upgrade.lost === undefined ? 'unknown' : String(upgrade.lost);
+      const lost = String(upgrade.lost);
       const when = new Date(upgrade.started_unix_ms).toLocaleTimeString();
       return element('div', {
         className: 'upgrade',
