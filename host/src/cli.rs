@@ -325,6 +325,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
                     (1, "rollout_in_progress")
                 }
                 Some(graft::fleet::FleetError::RolloutFailed { .. }) => (1, "rollout_failed"),
+                Some(graft::fleet::FleetError::RolloutStopped { .. }) => (1, "rollout_stopped"),
                 Some(_) => (1, "fleet"),
                 None => (1, "failed"),
             },

@@ -140,6 +140,17 @@ pub enum FleetError {
         /// Why.
         reason: String,
     },
+    /// The rollout this controller drove was rolled back by the operator or taken over by
+    /// another controller (`--resume`); this one stopped without writing anything more.
+    #[error("rollout of group {group} to {to} is no longer driven by this controller: {why}")]
+    RolloutStopped {
+        /// The group.
+        group: String,
+        /// The release.
+        to: Version,
+        /// What happened to it.
+        why: String,
+    },
     /// A file could not be read or written.
     #[error("{action} {path} failed")]
     Io {

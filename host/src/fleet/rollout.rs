@@ -16,6 +16,11 @@
 //! - A failed gate sets every host of the rollout back to its previous release (and its
 //!   previous permanent release), marks the rollout rolled back, and returns
 //!   [`FleetError::RolloutFailed`] naming the host and why.
+//! - One controller drives a rollout: the record names it, and a controller writes only
+//!   while the record still holds its rollout, running, under its name ([`modify_own`]).
+//!   `graft fleet rollback` (the operator) and `--resume` (a new controller taking over
+//!   from one thought dead) therefore stop the old controller at its next write with
+//!   [`FleetError::RolloutStopped`], instead of being overwritten by it.
 //!
 //! Tricky: a host of the current wave that vanishes (killed) is waited for until the
 //! install deadline: when it restarts it boots its permanent release and converges to
@@ -72,6 +77,77 @@ pub async fn modify(
     }
 }
 
+/// As [`modify`], but only while the record still holds `rollout`, running and driven by
+/// this controller; otherwise nothing is written and the answer is
+/// [`FleetError::RolloutStopped`] saying what happened to it. The check and the write are
+/// one compare-and-swap, so an operator's rollback or another controller's `--resume`
+/// is never overwritten.
+async fn modify_own(
+    store: &StateStore,
+    rollout: &Rollout,
+    change: impl Fn(&mut FleetState),
+) -> Result<FleetState, FleetError> {
+    loop {
+        let (mut state, revision) = store.read().await?;
+        if let Some(error) = no_longer_own(rollout, &state) {
+            return Err(error);
+        }
+        change(&mut state);
+        match store.write(&state, revision).await {
+            Ok(_) => return Ok(state),
+            Err(FleetError::Conflict) => continue,
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Why `state` no longer lets this controller drive `rollout`, if it does not.
+fn no_longer_own(rollout: &Rollout, state: &FleetState) -> Option<FleetError> {
+    let why = match &state.rollout {
+        None => "the fleet's record no longer holds it".to_owned(),
+        Some(recorded) if !recorded.same_rollout(rollout) => format!(
+            "the fleet's record holds another rollout (group {} to {})",
+            recorded.group, recorded.to
+        ),
+        Some(recorded) if recorded.controller != rollout.controller => format!(
+            "another controller ({}) took it over with --resume",
+            recorded.controller
+        ),
+        Some(Rollout {
+            phase: Phase::RolledBack { reason, .. },
+            ..
+        }) => format!("it was rolled back ({reason})"),
+        Some(Rollout {
+            phase: Phase::Succeeded,
+            ..
+        }) => "it already succeeded".to_owned(),
+        Some(_) => return None,
+    };
+    Some(FleetError::RolloutStopped {
+        group: rollout.group.clone(),
+        to: rollout.to.clone(),
+        why,
+    })
+}
+
+/// Makes this controller the one driving the running rollout (`--resume`): the
+/// rollout as recorded, with this controller's name.
+async fn take_over(store: &StateStore) -> Result<Rollout, FleetError> {
+    loop {
+        let (mut state, revision) = store.read().await?;
+        let Some(rollout) = state.rollout.as_mut().filter(|rollout| rollout.running()) else {
+            return Err(FleetError::NothingToResume);
+        };
+        rollout.controller = Rollout::controller_id();
+        let rollout = rollout.clone();
+        match store.write(&state, revision).await {
+            Ok(_) => return Ok(rollout),
+            Err(FleetError::Conflict) => continue,
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// The live hosts by name.
 async fn hosts_by_name(fleet: &Fleet) -> Result<BTreeMap<String, HostStatus>, FleetError> {
     Ok(list_hosts(fleet)
@@ -89,11 +165,7 @@ pub async fn rollout(
 ) -> Result<Rollout, FleetError> {
     let store = StateStore::open(fleet).await?;
     let mut rollout = if options.resume {
-        let (state, _) = store.read().await?;
-        match state.rollout {
-            Some(rollout) if rollout.running() => rollout,
-            _ => return Err(FleetError::NothingToResume),
-        }
+        take_over(&store).await?
     } else {
         let store_of_releases = releases_bucket(fleet).await?;
         if store_of_releases
@@ -147,7 +219,7 @@ pub async fn rollout(
         let index = rollout.waves_done;
         let wave = rollout.waves[index].clone();
         let to = rollout.to.clone();
-        modify(&store, |state| {
+        modify_own(&store, &rollout, |state| {
             for host in &wave {
                 state.desired.insert(host.clone(), to.clone());
             }
@@ -179,7 +251,7 @@ pub async fn rollout(
             Err(GateFailure::Unreachable(error)) => return Err(error),
         }
         let passed = index + 1;
-        let state = modify(&store, |state| {
+        let state = modify_own(&store, &rollout, |state| {
             for host in &wave {
                 state.permanent.insert(host.clone(), to.clone());
             }
@@ -196,7 +268,7 @@ pub async fn rollout(
     }
     let group = rollout.group.clone();
     let to = rollout.to.clone();
-    let state = modify(&store, |state| {
+    let state = modify_own(&store, &rollout, |state| {
         state.group_release.insert(group.clone(), to.clone());
         if let Some(running) = state.rollout.as_mut() {
             running.phase = Phase::Succeeded;
@@ -337,6 +409,7 @@ async fn roll_back(
             host: host.to_owned(),
             reason: reason.to_owned(),
         },
+        Guard::OwnRollout,
     )
     .await;
     let rolled_back: Vec<String> = rollout.previous.keys().cloned().collect();
@@ -361,13 +434,22 @@ async fn roll_back(
     }
 }
 
+/// Who may set a rollout back.
+enum Guard {
+    /// Its controller, while it still drives it ([`modify_own`]).
+    OwnRollout,
+    /// The operator (`graft fleet rollback`), whatever the record says.
+    Operator,
+}
+
 /// Writes every host of `rollout` back to its previous release (and permanent release).
 async fn set_back(
     store: &StateStore,
     rollout: &Rollout,
     phase: Phase,
+    guard: Guard,
 ) -> Result<FleetState, FleetError> {
-    modify(store, |state| {
+    let change = |state: &mut FleetState| {
         for (host, previous) in &rollout.previous {
             state.desired.insert(host.clone(), previous.clone());
             state.permanent.insert(host.clone(), previous.clone());
@@ -376,8 +458,11 @@ async fn set_back(
         if let Some(recorded) = state.rollout.as_mut() {
             recorded.phase = phase.clone();
         }
-    })
-    .await
+    };
+    match guard {
+        Guard::OwnRollout => modify_own(store, rollout, change).await,
+        Guard::Operator => modify(store, change).await,
+    }
 }
 
 /// Whether every live host named in `releases` reports its release within `deadline`.
@@ -419,8 +504,72 @@ pub async fn rollback(fleet: &Fleet, deadline: Duration) -> Result<(Rollout, boo
             host: "-".to_owned(),
             reason: "rolled back by the operator".to_owned(),
         },
+        Guard::Operator,
     )
     .await?;
     let settled = await_releases(fleet, &rollout.previous, deadline).await;
     Ok((rollout, settled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running() -> Rollout {
+        Rollout::new(
+            "web",
+            Version::new(1, 1, 0),
+            BTreeMap::from([("host-a".to_owned(), Version::new(1, 0, 0))]),
+            vec![vec!["host-a".to_owned()]],
+            Duration::from_secs(1),
+        )
+    }
+
+    fn holding(rollout: Option<Rollout>) -> FleetState {
+        FleetState {
+            rollout,
+            ..FleetState::default()
+        }
+    }
+
+    fn why(rollout: &Rollout, state: &FleetState) -> Option<String> {
+        no_longer_own(rollout, state).map(|error| error.to_string())
+    }
+
+    #[test]
+    fn a_controller_drives_only_its_own_running_rollout() {
+        let mine = running();
+        assert_eq!(why(&mine, &holding(Some(mine.clone()))), None);
+
+        let mut taken = mine.clone();
+        taken.controller = "elsewhere:1:2".to_owned();
+        let text = why(&mine, &holding(Some(taken))).unwrap();
+        assert!(
+            text.contains("elsewhere:1:2") && text.contains("--resume"),
+            "{text}"
+        );
+
+        let mut rolled_back = mine.clone();
+        rolled_back.phase = Phase::RolledBack {
+            host: "-".to_owned(),
+            reason: "rolled back by the operator".to_owned(),
+        };
+        let text = why(&mine, &holding(Some(rolled_back))).unwrap();
+        assert!(text.contains("rolled back by the operator"), "{text}");
+
+        let mut other = mine.clone();
+        other.to = Version::new(2, 0, 0);
+        let text = why(&mine, &holding(Some(other))).unwrap();
+        assert!(text.contains("another rollout"), "{text}");
+
+        assert!(why(&mine, &holding(None)).is_some());
+    }
+
+    #[test]
+    fn controllers_have_distinct_names() {
+        let first = Rollout::controller_id();
+        std::thread::sleep(Duration::from_millis(2));
+        assert_ne!(first, Rollout::controller_id());
+        assert!(first.contains(&std::process::id().to_string()), "{first}");
+    }
 }

@@ -131,6 +131,11 @@ pub struct Rollout {
     pub phase: Phase,
     /// When it started (milliseconds since the Unix epoch, the controller's clock).
     pub started_ms: u64,
+    /// The controller driving it (see [`Rollout::controller_id`]): only that controller's
+    /// writes are accepted, so a `--resume` takes the rollout over from a controller
+    /// thought dead, and the old one stops at its next write.
+    #[serde(default)]
+    pub controller: String,
 }
 
 impl Rollout {
@@ -151,7 +156,23 @@ impl Rollout {
             health_window_ms: u64::try_from(health_window.as_millis()).unwrap_or(u64::MAX),
             phase: Phase::Running,
             started_ms: now_ms(),
+            controller: Rollout::controller_id(),
         }
+    }
+
+    /// A name for this controller process, unique across hosts and runs: the host name,
+    /// the process id and the time it was asked for.
+    pub fn controller_id() -> String {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|name| name.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".to_owned());
+        format!("{host}:{}:{}", std::process::id(), now_ms())
+    }
+
+    /// Whether `other` is the same rollout (the same group, release and start), whoever
+    /// drives it.
+    pub fn same_rollout(&self, other: &Rollout) -> bool {
+        self.group == other.group && self.to == other.to && self.started_ms == other.started_ms
     }
 
     /// Whether it is still in progress.
