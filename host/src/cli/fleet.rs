@@ -12,11 +12,11 @@ use super::Failure;
 use super::output;
 use super::output::say;
 use clap::{Args, Subcommand};
-use graft::fleet::converge::{ConvergeReport, Converger};
+use graft::fleet::converge::{ConvergeReport, Converger, target_of};
 use graft::fleet::membership::{HostStatus, Membership, default_host_name, list_hosts};
 use graft::fleet::releases::{Fetched, fetch, publish};
 use graft::fleet::rollout::{RolloutOptions, rollback, rollout};
-use graft::fleet::state::{Phase, StateStore, WaveSize};
+use graft::fleet::state::{FleetState, Phase, StateStore, WaveSize};
 use graft::fleet::{DEFAULT_FLEET, Fleet, FleetOptions};
 use graft::release::handler::ReleaseHandler;
 use semver::Version;
@@ -206,7 +206,7 @@ pub async fn run(
         FleetCommand::Status => {
             let hosts = list_hosts(&fleet).await?;
             let (state, _) = StateStore::open(&fleet).await?.read().await?;
-            print_status(&options.fleet, &hosts, state.rollout.as_ref(), json)?;
+            print_status(&options.fleet, &hosts, &state, json)?;
             Ok(ExitCode::SUCCESS)
         }
         FleetCommand::Publish { version } => {
@@ -293,15 +293,24 @@ pub async fn run(
     }
 }
 
-/// `graft fleet status`'s output.
+/// `graft fleet status`'s output: the hosts, and for each that does not run what the
+/// fleet wants of it, the release it is converging to (and why it could not), so a mixed
+/// fleet is always visible.
 fn print_status(
     fleet: &str,
     hosts: &[HostStatus],
-    rollout: Option<&graft::fleet::state::Rollout>,
+    state: &FleetState,
     json: bool,
 ) -> Result<(), Failure> {
+    let rollout = state.rollout.as_ref();
     if json {
-        output::json(&json!({ "fleet": fleet, "hosts": hosts, "rollout": rollout }))?;
+        output::json(&json!({
+            "fleet": fleet,
+            "hosts": hosts,
+            "rollout": rollout,
+            "desired": state.desired,
+            "group_release": state.group_release,
+        }))?;
         return Ok(());
     }
     say!("fleet {fleet}: {} host(s)", hosts.len());
@@ -333,6 +342,14 @@ fn print_status(
             host.health,
             if host.installing { " (installing)" } else { "" }
         );
+        if let Some(target) = target_of(state, &host.host, &host.group)
+            && *target != host.current
+        {
+            say!("    converging to {target}");
+        }
+        if let Some(error) = &host.converge_error {
+            say!("    could not converge: {error}");
+        }
         for actor in &host.unhealthy {
             say!("    unhealthy: {actor}");
         }
