@@ -630,16 +630,6 @@ fn a_canary_that_crashes_in_its_health_window_rolls_the_fleet_back() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Kill the controller if the test fails before it ends.
-    struct Reaped(Option<std::process::Child>);
-    impl Drop for Reaped {
-        fn drop(&mut self) {
-            if let Some(child) = self.0.as_mut() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
     let mut controller = Reaped(Some(controller));
     await_hosts(&root, &server, "the canary on 1.1.0", |listed| {
         listed
@@ -845,4 +835,90 @@ fn a_rollout_of_a_tampered_release_is_refused_by_digest_on_every_host() {
     await_hosts(root, &server, "every host on 1.0.0", |listed| {
         listed.len() == 3 && listed.iter().all(|host| host["current"] == "1.0.0")
     });
+}
+
+#[test]
+fn an_operator_rollback_stops_the_running_controller_instead_of_being_overwritten() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let publisher = built_root();
+    succeed_graft(
+        publisher.path(),
+        &["fleet", "--server", &url, "publish", "1.1.0"],
+    );
+    let hosts = fleet_of(&server, &["host-a", "host-b"]);
+    let root = hosts[0].0.path().to_path_buf();
+    // A controller whose canary's health window outlasts the test's steps.
+    let controller = std::process::Command::new(graft_tests::graft_binary())
+        .env("GRAFT_ROOT", &root)
+        .args([
+            "fleet",
+            "--server",
+            &url,
+            "rollout",
+            "1.1.0",
+            "--group",
+            "web",
+            "--canary",
+            "1",
+            "--health-window",
+            "20",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut controller = Reaped(Some(controller));
+    await_hosts(&root, &server, "the canary on 1.1.0", |listed| {
+        listed
+            .iter()
+            .any(|host| host["host"] == "host-a" && host["current"] == "1.1.0")
+    });
+
+    // The operator rolls the fleet back while the controller still gates its canary.
+    let rolled = succeed_graft(&root, &["fleet", "--server", &url, "rollback", "--json"]);
+    let rolled: Value = serde_json::from_str(&rolled).unwrap();
+    assert_eq!(rolled["settled"], true, "{rolled}");
+
+    // The controller stops without writing: it neither re-sends host-a to 1.1.0 nor
+    // starts the next wave on host-b.
+    let output = controller.0.take().unwrap().wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}{}",
+        stdout_text(&output),
+        stderr_text(&output)
+    );
+    let error: Value = serde_json::from_str(&stdout_text(&output)).unwrap();
+    assert_eq!(error["error"]["kind"], "rollout_stopped", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("rolled back by the operator"), "{message}");
+    let status = await_hosts(&root, &server, "both hosts on 1.0.0", |listed| {
+        listed.len() == 2
+            && listed
+                .iter()
+                .all(|host| host["current"] == "1.0.0" && host["permanent"] == "1.0.0")
+    });
+    assert_eq!(status["rollout"]["phase"], "rolled_back", "{status}");
+    assert_eq!(status["desired"]["host-a"], "1.0.0", "{status}");
+    assert_eq!(status["desired"]["host-b"], "1.0.0", "{status}");
+    assert_eq!(
+        succeed_graft(&root, &["call", "counter", r#""Get""#]).trim(),
+        "7",
+        "state kept across the upgrade and the rollback"
+    );
+}
+
+/// A `graft fleet rollout` child, killed if the test fails before it ends.
+struct Reaped(Option<std::process::Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
