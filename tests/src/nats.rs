@@ -137,6 +137,12 @@ impl NatsServer {
     /// Stops the server and starts it again on the same port and store.
     pub fn restart(&mut self) {
         self.stop();
+        self.start_again();
+    }
+
+    /// Starts a server that was [`stop`](NatsServer::stop)ped again, on the same port
+    /// and store.
+    pub fn start_again(&mut self) {
         assert!(self.spawn(), "nats-server did not restart: {}", self.log());
     }
 

@@ -4,7 +4,9 @@
 //!   the fleet ends on 1.0.0 with the actors' state kept;
 //! - the NATS server restarted while a rollout controller runs: the rollout finishes, or
 //!   the controller stops with an error and leaves the rollout recorded so `--resume`
-//!   finishes it — never a mixed fleet that nobody reports;
+//!   finishes it — never a mixed fleet that nobody reports; a controller that loses the
+//!   server for longer than its patience stops with an error, rolls nothing back, and
+//!   the rollout resumes once the server is back;
 //! - a server in operator (JWT) mode: a host with a user's credentials file joins, a
 //!   client without credentials (or with a user the operator never signed) is refused,
 //!   and another account of the same operator does not see the fleet.
@@ -229,6 +231,86 @@ fn nats_restarted_while_the_controller_runs_the_rollout_finishes_or_stays_resuma
             stderr_text(&resumed)
         );
     }
+    let status = await_hosts(&root, &server, "1.1.0 permanent on both", |listed| {
+        all_on(listed, 2, "1.1.0")
+    });
+    assert_eq!(status["rollout"]["phase"], "succeeded", "{status}");
+    for (root, _) in &hosts {
+        assert_eq!(
+            succeed_graft(root.path(), &["call", "counter", r#""Get""#]).trim(),
+            "7",
+            "state kept"
+        );
+    }
+}
+
+#[test]
+fn a_controller_that_loses_nats_for_longer_than_its_patience_stops_and_the_rollout_resumes() {
+    let mut server = NatsServer::start();
+    let url = server.url();
+    let publisher = graft_tests::built_root();
+    succeed_graft(
+        publisher.path(),
+        &["fleet", "--server", &url, "publish", "1.1.0"],
+    );
+    let hosts = fleet_of(&server, &["host-a", "host-b"]);
+    let root = hosts[0].0.path().to_path_buf();
+    // The install timeout is also the controller's patience with an unreachable server.
+    let mut arguments = rollout_arguments(&url, "30");
+    arguments.extend_from_slice(&["--install-timeout", "30"]);
+    let controller = std::process::Command::new(graft_binary())
+        .env("GRAFT_ROOT", &root)
+        .args(&arguments)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut controller = Reaped(Some(controller));
+    await_hosts(&root, &server, "the canary on 1.1.0", |listed| {
+        listed
+            .iter()
+            .any(|host| host["host"] == "host-a" && host["current"] == "1.1.0")
+    });
+    // The server stays down, inside the canary's window, until the controller gives up.
+    server.stop();
+    let mut ended = None;
+    let gave_up = eventually_blocking(Duration::from_secs(300), || {
+        ended = controller.0.as_mut().unwrap().try_wait().unwrap();
+        ended.is_some()
+    });
+    assert!(gave_up, "the controller still runs 300 s into the outage");
+    let output = controller.0.take().unwrap().wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}{}",
+        stdout_text(&output),
+        stderr_text(&output)
+    );
+    let error: Value = serde_json::from_str(&stdout_text(&output)).unwrap();
+    assert_eq!(error["error"]["kind"], "fleet", "{error}");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(!message.is_empty(), "{error}");
+    eprintln!("the controller gave up: {message}");
+
+    // The server comes back: nothing was rolled back, the rollout is still recorded as
+    // running, and --resume finishes it.
+    server.start_again();
+    let status = await_hosts(&root, &server, "both hosts back", |listed| {
+        listed.len() == 2
+    });
+    assert_eq!(status["rollout"]["phase"], "running", "{status}");
+    assert_eq!(status["rollout"]["waves_done"], 0, "{status}");
+    let resumed = run_graft(
+        &root,
+        &["fleet", "--server", &url, "rollout", "--resume", "--json"],
+    );
+    assert!(
+        resumed.status.success(),
+        "{}{}",
+        stdout_text(&resumed),
+        stderr_text(&resumed)
+    );
     let status = await_hosts(&root, &server, "1.1.0 permanent on both", |listed| {
         all_on(listed, 2, "1.1.0")
     });
