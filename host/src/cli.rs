@@ -325,6 +325,9 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
                     (1, "rollout_in_progress")
                 }
                 Some(graft::fleet::FleetError::RolloutFailed { .. }) => (1, "rollout_failed"),
+                Some(graft::fleet::FleetError::RolloutInterrupted { .. }) => {
+                    (1, "rollout_interrupted")
+                }
                 Some(_) => (1, "fleet"),
                 None => (1, "failed"),
             },

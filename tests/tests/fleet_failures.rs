@@ -288,9 +288,14 @@ fn a_controller_that_loses_nats_for_longer_than_its_patience_stops_and_the_rollo
         stderr_text(&output)
     );
     let error: Value = serde_json::from_str(&stdout_text(&output)).unwrap();
-    assert_eq!(error["error"]["kind"], "fleet", "{error}");
+    assert_eq!(error["error"]["kind"], "rollout_interrupted", "{error}");
     let message = error["error"]["message"].as_str().unwrap();
-    assert!(!message.is_empty(), "{error}");
+    assert!(
+        message.contains("lost the fleet's NATS server")
+            && message.contains("nothing was rolled back")
+            && message.contains("--resume"),
+        "{message}"
+    );
     eprintln!("the controller gave up: {message}");
 
     // The server comes back: nothing was rolled back, the rollout is still recorded as
