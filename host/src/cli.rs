@@ -326,6 +326,9 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
                 }
                 Some(graft::fleet::FleetError::RolloutFailed { .. }) => (1, "rollout_failed"),
                 Some(graft::fleet::FleetError::RolloutStopped { .. }) => (1, "rollout_stopped"),
+                Some(graft::fleet::FleetError::RolloutInterrupted { .. }) => {
+                    (1, "rollout_interrupted")
+                }
                 Some(_) => (1, "fleet"),
                 None => (1, "failed"),
             },

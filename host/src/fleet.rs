@@ -126,6 +126,22 @@ pub enum FleetError {
     /// A rollout's group has no live host.
     #[error("group {0} has no live host in the fleet")]
     NoHosts(String),
+    /// The controller could not read the fleet for longer than its patience (the server
+    /// went away); nothing was decided or rolled back, the rollout is left running.
+    #[error(
+        "lost the fleet's NATS server for more than {patience_seconds} s during the rollout of group {group} to {to}; nothing was rolled back and the rollout is left running: resume it with `graft fleet rollout --resume` once the server is back"
+    )]
+    RolloutInterrupted {
+        /// The group.
+        group: String,
+        /// The release.
+        to: Version,
+        /// How long the controller kept retrying.
+        patience_seconds: u64,
+        /// The last failure.
+        #[source]
+        source: Box<FleetError>,
+    },
     /// A gate failed; the fleet was rolled back.
     #[error(
         "rollout of group {group} to {to} failed: host {host}: {reason}; every upgraded host was rolled back to its previous release"
@@ -371,6 +387,25 @@ pub(crate) fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interrupted_rollout_says_nothing_was_rolled_back_and_how_to_resume() {
+        let error = FleetError::RolloutInterrupted {
+            group: "web".into(),
+            to: Version::new(1, 1, 0),
+            patience_seconds: 30,
+            source: Box::new(FleetError::NoHosts("web".into())),
+        };
+        let message = error.to_string();
+        assert!(
+            message.contains("group web to 1.1.0")
+                && message.contains("more than 30 s")
+                && message.contains("nothing was rolled back")
+                && message.contains("graft fleet rollout --resume"),
+            "{message}"
+        );
+        assert!(std::error::Error::source(&error).is_some());
+    }
 
     #[test]
     fn names_are_checked_and_namespaced() {

@@ -5,6 +5,7 @@
 //! run in parallel without seeing each other; servers and hosts are killed on drop. Waits
 //! are polls with generous deadlines (a loaded 2-core machine), never sleeps.
 
+use graft_tests::fleet::{DEADLINE, await_hosts, fleet_of, fleet_status, root_with_only_1_0_0};
 use graft_tests::nats::NatsServer;
 use graft_tests::{
     Host, Traffic, built_root, eventually_blocking, run_graft, stderr_text, stdout_text,
@@ -13,22 +14,6 @@ use graft_tests::{
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
-
-/// How long any fleet state may take to show (heartbeats every 2 s, expiry after 10 s).
-const DEADLINE: Duration = Duration::from_secs(90);
-
-/// `graft fleet status --json` against `server` with extra arguments; `None` if it failed.
-fn fleet_status(root: &Path, server: &NatsServer, extra: &[&str]) -> Option<Value> {
-    let url = server.url();
-    let mut args = vec!["fleet", "--server", url.as_str()];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["status", "--json"]);
-    let output = run_graft(root, &args);
-    if !output.status.success() {
-        return None;
-    }
-    serde_json::from_str(&stdout_text(&output)).ok()
-}
 
 /// The hosts' (name, group, current release) in a status document.
 fn hosts_of(status: &Value) -> Vec<(String, String, String)> {
@@ -123,15 +108,6 @@ fn hosts_join_report_their_release_and_expire_when_killed() {
     });
     assert!(expired, "beta's entry should expire: {last}");
     drop(first);
-}
-
-/// A root holding only release 1.0.0 of the built releases.
-fn root_with_only_1_0_0() -> tempfile::TempDir {
-    let root = built_root();
-    for version in ["1.1.0", "1.2.0"] {
-        std::fs::remove_dir_all(root.path().join("releases").join(version)).unwrap();
-    }
-    root
 }
 
 /// Names left in a root's releases directory (releases and staging directories; not the
@@ -331,24 +307,6 @@ fn change_state(server: &NatsServer, change: impl Fn(&mut graft::fleet::state::F
     });
 }
 
-/// Polls `graft fleet status` until `check` holds of the hosts; the last status.
-fn await_hosts(
-    root: &Path,
-    server: &NatsServer,
-    what: &str,
-    check: impl Fn(&[Value]) -> bool,
-) -> Value {
-    let mut last = Value::Null;
-    let held = eventually_blocking(DEADLINE, || {
-        fleet_status(root, server, &[]).is_some_and(|status| {
-            last = status;
-            last["hosts"].as_array().is_some_and(|hosts| check(hosts))
-        })
-    });
-    assert!(held, "{what}: {last}");
-    last
-}
-
 #[test]
 fn hosts_converge_to_the_desired_release_and_late_joiners_follow() {
     let server = NatsServer::start();
@@ -428,34 +386,6 @@ fn hosts_converge_to_the_desired_release_and_late_joiners_follow() {
         hosts.len() == 3 && hosts.iter().all(|host| host["current"] == "1.1.0")
     });
     drop((hosts, late_host));
-}
-
-/// Hosts `names` in group web on `server`, each on a fresh root with only 1.0.0 and
-/// `{"Add": 7}` counted.
-fn fleet_of(server: &NatsServer, names: &[&str]) -> Vec<(tempfile::TempDir, Host)> {
-    let url = server.url();
-    let hosts: Vec<(tempfile::TempDir, Host)> = names
-        .iter()
-        .map(|name| {
-            let root = root_with_only_1_0_0();
-            let host = Host::start(
-                root.path(),
-                &["--fleet", &url, "--group", "web", "--host-name", name],
-            );
-            (root, host)
-        })
-        .collect();
-    for (root, _) in &hosts {
-        assert_eq!(
-            succeed_graft(root.path(), &["call", "counter", r#"{"Add": 7}"#]).trim(),
-            "7"
-        );
-    }
-    let count = names.len();
-    await_hosts(hosts[0].0.path(), server, "every host listed", |listed| {
-        listed.len() == count
-    });
-    hosts
 }
 
 /// Casts `{"Add": 1}` to counter over a root's control socket until stopped, counting

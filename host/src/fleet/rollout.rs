@@ -26,8 +26,9 @@
 //! install deadline: when it restarts it boots its permanent release and converges to
 //! the desired one, so the gate can still pass; after the deadline the gate fails. The
 //! NATS server itself going away is not a host failing: readings are retried for up to
-//! the install deadline, and past it the controller stops with the error and leaves the
-//! rollout running in the record, to be resumed — it never rolls back on an outage.
+//! the install deadline, and past it the controller stops with
+//! [`FleetError::RolloutInterrupted`] (naming the last failure and `--resume`) and leaves
+//! the rollout running in the record, to be resumed — it never rolls back on an outage.
 
 use super::membership::{Health, HostStatus, list_hosts};
 use super::releases::releases_bucket;
@@ -248,7 +249,14 @@ pub async fn rollout(
                 )
                 .await);
             }
-            Err(GateFailure::Unreachable(error)) => return Err(error),
+            Err(GateFailure::Unreachable(error)) => {
+                return Err(FleetError::RolloutInterrupted {
+                    group: rollout.group.clone(),
+                    to: to.clone(),
+                    patience_seconds: options.install_deadline.as_secs(),
+                    source: Box::new(error),
+                });
+            }
         }
         let passed = index + 1;
         let state = modify_own(&store, &rollout, |state| {
