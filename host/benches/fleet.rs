@@ -705,20 +705,31 @@ fn await_everywhere(runtime: &tokio::runtime::Runtime, roots: &[PathBuf], versio
         for root in roots {
             clients.push(connect(root).await);
         }
+        let mut last = Vec::new();
         while Instant::now() < end {
-            let mut all = true;
+            last.clear();
             for client in &mut clients {
-                let (running, permanent) = releases_of(client).await;
-                all &= running.as_ref() == Some(version) && permanent.as_ref() == Some(version);
+                last.push(releases_of(client).await);
             }
-            if all {
-                return true;
+            if last.iter().all(|(running, permanent)| {
+                running.as_ref() == Some(version) && permanent.as_ref() == Some(version)
+            }) {
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        false
+        Err(last)
     });
-    assert!(settled, "not every host runs {version} permanent");
+    if let Err(last) = settled {
+        let logs: Vec<String> = roots
+            .iter()
+            .map(|root| std::fs::read_to_string(root.join("host.log")).unwrap_or_default())
+            .collect();
+        panic!(
+            "not every host runs {version} permanent: (running, permanent) {last:?}\nhost logs:\n{}",
+            logs.join("\n---\n")
+        );
+    }
 }
 
 /// Removes `version` from every host (so the next rollout downloads it again).
@@ -739,6 +750,25 @@ fn remove_everywhere(runtime: &tokio::runtime::Runtime, roots: &[PathBuf], versi
     });
 }
 
+/// Waits until every host's heartbeat in the fleet reports `version` and no install.
+fn await_heartbeats(publisher: &Path, url: &str, version: &Version) {
+    let mut last = Value::Null;
+    let reported = eventually(DEADLINE, || {
+        let (output, _) = graft(publisher, &["fleet", "--server", url, "status", "--json"]);
+        let Ok(status) = serde_json::from_slice::<Value>(&output.stdout) else {
+            return false;
+        };
+        last = status;
+        last["hosts"].as_array().is_some_and(|hosts| {
+            hosts.len() == HOSTS
+                && hosts.iter().all(|host| {
+                    host["current"] == version.to_string() && host["installing"] == false
+                })
+        })
+    });
+    assert!(reported, "not every heartbeat reports {version}: {last}");
+}
+
 fn fleet_round(
     runtime: &tokio::runtime::Runtime,
     publisher: &Path,
@@ -746,6 +776,10 @@ fn fleet_round(
     roots: &[PathBuf],
     ledger: &mut Ledger,
 ) -> FleetRound {
+    // A heartbeat taken while a host briefly ran 2.0.0 (the baseline's installs) would
+    // pass the first gate's install check at once (see the report): start from heartbeats
+    // that all say 1.0.0.
+    await_heartbeats(publisher, url, &initial_version());
     let clients = Clients::start(runtime, roots);
     let stop_monitor = Arc::new(AtomicBool::new(false));
     let watching = monitor(runtime, roots, upgraded_version(), Arc::clone(&stop_monitor));
