@@ -96,6 +96,9 @@ const CALL_TIMEOUT_MILLISECONDS: u64 = 30_000;
 /// How often the monitor asks every host which release runs.
 const MONITOR_INTERVAL: Duration = Duration::from_millis(10);
 
+/// How long the clients run with no install anywhere (their noise floor).
+const QUIET: Duration = Duration::from_secs(5);
+
 /// How long a host, a convergence or a rollback may take (generous: a loaded machine).
 const DEADLINE: Duration = Duration::from_secs(120);
 
@@ -373,6 +376,9 @@ struct ClientReport {
     errors: u64,
     /// Every answered call's time from request sent to reply read.
     latencies: Vec<Duration>,
+    /// The longest call, and when it was sent.
+    longest: Duration,
+    longest_sent: Option<Instant>,
 }
 
 /// One client per host, calling until stopped.
@@ -407,7 +413,12 @@ impl Clients {
                         let sent = Instant::now();
                         match client.request::<Value>(&request, |_| {}).await {
                             Ok(_) => {
-                                report.latencies.push(sent.elapsed());
+                                let took = sent.elapsed();
+                                if took > report.longest {
+                                    report.longest = took;
+                                    report.longest_sent = Some(sent);
+                                }
+                                report.latencies.push(took);
                                 report.added[next] += 1;
                                 report.calls += 1;
                             }
@@ -447,6 +458,8 @@ struct Seen {
     median: Duration,
     p99: Duration,
     longest: Duration,
+    /// The host whose client saw the longest call, and when that call was sent.
+    longest_at: Option<(usize, Instant)>,
 }
 
 /// Everything the bench expects of the actors, and what it found.
@@ -478,12 +491,15 @@ impl Ledger {
             }
             seen.calls += report.calls;
             seen.errors += report.errors;
+            if report.longest > seen.longest {
+                seen.longest = report.longest;
+                seen.longest_at = report.longest_sent.map(|sent| (host, sent));
+            }
             latencies.extend(report.latencies);
         }
         self.errors += seen.errors;
         latencies.sort();
-        if let Some(&longest) = latencies.last() {
-            seen.longest = longest;
+        if !latencies.is_empty() {
             seen.median = latencies[latencies.len() / 2];
             seen.p99 = latencies[latencies.len() * 99 / 100];
         }
@@ -585,6 +601,9 @@ struct WaveTimes {
 
 /// One fleet round.
 struct FleetRound {
+    /// Where the longest client-seen call fell: its host, and how long after (or before,
+    /// negative) that host started running 2.0.0, in milliseconds.
+    longest_where: Option<(usize, f64)>,
     rollout: Duration,
     waves: Vec<WaveTimes>,
     rollback: Duration,
@@ -793,12 +812,22 @@ fn fleet_round(
     let seen = ledger.account(clients.stop(runtime));
     ledger.check(runtime, roots);
     let waves = wave_times(&lines, &running_since);
+    let longest_where = seen.longest_at.and_then(|(host, sent)| {
+        let running = running_since[host]?;
+        let after = if sent >= running {
+            (sent - running).as_secs_f64()
+        } else {
+            -(running - sent).as_secs_f64()
+        };
+        Some((host, after * 1e3))
+    });
 
     let (_, rollback) = succeed(publisher, &["fleet", "--server", url, "rollback", "--json"]);
     await_everywhere(runtime, roots, &initial_version());
     ledger.check(runtime, roots);
     remove_everywhere(runtime, roots, &upgraded_version());
     FleetRound {
+        longest_where,
         rollout,
         waves,
         rollback,
@@ -879,6 +908,19 @@ fn main() {
     );
 
     let mut ledger = Ledger::new();
+    // The noise floor: the clients with no install anywhere (heartbeats only).
+    let clients = Clients::start(&runtime, &roots);
+    std::thread::sleep(QUIET);
+    let quiet = ledger.account(clients.stop(&runtime));
+    ledger.check(&runtime, &roots);
+    println!(
+        "quiet: {} of clients, no install: {} calls, median {}, p99 {}, longest {}",
+        seconds(QUIET),
+        quiet.calls,
+        millis(quiet.median),
+        millis(quiet.p99),
+        millis(quiet.longest)
+    );
     // Baseline: each host gets 2.0.0 from the fleet's store, then plain installs.
     for root in &roots {
         succeed(root, &["fleet", "--server", &url, "fetch", "2.0.0"]);
@@ -903,7 +945,7 @@ fn main() {
     for round in 0..rounds {
         let result = fleet_round(&runtime, publisher.path(), &url, &roots, &mut ledger);
         println!(
-            "fleet round {}: rollout {}, waves {:?}, rollback {}; clients: {} calls, median {}, p99 {}, longest {}",
+            "fleet round {}: rollout {}, waves {:?}, rollback {}; clients: {} calls, median {}, p99 {}, longest {} (host-{}, sent {:.0} ms from when it first ran 2.0.0 as polled)",
             round + 1,
             seconds(result.rollout),
             result
@@ -920,6 +962,8 @@ fn main() {
             millis(result.seen.median),
             millis(result.seen.p99),
             millis(result.seen.longest),
+            result.longest_where.map_or(usize::MAX, |(host, _)| host),
+            result.longest_where.map_or(f64::NAN, |(_, after)| after),
         );
         fleet.push(result);
     }
@@ -996,6 +1040,13 @@ fn main() {
         millis(longest),
         millis(worst),
         millis(typical),
+    );
+    println!(
+        "summary: with no install anywhere ({} of the same clients): longest call {}, p99 {}, median {}",
+        seconds(QUIET),
+        millis(quiet.longest),
+        millis(quiet.p99),
+        millis(quiet.median),
     );
     println!(
         "summary: baseline: 5 sequential `graft install 2.0.0` median {} (one host's install {} as it measures it, its longest actor pause {}; longest client-seen pause {}); rollout / baseline = {:.1}x; rollback median {}",
