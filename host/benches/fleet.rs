@@ -310,7 +310,15 @@ impl Host {
         let child = Command::new(env!("CARGO_BIN_EXE_graft"))
             .env("GRAFT_ROOT", root.path())
             .env("RUST_LOG", "warn")
-            .args(["start", "--fleet", url, "--group", GROUP, "--host-name", &name])
+            .args([
+                "start",
+                "--fleet",
+                url,
+                "--group",
+                GROUP,
+                "--host-name",
+                &name,
+            ])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("creating the host log"))
             .spawn()
@@ -318,8 +326,10 @@ impl Host {
         let host = Host { name, root, child };
         let socket = graft::control::socket_path(host.root.path());
         assert!(
-            eventually(DEADLINE, || std::os::unix::net::UnixStream::connect(&socket)
-                .is_ok()),
+            eventually(DEADLINE, || std::os::unix::net::UnixStream::connect(
+                &socket
+            )
+            .is_ok()),
             "{} did not start: {}",
             host.name,
             std::fs::read_to_string(&log).unwrap_or_default()
@@ -549,10 +559,7 @@ struct BaselineRound {
 
 fn install_on(root: &Path, version: &Version) -> (Value, Duration) {
     let (stdout, took) = succeed(root, &["install", &version.to_string(), "--json"]);
-    (
-        serde_json::from_str(&stdout).expect("install's JSON"),
-        took,
-    )
+    (serde_json::from_str(&stdout).expect("install's JSON"), took)
 }
 
 fn micros(value: &Value) -> Duration {
@@ -801,7 +808,12 @@ fn fleet_round(
     await_heartbeats(publisher, url, &initial_version());
     let clients = Clients::start(runtime, roots);
     let stop_monitor = Arc::new(AtomicBool::new(false));
-    let watching = monitor(runtime, roots, upgraded_version(), Arc::clone(&stop_monitor));
+    let watching = monitor(
+        runtime,
+        roots,
+        upgraded_version(),
+        Arc::clone(&stop_monitor),
+    );
     std::thread::sleep(Duration::from_millis(200));
     let (rollout, lines) = timed_rollout(publisher, url);
     std::thread::sleep(Duration::from_millis(200));
@@ -864,7 +876,9 @@ fn main() {
     let smoke = !has("--bench");
     let rounds = if smoke { 1 } else { 3 };
     let Some(nats) = nats_server_binary() else {
-        println!("summary: skipped: no nats-server (apt-get install nats-server, or set GRAFT_NATS_SERVER)");
+        println!(
+            "summary: skipped: no nats-server (apt-get install nats-server, or set GRAFT_NATS_SERVER)"
+        );
         return;
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -932,8 +946,16 @@ fn main() {
             "baseline round {}: 5 sequential `graft install 2.0.0`: {}; per host install {:?}; pauses {:?}; clients: {} calls, longest {}",
             round + 1,
             millis(result.sequential),
-            result.host_installs.iter().map(|took| millis(*took)).collect::<Vec<_>>(),
-            result.host_pauses.iter().map(|took| millis(*took)).collect::<Vec<_>>(),
+            result
+                .host_installs
+                .iter()
+                .map(|took| millis(*took))
+                .collect::<Vec<_>>(),
+            result
+                .host_pauses
+                .iter()
+                .map(|took| millis(*took))
+                .collect::<Vec<_>>(),
             result.seen.calls,
             millis(result.seen.longest),
         );

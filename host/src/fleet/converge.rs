@@ -239,7 +239,10 @@ mod tests {
         };
         assert!(!asked(&report).await, "nothing changed yet");
         report.changed();
-        assert!(asked(&report).await, "a change asked before the wait is kept");
+        assert!(
+            asked(&report).await,
+            "a change asked before the wait is kept"
+        );
         assert!(!asked(&report).await, "and taken once");
         report.set(Some("1.1.0: refused".into()));
         assert!(asked(&report).await, "a new failure asks");
