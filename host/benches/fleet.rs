@@ -27,6 +27,8 @@
 //! `Get`: "lost" is the sum of |count − expected| (so a message handled twice counts too).
 //!
 //! Phases, in this order:
+//! 0. quiet: the clients for [`QUIET`] with no install anywhere (heartbeats only): the
+//!    noise floor of a client-seen pause on this machine;
 //! 1. baseline (before the fleet has any desired state, so the hosts' convergers leave
 //!    them alone): per round, `graft install 2.0.0 --json` on the 5 hosts one after the
 //!    other (timed: the sequential total, and each host's own `total_us` and
@@ -40,9 +42,11 @@
 //!
 //! Where a rollout's time goes, by construction: 3 waves ([host-0], [host-1, host-2],
 //! [host-3, host-4]), each gated by a health window of [`HEALTH_WINDOW_SECONDS`]; a host
-//! notices its new desired release at its next read of the state record (every 1 s), and
-//! the controller notices an installed host at its next heartbeat (every 2 s) and polls
-//! every 0.5 s. The summary splits each wave into "until installed" (wave start to the
+//! notices its new desired release at its next read of the state record (every 1 s), it
+//! heartbeats as soon as it has installed (before that fix, at its next periodic
+//! heartbeat: up to 2 s later), and the controller polls the heartbeats every 0.5 s. Each
+//! fleet round also prints on which host the longest client call fell and when, relative
+//! to the moment the monitor first saw that host run 2.0.0. The summary splits each wave into "until installed" (wave start to the
 //! last host of the wave running 2.0.0, as the monitor saw it) and "gate" (from there to
 //! the controller's "healthy" line: heartbeat lag, polls and the window).
 //!
