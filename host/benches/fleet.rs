@@ -806,9 +806,11 @@ fn fleet_round(
     roots: &[PathBuf],
     ledger: &mut Ledger,
 ) -> FleetRound {
-    // A heartbeat taken while a host briefly ran 2.0.0 (the baseline's installs) would
-    // pass the first gate's install check at once (see the report): start from heartbeats
-    // that all say 1.0.0.
+    // Heartbeats are up to 2 s old, and one taken while a host briefly ran 2.0.0 (the
+    // baseline's installs) would be taken by the controller as the host's release before
+    // the rollout: its rollback would then go "back" to 2.0.0 (the gate itself no longer
+    // trusts such a heartbeat, see `fleet::rollout`). Start from heartbeats that all say
+    // 1.0.0, as an operator's `graft fleet status` would show before a rollout.
     await_heartbeats(publisher, url, &initial_version());
     let clients = Clients::start(runtime, roots);
     let stop_monitor = Arc::new(AtomicBool::new(false));
