@@ -3,7 +3,9 @@
 //!
 //! Responsibility: `graft start --fleet URL --group NAME` runs [`Membership::run`] beside
 //! the control server; it puts the host's [`HostStatus`] (group, current and permanent
-//! release, health, restarts) under `host.<name>` every [`HEARTBEAT_INTERVAL`].
+//! release, health, restarts) under `host.<name>` every [`HEARTBEAT_INTERVAL`], and at
+//! once when the host's convergence task installs, makes permanent or fails
+//! ([`ConvergeReport::changed`]), so a rollout's gate need not wait for the next tick.
 //! [`list_hosts`] reads every live entry (`graft fleet status`).
 //!
 //! Invariants:
@@ -267,15 +269,19 @@ impl Membership {
         Ok(())
     }
 
-    /// Renews the host's entry every [`HEARTBEAT_INTERVAL`] until the task is dropped;
-    /// failures are logged and retried.
+    /// Renews the host's entry every [`HEARTBEAT_INTERVAL`], and whenever the convergence
+    /// task asks ([`ConvergeReport::changed`]), until the task is dropped; failures are
+    /// logged and retried.
     pub async fn run(self) {
         let mut store = None;
         let mut failing = false;
         let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = self.report.wait_for_change() => {}
+            }
             if store.is_none() {
                 store = hosts_bucket(&self.fleet).await.ok();
             }

@@ -22,7 +22,13 @@
 //!   from one thought dead) therefore stop the old controller at its next write with
 //!   [`FleetError::RolloutStopped`], instead of being overwritten by it.
 //!
-//! Tricky: a host of the current wave that vanishes (killed) is waited for until the
+//! Tricky: a heartbeat read as a wave begins can predate it: a host that ran the release
+//! for a while before (an operator's install, undone since) would pass the install check
+//! at once and then fail its window as "runs the old release". The heartbeat that showed
+//! the release at the wave's start therefore does not count; a later one must (seen by
+//! `host/benches/fleet.rs`, whose baseline installs precede its rollouts).
+//!
+//! A host of the current wave that vanishes (killed) is waited for until the
 //! install deadline: when it restarts it boots its permanent release and converges to
 //! the desired one, so the gate can still pass; after the deadline the gate fails. The
 //! NATS server itself going away is not a host failing: readings are retried for up to
@@ -311,6 +317,28 @@ async fn hosts_patiently(
     }
 }
 
+/// The wave's hosts whose heartbeat, read as the wave began, already showed `to`: by
+/// name, that heartbeat's `updated_ms`. Such a heartbeat may predate the wave (the host
+/// ran `to` for a while before, and may have left it since), so it does not count.
+fn stale_reports(
+    hosts: &BTreeMap<String, HostStatus>,
+    wave: &[String],
+    to: &Version,
+) -> BTreeMap<String, u64> {
+    hosts
+        .iter()
+        .filter(|(name, host)| wave.contains(name) && host.current == *to)
+        .map(|(name, host)| (name.clone(), host.updated_ms))
+        .collect()
+}
+
+/// Whether `host`'s heartbeat shows it installed `to` for this wave: it runs `to`, is not
+/// installing, and is not the heartbeat `stale` (its `updated_ms`, from
+/// [`stale_reports`]) read as the wave began.
+fn has_installed(host: &HostStatus, to: &Version, stale: Option<u64>) -> bool {
+    host.current == *to && !host.installing && stale != Some(host.updated_ms)
+}
+
 /// The health gate of one wave.
 async fn gate(
     fleet: &Fleet,
@@ -322,8 +350,10 @@ async fn gate(
     let failed = |name: &String, why: String| Err(GateFailure::Host(name.clone(), why));
     // Installed everywhere.
     let deadline = Instant::now() + install_deadline;
+    let mut at_wave_start: Option<BTreeMap<String, u64>> = None;
     let baseline = loop {
         let hosts = hosts_patiently(fleet, install_deadline).await?;
+        let at_wave_start = at_wave_start.get_or_insert_with(|| stale_reports(&hosts, wave, to));
         let mut waiting = None;
         let mut refused = Vec::new();
         for name in wave {
@@ -333,7 +363,7 @@ async fn gate(
                         && error.starts_with(&format!("{to}:"))
                     {
                         refused.push((name.clone(), error.clone()));
-                    } else if host.current != *to || host.installing {
+                    } else if !has_installed(host, to, at_wave_start.get(name).copied()) {
                         waiting = Some((name.clone(), format!("runs {}", host.current)));
                     }
                 }
@@ -579,5 +609,54 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         assert_ne!(first, Rollout::controller_id());
         assert!(first.contains(&std::process::id().to_string()), "{first}");
+    }
+
+    use crate::fleet::membership::Health;
+
+    fn status(current: Version, installing: bool, updated_ms: u64) -> HostStatus {
+        HostStatus {
+            host: "a".into(),
+            group: "web".into(),
+            current,
+            permanent: None,
+            releases: Vec::new(),
+            health: Health::Healthy,
+            unhealthy: Vec::new(),
+            restarts: 0,
+            installing,
+            converge_error: None,
+            updated_ms,
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_that_showed_the_release_as_the_wave_began_does_not_count() {
+        let to = Version::new(1, 1, 0);
+        let old = Version::new(1, 0, 0);
+        let wave = vec!["a".to_owned(), "b".to_owned()];
+        // At the wave's start, a still shows 1.1.0 from an earlier install; b runs 1.0.0.
+        let start = BTreeMap::from([
+            ("a".to_owned(), status(to.clone(), false, 10)),
+            ("b".to_owned(), status(old.clone(), false, 11)),
+            ("c".to_owned(), status(to.clone(), false, 12)),
+        ]);
+        let stale = stale_reports(&start, &wave, &to);
+        assert_eq!(stale, BTreeMap::from([("a".to_owned(), 10)]));
+        // That same heartbeat of a does not count; a newer one that shows 1.1.0 does.
+        assert!(!has_installed(&start["a"], &to, stale.get("a").copied()));
+        assert!(has_installed(
+            &status(to.clone(), false, 20),
+            &to,
+            stale.get("a").copied()
+        ));
+        // A newer one that shows it back on 1.0.0 (its earlier install undone) does not.
+        assert!(!has_installed(
+            &status(old.clone(), false, 20),
+            &to,
+            stale.get("a").copied()
+        ));
+        // b counts once it runs 1.1.0 and is no longer installing.
+        assert!(!has_installed(&status(to.clone(), true, 21), &to, None));
+        assert!(has_installed(&status(to.clone(), false, 22), &to, None));
     }
 }
