@@ -21,6 +21,10 @@
 //!   `graft fleet rollback` (the operator) and `--resume` (a new controller taking over
 //!   from one thought dead) therefore stop the old controller at its next write with
 //!   [`FleetError::RolloutStopped`], instead of being overwritten by it.
+//! - A rollout starts from fresh heartbeats ([`fresh_hosts`]): each host's previous
+//!   release, what a rollback returns it to, is read from a heartbeat written after the
+//!   rollout was asked for, while the host was not installing (a heartbeat up to 2 s old
+//!   could name a release an operator's install has since undone).
 //!
 //! Tricky: a heartbeat read as a wave begins can predate it: a host that ran the release
 //! for a while before (an operator's install, undone since) would pass the install check
@@ -36,7 +40,7 @@
 //! [`FleetError::RolloutInterrupted`] (naming the last failure and `--resume`) and leaves
 //! the rollout running in the record, to be resumed — it never rolls back on an outage.
 
-use super::membership::{Health, HostStatus, list_hosts};
+use super::membership::{HEARTBEAT_TTL, Health, HostStatus, list_hosts};
 use super::releases::releases_bucket;
 use super::state::{FleetState, Phase, Rollout, StateStore, WaveSize, plan_waves};
 use super::{Fleet, FleetError};
@@ -182,11 +186,7 @@ pub async fn rollout(
         {
             return Err(FleetError::NotPublished(options.to.clone()));
         }
-        let hosts: BTreeMap<String, HostStatus> = hosts_by_name(fleet)
-            .await?
-            .into_iter()
-            .filter(|(_, host)| host.group == options.group)
-            .collect();
+        let hosts = fresh_hosts(fleet, &options.group).await?;
         if hosts.is_empty() {
             return Err(FleetError::NoHosts(options.group.clone()));
         }
@@ -291,6 +291,41 @@ pub async fn rollout(
     .await?;
     progress(format!("rollout of group {group} to {to} succeeded"));
     Ok(state.rollout.unwrap_or(rollout))
+}
+
+/// The live hosts of `group`, each from a heartbeat written after this call began and
+/// while it was not installing, so the release recorded as a host's previous one (what a
+/// rollback returns it to) is what it runs now, not what a heartbeat up to
+/// [`super::membership::HEARTBEAT_INTERVAL`] old said. A host that sends no such heartbeat within
+/// [`HEARTBEAT_TTL`] (it is dying; its entry is about to expire) keeps its last reading.
+async fn fresh_hosts(
+    fleet: &Fleet,
+    group: &str,
+) -> Result<BTreeMap<String, HostStatus>, FleetError> {
+    let of_group = |hosts: BTreeMap<String, HostStatus>| -> BTreeMap<String, HostStatus> {
+        hosts
+            .into_iter()
+            .filter(|(_, host)| host.group == group)
+            .collect()
+    };
+    let first = of_group(hosts_by_name(fleet).await?);
+    let deadline = Instant::now() + HEARTBEAT_TTL;
+    let mut latest = first.clone();
+    loop {
+        let fresh = |name: &String, host: &HostStatus| {
+            !host.installing
+                && first
+                    .get(name)
+                    .is_none_or(|before| before.updated_ms != host.updated_ms)
+        };
+        if latest.iter().all(|(name, host)| fresh(name, host)) || Instant::now() > deadline {
+            return Ok(latest);
+        }
+        tokio::time::sleep(POLL).await;
+        let now = of_group(hosts_by_name(fleet).await?);
+        // Hosts that joined meanwhile are taken as they are; hosts that left are dropped.
+        latest = now;
+    }
 }
 
 /// Why a gate did not pass.
