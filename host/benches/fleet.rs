@@ -42,7 +42,7 @@
 //!
 //! Where a rollout's time goes, by construction: 3 waves ([host-0], [host-1, host-2],
 //! [host-3, host-4]), each gated by a health window of [`HEALTH_WINDOW_SECONDS`]; a host
-//! notices its new desired release at its next read of the state record (every 1 s), it
+//! notices its new desired release at its next read of the state record (every 0.5 s), it
 //! heartbeats as soon as it has installed (before that fix, at its next periodic
 //! heartbeat: up to 2 s later), and the controller polls the heartbeats every 0.5 s. Each
 //! fleet round also prints on which host the longest client call fell and when, relative
