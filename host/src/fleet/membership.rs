@@ -59,6 +59,11 @@ pub struct HostStatus {
     pub unhealthy: Vec<String>,
     /// Restarts across its supervision tree since the running release started.
     pub restarts: u64,
+    /// Restarts since it began running its current release (as this process saw the
+    /// release change: its heartbeat right after an install takes the count), so the
+    /// gate counts a crash right after an install even when it reads the host later.
+    #[serde(default)]
+    pub restarts_since_release: Option<u64>,
     /// Whether an install is running on it now.
     pub installing: bool,
     /// Why its last attempt to converge to the fleet's release failed, if it did.
@@ -173,6 +178,8 @@ pub struct Membership {
     host: String,
     group: String,
     report: ConvergeReport,
+    /// The release last seen running and the restart count when it was first seen.
+    release_start: std::sync::Mutex<Option<(Version, u64)>>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -209,6 +216,7 @@ impl Membership {
             host,
             group,
             report,
+            release_start: std::sync::Mutex::new(None),
         };
         let store = hosts_bucket(&membership.fleet).await?;
         membership.heartbeat(&store).await?;
@@ -226,6 +234,19 @@ impl Membership {
         let root = view.root_supervisor.clone();
         let unhealthy = crate::watch::unhealthy_actors(root.clone()).await;
         let restarts = crate::watch::total_restarts(root).await;
+        let restarts_since_release = {
+            let mut start = self
+                .release_start
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match start.as_ref() {
+                Some((version, at)) if *version == view.current => restarts.saturating_sub(*at),
+                _ => {
+                    *start = Some((view.current.clone(), restarts));
+                    0
+                }
+            }
+        };
         HostStatus {
             host: self.host.clone(),
             group: self.group.clone(),
@@ -247,6 +268,7 @@ impl Membership {
             },
             unhealthy,
             restarts,
+            restarts_since_release: Some(restarts_since_release),
             installing: self.handler.install_in_progress(),
             converge_error: self.report.error(),
             updated_ms: now_ms(),
@@ -336,6 +358,7 @@ mod tests {
             health: Health::Healthy,
             unhealthy: Vec::new(),
             restarts: 0,
+            restarts_since_release: None,
             installing: false,
             converge_error: None,
             updated_ms: 1,

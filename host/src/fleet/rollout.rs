@@ -421,7 +421,12 @@ async fn gate(
             break hosts
                 .into_iter()
                 .filter(|(name, _)| wave.contains(name))
-                .map(|(name, host)| (name, host.restarts))
+                // The count when the host began running the release: a crash between
+                // the install and this reading counts too.
+                .map(|(name, host)| {
+                    let since = host.restarts_since_release.unwrap_or(0);
+                    (name, host.restarts.saturating_sub(since))
+                })
                 .collect::<BTreeMap<String, u64>>();
         };
         if Instant::now() > deadline {
@@ -451,7 +456,7 @@ async fn gate(
                 return failed(
                     name,
                     format!(
-                        "{} restart(s) during its health window",
+                        "{} restart(s) since it installed the release, in its health window",
                         host.restarts - before
                     ),
                 );
@@ -658,6 +663,7 @@ mod tests {
             health: Health::Healthy,
             unhealthy: Vec::new(),
             restarts: 0,
+            restarts_since_release: None,
             installing,
             converge_error: None,
             updated_ms,
