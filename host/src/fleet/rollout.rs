@@ -439,12 +439,29 @@ async fn gate(
     };
     // Healthy for the window: decided by a reading taken after the window's end.
     let end = Instant::now() + window;
+    // A host whose entry is missing is waited for (its heartbeat may have lapsed while the
+    // NATS server restarted), up to the install deadline; the window does not end while
+    // one is missing. A host that was killed comes back on its permanent release and
+    // fails the release check below.
+    let mut missing_since: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
         let hosts = hosts_patiently(fleet, install_deadline).await?;
         for name in wave {
             let Some(host) = hosts.get(name) else {
-                return failed(name, "left the fleet during its health window".into());
+                let since = *missing_since
+                    .entry(name.clone())
+                    .or_insert_with(Instant::now);
+                if since.elapsed() > install_deadline {
+                    return failed(
+                        name,
+                        format!(
+                            "left the fleet during its health window (no heartbeat for {install_deadline:?})"
+                        ),
+                    );
+                }
+                continue;
             };
+            missing_since.remove(name);
             if host.current != *to {
                 return failed(name, format!("runs {} instead of {to}", host.current));
             }
@@ -462,7 +479,7 @@ async fn gate(
                 );
             }
         }
-        if Instant::now() >= end {
+        if Instant::now() >= end && missing_since.is_empty() {
             return Ok(());
         }
         tokio::time::sleep(POLL).await;
