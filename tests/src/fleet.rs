@@ -97,6 +97,20 @@ pub fn fleet_of(server: &NatsServer, names: &[&str]) -> Vec<(tempfile::TempDir, 
 /// so a test that fails leaves nothing running.
 pub struct Reaped(pub Option<std::process::Child>);
 
+impl Reaped {
+    /// Starts `graft ARGUMENTS` on `root` with its output captured.
+    pub fn graft(root: &Path, arguments: &[&str]) -> Reaped {
+        let child = std::process::Command::new(crate::graft_binary())
+            .env("GRAFT_ROOT", root)
+            .args(arguments)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("graft starts");
+        Reaped(Some(child))
+    }
+}
+
 impl Drop for Reaped {
     fn drop(&mut self) {
         if let Some(child) = self.0.as_mut() {

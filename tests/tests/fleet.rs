@@ -5,7 +5,9 @@
 //! run in parallel without seeing each other; servers and hosts are killed on drop. Waits
 //! are polls with generous deadlines (a loaded 2-core machine), never sleeps.
 
-use graft_tests::fleet::{DEADLINE, await_hosts, fleet_of, fleet_status, root_with_only_1_0_0};
+use graft_tests::fleet::{
+    DEADLINE, Reaped, await_hosts, fleet_of, fleet_status, root_with_only_1_0_0,
+};
 use graft_tests::nats::NatsServer;
 use graft_tests::{
     Host, Traffic, built_root, eventually_blocking, run_graft, stderr_text, stdout_text,
@@ -540,9 +542,9 @@ fn a_canary_that_crashes_in_its_health_window_rolls_the_fleet_back() {
     );
     let hosts = fleet_of(&server, &["host-a", "host-b"]);
     let root = hosts[0].0.path().to_path_buf();
-    let controller = std::process::Command::new(graft_tests::graft_binary())
-        .env("GRAFT_ROOT", &root)
-        .args([
+    let mut controller = Reaped::graft(
+        &root,
+        &[
             "fleet",
             "--server",
             &url,
@@ -555,12 +557,8 @@ fn a_canary_that_crashes_in_its_health_window_rolls_the_fleet_back() {
             "--health-window",
             "60",
             "--json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut controller = Reaped(Some(controller));
+        ],
+    );
     await_hosts(&root, &server, "the canary on 1.1.0", |listed| {
         listed
             .iter()
@@ -779,9 +777,9 @@ fn an_operator_rollback_stops_the_running_controller_instead_of_being_overwritte
     let hosts = fleet_of(&server, &["host-a", "host-b"]);
     let root = hosts[0].0.path().to_path_buf();
     // A controller whose canary's health window outlasts the test's steps.
-    let controller = std::process::Command::new(graft_tests::graft_binary())
-        .env("GRAFT_ROOT", &root)
-        .args([
+    let mut controller = Reaped::graft(
+        &root,
+        &[
             "fleet",
             "--server",
             &url,
@@ -794,12 +792,8 @@ fn an_operator_rollback_stops_the_running_controller_instead_of_being_overwritte
             "--health-window",
             "20",
             "--json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut controller = Reaped(Some(controller));
+        ],
+    );
     await_hosts(&root, &server, "the canary on 1.1.0", |listed| {
         listed
             .iter()
@@ -839,16 +833,4 @@ fn an_operator_rollback_stops_the_running_controller_instead_of_being_overwritte
         "7",
         "state kept across the upgrade and the rollback"
     );
-}
-
-/// A `graft fleet rollout` child, killed if the test fails before it ends.
-struct Reaped(Option<std::process::Child>);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }

@@ -171,14 +171,7 @@ fn nats_restarted_while_the_controller_runs_the_rollout_finishes_or_stays_resuma
     );
     let hosts = fleet_of(&server, &["host-a", "host-b"]);
     let root = hosts[0].0.path().to_path_buf();
-    let controller = std::process::Command::new(graft_binary())
-        .env("GRAFT_ROOT", &root)
-        .args(rollout_arguments(&url, "20"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut controller = Reaped(Some(controller));
+    let mut controller = Reaped::graft(&root, &rollout_arguments(&url, "20"));
     await_hosts(&root, &server, "the canary on 1.1.0", |listed| {
         listed
             .iter()
@@ -258,14 +251,7 @@ fn a_controller_that_loses_nats_for_longer_than_its_patience_stops_and_the_rollo
     // The install timeout is also the controller's patience with an unreachable server.
     let mut arguments = rollout_arguments(&url, "30");
     arguments.extend_from_slice(&["--install-timeout", "30"]);
-    let controller = std::process::Command::new(graft_binary())
-        .env("GRAFT_ROOT", &root)
-        .args(&arguments)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut controller = Reaped(Some(controller));
+    let mut controller = Reaped::graft(&root, &arguments);
     await_hosts(&root, &server, "the canary on 1.1.0", |listed| {
         listed
             .iter()
