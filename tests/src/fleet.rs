@@ -8,7 +8,7 @@
 use crate::nats::NatsServer;
 use crate::{Host, built_root, eventually_blocking, run_graft, stdout_text, succeed_graft};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How long any fleet state may take to show (heartbeats every 2 s, expiry after 10 s).
@@ -118,4 +118,65 @@ impl Drop for Reaped {
             let _ = child.wait();
         }
     }
+}
+
+/// A rollout caught inside its canary's health window: two hosts of group `web` on
+/// 1.0.0 (`host-a`, `host-b`, counters at 7), 1.1.0 published, and a controller rolling
+/// `web` onto it (canary `host-a`, then one host per wave, `--health-window WINDOW`,
+/// `--json`, then `extra`) whose canary already runs 1.1.0.
+pub struct CanaryInWindow {
+    /// The hosts and their roots.
+    pub hosts: Vec<(tempfile::TempDir, Host)>,
+    /// `host-a`'s root, from which the test runs `graft fleet …`.
+    pub root: PathBuf,
+    /// The running `graft fleet rollout`.
+    pub controller: Reaped,
+}
+
+impl CanaryInWindow {
+    /// Sets it up on `server`.
+    pub fn start(server: &NatsServer, window: &str, extra: &[&str]) -> CanaryInWindow {
+        let url = server.url();
+        let publisher = built_root();
+        succeed_graft(
+            publisher.path(),
+            &["fleet", "--server", &url, "publish", "1.1.0"],
+        );
+        let hosts = fleet_of(server, &["host-a", "host-b"]);
+        let root = hosts[0].0.path().to_path_buf();
+        let mut arguments = rollout_arguments(&url, window);
+        arguments.extend_from_slice(extra);
+        let controller = Reaped::graft(&root, &arguments);
+        await_hosts(&root, server, "the canary on 1.1.0", |listed| {
+            listed
+                .iter()
+                .any(|host| host["host"] == "host-a" && host["current"] == "1.1.0")
+        });
+        CanaryInWindow {
+            hosts,
+            root,
+            controller,
+        }
+    }
+}
+
+/// The `graft fleet rollout` arguments for 1.1.0 on group web, canary first, one host
+/// per wave, `window` seconds of health window, `--json`.
+pub fn rollout_arguments<'a>(url: &'a str, window: &'a str) -> Vec<&'a str> {
+    vec![
+        "fleet",
+        "--server",
+        url,
+        "rollout",
+        "1.1.0",
+        "--group",
+        "web",
+        "--canary",
+        "1",
+        "--wave",
+        "1",
+        "--health-window",
+        window,
+        "--json",
+    ]
 }

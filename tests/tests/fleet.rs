@@ -6,7 +6,7 @@
 //! are polls with generous deadlines (a loaded 2-core machine), never sleeps.
 
 use graft_tests::fleet::{
-    DEADLINE, Reaped, await_hosts, fleet_of, fleet_status, root_with_only_1_0_0,
+    CanaryInWindow, DEADLINE, await_hosts, fleet_of, fleet_status, root_with_only_1_0_0,
 };
 use graft_tests::nats::NatsServer;
 use graft_tests::{
@@ -534,36 +534,12 @@ fn a_rollout_goes_canary_first_wave_by_wave_makes_the_release_permanent_and_roll
 #[test]
 fn a_canary_that_crashes_in_its_health_window_rolls_the_fleet_back() {
     let server = NatsServer::start();
-    let url = server.url();
-    let publisher = built_root();
-    succeed_graft(
-        publisher.path(),
-        &["fleet", "--server", &url, "publish", "1.1.0"],
-    );
-    let hosts = fleet_of(&server, &["host-a", "host-b"]);
-    let root = hosts[0].0.path().to_path_buf();
-    let mut controller = Reaped::graft(
-        &root,
-        &[
-            "fleet",
-            "--server",
-            &url,
-            "rollout",
-            "1.1.0",
-            "--group",
-            "web",
-            "--canary",
-            "1",
-            "--health-window",
-            "60",
-            "--json",
-        ],
-    );
-    await_hosts(&root, &server, "the canary on 1.1.0", |listed| {
-        listed
-            .iter()
-            .any(|host| host["host"] == "host-a" && host["current"] == "1.1.0")
-    });
+    // The hosts are bound (not `_`) so they live, and are killed, with the test.
+    let CanaryInWindow {
+        hosts: _hosts,
+        root,
+        mut controller,
+    } = CanaryInWindow::start(&server, "60", &[]);
     // Crash an actor of the canary inside its (long) health window.
     let crash = run_graft(&root, &["call", "calculator", r#"{"Divide": 0}"#]);
     assert_eq!(crash.status.code(), Some(1));
@@ -769,36 +745,13 @@ fn a_rollout_of_a_tampered_release_is_refused_by_digest_on_every_host() {
 fn an_operator_rollback_stops_the_running_controller_instead_of_being_overwritten() {
     let server = NatsServer::start();
     let url = server.url();
-    let publisher = built_root();
-    succeed_graft(
-        publisher.path(),
-        &["fleet", "--server", &url, "publish", "1.1.0"],
-    );
-    let hosts = fleet_of(&server, &["host-a", "host-b"]);
-    let root = hosts[0].0.path().to_path_buf();
     // A controller whose canary's health window outlasts the test's steps.
-    let mut controller = Reaped::graft(
-        &root,
-        &[
-            "fleet",
-            "--server",
-            &url,
-            "rollout",
-            "1.1.0",
-            "--group",
-            "web",
-            "--canary",
-            "1",
-            "--health-window",
-            "20",
-            "--json",
-        ],
-    );
-    await_hosts(&root, &server, "the canary on 1.1.0", |listed| {
-        listed
-            .iter()
-            .any(|host| host["host"] == "host-a" && host["current"] == "1.1.0")
-    });
+    // The hosts are bound (not `_`) so they live, and are killed, with the test.
+    let CanaryInWindow {
+        hosts: _hosts,
+        root,
+        mut controller,
+    } = CanaryInWindow::start(&server, "20", &[]);
 
     // The operator rolls the fleet back while the controller still gates its canary.
     let rolled = succeed_graft(&root, &["fleet", "--server", &url, "rollback", "--json"]);

@@ -14,7 +14,8 @@
 //! Waits are polls with generous deadlines (a loaded 2-core machine), never sleeps.
 
 use graft_tests::fleet::{
-    Reaped, await_hosts, await_hosts_with, fleet_of, fleet_status, root_with_only_1_0_0,
+    CanaryInWindow, await_hosts, await_hosts_with, fleet_status, rollout_arguments,
+    root_with_only_1_0_0,
 };
 use graft_tests::nats::{NatsServer, Operator};
 use graft_tests::{
@@ -52,27 +53,6 @@ fn unhealthy_1_1_0() -> String {
          plugin = \"abi-counter\"\nmode = \"advanced\"\n"
     );
     abi_release("1.1.0", "1.1.0", &script)
-}
-
-/// The `graft fleet rollout` arguments for 1.1.0 on group web, canary first, one host
-/// per wave, `window` seconds of health window, `--json`.
-fn rollout_arguments<'a>(url: &'a str, window: &'a str) -> Vec<&'a str> {
-    vec![
-        "fleet",
-        "--server",
-        url,
-        "rollout",
-        "1.1.0",
-        "--group",
-        "web",
-        "--canary",
-        "1",
-        "--wave",
-        "1",
-        "--health-window",
-        window,
-        "--json",
-    ]
 }
 
 /// Whether every host listed runs `release` and has it permanent.
@@ -164,19 +144,11 @@ fn a_canary_whose_health_callback_reports_unhealthy_fails_the_gate_and_the_fleet
 fn nats_restarted_while_the_controller_runs_the_rollout_finishes_or_stays_resumable() {
     let mut server = NatsServer::start();
     let url = server.url();
-    let publisher = graft_tests::built_root();
-    succeed_graft(
-        publisher.path(),
-        &["fleet", "--server", &url, "publish", "1.1.0"],
-    );
-    let hosts = fleet_of(&server, &["host-a", "host-b"]);
-    let root = hosts[0].0.path().to_path_buf();
-    let mut controller = Reaped::graft(&root, &rollout_arguments(&url, "20"));
-    await_hosts(&root, &server, "the canary on 1.1.0", |listed| {
-        listed
-            .iter()
-            .any(|host| host["host"] == "host-a" && host["current"] == "1.1.0")
-    });
+    let CanaryInWindow {
+        hosts,
+        root,
+        mut controller,
+    } = CanaryInWindow::start(&server, "20", &[]);
     // The server goes away and comes back (same store) inside the canary's window.
     let status = fleet_status(&root, &server, &[]).expect("fleet status");
     assert_eq!(status["rollout"]["phase"], "running", "{status}");
@@ -241,22 +213,12 @@ fn nats_restarted_while_the_controller_runs_the_rollout_finishes_or_stays_resuma
 fn a_controller_that_loses_nats_for_longer_than_its_patience_stops_and_the_rollout_resumes() {
     let mut server = NatsServer::start();
     let url = server.url();
-    let publisher = graft_tests::built_root();
-    succeed_graft(
-        publisher.path(),
-        &["fleet", "--server", &url, "publish", "1.1.0"],
-    );
-    let hosts = fleet_of(&server, &["host-a", "host-b"]);
-    let root = hosts[0].0.path().to_path_buf();
     // The install timeout is also the controller's patience with an unreachable server.
-    let mut arguments = rollout_arguments(&url, "30");
-    arguments.extend_from_slice(&["--install-timeout", "30"]);
-    let mut controller = Reaped::graft(&root, &arguments);
-    await_hosts(&root, &server, "the canary on 1.1.0", |listed| {
-        listed
-            .iter()
-            .any(|host| host["host"] == "host-a" && host["current"] == "1.1.0")
-    });
+    let CanaryInWindow {
+        hosts,
+        root,
+        mut controller,
+    } = CanaryInWindow::start(&server, "30", &["--install-timeout", "30"]);
     // The server stays down, inside the canary's window, until the controller gives up.
     server.stop();
     let mut ended = None;
