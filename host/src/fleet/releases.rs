@@ -99,6 +99,28 @@ fn libraries(
     Ok(found)
 }
 
+/// Whether `bytes`, the library `library` of `plugin` in release `version`, have the
+/// manifest's digest `expected`; [`FleetError::DigestMismatch`] naming both if not.
+fn verify(
+    version: &Version,
+    plugin: &str,
+    library: &Path,
+    expected: &Sha256Digest,
+    bytes: &[u8],
+) -> Result<(), FleetError> {
+    let found = Sha256Digest::of(bytes);
+    if found == *expected {
+        return Ok(());
+    }
+    Err(FleetError::DigestMismatch(Box::new(DigestMismatch {
+        version: version.clone(),
+        plugin: plugin.to_owned(),
+        library: library.to_path_buf(),
+        expected: expected.to_string(),
+        found: found.to_string(),
+    })))
+}
+
 /// The object name of `relative` in release `version`.
 fn object_name(version: &Version, relative: &Path) -> String {
     format!("{version}/{}", relative.to_string_lossy())
@@ -123,16 +145,7 @@ pub async fn publish(fleet: &Fleet, root: &Path, version: &Version) -> Result<u6
                 path: path.clone(),
                 source,
             })?;
-        let found = Sha256Digest::of(&bytes);
-        if found != expected {
-            return Err(FleetError::DigestMismatch(Box::new(DigestMismatch {
-                version: version.clone(),
-                plugin,
-                library,
-                expected: expected.to_string(),
-                found: found.to_string(),
-            })));
-        }
+        verify(version, &plugin, &library, &expected, &bytes)?;
         put(&store, &object_name(version, &library), &bytes).await?;
         uploaded += bytes.len() as u64;
     }
@@ -229,16 +242,7 @@ pub async fn fetch(fleet: &Fleet, root: &Path, version: &Version) -> Result<Fetc
                 library.display()
             ))
         })?;
-        let found = Sha256Digest::of(&bytes);
-        if found != expected {
-            return Err(FleetError::DigestMismatch(Box::new(DigestMismatch {
-                version: version.clone(),
-                plugin,
-                library,
-                expected: expected.to_string(),
-                found: found.to_string(),
-            })));
-        }
+        verify(version, &plugin, &library, &expected, &bytes)?;
         files.push((library, bytes));
     }
     files.push((PathBuf::from(MANIFEST), manifest_bytes));
