@@ -1008,14 +1008,21 @@ async fn start(
         .context("installing the SIGINT handler")?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let handler = Arc::new(ReleaseHandler::boot(root, Runtime::new()).await?);
+    // The cluster is joined before the boot: global and singleton children register
+    // while the release boots.
+    let runtime = Runtime::new();
+    let joined = fleet::connect(root, fleet, &runtime).await?;
+    let handler = Arc::new(ReleaseHandler::boot(root, runtime).await?);
     // Watching starts before the socket answers: a client that sees the host up and then
     // drops in a release gets it installed.
     let watch = watch
         .then(|| graft::watch::ReleaseWatch::start(Arc::clone(&handler)))
         .transpose()?;
     // The fleet entry is written before the socket answers: a host that is up is listed.
-    let membership = fleet::join(root, fleet, &handler).await?;
+    let membership = match &joined {
+        Some(joined) => Some(fleet::join(joined, fleet, &handler).await?),
+        None => None,
+    };
     let server = ControlServer::bind(root).await?;
     tracing::info!(socket = %server.path().display(), release = %handler.current_version().await, "host started");
     let serving = tokio::spawn(server.serve_with(Arc::clone(&handler), limits));
@@ -1046,22 +1053,35 @@ async fn start(
         let _ = observing.await;
         graft::http::remove_info(root);
     }
-    match code {
+    let exit = match code {
         None => {
             tracing::info!("stopping: shutting the supervision tree down");
             handler.shutdown().await;
-            tracing::info!("stopped");
-            Ok(ExitCode::SUCCESS)
+            ExitCode::SUCCESS
         }
         Some(reason) => {
             tracing::error!(
                 reason = %reason,
                 "the root supervisor exited (restart intensity exceeded at the top of the tree); stopping the host"
             );
-            Ok(ExitCode::from(1))
+            ExitCode::from(1)
         }
+    };
+    // After the tree stopped: its leases and names are freed for the other hosts at once
+    // (bounded: an unreachable server leaves them to expire).
+    if let Some(joined) = &joined
+        && tokio::time::timeout(CLUSTER_LEAVE_TIMEOUT, joined.cluster.leave())
+            .await
+            .is_err()
+    {
+        tracing::warn!("leaving the cluster timed out; its names and leases expire on their own");
     }
+    tracing::info!("stopped");
+    Ok(exit)
 }
+
+/// How long a stopping host tries to free its cluster names and leases.
+const CLUSTER_LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `graft start --http`: tells the operator where the bound HTTP server (`/metrics` and
 /// the observer) is and its token (a line on stdout; with `--json`, a JSON line

@@ -28,6 +28,7 @@
 //! The `graft` binary (`main.rs`, `cli.rs`) is the only place that maps errors to exit codes.
 
 pub mod build;
+pub mod cluster;
 pub mod control;
 pub mod fleet;
 pub mod http;

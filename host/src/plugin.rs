@@ -1217,6 +1217,22 @@ pub trait HostServices {
     fn cancel_timer(&self, timer: u64) -> bool;
     /// Answers a deferred call.
     fn reply(&self, token: u64, message: Vec<u8>) -> Result<(), ServiceError>;
+    /// The cluster's live hosts, this one included, sorted (ABI 1.2).
+    fn hosts(&self) -> Result<Vec<String>, ServiceError> {
+        Err(ServiceError::Unavailable("hosts"))
+    }
+    /// Registers the calling actor's name cluster-wide (ABI 1.2).
+    fn register_global(&self) -> Result<(), ServiceError> {
+        Err(ServiceError::Unavailable("register_global"))
+    }
+    /// Monitors `to` (`name` or `name@host`); the monitor id (ABI 1.2).
+    fn monitor(&self, _to: &str) -> Result<u64, ServiceError> {
+        Err(ServiceError::Unavailable("monitor"))
+    }
+    /// Turns `HostUp`/`HostDown` info messages to the calling actor on or off (ABI 1.2).
+    fn monitor_hosts(&self, _on: bool) -> Result<(), ServiceError> {
+        Err(ServiceError::Unavailable("monitor_hosts"))
+    }
 }
 
 /// Services for plugin code that runs outside any actor (migrations, tests): a name, and

@@ -49,9 +49,11 @@ mod actor;
 pub mod behaviour;
 pub mod executor;
 mod mailbox;
+pub mod remote;
 
 pub use actor::ActorStatus;
 pub use behaviour::{Behaviour, BehaviourFactory, NativeFactory, PluginFactory, Started};
+pub use remote::{Global, GlobalError, Remote, Target};
 
 use crate::plugin::CallbackError;
 use actor::{Envelope, SystemRequest};
@@ -317,6 +319,8 @@ pub(crate) struct ActorShared {
     /// Frees the thread of a callback killed at its deadline, when the behaviour can
     /// (a process-isolated one closes its connection to the worker).
     interrupt: Mutex<Option<Interrupt>>,
+    /// Whether its name is registered cluster-wide (freed there when it exits).
+    global: std::sync::atomic::AtomicBool,
 }
 
 /// Frees the thread of a callback that was abandoned (see [`ActorRef::set_interrupt`]).
@@ -382,6 +386,23 @@ pub enum CallError {
         /// Its `max_mailbox`.
         limit: usize,
     },
+    /// The actor is on another host of the cluster, which is down (OTP's `nodedown`).
+    #[error("{actor} is on host {host}, which is down")]
+    HostDown {
+        /// The actor.
+        actor: String,
+        /// Its host.
+        host: String,
+    },
+    /// The actor is on another host and the cluster's server cannot be reached: the
+    /// request was not sent.
+    #[error("cannot reach {actor}: {why}")]
+    Unreachable {
+        /// The actor.
+        actor: String,
+        /// Why.
+        why: String,
+    },
 }
 
 /// A cast or info message was refused.
@@ -408,6 +429,9 @@ pub enum SendError {
     /// The actor's mailbox is at its `max_mailbox`: the message was not sent.
     #[error(transparent)]
     Refused(#[from] CastError),
+    /// The actor is on another host, and the cluster refused or could not send it.
+    #[error(transparent)]
+    Remote(crate::plugin::ServiceError),
 }
 
 /// `try_stop` of an actor that has already exited (OTP's `noproc`).
@@ -449,6 +473,16 @@ pub enum SpawnError {
         actor: String,
         /// Its reason.
         reason: StopReason,
+    },
+    /// The name is global and another host of the cluster holds it, or the cluster could
+    /// not register it.
+    #[error("starting {actor}: {error}")]
+    Global {
+        /// The actor.
+        actor: String,
+        /// Why the global registration failed.
+        #[source]
+        error: GlobalError,
     },
 }
 
@@ -756,14 +790,7 @@ impl ActorRef {
     /// Calls the actor with an encoded request and waits at most `timeout` for the reply.
     /// A call over the mailbox's bound fails at once with [`CallError::MailboxFull`].
     pub async fn call(&self, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
-        let (reply, mut receiver) = oneshot::channel();
-        match self.deliver_bounded(Envelope::Call { request, reply }) {
-            Ok(true) => {}
-            Ok(false) => return Err(self.exited_error()),
-            Err(CastError::MailboxFull { actor, limit }) => {
-                return Err(CallError::MailboxFull { actor, limit });
-            }
-        }
+        let mut receiver = self.start_call(request)?;
         match executor::spin_for(&mut receiver, executor::SPIN_FOR_ANSWER) {
             Some(Some(result)) => return result,
             Some(None) => return Err(self.exited_error()),
@@ -797,6 +824,30 @@ impl ActorRef {
                 }),
             },
         }
+    }
+
+    /// Delivers a call now and returns where its reply will come; waiting (with a
+    /// timeout) is the caller's. Refused at once over the mailbox's bound, or when the
+    /// actor has exited. A dropped receiver drops the reply, as a timed-out call's.
+    pub fn start_call(
+        &self,
+        request: Vec<u8>,
+    ) -> Result<oneshot::Receiver<Result<Vec<u8>, CallError>>, CallError> {
+        let (reply, receiver) = oneshot::channel();
+        match self.deliver_bounded(Envelope::Call { request, reply }) {
+            Ok(true) => Ok(receiver),
+            Ok(false) => Err(self.exited_error()),
+            Err(CastError::MailboxFull { actor, limit }) => {
+                Err(CallError::MailboxFull { actor, limit })
+            }
+        }
+    }
+
+    /// Delivers an info message of a host-made kind (`abi::INFO_DOWN`,
+    /// `abi::INFO_HOST_UP`, …): neither counted nor refused, like a local monitor's
+    /// `down`. Returns whether the actor's mailbox is still open.
+    pub fn deliver_info_uncounted(&self, kind: u32, message: Vec<u8>) -> bool {
+        self.deliver(Envelope::Info { kind, message })
     }
 
     /// Sends an encoded cast, refused at once when the mailbox is at its `max_mailbox`.
@@ -1180,6 +1231,8 @@ pub struct ActorOptions {
     pub restarts: u32,
     /// The most calls, casts and info messages its mailbox holds (`None`: unbounded).
     pub max_mailbox: Option<usize>,
+    /// Whether its name is registered cluster-wide (needs a name).
+    pub global: Global,
 }
 
 impl ActorOptions {
@@ -1192,6 +1245,7 @@ impl ActorOptions {
             trap_exit: false,
             restarts: 0,
             max_mailbox: None,
+            global: Global::No,
         }
     }
 
@@ -1220,6 +1274,17 @@ pub(crate) struct RuntimeInner {
     next_id: AtomicU64,
     next_monitor: AtomicU64,
     pub(crate) next_timer: AtomicU64,
+    /// The cluster this runtime's host belongs to, once attached.
+    remote: OnceLock<Arc<dyn Remote>>,
+}
+
+/// Where a message to a name goes.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// An actor of this runtime.
+    Local(ActorRef),
+    /// An actor on another host of the cluster (or a global name this host does not hold).
+    Remote(Target),
 }
 
 /// The actor runtime: spawns actors, keeps the name registry. Cheap to clone.
@@ -1272,6 +1337,7 @@ impl Runtime {
             next_id: AtomicU64::new(1),
             next_monitor: AtomicU64::new(1),
             next_timer: AtomicU64::new(1),
+            remote: OnceLock::new(),
         });
         let mut runtimes = lock(&RUNTIMES);
         runtimes.retain(|runtime| runtime.strong_count() > 0);
@@ -1287,6 +1353,51 @@ impl Runtime {
 
     pub(crate) fn next_id(&self) -> ProcessId {
         ProcessId(self.inner.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A fresh monitor id (local and remote monitors share the sequence).
+    pub fn next_monitor_id(&self) -> u64 {
+        self.inner.next_monitor.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Attaches the cluster this host belongs to; once, before anything global starts.
+    /// Returns `false` (and changes nothing) if one is attached already.
+    pub fn set_remote(&self, remote: Arc<dyn Remote>) -> bool {
+        self.inner.remote.set(remote).is_ok()
+    }
+
+    /// The cluster this host belongs to, if any.
+    pub fn remote(&self) -> Option<&Arc<dyn Remote>> {
+        self.inner.remote.get()
+    }
+
+    /// Where a message to `to` (`name` or `name@host`) goes: a local registration wins
+    /// (for `name@<this host>` too); otherwise the cluster, if this host is in one;
+    /// otherwise nowhere (`None`: not found).
+    pub fn route(&self, to: &str) -> Option<Route> {
+        let remote = self.remote();
+        let target = if to.contains('@') {
+            Target::parse(to)
+        } else {
+            return match self.whereis(to) {
+                Some(actor) => Some(Route::Local(actor)),
+                None => remote.map(|_| {
+                    Route::Remote(Target {
+                        name: to.to_owned(),
+                        host: None,
+                    })
+                }),
+            };
+        };
+        let here = match (&target.host, remote) {
+            (Some(host), Some(remote)) => host == remote.this_host(),
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        if here {
+            return self.whereis(&target.name).map(Route::Local);
+        }
+        remote.map(|_| Route::Remote(target))
     }
 
     /// Starts an actor and waits for its `init` to finish, as OTP's `start_link` does; a
@@ -1310,10 +1421,14 @@ impl Runtime {
                 )),
                 interrupt: Mutex::new(None),
                 code_label: Mutex::new(options.factory.code_label()),
+                global: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         if let Some(name) = &options.name {
             self.register(name, Registered::Actor(actor.clone()))?;
+        }
+        if options.global != Global::No {
+            self.register_global(&actor, options.global).await?;
         }
         let (started, mut start_result) = oneshot::channel();
         let task = executor::spawn(actor::run(
@@ -1366,7 +1481,84 @@ impl Runtime {
             {
                 registry.remove(name);
             }
+            drop(registry);
+            if actor.shared.global.swap(false, Ordering::AcqRel)
+                && let Some(remote) = self.remote()
+            {
+                remote.unregister_global(name, actor.id());
+            }
         }
+    }
+
+    /// Registers `actor`'s (local) name cluster-wide, as `global` asks; on failure the
+    /// local name is freed and the start fails. Without a cluster the name stays local
+    /// (a standalone host is a cluster of one).
+    async fn register_global(&self, actor: &ActorRef, global: Global) -> Result<(), SpawnError> {
+        let Some(remote) = self.remote() else {
+            tracing::debug!(
+                actor = %actor.label(),
+                "not in a cluster: the global name is registered on this host only"
+            );
+            return Ok(());
+        };
+        let registered = match actor.name() {
+            None => Err(GlobalError::Invalid {
+                name: actor.label(),
+                why: "an unnamed actor cannot be global".to_owned(),
+            }),
+            Some(_) => {
+                remote
+                    .register_global(actor, global == Global::Singleton)
+                    .await
+            }
+        };
+        match registered {
+            Ok(()) => {
+                actor.shared.global.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(error) => {
+                self.unregister(actor);
+                Err(SpawnError::Global {
+                    actor: actor.label(),
+                    error,
+                })
+            }
+        }
+    }
+
+    /// Registers a running actor's name cluster-wide (`ctx.register_global` from a
+    /// plugin). Needs a cluster.
+    pub async fn make_global(&self, actor: &ActorRef) -> Result<(), GlobalError> {
+        let Some(remote) = self.remote() else {
+            return Err(GlobalError::Unavailable(
+                "this host is not in a cluster (start it with --fleet)".to_owned(),
+            ));
+        };
+        if actor.shared.global.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if actor.name().is_none() {
+            return Err(GlobalError::Invalid {
+                name: actor.label(),
+                why: "an unnamed actor cannot be global".to_owned(),
+            });
+        }
+        remote.register_global(actor, false).await?;
+        actor.shared.global.store(true, Ordering::Release);
+        // Exited meanwhile: its exit found no global flag to free.
+        if !actor.is_alive()
+            && actor.shared.global.swap(false, Ordering::AcqRel)
+            && let Some(name) = actor.name()
+        {
+            remote.unregister_global(name, actor.id());
+        }
+        Ok(())
+    }
+
+    /// Whether `actor`'s name is registered cluster-wide.
+    pub fn is_global(&self, actor: &ActorRef) -> bool {
+        actor.shared.global.load(Ordering::Acquire)
     }
 
     pub(crate) fn unregister_supervisor(&self, name: &str, id: ProcessId) {
@@ -1400,45 +1592,77 @@ impl Runtime {
         names
     }
 
-    /// Calls the actor registered under `name`.
+    /// Calls the actor `name` (`name` or `name@host`): registered here, or, on a host in a
+    /// cluster, wherever it runs (see [`Runtime::route`]).
     pub async fn call(
         &self,
         name: &str,
         request: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, CallError> {
-        let actor = self
-            .whereis(name)
-            .ok_or_else(|| CallError::NotFound(name.to_owned()))?;
-        actor.call(request, timeout).await
+        match self.route(name) {
+            Some(Route::Local(actor)) => actor.call(request, timeout).await,
+            Some(Route::Remote(target)) => match self.remote() {
+                Some(remote) => remote.call(&target, request, timeout).await,
+                None => Err(CallError::NotFound(name.to_owned())),
+            },
+            None => Err(CallError::NotFound(name.to_owned())),
+        }
     }
 
-    /// Casts to the actor registered under `name`; refused when its mailbox is full.
+    /// Casts to the actor `name` (here or, in a cluster, wherever it runs); refused when
+    /// its mailbox is full.
     pub fn cast(&self, name: &str, message: Vec<u8>) -> Result<(), SendError> {
-        let actor = self
-            .whereis(name)
-            .ok_or_else(|| SendError::NotFound(name.to_owned()))?;
-        Ok(actor.try_cast(message)?)
+        self.send_kind(name, crate::plugin::SendKind::Cast, message)
     }
 
-    /// Sends an info message to the actor registered under `name`; refused when its
-    /// mailbox is full.
+    /// Sends an info message to the actor `name` (here or, in a cluster, wherever it
+    /// runs); refused when its mailbox is full.
     pub fn send_info(&self, name: &str, message: Vec<u8>) -> Result<(), SendError> {
-        let actor = self
-            .whereis(name)
-            .ok_or_else(|| SendError::NotFound(name.to_owned()))?;
-        Ok(actor.try_send_info(message)?)
+        self.send_kind(name, crate::plugin::SendKind::Info, message)
+    }
+
+    fn send_kind(
+        &self,
+        name: &str,
+        kind: crate::plugin::SendKind,
+        message: Vec<u8>,
+    ) -> Result<(), SendError> {
+        match self.route(name) {
+            Some(Route::Local(actor)) => Ok(match kind {
+                crate::plugin::SendKind::Cast => actor.try_cast(message),
+                crate::plugin::SendKind::Info => actor.try_send_info(message),
+            }?),
+            Some(Route::Remote(target)) => match self.remote() {
+                Some(remote) => remote
+                    .send("host", &target, kind, message)
+                    .map_err(SendError::Remote),
+                None => Err(SendError::NotFound(name.to_owned())),
+            },
+            None => Err(SendError::NotFound(name.to_owned())),
+        }
     }
 
     /// `watcher` gets a `down` info message when `target` exits (at once if it already
     /// has, with its reason). Returns the monitor id.
     pub fn monitor(&self, watcher: &ActorRef, target: &ActorRef) -> u64 {
-        let monitor = self.inner.next_monitor.fetch_add(1, Ordering::Relaxed);
+        let monitor = self.next_monitor_id();
         target.lifecycle().watch(Watcher::Monitor {
             monitor,
             watcher: watcher.clone(),
         });
         monitor
+    }
+
+    /// Monitors the actor `to` names (`name` or `name@host`), here or on another host of
+    /// the cluster; `None` when there is no such name here and no cluster. A remote
+    /// target that does not exist, or whose host goes down, gives `down` with `noproc` or
+    /// `host down`.
+    pub fn monitor_name(&self, watcher: &ActorRef, to: &str) -> Option<u64> {
+        match self.route(to)? {
+            Route::Local(target) => Some(self.monitor(watcher, &target)),
+            Route::Remote(target) => self.remote().map(|remote| remote.monitor(watcher, &target)),
+        }
     }
 
     /// Links two actors: when either exits with a reason other than `normal`, the other

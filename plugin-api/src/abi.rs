@@ -285,6 +285,12 @@ pub const INFO_EXIT: u32 = 2;
 /// The inactivity timeout the last callback asked for (`OUTPUT_TIMEOUT`) passed without a
 /// message: no data.
 pub const INFO_TIMEOUT: u32 = 3;
+/// ABI 1.2: a host joined the cluster (sent only to an actor that asked with
+/// `monitor_hosts`): the data is an encoded [`crate::HostEvent`].
+pub const INFO_HOST_UP: u32 = 4;
+/// ABI 1.2: a host left the cluster or died (sent only to an actor that asked with
+/// `monitor_hosts`): the data is an encoded [`crate::HostEvent`].
+pub const INFO_HOST_DOWN: u32 = 5;
 
 /// `send` a cast.
 pub const SEND_CAST: u32 = 0;

@@ -18,7 +18,9 @@
 //! `health` and `format_status` (ABI 1.1) against `PluginHeader::vtable_size`.
 
 use crate::abi::{self, Bytes, HostVtable, PluginHeader, PluginVtable};
-use crate::{CallResult, Context, Down, Error, Exit, Flow, GenServer, Info, Payload, ReplyTo};
+use crate::{
+    CallResult, Context, Down, Error, Exit, Flow, GenServer, HostEvent, Info, Payload, ReplyTo,
+};
 use crate::{StopReason, codec, logging};
 use std::any::Any;
 use std::cell::Cell;
@@ -386,6 +388,8 @@ unsafe extern "C" fn handle_info<T: GenServer>(
         let info = match kind {
             abi::INFO_DOWN => Info::Down(decode_input::<Down>("down message", message)?),
             abi::INFO_EXIT => Info::Exit(decode_input::<Exit>("exit message", message)?),
+            abi::INFO_HOST_UP => Info::HostUp(decode_input::<HostEvent>("host up", message)?),
+            abi::INFO_HOST_DOWN => Info::HostDown(decode_input::<HostEvent>("host down", message)?),
             _ => Info::Message(decode_input::<T::Info>("info message", message)?),
         };
         // SAFETY: the host passes a live instance of this plugin, one call at a time.

@@ -418,6 +418,31 @@ pub enum Info<T> {
     Down(Down),
     /// A linked actor exited and this actor traps exits.
     Exit(Exit),
+    /// A host joined the cluster (only after `ctx.monitor_hosts(true)`; OTP's `nodeup`).
+    HostUp(HostEvent),
+    /// A host of the cluster died or left (only after `ctx.monitor_hosts(true)`; OTP's
+    /// `nodedown`).
+    HostDown(HostEvent),
+}
+
+/// A host of the cluster came or went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct HostEvent {
+    /// The host's name in the cluster.
+    pub host: String,
+    /// Why it went (`host down`), if it did.
+    pub reason: Option<String>,
+}
+
+impl HostEvent {
+    /// An event about `host`, with the reason it went, if it did.
+    pub fn new(host: impl Into<String>, reason: Option<String>) -> HostEvent {
+        HostEvent {
+            host: host.into(),
+            reason,
+        }
+    }
 }
 
 /// A monitor fired: the monitored actor exited.

@@ -149,14 +149,22 @@ pub struct JoinArgs {
     pub credentials: Option<PathBuf>,
 }
 
-/// `graft start --fleet`: connects, registers (a failure stops the start) and returns the
-/// task that heartbeats and converges to the fleet's desired release; `None` without
-/// `--fleet`.
-pub async fn join(
+/// A host's connection to its fleet and membership of its group's cluster, made before
+/// the release boots (global and singleton children register while it boots).
+pub struct Joined {
+    fleet: Fleet,
+    host: String,
+    /// The cluster, attached to the runtime.
+    pub cluster: Arc<graft::cluster::Cluster>,
+}
+
+/// `graft start --fleet`, before the boot: connects (a failure stops the start) and joins
+/// the group's cluster on `runtime`; `None` without `--fleet`.
+pub async fn connect(
     root: &Path,
     join: &JoinArgs,
-    handler: &Arc<ReleaseHandler>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, Failure> {
+    runtime: &graft::runtime::Runtime,
+) -> Result<Option<Joined>, Failure> {
     let Some(url) = &join.server else {
         return Ok(None);
     };
@@ -171,26 +179,49 @@ pub async fn join(
         .host_name
         .clone()
         .unwrap_or_else(|| default_host_name(root));
+    let cluster =
+        graft::cluster::Cluster::connect(fleet.clone(), &join.group, &host, runtime.clone())
+            .await?;
+    Ok(Some(Joined {
+        fleet,
+        host,
+        cluster,
+    }))
+}
+
+/// `graft start --fleet`, after the boot: registers (a failure stops the start) and
+/// returns the task that heartbeats and converges to the fleet's desired release.
+pub async fn join(
+    joined: &Joined,
+    join: &JoinArgs,
+    handler: &Arc<ReleaseHandler>,
+) -> Result<tokio::task::JoinHandle<()>, Failure> {
     let report = ConvergeReport::default();
     let membership = Membership::join(
-        fleet.clone(),
+        joined.fleet.clone(),
         Arc::clone(handler),
-        host.clone(),
+        joined.host.clone(),
         join.group.clone(),
         report.clone(),
     )
     .await?;
-    let converger = Converger::new(fleet, Arc::clone(handler), host, join.group.clone(), report);
+    let converger = Converger::new(
+        joined.fleet.clone(),
+        Arc::clone(handler),
+        joined.host.clone(),
+        join.group.clone(),
+        report,
+    );
     tracing::info!(
         host = membership.host(),
         group = %join.group,
         fleet = %join.fleet_name,
-        server = %url,
+        server = join.server.as_deref().unwrap_or_default(),
         "joined the fleet"
     );
-    Ok(Some(tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         tokio::join!(membership.run(), converger.run());
-    })))
+    }))
 }
 
 /// Runs a `graft fleet` subcommand.

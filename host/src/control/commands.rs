@@ -15,7 +15,7 @@ use super::protocol::{
     StuckCallbackEntry, SupervisorNode, SuspendedResponse, TreeNode, WorkerEntry,
 };
 use crate::release::handler::{InstallPhase, ProgressFn, ReleaseError, ReleaseHandler};
-use crate::runtime::{ActorRef, CallError, CastError, ProcessId, SystemError};
+use crate::runtime::{ActorRef, CallError, CastError, ProcessId, SendError, SystemError};
 use crate::supervisor::{ChildCounts, ChildInfo, ChildRef, SupervisorRef};
 use graft_plugin::codec;
 use semver::Version;
@@ -60,6 +60,9 @@ pub(crate) enum CommandError {
     /// The cast could not be queued.
     #[error(transparent)]
     Cast(#[from] CastError),
+    /// The cast could not be sent (to an actor on another host of the cluster).
+    #[error(transparent)]
+    Send(#[from] SendError),
     /// The message (or state) could not be encoded for the plugin.
     #[error(transparent)]
     Encode(#[from] graft_plugin::codec::CodecError),
@@ -157,18 +160,23 @@ pub(crate) async fn execute(
             message,
             timeout_ms,
         } => {
-            let target = actor(handler, &name).await?;
             let request = codec::encode(&message)?;
             let timeout = Duration::from_millis(timeout_ms.unwrap_or(5_000));
-            let reply = target.call(request, timeout).await?;
+            // Here, or (on a host in a cluster) wherever the name runs: `kv` or `kv@host`.
+            let reply = match handler.runtime().call(&name, request, timeout).await {
+                Err(CallError::NotFound(_)) => return Err(CommandError::NoActor(name)),
+                other => other?,
+            };
             rmp_serde::from_slice::<Value>(&reply).map_err(CommandError::Reply)
         }
         Request::Cast {
             actor: name,
             message,
         } => {
-            let target = actor(handler, &name).await?;
-            target.try_cast(codec::encode(&message)?)?;
+            match handler.runtime().cast(&name, codec::encode(&message)?) {
+                Err(SendError::NotFound(_)) => return Err(CommandError::NoActor(name)),
+                other => other?,
+            }
             encode(&CastResponse { cast: name })
         }
         Request::State {

@@ -213,7 +213,7 @@ impl Drop for ActorServices {
     }
 }
 
-fn service_error(error: CallError) -> ServiceError {
+pub(crate) fn service_error(error: CallError) -> ServiceError {
     match error {
         CallError::NotFound(name) => ServiceError::NotFound(name),
         CallError::Timeout { actor, .. } => ServiceError::Timeout(actor),
@@ -230,6 +230,11 @@ fn service_error(error: CallError) -> ServiceError {
             reason: "an actor cannot call itself".to_owned(),
         },
         CallError::MailboxFull { actor, limit } => mailbox_full(actor, limit),
+        CallError::HostDown { actor, host } => ServiceError::Exited {
+            actor: format!("{actor}@{host}"),
+            reason: "host down".to_owned(),
+        },
+        CallError::Unreachable { actor, why } => ServiceError::Refused { actor, reason: why },
     }
 }
 

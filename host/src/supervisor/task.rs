@@ -229,6 +229,7 @@ impl Supervisor {
                     trap_exit: worker.trap_exit,
                     restarts,
                     max_mailbox: worker.factory.max_mailbox(worker.max_mailbox),
+                    global: crate::runtime::Global::No,
                 };
                 match self.runtime.spawn(options).await {
                     Ok(actor) => ChildRef::Worker(actor),
