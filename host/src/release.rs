@@ -266,6 +266,14 @@ pub struct ChildManifest {
     /// unbounded, as in OTP); over it they are refused to their senders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_mailbox: Option<MaxMailbox>,
+    /// Worker: whether its name is registered cluster-wide (default `false`): on a host in
+    /// a cluster, reachable from every host, and a second start anywhere fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<bool>,
+    /// Worker: where in the cluster it runs (default `local`; `singleton`: on exactly one
+    /// host at a time, its name global).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<crate::supervisor::Placement>,
     /// Restart type (default `permanent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartName>,
@@ -666,6 +674,27 @@ impl Manifest {
                             ),
                         ));
                     }
+                    if (child.global == Some(true)
+                        || child.placement == Some(crate::supervisor::Placement::Singleton))
+                        && !crate::fleet::valid_name(child.registered_name())
+                    {
+                        return Err(invalid(
+                            format!("{child_field}.name"),
+                            format!(
+                                "a global or singleton worker's name is a cluster-wide key: expected 1 to 64 of A-Z, a-z, 0-9, '_' and '-', found {:?}",
+                                child.registered_name()
+                            ),
+                        ));
+                    }
+                    if child.registered_name().contains('@') {
+                        return Err(invalid(
+                            format!("{child_field}.name"),
+                            format!(
+                                "'@' is reserved for name@host; found {:?}",
+                                child.registered_name()
+                            ),
+                        ));
+                    }
                     if let Some(max_mailbox) = child.max_mailbox
                         && max_mailbox.limit().is_none()
                     {
@@ -693,6 +722,13 @@ impl Manifest {
                         return Err(invalid(
                             child_field,
                             "a supervisor (with `strategy`) takes no `args` or `name`".into(),
+                        ));
+                    }
+                    if child.global.is_some() || child.placement.is_some() {
+                        return Err(invalid(
+                            child_field,
+                            "a supervisor (with `strategy`) takes no `global` or `placement`; they are for workers"
+                                .into(),
                         ));
                     }
                     if child.max_mailbox.is_some() {

@@ -36,8 +36,8 @@ mod spec;
 mod task;
 
 pub use spec::{
-    AutoShutdown, ChildSpec, ChildStart, Restart, Shutdown, SpecError, Strategy, SupervisorSpec,
-    SupervisorUpdate, WorkerSpec,
+    AutoShutdown, ChildSpec, ChildStart, Placement, Restart, Shutdown, SpecError, Strategy,
+    SupervisorSpec, SupervisorUpdate, WorkerSpec,
 };
 pub use task::REACHED_MAXIMUM_INTENSITY;
 

@@ -71,6 +71,8 @@ pub fn child_spec(child: &ChildManifest, factory: FactoryFor<'_>) -> Result<Chil
             name: Some(name.to_owned()),
             trap_exit: child.trap_exit.unwrap_or(false),
             max_mailbox: child.max_mailbox.and_then(MaxMailbox::limit),
+            global: child.global.unwrap_or(false),
+            placement: child.placement.unwrap_or_default(),
         }),
         restart,
         shutdown: child

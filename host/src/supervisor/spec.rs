@@ -76,6 +76,23 @@ pub struct WorkerSpec {
     pub trap_exit: bool,
     /// The most calls, casts and info messages its mailbox holds (`None`: unbounded).
     pub max_mailbox: Option<usize>,
+    /// Whether its name is registered cluster-wide.
+    pub global: bool,
+    /// Where in the cluster it runs.
+    pub placement: Placement,
+}
+
+/// Where in a cluster a worker runs (a release's `placement`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// On every host whose release has it (the default).
+    #[default]
+    Local,
+    /// On exactly one host of the cluster at a time: the holder of its lease; the others
+    /// hold it in standby (no process) and one takes over when the holder dies or leaves.
+    /// Its name is global.
+    Singleton,
 }
 
 /// One child of a supervisor.
@@ -121,6 +138,8 @@ impl ChildSpec {
                 name: None,
                 trap_exit: false,
                 max_mailbox: None,
+                global: false,
+                placement: Placement::Local,
             }),
             restart: Restart::Permanent,
             shutdown: Shutdown::Timeout(Duration::from_secs(5)),

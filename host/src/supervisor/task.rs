@@ -20,14 +20,16 @@
 //! so stale ones are ignored.
 
 use super::spec::{
-    self, AutoShutdown, ChildSpec, ChildStart, Restart, Shutdown, SpecError, Strategy,
+    self, AutoShutdown, ChildSpec, ChildStart, Placement, Restart, Shutdown, SpecError, Strategy,
     SupervisorSpec, SupervisorUpdate,
 };
 use super::{
     ChildCounts, ChildInfo, ChildKey, ChildRef, ChildState, Control, SupervisorError,
     SupervisorRef, start_nested,
 };
-use crate::runtime::{ActorOptions, ExitNotice, ProcessId, Runtime, SpawnError, Watcher, lock};
+use crate::runtime::{
+    ActorOptions, ExitNotice, Global, ProcessId, Runtime, SpawnError, Watcher, lock,
+};
 use graft_plugin::StopReason;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -222,6 +224,17 @@ impl Supervisor {
     async fn start(&self, spec: &ChildSpec, restarts: u32) -> Started {
         let child = match &spec.start {
             ChildStart::Worker(worker) => {
+                // A singleton starts only on the holder of its lease; elsewhere it is held
+                // in standby like an `ignore`d child (spec kept, no process), and the
+                // cluster restarts it here when this host wins the lease.
+                if worker.placement == Placement::Singleton
+                    && let Some(remote) = self.runtime.remote()
+                    && !remote
+                        .singleton_gate(self.spec.name.as_deref().unwrap_or_default(), &spec.id)
+                        .await
+                {
+                    return Ok(None);
+                }
                 let options = ActorOptions {
                     name: worker.name.clone(),
                     factory: Arc::clone(&worker.factory),
@@ -229,7 +242,11 @@ impl Supervisor {
                     trap_exit: worker.trap_exit,
                     restarts,
                     max_mailbox: worker.factory.max_mailbox(worker.max_mailbox),
-                    global: crate::runtime::Global::No,
+                    global: match (worker.placement, worker.global) {
+                        (Placement::Singleton, _) => Global::Singleton,
+                        (Placement::Local, true) => Global::Yes,
+                        (Placement::Local, false) => Global::No,
+                    },
                 };
                 match self.runtime.spawn(options).await {
                     Ok(actor) => ChildRef::Worker(actor),
