@@ -1,0 +1,3 @@
+//! Placeholder (issue 17): the singleton benchmark is being written.
+
+fn main() {}
