@@ -19,8 +19,8 @@
 //!   the size the other side declared, and treats the others as *not implemented*: the
 //!   host copies the plugin's declared prefix into a zeroed [`PluginVtable`], where every
 //!   entry added after ABI 1.0 is an `Option` (so an absent one reads as `None`); the
-//!   plugin checks [`HostVtable::size`] before it uses a host entry newer than ABI 1.0
-//!   (there is none yet).
+//!   plugin checks [`HostVtable::size`] (and that the entry is `Some`) before it uses a
+//!   host entry newer than ABI 1.0; a host entry it cannot use reads as *unavailable*.
 //! - **Which host runs which plugin.** A host runs every plugin of its major whose minor is
 //!   not newer than its own ([`ABI_MINOR`]); a plugin of a newer minor is refused before
 //!   any of its code is called (it may rely on host entries this host lacks). A plugin's
@@ -28,7 +28,14 @@
 //!   ([`plugin_vtable_size`]).
 //! - ABI 1.0 has the twelve entries from `initialize` to `drop_instance`
 //!   ([`PLUGIN_VTABLE_SIZE_1_0`]); ABI 1.1 appends [`PluginVtable::health`] and
-//!   [`PluginVtable::format_status`].
+//!   [`PluginVtable::format_status`]; ABI 1.2 appends four cluster entries to the
+//!   *host* vtable ([`HostVtable::hosts`], [`HostVtable::register_global`],
+//!   [`HostVtable::monitor`], [`HostVtable::monitor_hosts`]) and leaves the plugin vtable
+//!   as in 1.1.
+//! - **New info kinds reach only plugins that asked.** A plugin built before ABI 1.2
+//!   decodes an unknown info kind as its own `Info` type and would refuse it, so the host
+//!   sends [`INFO_HOST_UP`] and [`INFO_HOST_DOWN`] only to actors that turned them on with
+//!   [`HostVtable::monitor_hosts`], an entry only 1.2 plugins can call.
 //!
 //! # The layout fingerprint, versioned by minor
 //!
@@ -57,8 +64,9 @@ use std::mem::{align_of, offset_of, size_of};
 /// The major ABI version. A change here is a new entry symbol name.
 pub const ABI_MAJOR: u16 = 1;
 /// The minor ABI version: bumped whenever a vtable grows at its end. 1: the plugin vtable
-/// gained `health` and `format_status`.
-pub const ABI_MINOR: u16 = 1;
+/// gained `health` and `format_status`. 2: the host vtable gained `hosts`,
+/// `register_global`, `monitor` and `monitor_hosts` (clusters).
+pub const ABI_MINOR: u16 = 2;
 /// The first eight bytes of every header: `GRAFTPLG` in little-endian order.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"GRAFTPLG");
 /// The exported symbol (NUL-terminated) whose address is the plugin's [`PluginHeader`].
@@ -183,6 +191,20 @@ pub struct HostVtable {
     pub reply: unsafe extern "C" fn(ctx: *mut c_void, token: u64, message: Bytes) -> u32,
     /// Writes the calling actor's name to `sink`.
     pub self_name: unsafe extern "C" fn(ctx: *mut c_void, sink: *mut c_void, sink_fn: SinkFn),
+    /// ABI 1.2: writes the cluster's live hosts (this one included, sorted), an encoded
+    /// `Vec<String>`, to `sink`; on failure an error text. Returns a `SERVICE_*` code.
+    pub hosts:
+        Option<unsafe extern "C" fn(ctx: *mut c_void, sink: *mut c_void, sink_fn: SinkFn) -> u32>,
+    /// ABI 1.2: registers the calling actor's name cluster-wide; on failure an error text
+    /// goes to `sink`. Returns a `SERVICE_*` code.
+    pub register_global:
+        Option<unsafe extern "C" fn(ctx: *mut c_void, sink: *mut c_void, sink_fn: SinkFn) -> u32>,
+    /// ABI 1.2: monitors the actor `to` names (`name` or `name@host`, here or on another
+    /// host); returns the monitor id, 0 when there is no such name here and no cluster.
+    pub monitor: Option<unsafe extern "C" fn(ctx: *mut c_void, to: Bytes) -> u64>,
+    /// ABI 1.2: turns [`INFO_HOST_UP`]/[`INFO_HOST_DOWN`] info messages to the calling
+    /// actor on (1) or off (0). Returns a `SERVICE_*` code.
+    pub monitor_hosts: Option<unsafe extern "C" fn(ctx: *mut c_void, on: u32) -> u32>,
 }
 
 /// The plugin's entry points. Every one catches panics inside the plugin and returns a
@@ -477,6 +499,26 @@ pub const HOST_VTABLE_SIGNATURES: &[EntrySignature] = &[
         0,
         "unsafe extern \"C\" fn(*mut core::ffi::c_void, *mut core::ffi::c_void, unsafe extern \"C\" fn(*mut core::ffi::c_void, graft_plugin::abi::Bytes))",
     ),
+    entry(
+        "hosts",
+        2,
+        "core::option::Option<unsafe extern \"C\" fn(*mut core::ffi::c_void, *mut core::ffi::c_void, unsafe extern \"C\" fn(*mut core::ffi::c_void, graft_plugin::abi::Bytes)) -> u32>",
+    ),
+    entry(
+        "register_global",
+        2,
+        "core::option::Option<unsafe extern \"C\" fn(*mut core::ffi::c_void, *mut core::ffi::c_void, unsafe extern \"C\" fn(*mut core::ffi::c_void, graft_plugin::abi::Bytes)) -> u32>",
+    ),
+    entry(
+        "monitor",
+        2,
+        "core::option::Option<unsafe extern \"C\" fn(*mut core::ffi::c_void, graft_plugin::abi::Bytes) -> u64>",
+    ),
+    entry(
+        "monitor_hosts",
+        2,
+        "core::option::Option<unsafe extern \"C\" fn(*mut core::ffi::c_void, u32) -> u32>",
+    ),
 ];
 
 /// The ABI 1.0 fingerprint: sizes, alignments and offsets only (see the module docs).
@@ -577,6 +619,18 @@ pub const fn fingerprint_with(
             offset_of!(PluginVtable, format_status),
         ],
     );
+    if minor >= 2 {
+        hash = fnv(
+            hash,
+            &[
+                offset_of!(HostVtable, hosts),
+                offset_of!(HostVtable, register_global),
+                offset_of!(HostVtable, monitor),
+                offset_of!(HostVtable, monitor_hosts),
+                HOST_VTABLE_SIZE_1_2,
+            ],
+        );
+    }
     let mut index = 0;
     while index < plugin_signatures.len() {
         if plugin_signatures[index].since_minor <= minor {
@@ -617,12 +671,15 @@ pub const PLUGIN_VTABLE_SIZE_1_1: usize =
     offset_of!(PluginVtable, format_status) + size_of::<usize>();
 /// The size of the ABI 1.0 host vtable: the least a host may declare.
 pub const HOST_VTABLE_SIZE_1_0: usize = offset_of!(HostVtable, self_name) + size_of::<usize>();
+/// The size of the ABI 1.2 host vtable (`hosts`, `register_global`, `monitor` and
+/// `monitor_hosts` appended): a plugin uses those entries only below a `size` this large.
+pub const HOST_VTABLE_SIZE_1_2: usize = offset_of!(HostVtable, monitor_hosts) + size_of::<usize>();
 
 /// The least `vtable_size` a plugin of ABI `1.minor` declares (`None`: a newer minor).
 pub const fn plugin_vtable_size(minor: u16) -> Option<usize> {
     match minor {
         0 => Some(PLUGIN_VTABLE_SIZE_1_0),
-        1 => Some(PLUGIN_VTABLE_SIZE_1_1),
+        1 | 2 => Some(PLUGIN_VTABLE_SIZE_1_1),
         _ => None,
     }
 }
@@ -635,7 +692,14 @@ mod tests {
     /// `ABI_MAJOR` or `ABI_MINOR`: review both before updating the snapshot.
     #[test]
     fn layout_fingerprint_matches_the_committed_snapshot() {
-        assert_eq!(LAYOUT_FINGERPRINT, 0x3bd5_97f1_a5af_e6a6_u64);
+        assert_eq!(LAYOUT_FINGERPRINT, 0x27ae_b456_13e3_62b3_u64);
+    }
+
+    /// Plugins built for ABI 1.1 carry this value: it must never change.
+    #[test]
+    fn the_abi_1_1_fingerprint_is_what_1_1_plugins_carry() {
+        assert_eq!(layout_fingerprint(1), Some(0x3bd5_97f1_a5af_e6a6_u64));
+        assert_ne!(layout_fingerprint(2), layout_fingerprint(1));
     }
 
     /// Plugins built with the frozen ABI 1.0 crate carry this value: it must never change.
@@ -655,7 +719,8 @@ mod tests {
         assert_eq!(PLUGIN_VTABLE_SIZE_1_1, 14 * 8);
         assert_eq!(size_of::<PluginVtable>(), PLUGIN_VTABLE_SIZE_1_1);
         assert_eq!(HOST_VTABLE_SIZE_1_0, 8 + 8 * 8);
-        assert_eq!(size_of::<HostVtable>(), HOST_VTABLE_SIZE_1_0);
+        assert_eq!(HOST_VTABLE_SIZE_1_2, 8 + 12 * 8);
+        assert_eq!(size_of::<HostVtable>(), HOST_VTABLE_SIZE_1_2);
         assert_eq!(
             plugin_vtable_size(ABI_MINOR),
             Some(size_of::<PluginVtable>())
@@ -726,6 +791,16 @@ mod tests {
             ("cancel_timer", field_type(|v: &HostVtable| &v.cancel_timer)),
             ("reply", field_type(|v: &HostVtable| &v.reply)),
             ("self_name", field_type(|v: &HostVtable| &v.self_name)),
+            ("hosts", field_type(|v: &HostVtable| &v.hosts)),
+            (
+                "register_global",
+                field_type(|v: &HostVtable| &v.register_global),
+            ),
+            ("monitor", field_type(|v: &HostVtable| &v.monitor)),
+            (
+                "monitor_hosts",
+                field_type(|v: &HostVtable| &v.monitor_hosts),
+            ),
         ];
         let declared: Vec<(&str, &str)> = HOST_VTABLE_SIGNATURES
             .iter()

@@ -1,5 +1,6 @@
 //! The host services a plugin reaches during a callback: messages, calls, timers,
-//! deferred replies, its own name, and continuations.
+//! deferred replies, its own name, continuations, and (ABI 1.2) the cluster: its hosts,
+//! global names and monitors.
 //!
 //! A [`Context`] exists only for the duration of one callback (its lifetime is the
 //! callback's) and is not `Send`: the host's services are valid on that thread, during that
@@ -191,6 +192,55 @@ impl<'a> Context<'a> {
         match export::host_reply(self.raw, to.0, &bytes) {
             abi::SERVICE_OK => Ok(()),
             code => Err(ContextError::from_service(code, format!("reply {}", to.0))),
+        }
+    }
+
+    /// The cluster's live hosts, this one included, sorted (OTP's `[node() | nodes()]`).
+    /// A host that is not in a cluster is not in a cluster answers
+    /// [`ContextError::Unavailable`], as does a host older than ABI 1.2.
+    pub fn hosts(&mut self) -> Result<Vec<String>, ContextError> {
+        let (code, bytes) = export::host_hosts(self.raw);
+        if code != abi::SERVICE_OK {
+            let detail = String::from_utf8_lossy(&bytes).into_owned();
+            return Err(ContextError::from_service(code, detail));
+        }
+        codec::decode(&bytes).map_err(|error| ContextError::Codec(error.to_string()))
+    }
+
+    /// Registers this actor's name cluster-wide (OTP's `global:register_name`): from
+    /// every host of the cluster, `call`/`cast`/`send` to the name reach it. Fails with
+    /// [`ContextError::Refused`] ("global name \"kv\" is already started on host H") when
+    /// another host holds the name, and [`ContextError::Unavailable`] outside a cluster.
+    pub fn register_global(&mut self) -> Result<(), ContextError> {
+        match export::host_register_global(self.raw) {
+            (abi::SERVICE_OK, _) => Ok(()),
+            (code, bytes) => Err(ContextError::from_service(
+                code,
+                String::from_utf8_lossy(&bytes).into_owned(),
+            )),
+        }
+    }
+
+    /// Monitors the actor `to` names (`"kv"`, or `"kv@host-a"` on a given host), here or
+    /// on another host of the cluster: when it exits, this actor gets
+    /// [`crate::Info::Down`] with the returned monitor id and its reason, `noproc` if it
+    /// does not exist, or `host down` if its host dies (OTP's `monitor/2`).
+    pub fn monitor(&mut self, to: &str) -> Result<u64, ContextError> {
+        match export::host_monitor(self.raw, to) {
+            None => Err(ContextError::Unavailable(
+                "monitor (the host's ABI is older than 1.2)".to_owned(),
+            )),
+            Some(0) => Err(ContextError::NotFound(to.to_owned())),
+            Some(monitor) => Ok(monitor),
+        }
+    }
+
+    /// Turns [`crate::Info::HostUp`] and [`crate::Info::HostDown`] on (or off) for this
+    /// actor: a host joining or leaving the cluster (OTP's `net_kernel:monitor_nodes`).
+    pub fn monitor_hosts(&mut self, on: bool) -> Result<(), ContextError> {
+        match export::host_monitor_hosts(self.raw, on) {
+            abi::SERVICE_OK => Ok(()),
+            code => Err(ContextError::from_service(code, "monitor_hosts".to_owned())),
         }
     }
 

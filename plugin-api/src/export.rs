@@ -13,8 +13,9 @@
 //! the right actor; a `Cell` of a pointer has no destructor, so it never pins the library.
 //!
 //! ABI evolution: the host may be older than this crate. `initialize` refuses a host vtable
-//! smaller than ABI 1.0's; a host entry added after 1.0 (none yet) must be used only after
-//! checking that it lies inside `HostVtable::size`, as the host does for the plugin's
+//! smaller than ABI 1.0's; a host entry added after 1.0 (the four cluster entries of 1.2)
+//! is used only through [`host_1_2`], which checks that it lies inside `HostVtable::size`
+//! and is `Some` (else the service is unavailable), as the host does for the plugin's
 //! `health` and `format_status` (ABI 1.1) against `PluginHeader::vtable_size`.
 
 use crate::abi::{self, Bytes, HostVtable, PluginHeader, PluginVtable};
@@ -166,6 +167,66 @@ pub(crate) fn host_self_name(ctx: RawContext) -> String {
         )
     };
     String::from_utf8_lossy(&name).into_owned()
+}
+
+/// An ABI 1.2 host entry, read only when the host's declared vtable holds it; `None` from
+/// an older host (or one that leaves it out).
+fn host_1_2<T>(entry: impl FnOnce(&HostVtable) -> Option<T>) -> Option<T> {
+    let host = host()?;
+    if (host.size as usize) < abi::HOST_VTABLE_SIZE_1_2 {
+        return None;
+    }
+    entry(host)
+}
+
+const OLDER_HOST: &str = "the host's ABI is older than 1.2";
+
+pub(crate) fn host_hosts(ctx: RawContext) -> (u32, Vec<u8>) {
+    let Some(hosts) = host_1_2(|host| host.hosts) else {
+        return (abi::SERVICE_UNAVAILABLE, OLDER_HOST.as_bytes().to_vec());
+    };
+    let mut out = Vec::new();
+    // SAFETY: a live call's `ctx` and a sink pointing at `out`, which outlives the call;
+    // the entry lies inside the vtable the host declared (checked by `host_1_2`).
+    let code = unsafe {
+        hosts(
+            ctx.0,
+            &mut out as *mut Vec<u8> as *mut c_void,
+            copy_into_vec,
+        )
+    };
+    (code, out)
+}
+
+pub(crate) fn host_register_global(ctx: RawContext) -> (u32, Vec<u8>) {
+    let Some(register) = host_1_2(|host| host.register_global) else {
+        return (abi::SERVICE_UNAVAILABLE, OLDER_HOST.as_bytes().to_vec());
+    };
+    let mut out = Vec::new();
+    // SAFETY: as in `host_hosts`.
+    let code = unsafe {
+        register(
+            ctx.0,
+            &mut out as *mut Vec<u8> as *mut c_void,
+            copy_into_vec,
+        )
+    };
+    (code, out)
+}
+
+pub(crate) fn host_monitor(ctx: RawContext, to: &str) -> Option<u64> {
+    let monitor = host_1_2(|host| host.monitor)?;
+    // SAFETY: a live call's `ctx` and a borrowed slice the host copies; the entry lies
+    // inside the declared vtable (checked by `host_1_2`).
+    Some(unsafe { monitor(ctx.0, Bytes::from_slice(to.as_bytes())) })
+}
+
+pub(crate) fn host_monitor_hosts(ctx: RawContext, on: bool) -> u32 {
+    let Some(monitor_hosts) = host_1_2(|host| host.monitor_hosts) else {
+        return abi::SERVICE_UNAVAILABLE;
+    };
+    // SAFETY: a live call's `ctx`; the entry lies inside the declared vtable.
+    unsafe { monitor_hosts(ctx.0, u32::from(on)) }
 }
 
 /// Why a shim failed, before it is reported to the host.
@@ -656,6 +717,10 @@ mod tests {
         cancel_timer: no_cancel,
         reply: no_reply,
         self_name: no_name,
+        hosts: None,
+        register_global: None,
+        monitor: None,
+        monitor_hosts: None,
     };
 
     #[test]

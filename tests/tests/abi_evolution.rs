@@ -1,11 +1,13 @@
 //! The ABI evolves for real (issue 12): a plugin built against the frozen ABI 1.0
 //! `graft-plugin` (`tests/fixtures/graft-plugin-abi-1.0`, never edited) loads and runs in
-//! this ABI 1.1 host, upgrades to a 1.1 build of the same plugin with state migration, and
+//! this host (ABI 1.2), upgrades to a 1.1 build of the same plugin with state migration, and
 //! downgrades back with its state intact — in process and process-isolated. ABI 1.1's
 //! `health` and `format_status` work on the 1.1 build and are "not implemented" on 1.0.
 //! The host reads only the vtable prefix a plugin declares, refuses a plugin of a newer
 //! minor with a typed error, and the watch mode's health gate rolls back a release whose
-//! actors report themselves unhealthy.
+//! actors report themselves unhealthy. The "1.1 build" is built with today's crate, so it
+//! declares the current minor (1.2: the host vtable grew, the plugin vtable did not); the
+//! same build with a 1.1 header stands for a plugin built with the 1.1 crate, and loads.
 //!
 //! Fixtures: `tests/fixtures/abi-counter/1.0.0` (state `{ count, secret }`, ABI 1.0) and
 //! `tests/fixtures/abi-counter/1.1.0` (state `{ total, additions, secret, unhealthy }`,
@@ -352,7 +354,44 @@ fn entries_past_the_declared_vtable_size_are_not_implemented() {
     );
 }
 
-/// A plugin that declares ABI 1.1 with a vtable too short for it is malformed.
+/// A plugin built with the ABI 1.1 crate (the current build with a 1.1 header: ABI 1.2 only
+/// grew the host's vtable) loads, runs, and keeps its 1.1 callbacks.
+#[test]
+fn an_abi_1_1_plugin_loads_in_this_abi_1_2_host() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = patched_1_1(
+        directory.path(),
+        "declares-1-1.so",
+        &[
+            (
+                std::mem::offset_of!(abi::PluginHeader, abi_minor),
+                1u16.to_le_bytes().to_vec(),
+            ),
+            (
+                std::mem::offset_of!(abi::PluginHeader, layout_fingerprint),
+                abi::layout_fingerprint(1).unwrap().to_le_bytes().to_vec(),
+            ),
+        ],
+    );
+    let plugin = Loader::new()
+        .unwrap()
+        .load(&path, &Expectations::default())
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(plugin.abi_minor(), 1);
+    assert!(plugin.has_health() && plugin.has_format_status());
+    let services = Detached::new("counter");
+    let (mut instance, _) =
+        Instance::start(&plugin, &encode(&json!({"start": 2})), &services).unwrap();
+    let outputs = instance
+        .handle_call(&encode(&json!({"Add": 1})), 1, &services)
+        .unwrap();
+    assert_eq!(
+        codec::decode::<Value>(&outputs.reply.unwrap()).unwrap(),
+        json!(3)
+    );
+}
+
+/// A plugin that declares the current ABI with a vtable too short for it is malformed.
 #[test]
 fn a_vtable_shorter_than_its_minor_needs_is_refused() {
     let directory = tempfile::tempdir().unwrap();
@@ -369,7 +408,8 @@ fn a_vtable_shorter_than_its_minor_needs_is_refused() {
         .load(&path, &Expectations::default())
         .expect_err("refused");
     assert!(
-        matches!(&error, LoadError::MalformedHeader { detail, .. } if detail.contains("ABI 1.1 needs")),
+        matches!(&error, LoadError::MalformedHeader { detail, .. }
+            if detail.contains(&format!("ABI 1.{} needs", abi::ABI_MINOR))),
         "{error}"
     );
 }

@@ -457,6 +457,10 @@ static HOST_VTABLE: HostVtable = HostVtable {
     cancel_timer: host_cancel_timer,
     reply: host_reply,
     self_name: host_self_name,
+    hosts: Some(host_hosts),
+    register_global: Some(host_register_global),
+    monitor: Some(host_monitor),
+    monitor_hosts: Some(host_monitor_hosts),
 };
 
 /// Runs a callback body with panics caught; a host bug must not abort through the plugin.
@@ -592,6 +596,76 @@ unsafe extern "C" fn host_call(
         // call; `bytes` outlives it.
         unsafe { sink_fn(sink, Bytes::from_slice(&bytes)) };
         code
+    })
+}
+
+/// Hands `result` to the plugin's sink (the value, or the error's text) and returns its
+/// `SERVICE_*` code.
+///
+/// # Safety
+/// `sink_fn` and `sink` must be the plugin's buffer writer for the call in progress.
+unsafe fn answer_to_sink(
+    result: Result<Vec<u8>, ServiceError>,
+    sink: *mut c_void,
+    sink_fn: SinkFn,
+) -> u32 {
+    let (code, bytes) = match result {
+        Ok(bytes) => (abi::SERVICE_OK, bytes),
+        Err(error) => (error.code(), error.to_string().into_bytes()),
+    };
+    // SAFETY: per the contract; `bytes` outlives the call, which copies them.
+    unsafe { sink_fn(sink, Bytes::from_slice(&bytes)) };
+    code
+}
+
+unsafe extern "C" fn host_hosts(ctx: *mut c_void, sink: *mut c_void, sink_fn: SinkFn) -> u32 {
+    guarded(abi::SERVICE_UNAVAILABLE, || {
+        // SAFETY: as in `host_output`.
+        let Some(context) = (unsafe { context(ctx) }) else {
+            return abi::SERVICE_UNAVAILABLE;
+        };
+        let result = context.services.hosts().and_then(|hosts| {
+            graft_plugin::codec::encode(&hosts)
+                .map_err(|_| ServiceError::Unavailable("hosts (not encodable)"))
+        });
+        // SAFETY: the plugin's own sink for this call.
+        unsafe { answer_to_sink(result, sink, sink_fn) }
+    })
+}
+
+unsafe extern "C" fn host_register_global(
+    ctx: *mut c_void,
+    sink: *mut c_void,
+    sink_fn: SinkFn,
+) -> u32 {
+    guarded(abi::SERVICE_UNAVAILABLE, || {
+        // SAFETY: as in `host_output`.
+        let Some(context) = (unsafe { context(ctx) }) else {
+            return abi::SERVICE_UNAVAILABLE;
+        };
+        let result = context.services.register_global().map(|()| Vec::new());
+        // SAFETY: the plugin's own sink for this call.
+        unsafe { answer_to_sink(result, sink, sink_fn) }
+    })
+}
+
+unsafe extern "C" fn host_monitor(ctx: *mut c_void, to: Bytes) -> u64 {
+    guarded(0, || {
+        // SAFETY: as in `host_output`.
+        let (Some(context), to) = (unsafe { context(ctx) }, unsafe { slice(to) }) else {
+            return 0;
+        };
+        context.services.monitor(&text(to)).unwrap_or(0)
+    })
+}
+
+unsafe extern "C" fn host_monitor_hosts(ctx: *mut c_void, on: u32) -> u32 {
+    guarded(abi::SERVICE_UNAVAILABLE, || {
+        // SAFETY: as in `host_output`.
+        let Some(context) = (unsafe { context(ctx) }) else {
+            return abi::SERVICE_UNAVAILABLE;
+        };
+        service_code(context.services.monitor_hosts(on == 1))
     })
 }
 
