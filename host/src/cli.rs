@@ -129,7 +129,7 @@ enum Command {
     },
     /// Call an actor with a JSON message and print the reply.
     Call {
-        /// The actor's name.
+        /// The actor's name; on a host in a cluster also a global name, or `name@host`.
         actor: String,
         /// The message, as JSON (e.g. '"Get"' or '{"Add": 5}').
         #[arg(value_parser = parse_json)]
@@ -140,7 +140,7 @@ enum Command {
     },
     /// Cast a JSON message to an actor.
     Cast {
-        /// The actor's name.
+        /// The actor's name; on a host in a cluster also a global name, or `name@host`.
         actor: String,
         /// The message, as JSON.
         #[arg(value_parser = parse_json)]
