@@ -203,12 +203,14 @@ impl Cluster {
     }
 
     /// Leaves the cluster after the supervision tree stopped: frees this host's leases
-    /// (a standby takes over at once) and global names, and stops the cluster's tasks.
+    /// (a standby takes over at once) and global names, deletes its entry from the hosts
+    /// bucket (the others see it leave at their next read), and stops the cluster's tasks.
     pub async fn leave(&self) {
         self.leases.leave().await;
         self.names.leave().await;
         self.transport.stop();
         self.hosts.stop();
+        self.hosts.leave().await;
     }
 
     /// The global names and singleton leases this host holds.
