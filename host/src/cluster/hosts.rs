@@ -274,7 +274,9 @@ impl HostTracker {
                     tracing::debug!(%error, "deleting this host's entry failed; it expires");
                 }
             }
-            Err(error) => tracing::debug!(%error, "the hosts bucket is unreachable; the entry expires"),
+            Err(error) => {
+                tracing::debug!(%error, "the hosts bucket is unreachable; the entry expires")
+            }
         }
     }
 
