@@ -204,7 +204,8 @@ pub async fn join(
         join.group.clone(),
         report.clone(),
     )
-    .await?;
+    .await?
+    .with_cluster(Arc::clone(&joined.cluster));
     let converger = Converger::new(
         joined.fleet.clone(),
         Arc::clone(handler),
@@ -326,7 +327,8 @@ pub async fn run(
 
 /// `graft fleet status`'s output: the hosts, and for each that does not run what the
 /// fleet wants of it, the release it is converging to (and why it could not), so a mixed
-/// fleet is always visible.
+/// fleet is always visible; and the global names and singletons each holds in its group's
+/// cluster.
 fn print_status(
     fleet: &str,
     hosts: &[HostStatus],
@@ -383,6 +385,12 @@ fn print_status(
         }
         for actor in &host.unhealthy {
             say!("    unhealthy: {actor}");
+        }
+        if !host.globals.is_empty() {
+            say!("    global names: {}", host.globals.join(", "));
+        }
+        if !host.singletons.is_empty() {
+            say!("    singletons: {}", host.singletons.join(", "));
         }
     }
     Ok(())

@@ -71,6 +71,12 @@ pub struct HostStatus {
     pub converge_error: Option<String>,
     /// When it wrote this entry (milliseconds since the Unix epoch, its clock).
     pub updated_ms: u64,
+    /// The global names it holds in its group's cluster, sorted.
+    #[serde(default)]
+    pub globals: Vec<String>,
+    /// The singletons it runs for its group's cluster (their child ids), sorted.
+    #[serde(default)]
+    pub singletons: Vec<String>,
 }
 
 /// A host's health as its heartbeat reports it.
@@ -180,6 +186,8 @@ pub struct Membership {
     report: ConvergeReport,
     /// The release last seen running and the restart count when it was first seen.
     release_start: std::sync::Mutex<Option<(Version, u64)>>,
+    /// The cluster the host belongs to, for its global names and singletons.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -217,10 +225,17 @@ impl Membership {
             group,
             report,
             release_start: std::sync::Mutex::new(None),
+            cluster: None,
         };
         let store = hosts_bucket(&membership.fleet).await?;
         membership.heartbeat(&store).await?;
         Ok(membership)
+    }
+
+    /// Reports `cluster`'s global names and singletons in the heartbeat from now on.
+    pub fn with_cluster(mut self, cluster: Arc<crate::cluster::Cluster>) -> Membership {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// The host's name in the fleet.
@@ -247,6 +262,11 @@ impl Membership {
                 }
             }
         };
+        let cluster = self
+            .cluster
+            .as_ref()
+            .map(|cluster| cluster.report())
+            .unwrap_or_default();
         HostStatus {
             host: self.host.clone(),
             group: self.group.clone(),
@@ -272,6 +292,8 @@ impl Membership {
             installing: self.handler.install_in_progress(),
             converge_error: self.report.error(),
             updated_ms: now_ms(),
+            globals: cluster.globals,
+            singletons: cluster.singletons,
         }
     }
 

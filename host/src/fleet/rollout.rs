@@ -684,6 +684,8 @@ mod tests {
             installing,
             converge_error: None,
             updated_ms,
+            globals: Vec::new(),
+            singletons: Vec::new(),
         }
     }
 
