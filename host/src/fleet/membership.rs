@@ -384,6 +384,8 @@ mod tests {
             installing: false,
             converge_error: None,
             updated_ms: 1,
+            globals: vec!["kv".into()],
+            singletons: Vec::new(),
         };
         let text = serde_json::to_string(&status).unwrap();
         assert!(text.contains(r#""health":"healthy""#), "{text}");
