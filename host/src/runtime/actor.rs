@@ -251,10 +251,17 @@ impl HostServices for ActorServices {
     }
 
     fn send(&self, to: &str, kind: SendKind, message: Vec<u8>) -> Result<(), ServiceError> {
-        let target = self
-            .runtime
-            .whereis(to)
-            .ok_or_else(|| ServiceError::NotFound(to.to_owned()))?;
+        let target = match self.runtime.route(to) {
+            Some(super::Route::Local(target)) => target,
+            Some(super::Route::Remote(target)) => {
+                let remote = self
+                    .runtime
+                    .remote()
+                    .ok_or_else(|| ServiceError::NotFound(to.to_owned()))?;
+                return remote.send(self.label(), &target, kind, message);
+            }
+            None => return Err(ServiceError::NotFound(to.to_owned())),
+        };
         let sent = match kind {
             SendKind::Cast => target.try_cast(message),
             SendKind::Info => target.try_send_info(message),
@@ -263,10 +270,22 @@ impl HostServices for ActorServices {
     }
 
     fn call(&self, to: &str, message: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, ServiceError> {
-        let target = self
-            .runtime
-            .whereis(to)
-            .ok_or_else(|| ServiceError::NotFound(to.to_owned()))?;
+        let target = match self.runtime.route(to) {
+            Some(super::Route::Local(target)) => target,
+            Some(super::Route::Remote(target)) => {
+                let remote = self
+                    .runtime
+                    .remote()
+                    .ok_or_else(|| ServiceError::NotFound(to.to_owned()))?;
+                // Blocks this runner as a local call does (below).
+                let timers = executor::timers();
+                return executor::blocking(|| {
+                    timers.block_on(remote.call(&target, message, timeout))
+                })
+                .map_err(service_error);
+            }
+            None => return Err(ServiceError::NotFound(to.to_owned())),
+        };
         if target == self.me {
             return Err(service_error(CallError::CallingSelf(
                 self.label().to_owned(),
@@ -276,6 +295,48 @@ impl HostServices for ActorServices {
         // it waits, so waiting for `target` cannot starve the pool.
         let timers = executor::timers();
         executor::blocking(|| timers.block_on(target.call(message, timeout))).map_err(service_error)
+    }
+
+    /// The cluster's live hosts; without a cluster, this host alone is a cluster of one
+    /// with no name, so the list is empty.
+    fn hosts(&self) -> Result<Vec<String>, ServiceError> {
+        Ok(self
+            .runtime
+            .remote()
+            .map(|remote| remote.hosts())
+            .unwrap_or_default())
+    }
+
+    fn register_global(&self) -> Result<(), ServiceError> {
+        let timers = executor::timers();
+        executor::blocking(|| timers.block_on(self.runtime.make_global(&self.me))).map_err(
+            |error| match error {
+                super::GlobalError::Unavailable(why) => ServiceError::Refused {
+                    actor: self.label().to_owned(),
+                    reason: format!("cluster unavailable: {why}"),
+                },
+                other => ServiceError::Refused {
+                    actor: self.label().to_owned(),
+                    reason: other.to_string(),
+                },
+            },
+        )
+    }
+
+    fn monitor(&self, to: &str) -> Result<u64, ServiceError> {
+        self.runtime
+            .monitor_name(&self.me, to)
+            .ok_or_else(|| ServiceError::NotFound(to.to_owned()))
+    }
+
+    fn monitor_hosts(&self, on: bool) -> Result<(), ServiceError> {
+        match self.runtime.remote() {
+            Some(remote) => {
+                remote.watch_hosts(&self.me, on);
+                Ok(())
+            }
+            None => Err(ServiceError::Unavailable("monitor_hosts")),
+        }
     }
 
     fn start_timer(&self, delay: Duration, repeat: bool, message: Vec<u8>) -> Option<u64> {
