@@ -6,6 +6,7 @@
 
 pub mod fleet;
 pub mod nats;
+pub mod proxy;
 pub mod scrape;
 
 use graft::build::CargoBuild;
