@@ -36,6 +36,11 @@
 //!   `ActorRef::exited` returns only once they have been (so an exit it then causes reaches
 //!   a supervisor after this one).
 //!
+//! - A name is resolved here first ([`Runtime::route`]): a registered local name wins;
+//!   only a name unknown here, or `name@other-host`, goes to the cluster ([`remote`]), when
+//!   the host is in one. A `global` actor's name is registered here and cluster-wide before
+//!   its task starts, and freed in both places when it exits.
+//!
 //! - A caller watches the callee's exit as well as its reply: an actor killed while a
 //!   callback holds its thread (past its deadline) cannot drop the reply channels it
 //!   holds, yet its callers hear of the exit at once.
