@@ -4,6 +4,7 @@
 //! Tests never load cargo's artifact paths themselves; the loader copies every library to
 //! a private file first, and altered copies are written to the test's own temp directory.
 
+pub mod cluster;
 pub mod fleet;
 pub mod nats;
 pub mod proxy;

@@ -12,11 +12,10 @@
 //! Every wait is a poll with a generous deadline ([`DEADLINE`]): hosts are read every
 //! second, names renewed every 2 s and forgotten 10 s after their host's last renewal.
 
+use graft_tests::cluster::{await_reply, call, join_arguments, start_host};
 use graft_tests::fleet::{DEADLINE, fleet_status};
 use graft_tests::nats::NatsServer;
-use graft_tests::{
-    Host, assembled_root, eventually_blocking, kill_9, run_graft, stderr_text, stdout_text,
-};
+use graft_tests::{Host, assembled_root, eventually_blocking, kill_9, run_graft, stderr_text};
 use serde_json::Value;
 use std::path::Path;
 use std::time::Instant;
@@ -36,42 +35,11 @@ fn release(with_kv: bool) -> String {
     text
 }
 
-/// `graft start --fleet URL --group cluster --host-name NAME` arguments, and more.
-fn join_arguments<'a>(url: &'a str, name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut arguments = vec!["--fleet", url, "--group", "cluster", "--host-name", name];
-    arguments.extend_from_slice(extra);
-    arguments
-}
-
 /// A host named `name` on its own root with `release`.
 fn host(server: &NatsServer, name: &str, release: String) -> (tempfile::TempDir, Host) {
     let root = assembled_root(&[("1.0.0", release)]);
-    let url = server.url();
-    let host = Host::start(root.path(), &join_arguments(&url, name, &[]));
+    let host = start_host(server, "cluster", name, root.path());
     (root, host)
-}
-
-/// `graft call NAME REQUEST` on `root`: the reply's text, or the error's.
-fn call(root: &Path, name: &str, request: &str) -> Result<String, String> {
-    let output = run_graft(root, &["call", name, request]);
-    if output.status.success() {
-        Ok(stdout_text(&output).trim().to_owned())
-    } else {
-        Err(format!("{}{}", stdout_text(&output), stderr_text(&output)))
-    }
-}
-
-/// Polls `graft call` until it answers `expected`; the last answer on failure.
-fn await_reply(root: &Path, name: &str, request: &str, expected: &str) {
-    let mut last = Err(String::new());
-    let answered = eventually_blocking(DEADLINE, || {
-        last = call(root, name, request);
-        last.as_deref() == Ok(expected)
-    });
-    assert!(
-        answered,
-        "{name} {request}: expected {expected}, last {last:?}"
-    );
 }
 
 /// The hosts of `graft fleet status --json`, by name → their entry.
@@ -145,7 +113,7 @@ fn a_global_kv_is_reached_from_every_host_and_vanishes_with_its_host() {
     let url = server.url();
     let refused = run_graft(root_d.path(), &{
         let mut arguments = vec!["start"];
-        arguments.extend(join_arguments(&url, "host-d", &[]));
+        arguments.extend(join_arguments(&url, "cluster", "host-d"));
         arguments
     });
     assert!(!refused.status.success());
@@ -196,12 +164,16 @@ fn a_host_without_the_clusters_token_can_neither_join_nor_message() {
     let root_a = assembled_root(&[("1.0.0", release(true))]);
     let _host_a = Host::start(
         root_a.path(),
-        &join_arguments(&url, "host-a", &["--fleet-token", "cluster-s3cret"]),
+        &[
+            join_arguments(&url, "cluster", "host-a"),
+            vec!["--fleet-token", "cluster-s3cret"],
+        ]
+        .concat(),
     );
     for token in [None, Some("wrong")] {
         let root = assembled_root(&[("1.0.0", release(false))]);
         let mut arguments = vec!["start"];
-        arguments.extend(join_arguments(&url, "intruder", &[]));
+        arguments.extend(join_arguments(&url, "cluster", "intruder"));
         if let Some(token) = token {
             arguments.extend(["--fleet-token", token]);
         }

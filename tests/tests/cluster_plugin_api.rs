@@ -11,6 +11,7 @@
 //! Every wait is a poll with a generous deadline: hosts are polled every second, and a
 //! SIGKILLed host's heartbeat expires after 10 s.
 
+use graft_tests::cluster::{call, start_host};
 use graft_tests::fleet::DEADLINE;
 use graft_tests::nats::NatsServer;
 use graft_tests::{Host, assembled_root, eventually_blocking, kill_9, run_graft, stdout_text};
@@ -43,22 +44,8 @@ fn release(with_kv: bool, with_watcher: bool) -> String {
 /// A host of group `api` named `name` on `server`, on its own root with `release`.
 fn host(server: &NatsServer, name: &str, release: String) -> (tempfile::TempDir, Host) {
     let root = assembled_root(&[("1.0.0", release)]);
-    let url = server.url();
-    let host = Host::start(
-        root.path(),
-        &["--fleet", &url, "--group", "api", "--host-name", name],
-    );
+    let host = start_host(server, "api", name, root.path());
     (root, host)
-}
-
-/// `graft call NAME REQUEST` on `root`: the reply as JSON text, or the error.
-fn call(root: &Path, name: &str, request: &str) -> Result<String, String> {
-    let output = run_graft(root, &["call", name, request]);
-    if output.status.success() {
-        Ok(stdout_text(&output).trim().to_owned())
-    } else {
-        Err(graft_tests::stderr_text(&output))
-    }
 }
 
 /// The watcher's events on `root`, one per line.

@@ -9,9 +9,10 @@
 //!
 //! Every wait is a poll with a generous deadline ([`DEADLINE`]).
 
+use graft_tests::cluster::{await_reply, call, start_host};
 use graft_tests::fleet::DEADLINE;
 use graft_tests::nats::NatsServer;
-use graft_tests::{Host, assembled_root, eventually_blocking, run_graft, stderr_text, stdout_text};
+use graft_tests::{assembled_root, eventually_blocking, run_graft, stderr_text, stdout_text};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
@@ -36,36 +37,6 @@ fn release(version: &str, kv_version: &str, placement: &str) -> String {
     text
 }
 
-fn start(server: &NatsServer, name: &str, root: &Path) -> Host {
-    let url = server.url();
-    Host::start(
-        root,
-        &["--fleet", &url, "--group", "upgrade", "--host-name", name],
-    )
-}
-
-/// `graft call NAME REQUEST` on `root` (a 10 s timeout): the reply, or the error.
-fn call(root: &Path, name: &str, request: &str) -> Result<String, String> {
-    let output = run_graft(root, &["call", name, request, "--timeout", "10000"]);
-    if output.status.success() {
-        Ok(stdout_text(&output).trim().to_owned())
-    } else {
-        Err(format!("{}{}", stdout_text(&output), stderr_text(&output)))
-    }
-}
-
-fn await_reply(root: &Path, name: &str, request: &str, expected: &str) {
-    let mut last = Err(String::new());
-    let answered = eventually_blocking(DEADLINE, || {
-        last = call(root, name, request);
-        last.as_deref() == Ok(expected)
-    });
-    assert!(
-        answered,
-        "{name} {request}: expected {expected}, last {last:?}"
-    );
-}
-
 /// `kv`'s mailbox length on `root`, from `graft status --json`.
 fn kv_mailbox(root: &Path) -> u64 {
     let output = run_graft(root, &["status", "--json"]);
@@ -83,8 +54,8 @@ fn a_remote_call_to_a_suspended_actor_waits_for_its_resume() {
     let root_a = assembled_root(&[("1.0.0", release("1.0.0", "1.0.0", "global = true"))]);
     let root_b = assembled_root(&[("1.0.0", release("1.0.0", "1.0.0", ""))]);
     // B has its own local kv: it is reached as kv@host-a.
-    let _host_a = start(&server, "host-a", root_a.path());
-    let _host_b = start(&server, "host-b", root_b.path());
+    let _host_a = start_host(&server, "upgrade", "host-a", root_a.path());
+    let _host_b = start_host(&server, "upgrade", "host-b", root_b.path());
     await_reply(
         root_b.path(),
         "kv@host-a",
@@ -123,7 +94,7 @@ fn a_singleton_upgraded_by_its_owner_keeps_its_state_and_callers_on_other_hosts(
         ]
     };
     let root_a = assembled_root(&releases());
-    let _host_a = start(&server, "host-a", root_a.path());
+    let _host_a = start_host(&server, "upgrade", "host-a", root_a.path());
     // A owns the singleton before B starts: B holds it in standby.
     await_reply(
         root_a.path(),
@@ -132,7 +103,7 @@ fn a_singleton_upgraded_by_its_owner_keeps_its_state_and_callers_on_other_hosts(
         "null",
     );
     let root_b = assembled_root(&releases());
-    let _host_b = start(&server, "host-b", root_b.path());
+    let _host_b = start_host(&server, "upgrade", "host-b", root_b.path());
     await_reply(root_b.path(), "kv", r#"{"Get": "before"}"#, r#""kept""#);
 
     // B calls the singleton in a loop while A installs 1.1.0.
