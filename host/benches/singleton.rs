@@ -218,8 +218,7 @@ fn fail_over(url: &str, group: &str, signal: &str) -> Duration {
         assert!(Instant::now() < end, "no fail-over after {signal}");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let took = sent.elapsed();
-    took
+    sent.elapsed()
 }
 
 fn median(mut values: Vec<Duration>) -> Duration {
