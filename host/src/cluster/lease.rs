@@ -20,11 +20,15 @@
 //! - Renewals never wait on the supervisor, an install or an actor callback: stops, kills
 //!   and restarts run in tasks of their own; every KV request has a timeout.
 //! - A standby does not try to win while its own fencing task still runs.
+//! - A child an install deleted from its supervisor frees its lease (checked every
+//!   [`SPEC_CHECK`] beside the keeper), so a host whose release still has it takes over.
 //!
 //! Tricky: expiry (the bucket's `max_age`) leaves no delete marker and is invisible to
-//! watches, so a standby polls with `create`. The quarantine after a store reset
-//! (design §6) is not built: a renewal refused after a reset stops the copy at once (the
-//! safe side), and the standby wins it again when nobody else holds it.
+//! watches, so a standby polls with `create`. After a server restart that lost its store,
+//! renewals fail and the copy is fenced (the safe side); a failed `create` opens the bucket
+//! again (creating it), and the first standby to try wins it. (No quarantine of a lease's TTL after such a reset: an
+//! old holder cut off at that moment fences itself within 3.5 s, but a new one may start
+//! before that.)
 
 use super::{ClusterNamespace, FENCE_KILL, FENCE_STOP, LEASE_RENEW, LEASE_TTL, STANDBY_POLL};
 use crate::fleet::{Fleet, FleetError, now_ms};
@@ -91,11 +95,20 @@ struct Keeper {
     /// The running fence (stop, then kill) of this child, if any.
     fencing: Mutex<Option<JoinHandle<()>>>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// The check that the child is still in its supervisor's spec.
+    spec_watch: Mutex<Option<JoinHandle<()>>>,
+    /// Set when an install deleted the child from its supervisor: the keeper frees the
+    /// lease (a host whose release still has the child takes it) and ends.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 struct Shared {
     host: String,
-    store: kv::Store,
+    fleet: Fleet,
+    bucket: String,
+    /// The leases bucket; opened again (created if need be) after a failed `create`, in
+    /// case the server lost it (restarted without its store).
+    store: Mutex<kv::Store>,
     runtime: Runtime,
     tokio: tokio::runtime::Handle,
     keepers: Mutex<HashMap<(String, String), Arc<Keeper>>>,
@@ -117,6 +130,27 @@ fn key(child: &str) -> String {
     format!("singleton.{child}")
 }
 
+async fn open_bucket(fleet: &Fleet, bucket: &str) -> Result<kv::Store, FleetError> {
+    fleet
+        .bucket(bucket, "graft singleton leases", 1, LEASE_TTL)
+        .await
+}
+
+impl Shared {
+    fn store(&self) -> kv::Store {
+        lock(&self.store).clone()
+    }
+
+    /// Opens the bucket again (creating it if the server lost it).
+    async fn reopen(&self) {
+        if let Ok(Ok(store)) =
+            tokio::time::timeout(REQUEST_TIMEOUT, open_bucket(&self.fleet, &self.bucket)).await
+        {
+            *lock(&self.store) = store;
+        }
+    }
+}
+
 impl Leases {
     /// Opens the leases bucket.
     pub async fn start(
@@ -125,18 +159,13 @@ impl Leases {
         host: &str,
         runtime: Runtime,
     ) -> Result<Leases, FleetError> {
-        let store = fleet
-            .bucket(
-                &namespace.leases_bucket(),
-                "graft singleton leases",
-                1,
-                LEASE_TTL,
-            )
-            .await?;
+        let store = open_bucket(fleet, &namespace.leases_bucket()).await?;
         Ok(Leases {
             shared: Arc::new(Shared {
                 host: host.to_owned(),
-                store,
+                fleet: fleet.clone(),
+                bucket: namespace.leases_bucket(),
+                store: Mutex::new(store),
                 runtime,
                 tokio: tokio::runtime::Handle::current(),
                 keepers: Mutex::new(HashMap::new()),
@@ -163,6 +192,8 @@ impl Leases {
                 state: Mutex::new(State::Standby),
                 fencing: Mutex::new(None),
                 task: Mutex::new(None),
+                spec_watch: Mutex::new(None),
+                retired: std::sync::atomic::AtomicBool::new(false),
             });
             {
                 let mut keepers = lock(&shared.keepers);
@@ -202,6 +233,9 @@ impl Leases {
             if let Some(task) = lock(&keeper.task).take() {
                 task.abort();
             }
+            if let Some(task) = lock(&keeper.spec_watch).take() {
+                task.abort();
+            }
         }
         for keeper in keepers {
             let state = std::mem::replace(&mut *lock(&keeper.state), State::Standby);
@@ -209,7 +243,7 @@ impl Leases {
                 let deleted = tokio::time::timeout(
                     REQUEST_TIMEOUT,
                     self.shared
-                        .store
+                        .store()
                         .delete_expect_revision(key(&keeper.child), Some(revision)),
                 )
                 .await;
@@ -239,7 +273,7 @@ async fn try_acquire(shared: &Shared, keeper: &Keeper) -> bool {
     let sent = Instant::now();
     match tokio::time::timeout(
         REQUEST_TIMEOUT,
-        shared.store.create(key(&keeper.child), value.into()),
+        shared.store().create(key(&keeper.child), value.into()),
     )
     .await
     {
@@ -254,6 +288,7 @@ async fn try_acquire(shared: &Shared, keeper: &Keeper) -> bool {
         Ok(Err(error)) => {
             if error.kind() != kv::CreateErrorKind::AlreadyExists {
                 tracing::debug!(child = %keeper.child, %error, "taking a singleton lease failed");
+                shared.reopen().await;
             }
             false
         }
@@ -261,9 +296,61 @@ async fn try_acquire(shared: &Shared, keeper: &Keeper) -> bool {
     }
 }
 
+/// How often a keeper checks that its child is still in its supervisor's spec.
+const SPEC_CHECK: Duration = Duration::from_secs(2);
+
+/// Marks the keeper retired once its supervisor no longer has the child (an install
+/// deleted it). A supervisor that is gone (the tree stopping) or slow to answer changes
+/// nothing: `leave` frees the lease after the tree stopped. Runs beside the keeper, so
+/// the renewals never wait on the supervisor.
+async fn watch_spec(shared: Arc<Shared>, keeper: Arc<Keeper>) {
+    let mut interval = tokio::time::interval(SPEC_CHECK);
+    loop {
+        interval.tick().await;
+        let Some(supervisor) = shared.runtime.supervisor(&keeper.supervisor) else {
+            continue;
+        };
+        let spec = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            supervisor.get_childspec(ChildKey::Id(keeper.child.clone())),
+        )
+        .await;
+        if let Ok(Err(crate::supervisor::SupervisorError::NotFound(_))) = spec {
+            tracing::info!(child = %keeper.child, "the singleton was deleted from its supervisor; freeing its lease");
+            keeper
+                .retired
+                .store(true, std::sync::atomic::Ordering::Release);
+            return;
+        }
+    }
+}
+
+/// Frees a retired keeper's lease (if it holds it) and forgets the keeper.
+async fn retire(shared: &Shared, keeper: &Keeper) {
+    let state = std::mem::replace(&mut *lock(&keeper.state), State::Standby);
+    if let State::Owner { revision, .. } = state {
+        let _ = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            shared
+                .store()
+                .delete_expect_revision(key(&keeper.child), Some(revision)),
+        )
+        .await;
+    }
+    lock(&shared.keepers).remove(&(keeper.supervisor.clone(), keeper.child.clone()));
+}
+
 async fn run_keeper(shared: Arc<Shared>, keeper: Arc<Keeper>) {
+    let spec_watch = shared
+        .tokio
+        .spawn(watch_spec(Arc::clone(&shared), Arc::clone(&keeper)));
+    *lock(&keeper.spec_watch) = Some(spec_watch);
     let mut next_renew = Instant::now() + LEASE_RENEW;
     loop {
+        if keeper.retired.load(std::sync::atomic::Ordering::Acquire) {
+            retire(&shared, &keeper).await;
+            return;
+        }
         let state = *lock(&keeper.state);
         match state {
             State::Standby => {
@@ -295,7 +382,7 @@ async fn run_keeper(shared: Arc<Shared>, keeper: Arc<Keeper>) {
                 let renewed = tokio::time::timeout(
                     REQUEST_TIMEOUT,
                     shared
-                        .store
+                        .store()
                         .update(key(&keeper.child), value.into(), revision),
                 )
                 .await;
