@@ -1044,7 +1044,10 @@ async fn start(
         watching.abort();
     }
     if let Some(membership) = membership {
+        // Awaited: a heartbeat in flight must land before the cluster deletes the entry
+        // on leaving, or it would bring the host back until its TTL.
         membership.abort();
+        let _ = membership.await;
     }
     serving.abort();
     let _ = serving.await;
