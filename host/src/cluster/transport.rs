@@ -530,7 +530,7 @@ fn reply_frame(subject: String, status: &str, detail: &str, payload: Vec<u8>) ->
         subject,
         reply: None,
         headers,
-        payload: payload,
+        payload,
     }
 }
 
