@@ -1,3 +1,330 @@
-//! Placeholder (issue 17): the cluster benchmark is being written.
+//! Remote messages between two hosts of a cluster (issue 17, WP1), hand-timed like the
+//! fleet bench: two in-process hosts (each its own `Runtime` and `Cluster` connection) on
+//! one local `nats-server` (`$GRAFT_NATS_SERVER`, else on `PATH`, else
+//! `/usr/sbin/nats-server`, `/usr/bin/nats-server`; skipped without one).
+//!
+//! Measures, in the same run:
+//! - call round trip p50/p99: host A → `echo@host-b` (NATS, both hosts' transports) vs a
+//!   local call of the same actor on host B vs a bare tokio oneshot round trip;
+//! - cast throughput A → B (every cast received and counted by the actor) vs local casts
+//!   to the same actor.
+//!
+//! Prints ratios and a `summary:` block. The targets are informational ("met" when a
+//! remote call's p50 stays under 1 ms and remote casts reach 100 000/s on this machine);
+//! a 2-core machine shared with other work is noisy: run it 2–3 times, quote medians.
 
-fn main() {}
+use graft::cluster::Cluster;
+use graft::fleet::{Fleet, FleetOptions};
+use graft::plugin::{CallbackError, HostServices, Outputs, PluginIdentity};
+use graft::runtime::{ActorOptions, Behaviour, NativeFactory, Runtime, Started};
+use graft_plugin::{StopReason, codec};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const CALLS: usize = 5_000;
+const CASTS: u64 = 200_000;
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------
+// nats-server (as host/benches/fleet.rs starts it).
+
+fn nats_server_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("GRAFT_NATS_SERVER") {
+        return Some(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let on_path = std::env::split_paths(&path).map(|directory| directory.join("nats-server"));
+    let fixed = ["/usr/sbin/nats-server", "/usr/bin/nats-server"].map(PathBuf::from);
+    on_path.chain(fixed).find(|candidate| candidate.is_file())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("binding a free port")
+        .port()
+}
+
+struct NatsServer {
+    child: Child,
+    port: u16,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    fn start(binary: &Path) -> NatsServer {
+        let store = tempfile::tempdir().expect("creating the nats store");
+        let port = free_port();
+        let child = Command::new(binary)
+            .arg("-js")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .arg("-sd")
+            .arg(store.path().join("jetstream"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nats-server");
+        let end = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < end, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NatsServer {
+            child,
+            port,
+            _store: store,
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The measured actor: echoes calls, counts casts.
+
+struct Echo {
+    casts: Arc<AtomicU64>,
+}
+
+impl Behaviour for Echo {
+    fn identity(&self) -> Option<&PluginIdentity> {
+        None
+    }
+
+    fn handle_call(
+        &mut self,
+        request: &[u8],
+        _reply_token: u64,
+        _services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError> {
+        Ok(Outputs {
+            reply: Some(request.to_vec()),
+            ..Outputs::default()
+        })
+    }
+
+    fn handle_cast(
+        &mut self,
+        _message: &[u8],
+        _services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError> {
+        self.casts.fetch_add(1, Ordering::Relaxed);
+        Ok(Outputs::default())
+    }
+
+    fn handle_info(
+        &mut self,
+        _kind: u32,
+        _message: &[u8],
+        _services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError> {
+        Ok(Outputs::default())
+    }
+
+    fn handle_continue(
+        &mut self,
+        _argument: &[u8],
+        _services: &dyn HostServices,
+    ) -> Result<Outputs, CallbackError> {
+        Ok(Outputs::default())
+    }
+
+    fn terminate(
+        &mut self,
+        _reason: &StopReason,
+        _services: &dyn HostServices,
+    ) -> Result<(), CallbackError> {
+        Ok(())
+    }
+
+    fn encode_state(&mut self) -> Result<Vec<u8>, CallbackError> {
+        Ok(Vec::new())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+async fn host(url: &str, name: &str) -> (Runtime, Arc<Cluster>) {
+    let fleet = Fleet::connect(
+        &FleetOptions {
+            url: url.to_owned(),
+            fleet: "bench".to_owned(),
+            token: None,
+            credentials: None,
+        },
+        false,
+    )
+    .await
+    .expect("connecting to nats-server");
+    let runtime = Runtime::new();
+    let cluster = Cluster::connect(fleet, "g", name, runtime.clone())
+        .await
+        .expect("joining the cluster");
+    (runtime, cluster)
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * fraction).round() as usize]
+}
+
+fn micros(duration: Duration) -> String {
+    format!("{:.1} µs", duration.as_secs_f64() * 1e6)
+}
+
+async fn round_trips<F, Fut>(mut one: F) -> (Duration, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..CALLS / 10 {
+        one().await;
+    }
+    let mut samples = Vec::with_capacity(CALLS);
+    for _ in 0..CALLS {
+        let start = Instant::now();
+        one().await;
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
+/// Casts `CASTS` messages with `cast` and waits until the actor counted them all.
+async fn cast_rate(counter: &AtomicU64, mut cast: impl FnMut() -> bool) -> f64 {
+    let before = counter.load(Ordering::Relaxed);
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < CASTS {
+        if cast() {
+            sent += 1;
+        } else {
+            // The outbound queue is full: let the writer drain it.
+            tokio::task::yield_now().await;
+        }
+    }
+    let end = Instant::now() + TIMEOUT;
+    while counter.load(Ordering::Relaxed) - before < CASTS {
+        assert!(Instant::now() < end, "not every cast arrived");
+        tokio::task::yield_now().await;
+    }
+    CASTS as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let Some(binary) = nats_server_binary() else {
+        println!(
+            "summary: skipped: no nats-server (apt-get install nats-server, or set GRAFT_NATS_SERVER)"
+        );
+        return;
+    };
+    let server = NatsServer::start(&binary);
+    let url = format!("nats://127.0.0.1:{}", server.port);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    tokio.block_on(async move {
+        let (host_a, cluster_a) = host(&url, "host-a").await;
+        let (host_b, cluster_b) = host(&url, "host-b").await;
+        let casts = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&casts);
+        let factory = Arc::new(NativeFactory(
+            move |_args: &[u8], _services: &dyn HostServices| -> Result<Started, CallbackError> {
+                let echo = Echo {
+                    casts: Arc::clone(&counter),
+                };
+                Ok((Box::new(echo), Outputs::default()))
+            },
+        ));
+        let echo = host_b
+            .spawn(ActorOptions::new(factory, Vec::new()).named("echo"))
+            .await
+            .expect("spawning echo");
+        let request = codec::encode("ping").unwrap();
+
+        let (remote_p50, remote_p99) = round_trips(|| {
+            let request = request.clone();
+            let host_a = host_a.clone();
+            async move {
+                host_a.call("echo@host-b", request, TIMEOUT).await.unwrap();
+            }
+        })
+        .await;
+        let (local_p50, local_p99) = round_trips(|| {
+            let request = request.clone();
+            let echo = echo.clone();
+            async move {
+                echo.call(request, TIMEOUT).await.unwrap();
+            }
+        })
+        .await;
+        let (oneshot_p50, oneshot_p99) = round_trips(|| async {
+            let (sender, receiver) = tokio::sync::oneshot::channel::<Vec<u8>>();
+            tokio::spawn(async move { sender.send(Vec::new()) });
+            receiver.await.unwrap();
+        })
+        .await;
+
+        let message = codec::encode("x").unwrap();
+        let remote_rate = cast_rate(&casts, || {
+            host_a.cast("echo@host-b", message.clone()).is_ok()
+        })
+        .await;
+        let local_rate = cast_rate(&casts, || {
+            echo.cast(message.clone());
+            true
+        })
+        .await;
+
+        println!(
+            "call round trip ({CALLS} calls): remote p50 {} p99 {}; local p50 {} p99 {}; tokio oneshot p50 {} p99 {}",
+            micros(remote_p50),
+            micros(remote_p99),
+            micros(local_p50),
+            micros(local_p99),
+            micros(oneshot_p50),
+            micros(oneshot_p99)
+        );
+        println!(
+            "casts ({CASTS}, all received and counted): remote A→B {:.0}/s, local {:.0}/s",
+            remote_rate, local_rate
+        );
+        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
+        println!("summary: cluster messages, two in-process hosts on one local nats-server");
+        println!(
+            "summary: remote call p50 {} = {:.1}x local ({}), {:.1}x a tokio oneshot ({}); p99 {} = {:.1}x local",
+            micros(remote_p50),
+            ratio(remote_p50, local_p50),
+            micros(local_p50),
+            ratio(remote_p50, oneshot_p50),
+            micros(oneshot_p50),
+            micros(remote_p99),
+            ratio(remote_p99, local_p99)
+        );
+        println!(
+            "summary: remote casts {:.0}/s = {:.2}x local ({:.0}/s)",
+            remote_rate,
+            remote_rate / local_rate,
+            local_rate
+        );
+        println!(
+            "summary: target remote call p50 < 1 ms: {}",
+            if remote_p50 < Duration::from_millis(1) { "met" } else { "NOT met" }
+        );
+        println!(
+            "summary: target remote casts >= 100000/s: {}",
+            if remote_rate >= 100_000.0 { "met" } else { "NOT met" }
+        );
+        cluster_a.leave().await;
+        cluster_b.leave().await;
+    });
+}
