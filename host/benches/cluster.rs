@@ -212,7 +212,12 @@ async fn cast_rate(counter: &AtomicU64, mut cast: impl FnMut() -> bool) -> f64 {
     }
     let end = Instant::now() + TIMEOUT;
     while counter.load(Ordering::Relaxed) - before < CASTS {
-        assert!(Instant::now() < end, "not every cast arrived");
+        assert!(
+            Instant::now() < end,
+            "not every cast arrived: {} of {CASTS} counted; the NATS client reported {} dropped (slow consumer)",
+            counter.load(Ordering::Relaxed) - before,
+            graft::fleet::dropped_by_client()
+        );
         tokio::task::yield_now().await;
     }
     CASTS as f64 / start.elapsed().as_secs_f64()

@@ -270,6 +270,18 @@ impl Namespace {
     }
 }
 
+/// How many messages one subscription may hold before the client drops (async-nats's
+/// default is 65,536).
+pub const SUBSCRIPTION_CAPACITY: usize = 1 << 18;
+
+static DROPPED_BY_CLIENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Messages the NATS client of this process dropped because a subscription was full (each
+/// is also logged, and counted as lost in the metrics when they are on).
+pub fn dropped_by_client() -> u64 {
+    DROPPED_BY_CLIENT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A connection to a fleet: the client, its JetStream context and the namespace.
 #[derive(Clone)]
 pub struct Fleet {
@@ -310,7 +322,23 @@ impl Fleet {
         }
         connect = connect
             .connection_timeout(CONNECT_TIMEOUT)
-            .name(format!("graft-{}", namespace.fleet()));
+            .name(format!("graft-{}", namespace.fleet()))
+            // A cluster host's inbox may take bursts of casts: room for them before the
+            // client must drop (and the drop below is reported, never silent).
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .event_callback(|event| async move {
+                if let async_nats::Event::SlowConsumer(subscription) = event {
+                    let dropped = DROPPED_BY_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    if crate::metrics::is_enabled() {
+                        crate::metrics::history::count_lost(1);
+                    }
+                    tracing::error!(
+                        subscription,
+                        dropped,
+                        "a message was dropped: this host reads its cluster inbox slower than others send (NATS core is at most once)"
+                    );
+                }
+            });
         if retry {
             connect = connect.retry_on_initial_connect();
         }
