@@ -13,13 +13,15 @@
 //! remote call's p50 stays under 1 ms and remote casts reach 100 000/s on this machine);
 //! a 2-core machine shared with other work is noisy: run it 2–3 times, quote medians.
 
+#[path = "support/nats.rs"]
+mod nats;
+
 use graft::cluster::Cluster;
 use graft::fleet::{Fleet, FleetOptions};
 use graft::plugin::{CallbackError, HostServices, Outputs, PluginIdentity};
 use graft::runtime::{ActorOptions, Behaviour, NativeFactory, Runtime, Started};
 use graft_plugin::{StopReason, codec};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use nats::{NatsServer, nats_server_binary};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,65 +29,6 @@ use std::time::{Duration, Instant};
 const CALLS: usize = 5_000;
 const CASTS: u64 = 200_000;
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-// ---------------------------------------------------------------------------------------
-// nats-server (as host/benches/fleet.rs starts it).
-
-fn nats_server_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("GRAFT_NATS_SERVER") {
-        return Some(PathBuf::from(path));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let on_path = std::env::split_paths(&path).map(|directory| directory.join("nats-server"));
-    let fixed = ["/usr/sbin/nats-server", "/usr/bin/nats-server"].map(PathBuf::from);
-    on_path.chain(fixed).find(|candidate| candidate.is_file())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("binding a free port")
-        .port()
-}
-
-struct NatsServer {
-    child: Child,
-    port: u16,
-    _store: tempfile::TempDir,
-}
-
-impl NatsServer {
-    fn start(binary: &Path) -> NatsServer {
-        let store = tempfile::tempdir().expect("creating the nats store");
-        let port = free_port();
-        let child = Command::new(binary)
-            .arg("-js")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .arg("-sd")
-            .arg(store.path().join("jetstream"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting nats-server");
-        let end = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < end, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        NatsServer {
-            child,
-            port,
-            _store: store,
-        }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // The measured actor: echoes calls, counts casts.
@@ -231,7 +174,7 @@ fn main() {
         return;
     };
     let server = NatsServer::start(&binary);
-    let url = format!("nats://127.0.0.1:{}", server.port);
+    let url = server.url();
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

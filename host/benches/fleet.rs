@@ -60,9 +60,13 @@
 //! - Run without `--bench` (as `cargo test --benches` does), it runs one round of each: a
 //!   smoke test, not a measurement.
 
+#[path = "support/nats.rs"]
+mod nats;
+
 use graft::control::protocol::ReleaseEntry;
 use graft::control::{ControlClient, Request};
 use graft::release::assemble::assemble;
+use nats::{NatsServer, eventually, nats_server_binary};
 use semver::Version;
 use serde_json::{Value, json};
 use std::io::BufRead as _;
@@ -120,98 +124,6 @@ fn actor_name(index: usize) -> String {
 
 fn host_name(index: usize) -> String {
     format!("host-{index}")
-}
-
-// ---------------------------------------------------------------------------------------
-// nats-server.
-
-/// The nats-server binary, if there is one.
-fn nats_server_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("GRAFT_NATS_SERVER") {
-        return Some(PathBuf::from(path));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let on_path = std::env::split_paths(&path).map(|directory| directory.join("nats-server"));
-    let fixed = ["/usr/sbin/nats-server", "/usr/bin/nats-server"].map(PathBuf::from);
-    on_path.chain(fixed).find(|candidate| candidate.is_file())
-}
-
-/// A TCP port free on loopback now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("binding a free port")
-        .port()
-}
-
-/// Polls `condition` every 20 ms until it holds or `deadline` passes.
-fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    condition()
-}
-
-/// A running `nats-server -js` with its own store, killed when dropped.
-struct NatsServer {
-    child: Child,
-    port: u16,
-    _store: tempfile::TempDir,
-}
-
-impl NatsServer {
-    /// Starts one on a free port (retrying on another port if it does not come up).
-    fn start(binary: &Path) -> NatsServer {
-        for _ in 0..5 {
-            let store = tempfile::tempdir().expect("creating the nats store");
-            let log = store.path().join("nats.log");
-            let port = free_port();
-            let child = Command::new(binary)
-                .arg("-js")
-                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-                .arg("-sd")
-                .arg(store.path().join("jetstream"))
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("creating the nats log"))
-                .spawn()
-                .expect("starting nats-server");
-            let mut server = NatsServer {
-                child,
-                port,
-                _store: store,
-            };
-            let ready = eventually(Duration::from_secs(30), || {
-                std::fs::read_to_string(&log)
-                    .unwrap_or_default()
-                    .contains("Server is ready")
-                    && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            });
-            if ready {
-                return server;
-            }
-            server.stop();
-        }
-        panic!("nats-server did not start");
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 // ---------------------------------------------------------------------------------------

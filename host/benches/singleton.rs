@@ -19,102 +19,18 @@
 //!
 //! Run without `--bench` (as `cargo test --benches` does), it runs one round: a smoke test.
 
+#[path = "support/nats.rs"]
+mod nats;
+
 use graft::cluster::{LEASE_TTL, STANDBY_POLL};
 use graft::release::assemble::assemble;
-use std::path::{Path, PathBuf};
+use nats::{NatsServer, eventually, nats_server_binary};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long anything may take before the bench gives up.
 const DEADLINE: Duration = Duration::from_secs(90);
-
-fn nats_server_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("GRAFT_NATS_SERVER") {
-        return Some(PathBuf::from(path));
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let on_path = std::env::split_paths(&path).map(|directory| directory.join("nats-server"));
-    let fixed = ["/usr/sbin/nats-server", "/usr/bin/nats-server"].map(PathBuf::from);
-    on_path.chain(fixed).find(|candidate| candidate.is_file())
-}
-
-/// A TCP port free on loopback now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("binding a free port")
-        .port()
-}
-
-/// Polls `condition` every 20 ms until it holds or `deadline` passes.
-fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    condition()
-}
-
-/// A running `nats-server -js` with its own store, killed when dropped.
-struct NatsServer {
-    child: Child,
-    port: u16,
-    _store: tempfile::TempDir,
-}
-
-impl NatsServer {
-    /// Starts one on a free port (retrying on another port if it does not come up).
-    fn start(binary: &Path) -> NatsServer {
-        for _ in 0..5 {
-            let store = tempfile::tempdir().expect("creating the nats store");
-            let log = store.path().join("nats.log");
-            let port = free_port();
-            let child = Command::new(binary)
-                .arg("-js")
-                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-                .arg("-sd")
-                .arg(store.path().join("jetstream"))
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("creating the nats log"))
-                .spawn()
-                .expect("starting nats-server");
-            let mut server = NatsServer {
-                child,
-                port,
-                _store: store,
-            };
-            let ready = eventually(Duration::from_secs(30), || {
-                std::fs::read_to_string(&log)
-                    .unwrap_or_default()
-                    .contains("Server is ready")
-                    && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            });
-            if ready {
-                return server;
-            }
-            server.stop();
-        }
-        panic!("nats-server did not start");
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn workspace() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
