@@ -21,7 +21,7 @@
 //! without its store has lost it).
 
 use super::ClusterNamespace;
-use crate::fleet::membership::hosts_bucket;
+use crate::fleet::membership::{LISTING_TIMEOUT, hosts_bucket};
 use crate::fleet::{Fleet, FleetError};
 use crate::runtime::{ActorRef, Runtime, lock};
 use futures_util::StreamExt as _;
@@ -102,7 +102,7 @@ impl HostTracker {
         };
         let mut store = hosts_bucket(fleet).await.ok();
         if let Some(opened) = &store
-            && let Ok(read) = tracker.read(opened).await
+            && let Ok(Ok(read)) = tokio::time::timeout(LISTING_TIMEOUT, tracker.read(opened)).await
         {
             tracker.apply(read);
         }
@@ -116,7 +116,14 @@ impl HostTracker {
                     store = hosts_bucket(&polling.inner.fleet).await.ok();
                 }
                 let Some(opened) = &store else { continue };
-                match polling.read(opened).await {
+                match tokio::time::timeout(LISTING_TIMEOUT, polling.read(opened))
+                    .await
+                    .unwrap_or_else(|elapsed| {
+                        Err(FleetError::jetstream(
+                            "listing the cluster's hosts",
+                            elapsed,
+                        ))
+                    }) {
                     Ok(read) => polling.apply(read),
                     Err(error) => {
                         tracing::debug!(%error, "reading the cluster's hosts failed; nothing changes");

@@ -371,8 +371,17 @@ impl Names {
         }
     }
 
-    /// Reads every name of the bucket into the directory.
+    /// Reads every name of the bucket into the directory (bounded: a listing that hangs
+    /// leaves the directory as it was).
     async fn read_directory(&self, store: &Store) {
+        let _ = tokio::time::timeout(
+            crate::fleet::membership::LISTING_TIMEOUT,
+            self.read_directory_unbounded(store),
+        )
+        .await;
+    }
+
+    async fn read_directory_unbounded(&self, store: &Store) {
         let Ok(mut keys) = store.keys().await else {
             return;
         };

@@ -140,8 +140,20 @@ pub async fn hosts_bucket(fleet: &Fleet) -> Result<async_nats::jetstream::kv::St
         .await
 }
 
+/// How long a listing of a bucket may take: async-nats lists keys through an ordered
+/// consumer, which has been seen to wait forever for its end under load; a listing that
+/// takes longer fails (and is retried by whoever polls).
+pub const LISTING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Every live host of the fleet, by name.
 pub async fn list_hosts(fleet: &Fleet) -> Result<Vec<HostStatus>, FleetError> {
+    let bucket_name = fleet.namespace.hosts_bucket();
+    tokio::time::timeout(LISTING_TIMEOUT, list_hosts_unbounded(fleet))
+        .await
+        .map_err(|elapsed| FleetError::jetstream(format!("listing {bucket_name}"), elapsed))?
+}
+
+async fn list_hosts_unbounded(fleet: &Fleet) -> Result<Vec<HostStatus>, FleetError> {
     let bucket_name = fleet.namespace.hosts_bucket();
     let store = hosts_bucket(fleet).await?;
     let mut keys = store

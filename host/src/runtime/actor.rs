@@ -245,22 +245,35 @@ fn mailbox_full(actor: String, limit: usize) -> ServiceError {
     }
 }
 
+/// Where a callback's message goes: an actor here, or the cluster with the target.
+enum Resolved {
+    Local(ActorRef),
+    Remote(Arc<dyn super::Remote>, super::Target),
+}
+
+impl ActorServices {
+    fn resolve(&self, to: &str) -> Result<Resolved, ServiceError> {
+        match (self.runtime.route(to), self.runtime.remote()) {
+            (Some(super::Route::Local(target)), _) => Ok(Resolved::Local(target)),
+            (Some(super::Route::Remote(target)), Some(remote)) => {
+                Ok(Resolved::Remote(Arc::clone(remote), target))
+            }
+            _ => Err(ServiceError::NotFound(to.to_owned())),
+        }
+    }
+}
+
 impl HostServices for ActorServices {
     fn actor_name(&self) -> &str {
         self.label()
     }
 
     fn send(&self, to: &str, kind: SendKind, message: Vec<u8>) -> Result<(), ServiceError> {
-        let target = match self.runtime.route(to) {
-            Some(super::Route::Local(target)) => target,
-            Some(super::Route::Remote(target)) => {
-                let remote = self
-                    .runtime
-                    .remote()
-                    .ok_or_else(|| ServiceError::NotFound(to.to_owned()))?;
+        let target = match self.resolve(to)? {
+            Resolved::Local(target) => target,
+            Resolved::Remote(remote, target) => {
                 return remote.send(self.label(), &target, kind, message);
             }
-            None => return Err(ServiceError::NotFound(to.to_owned())),
         };
         let sent = match kind {
             SendKind::Cast => target.try_cast(message),
@@ -270,13 +283,9 @@ impl HostServices for ActorServices {
     }
 
     fn call(&self, to: &str, message: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, ServiceError> {
-        let target = match self.runtime.route(to) {
-            Some(super::Route::Local(target)) => target,
-            Some(super::Route::Remote(target)) => {
-                let remote = self
-                    .runtime
-                    .remote()
-                    .ok_or_else(|| ServiceError::NotFound(to.to_owned()))?;
+        let target = match self.resolve(to)? {
+            Resolved::Local(target) => target,
+            Resolved::Remote(remote, target) => {
                 // Blocks this runner as a local call does (below).
                 let timers = executor::timers();
                 return executor::blocking(|| {
@@ -284,7 +293,6 @@ impl HostServices for ActorServices {
                 })
                 .map_err(service_error);
             }
-            None => return Err(ServiceError::NotFound(to.to_owned())),
         };
         if target == self.me {
             return Err(service_error(CallError::CallingSelf(
