@@ -911,6 +911,38 @@ args = { start = 1 }
     }
 
     #[test]
+    fn global_and_singleton_workers_need_a_key_safe_name_and_no_supervisor_takes_them() {
+        let validate = |text: &str| {
+            parse(text).and_then(|manifest| manifest.validate(Path::new("release.toml"), false))
+        };
+        let global = MINIMAL.replace("args = { start = 1 }", "global = true");
+        validate(&global).unwrap();
+        let singleton = MINIMAL.replace("args = { start = 1 }", "placement = \"singleton\"");
+        let manifest = parse(&singleton).unwrap();
+        assert_eq!(
+            manifest.supervisor.children[0].placement,
+            Some(crate::supervisor::Placement::Singleton)
+        );
+        validate(&singleton).unwrap();
+        let field_of = |text: &str| match validate(text).unwrap_err() {
+            ManifestError::Invalid { field, message, .. } => (field, message),
+            other => panic!("{other}"),
+        };
+        let (field, message) =
+            field_of(&MINIMAL.replace("args = { start = 1 }", "global = true\nname = \"k.v\""));
+        assert_eq!(field, "supervisor.children[0].name");
+        assert!(message.contains("cluster-wide key"), "{message}");
+        let (field, message) =
+            field_of(&MINIMAL.replace("args = { start = 1 }", "name = \"kv@host-a\""));
+        assert_eq!(field, "supervisor.children[0].name");
+        assert!(message.contains("reserved for name@host"), "{message}");
+        let unknown = parse(&MINIMAL.replace("args = { start = 1 }", "placement = \"everywhere\""))
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("everywhere"), "{unknown}");
+    }
+
+    #[test]
     fn max_mailbox_is_a_positive_whole_number_on_a_worker() {
         let bounded = MINIMAL.replace("args = { start = 1 }", "max_mailbox = 500");
         let manifest = parse(&bounded).unwrap();
