@@ -1,4 +1,4 @@
-//! Remote messages between two hosts of a cluster (issue 17, WP1), hand-timed like the
+//! Remote messages between two hosts of a cluster (issue 17), hand-timed like the
 //! fleet bench: two in-process hosts (each its own `Runtime` and `Cluster` connection) on
 //! one local `nats-server` (`$GRAFT_NATS_SERVER`, else on `PATH`, else
 //! `/usr/sbin/nats-server`, `/usr/bin/nats-server`; skipped without one).

@@ -1,4 +1,4 @@
-//! Benchmark of a singleton's fail-over (issue 17, WP3): how long after its owner dies or
+//! Benchmark of a singleton's fail-over (issue 17): how long after its owner dies or
 //! stops another host's copy of a `placement = "singleton"` worker starts.
 //!
 //! Setup: a real `nats-server -js` (`$GRAFT_NATS_SERVER`, else `nats-server` on `PATH`,

@@ -1,4 +1,4 @@
-//! Remote messages between hosts of a cluster (issue 17, WP1): two in-process hosts, each
+//! Remote messages between hosts of a cluster (issue 17): two in-process hosts, each
 //! its own runtime and cluster connection, on a real nats-server. Host-native recorder
 //! actors record what reaches them; every wait polls with a generous deadline.
 //!

@@ -1,4 +1,4 @@
-//! Singletons across hosts (issue 17, WP3): a `placement = "singleton"` worker (the
+//! Singletons across hosts (issue 17): a `placement = "singleton"` worker (the
 //! `cluster-probe` fixture, appending `<tag> <pid> <unix ms> <event>` lines to one shared
 //! log) in the same release on several real `graft start --fleet` hosts of one group,
 //! against a real nats-server.
