@@ -503,7 +503,11 @@ impl Host {
         let log = root.join("host.log");
         let child = std::process::Command::new(graft_binary())
             .env("GRAFT_ROOT", root)
-            .env("RUST_LOG", "info")
+            // `GRAFT_TEST_HOST_LOG` (e.g. `graft=debug`) to see more of a failing test's hosts.
+            .env(
+                "RUST_LOG",
+                std::env::var("GRAFT_TEST_HOST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .envs(environment.iter().copied())
             .arg("start")
             .args(extra)

@@ -10,7 +10,8 @@
 //!
 //! Tricky: which host wins the lease first is up to the race, so the tests find the owner
 //! by the pid in the log; the partition test starts the host behind the forwarder alone
-//! first, so it is the owner.
+//! first, so it is the owner. The store-loss test restarts the server without its store
+//! while that owner is cut off: the new owner must wait out the young bucket's quarantine.
 
 use graft_tests::nats::NatsServer;
 use graft_tests::proxy::TcpForwarder;
@@ -264,4 +265,58 @@ fn a_partitioned_owner_stops_its_copy_before_another_host_starts_one() {
     });
     let runs = assert_one_writer_at_a_time(&log, 2);
     assert_eq!(runs[1].0, new);
+}
+
+#[test]
+fn an_owner_cut_off_while_the_server_loses_its_store_stops_before_a_new_owner_starts() {
+    let mut server = NatsServer::start();
+    let port: u16 = server
+        .url()
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .expect("a port in the server's url");
+    let forwarder = TcpForwarder::start(port);
+    let directory = tempfile::tempdir().unwrap();
+    let log = log_path(&directory);
+    let a = start_member(&forwarder.url(), &log, "a");
+    let owner = current_writer(&log, 0);
+    assert_eq!(owner, a.host.child.id());
+    let b = start_member(&server.url(), &log, "b");
+    let settled = read_log(&log).len();
+    wait_for("more ticks", || read_log(&log).len() >= settled + 10);
+
+    // A is cut off, and the server restarts without its store: the lease A held is gone
+    // with the bucket, so B can take a fresh one at once — and must still not start its
+    // copy before A's fence has stopped A's.
+    let cut = Instant::now();
+    forwarder.cut();
+    server.stop();
+    std::fs::remove_dir_all(server.store().join("jetstream")).unwrap();
+    server.start_again();
+    let taken_over = graft_tests::eventually_blocking(DEADLINE, || {
+        read_log(&log).iter().any(|line| line.pid != owner)
+    });
+    assert!(
+        taken_over,
+        "host b never took the singleton over; its log:\n{}",
+        b.host.log()
+    );
+    let (new, took) = await_new_writer(&log, owner, cut);
+    println!("singleton take-over after its owner was cut off and the store lost: {took:?}");
+    let runs = assert_one_writer_at_a_time(&log, 2);
+    assert_eq!(
+        runs[0].2.event, "terminate",
+        "the cut-off owner stopped its copy"
+    );
+    assert!(
+        runs[1].1.ms > runs[0].2.ms,
+        "the old owner's last line precedes the new owner's first"
+    );
+    assert_eq!(runs[1].0, new);
+    let before = read_log(&log).len();
+    wait_for("the new owner's ticks", || {
+        read_log(&log).len() >= before + 20
+    });
+    assert_one_writer_at_a_time(&log, 2);
 }

@@ -6,6 +6,8 @@
 //! - A singleton `kv` (`placement = "singleton"`) upgraded by its owner's own
 //!   `graft install` (kv 1.0.0 → 1.1.0, a soft update) while host B calls it in a loop: no
 //!   call fails, and the state written before the install is read after it from B.
+//! - An install on the owner that removes the singleton (`remove_child`) frees its lease:
+//!   host B, whose release still has it, starts its own copy, and A reaches it by name.
 //!
 //! Every wait is a poll with a generous deadline ([`DEADLINE`]).
 
@@ -154,4 +156,79 @@ fn a_singleton_upgraded_by_its_owner_keeps_its_state_and_callers_on_other_hosts(
         call(root_b.path(), "kv", r#"{"Get": "before"}"#).unwrap(),
         r#""kept""#
     );
+}
+
+/// Release `version` of "handover": a local `kv` worker named `local` on every version, and
+/// on 1.0.0 also the singleton `kv`; 1.1.0 removes the singleton (`remove_child`), its
+/// downgrade adds it back.
+fn handover_release(version: &str) -> String {
+    let mut text = format!(
+        "[release]\nname = \"handover\"\nversion = \"{version}\"\n\n\
+         [plugins.kv]\nversion = \"1.0.0\"\ncrate = \"plugins/kv/1.0.0\"\n\n\
+         [supervisor]\nstrategy = \"one_for_one\"\nmax_restarts = 3\nmax_seconds = 10\n\n\
+         [[supervisor.children]]\nid = \"local\"\nplugin = \"kv\"\n"
+    );
+    if version == "1.0.0" {
+        text.push_str(
+            "\n[[supervisor.children]]\nid = \"kv\"\nplugin = \"kv\"\n\
+             placement = \"singleton\"\n",
+        );
+    } else {
+        text.push_str(
+            "\n[[upgrade]]\nfrom = \"1.0.0\"\n\n[[upgrade.instructions]]\nop = \"remove_child\"\n\
+             supervisor = \"root\"\nid = \"kv\"\n\n[[downgrade]]\nto = \"1.0.0\"\n\n\
+             [[downgrade.instructions]]\nop = \"add_child\"\nsupervisor = \"root\"\nid = \"kv\"\n",
+        );
+    }
+    text
+}
+
+#[test]
+fn an_install_that_removes_a_singleton_hands_it_to_a_host_that_still_has_it() {
+    let server = NatsServer::start();
+    let root_a = assembled_root(&[
+        ("1.0.0", handover_release("1.0.0")),
+        ("1.1.0", handover_release("1.1.0")),
+    ]);
+    let _host_a = start_host(&server, "handover", "host-a", root_a.path());
+    // A owns the singleton before B starts: B holds it in standby and reaches A's copy.
+    await_reply(
+        root_a.path(),
+        "kv",
+        r#"{"Put": {"key": "owner", "value": "a"}}"#,
+        "null",
+    );
+    let root_b = assembled_root(&[("1.0.0", handover_release("1.0.0"))]);
+    let _host_b = start_host(&server, "handover", "host-b", root_b.path());
+    await_reply(root_b.path(), "kv", r#"{"Get": "owner"}"#, r#""a""#);
+
+    // A's install removes the singleton from A's tree: A frees the lease, B's standby
+    // starts its own copy (a fresh state: a singleton's state stays with its host).
+    let install = run_graft(root_a.path(), &["install", "1.1.0"]);
+    assert!(install.status.success(), "{}", stderr_text(&install));
+    await_reply(root_b.path(), "kv", r#"{"Get": "owner"}"#, "null");
+    await_reply(
+        root_b.path(),
+        "kv",
+        r#"{"Put": {"key": "owner", "value": "b"}}"#,
+        "null",
+    );
+    // A, without a kv of its own now, reaches B's copy by the global name.
+    await_reply(root_a.path(), "kv", r#"{"Get": "owner"}"#, r#""b""#);
+    let status: Value = serde_json::from_str(&stdout_text(&run_graft(
+        root_a.path(),
+        &["status", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(status["release"], "1.1.0", "{status}");
+    let ids: Vec<&str> = status["tree"]["children"]
+        .as_array()
+        .map(|children| {
+            children
+                .iter()
+                .filter_map(|child| child["id"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(ids, ["local"], "A's tree after the install: {status}");
 }

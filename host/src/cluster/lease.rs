@@ -23,17 +23,23 @@
 //! - A child an install deleted from its supervisor frees its lease (checked every
 //!   [`SPEC_CHECK`] beside the keeper), so a host whose release still has it takes over.
 //!
+//! - Quarantine: a host that wins a lease in a bucket younger than [`FENCE_KILL`] (server
+//!   times: the bucket's creation and the lease entry's) starts its copy only once the
+//!   bucket is that old. A young bucket may replace one the server lost (restarted without
+//!   its store); an owner of the lost bucket, cut off from the server then, made its last
+//!   good renewal before the loss, so its fence has killed its copy by that time. The cost
+//!   is that a new cluster's singletons start up to 5 s after its first host.
+//!
 //! Tricky: expiry (the bucket's `max_age`) leaves no delete marker and is invisible to
 //! watches, so a standby polls with `create`. After a server restart that lost its store,
 //! renewals fail and the copy is fenced (the safe side); a failed `create` opens the bucket
-//! again (creating it), and the first standby to try wins it. (No quarantine of a lease's TTL after such a reset: an
-//! old holder cut off at that moment fences itself within 3.5 s, but a new one may start
-//! before that.)
+//! again (creating it), and the first standby to try wins it, then waits out the
+//! quarantine.
 
 use super::{ClusterNamespace, FENCE_KILL, FENCE_STOP, LEASE_RENEW, LEASE_TTL, STANDBY_POLL};
 use crate::fleet::{Fleet, FleetError, now_ms};
 use crate::runtime::{ActorRef, Runtime};
-use crate::supervisor::ChildKey;
+use crate::supervisor::{ChildKey, SupervisorError};
 use async_nats::jetstream::kv;
 use futures_util::future::BoxFuture;
 use graft_plugin::StopReason;
@@ -85,7 +91,20 @@ enum State {
     Owner {
         revision: u64,
         last_ok_sent: Instant,
+        /// Set while the owner of a young bucket waits out its [`quarantine`] before
+        /// starting the copy; the gate answers "not here" until then.
+        start_at: Option<Instant>,
     },
+}
+
+impl State {
+    /// Whether the child may run here now: the owner, past any quarantine.
+    fn may_run(&self) -> bool {
+        match self {
+            State::Standby => false,
+            State::Owner { start_at, .. } => start_at.is_none_or(|at| at <= Instant::now()),
+        }
+    }
 }
 
 struct Keeper {
@@ -184,7 +203,7 @@ impl Leases {
         Box::pin(async move {
             let id = (supervisor.clone(), child.clone());
             if let Some(keeper) = lock(&shared.keepers).get(&id) {
-                return matches!(*lock(&keeper.state), State::Owner { .. });
+                return lock(&keeper.state).may_run();
             }
             let keeper = Arc::new(Keeper {
                 supervisor,
@@ -198,16 +217,16 @@ impl Leases {
             {
                 let mut keepers = lock(&shared.keepers);
                 if let Some(existing) = keepers.get(&id) {
-                    return matches!(*lock(&existing.state), State::Owner { .. });
+                    return lock(&existing.state).may_run();
                 }
                 keepers.insert(id, Arc::clone(&keeper));
             }
-            let owner = try_acquire(&shared, &keeper).await;
+            try_acquire(&shared, &keeper).await;
             let task = shared
                 .tokio
                 .spawn(run_keeper(Arc::clone(&shared), Arc::clone(&keeper)));
             *lock(&keeper.task) = Some(task);
-            owner
+            lock(&keeper.state).may_run()
         })
     }
 
@@ -261,7 +280,34 @@ impl Leases {
     }
 }
 
-/// One `create` of the lease key; on success the keeper is the owner.
+/// How long the new owner of a lease waits before it starts its copy: until [`FENCE_KILL`]
+/// after the bucket was created, both times read off the server (the bucket's creation
+/// and this lease entry's), or [`FENCE_KILL`] when they cannot be read.
+///
+/// An old bucket waits nothing. A young one may have replaced a bucket the server lost
+/// (restarted without its store): an owner of the lost bucket cut off from the server
+/// made its last good renewal before the loss, so its own fence has killed its copy by
+/// the time this one starts.
+async fn quarantine(shared: &Shared, key: &str) -> Option<Duration> {
+    let store = shared.store();
+    let read = async {
+        let info = store.stream.get_info().await.ok()?;
+        let entry = store.entry(key).await.ok()??;
+        Some((info.created, entry.created))
+    };
+    let Ok(Some((bucket_created, entry_created))) =
+        tokio::time::timeout(REQUEST_TIMEOUT, read).await
+    else {
+        return Some(FENCE_KILL);
+    };
+    let Ok(end) = async_nats::datetime::add_std_duration(bucket_created, FENCE_KILL) else {
+        return Some(FENCE_KILL);
+    };
+    (entry_created < end).then(|| (end - entry_created).unsigned_abs())
+}
+
+/// One `create` of the lease key; on success the keeper is the owner (starting its copy
+/// now, or after a [`quarantine`]).
 async fn try_acquire(shared: &Shared, keeper: &Keeper) -> bool {
     let now = now_ms();
     let entry = LeaseEntry {
@@ -278,11 +324,20 @@ async fn try_acquire(shared: &Shared, keeper: &Keeper) -> bool {
     .await
     {
         Ok(Ok(revision)) => {
+            let wait = quarantine(shared, &key(&keeper.child)).await;
             *lock(&keeper.state) = State::Owner {
                 revision,
                 last_ok_sent: sent,
+                start_at: wait.map(|wait| Instant::now() + wait),
             };
-            tracing::info!(child = %keeper.child, host = %shared.host, "singleton lease acquired");
+            match wait {
+                None => {
+                    tracing::info!(child = %keeper.child, host = %shared.host, "singleton lease acquired")
+                }
+                Some(wait) => {
+                    tracing::info!(child = %keeper.child, host = %shared.host, ?wait, "singleton lease acquired in a young bucket: starting after its quarantine")
+                }
+            }
             true
         }
         Ok(Err(error)) => {
@@ -292,9 +347,18 @@ async fn try_acquire(shared: &Shared, keeper: &Keeper) -> bool {
             }
             false
         }
-        Err(_) => false,
+        // A publish into a stream the server lost waits for an acknowledgement that never
+        // comes: a timeout also opens the bucket again.
+        Err(_) => {
+            tracing::debug!(child = %keeper.child, "taking a singleton lease timed out");
+            shared.reopen().await;
+            false
+        }
     }
 }
+
+/// The pause before an owner tries again to start a copy whose start failed.
+const START_RETRY: Duration = Duration::from_secs(1);
 
 /// How often a keeper checks that its child is still in its supervisor's spec.
 const SPEC_CHECK: Duration = Duration::from_secs(2);
@@ -363,12 +427,37 @@ async fn run_keeper(shared: Arc<Shared>, keeper: Arc<Keeper>) {
                 }
                 if try_acquire(&shared, &keeper).await {
                     next_renew = Instant::now() + LEASE_RENEW;
+                    if lock(&keeper.state).may_run() {
+                        start_child(&shared, &keeper);
+                    }
+                }
+            }
+            State::Owner {
+                revision,
+                last_ok_sent,
+                start_at: Some(start_at),
+            } if start_at < next_renew => {
+                // The quarantine ends before the next renewal: start the copy then.
+                tokio::time::sleep_until(start_at).await;
+                let mut state = lock(&keeper.state);
+                if let State::Owner {
+                    revision: current, ..
+                } = *state
+                    && current == revision
+                {
+                    *state = State::Owner {
+                        revision,
+                        last_ok_sent,
+                        start_at: None,
+                    };
+                    drop(state);
                     start_child(&shared, &keeper);
                 }
             }
             State::Owner {
                 revision,
                 last_ok_sent,
+                start_at,
             } => {
                 tokio::time::sleep_until(next_renew).await;
                 let sent = Instant::now();
@@ -391,6 +480,7 @@ async fn run_keeper(shared: Arc<Shared>, keeper: Arc<Keeper>) {
                         *lock(&keeper.state) = State::Owner {
                             revision: new_revision,
                             last_ok_sent: sent,
+                            start_at,
                         };
                         continue;
                     }
@@ -434,10 +524,29 @@ fn start_child(shared: &Arc<Shared>, keeper: &Arc<Keeper>) {
             tracing::warn!(supervisor = %keeper.supervisor, "singleton's supervisor not found");
             return;
         };
-        match supervisor.restart_child(&keeper.child).await {
-            Ok(_) => tracing::info!(child = %keeper.child, "singleton started after taking its lease"),
-            Err(error) => {
-                tracing::warn!(child = %keeper.child, %error, "starting a singleton after taking its lease failed")
+        // A failed start (its global name not registered yet, say) is tried again while
+        // this host still holds the lease: an owner without a copy runs nothing anywhere.
+        loop {
+            match supervisor.restart_child(&keeper.child).await {
+                Ok(_) => {
+                    tracing::info!(child = %keeper.child, "singleton started after taking its lease");
+                    return;
+                }
+                Err(
+                    SupervisorError::Running(_)
+                    | SupervisorError::Restarting(_)
+                    | SupervisorError::NotFound(_)
+                    | SupervisorError::Exited(_),
+                ) => return,
+                Err(error) => {
+                    tracing::warn!(child = %keeper.child, %error, "starting a singleton after taking its lease failed; trying again")
+                }
+            }
+            tokio::time::sleep(START_RETRY).await;
+            if !lock(&keeper.state).may_run()
+                || keeper.retired.load(std::sync::atomic::Ordering::Acquire)
+            {
+                return;
             }
         }
     });

@@ -42,6 +42,10 @@ const NAME_KEY_PREFIX: &str = "name.";
 
 /// How long a registration waits for the server.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one attempt of a registration may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// The pause between two attempts of a registration.
+const ATTEMPT_PAUSE: Duration = Duration::from_millis(250);
 
 /// What the names bucket holds for a global name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,12 +183,26 @@ impl Names {
                     why: "a global name is 1 to 64 of A-Z, a-z, 0-9, '_' and '-'".to_owned(),
                 });
             }
-            match tokio::time::timeout(REGISTER_TIMEOUT, names.take(&name, &actor, takeover)).await
-            {
-                Ok(result) => result,
-                Err(_) => Err(GlobalError::Unavailable(format!(
-                    "registering {name:?} took longer than {REGISTER_TIMEOUT:?}"
-                ))),
+            // Attempts of their own, each bounded: a create into a bucket the server lost
+            // waits for an acknowledgement that never comes, and the next attempt opens
+            // the bucket again (creating it).
+            let deadline = tokio::time::Instant::now() + REGISTER_TIMEOUT;
+            loop {
+                let attempt =
+                    tokio::time::timeout(ATTEMPT_TIMEOUT, names.take(&name, &actor, takeover))
+                        .await;
+                let why = match attempt {
+                    Ok(Err(GlobalError::Unavailable(why))) => why,
+                    Ok(result) => return result,
+                    Err(_) => format!("a request took longer than {ATTEMPT_TIMEOUT:?}"),
+                };
+                names.reopen_later();
+                if tokio::time::Instant::now() + ATTEMPT_PAUSE + ATTEMPT_TIMEOUT > deadline {
+                    return Err(GlobalError::Unavailable(format!(
+                        "registering {name:?} failed for {REGISTER_TIMEOUT:?}: {why}"
+                    )));
+                }
+                tokio::time::sleep(ATTEMPT_PAUSE).await;
             }
         })
     }

@@ -1096,6 +1096,12 @@ fn serve(service: Service, services: &dyn HostServices) -> Answer {
         Service::Reply { token, message } => {
             Answer::Done(services.reply(token, message).map_err(Into::into))
         }
+        Service::Hosts => Answer::Hosts(services.hosts().map_err(Into::into)),
+        Service::RegisterGlobal => Answer::Done(services.register_global().map_err(Into::into)),
+        Service::Monitor { to } => Answer::Monitor(services.monitor(&to).map_err(Into::into)),
+        Service::MonitorHosts { on } => {
+            Answer::Done(services.monitor_hosts(on).map_err(Into::into))
+        }
     }
 }
 

@@ -58,8 +58,10 @@ pub fn spin_until_readable(stream: &std::os::unix::net::UnixStream, budget: std:
     }
 }
 
-/// The protocol version; a worker refuses a `Load` of another version.
-pub const PROTOCOL: u32 = 1;
+/// The protocol version; a worker refuses a `Load` of another version. 2: the cluster
+/// services of ABI 1.2 ([`Service::Hosts`], [`Service::RegisterGlobal`],
+/// [`Service::Monitor`], [`Service::MonitorHosts`]).
+pub const PROTOCOL: u32 = 2;
 
 /// The largest frame either side accepts: the largest encoded state a plugin may return
 /// (1 GiB) and room for the frame around it.
@@ -335,6 +337,20 @@ pub enum Service {
         #[serde(with = "bin")]
         message: Vec<u8>,
     },
+    /// [`crate::plugin::HostServices::hosts`].
+    Hosts,
+    /// [`crate::plugin::HostServices::register_global`].
+    RegisterGlobal,
+    /// [`crate::plugin::HostServices::monitor`].
+    Monitor {
+        /// `name` or `name@host`.
+        to: String,
+    },
+    /// [`crate::plugin::HostServices::monitor_hosts`].
+    MonitorHosts {
+        /// On or off.
+        on: bool,
+    },
 }
 
 /// The answer to a [`Service`] request.
@@ -348,6 +364,10 @@ pub enum Answer {
     Timer(Option<u64>),
     /// `cancel_timer`.
     Cancelled(bool),
+    /// `hosts`.
+    Hosts(Result<Vec<String>, WireServiceError>),
+    /// `monitor`: the monitor id.
+    Monitor(Result<u64, WireServiceError>),
 }
 
 /// Bytes as MessagePack `bin` (for use inside `Result`).
@@ -410,6 +430,10 @@ fn static_text(text: &str) -> &'static str {
         "send",
         "call",
         "reply",
+        "hosts",
+        "register_global",
+        "monitor",
+        "monitor_hosts",
         "a call from inside a callback on a current-thread runtime",
         "the host connection",
     ];

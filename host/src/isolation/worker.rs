@@ -400,6 +400,14 @@ impl Remote<'_> {
             _ => None,
         }
     }
+
+    /// Asks for a service that answers [`Answer::Done`].
+    fn ask_done(&self, service: Service) -> Result<(), ServiceError> {
+        match self.ask(service) {
+            Some(Answer::Done(result)) => result.map_err(ServiceError::from),
+            _ => Err(LOST),
+        }
+    }
 }
 
 const LOST: ServiceError = ServiceError::Unavailable("the host connection");
@@ -415,10 +423,7 @@ impl HostServices for Remote<'_> {
             cast: kind == SendKind::Cast,
             message,
         };
-        match self.ask(service) {
-            Some(Answer::Done(result)) => result.map_err(ServiceError::from),
-            _ => Err(LOST),
-        }
+        self.ask_done(service)
     }
 
     fn call(&self, to: &str, message: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, ServiceError> {
@@ -453,10 +458,29 @@ impl HostServices for Remote<'_> {
     }
 
     fn reply(&self, token: u64, message: Vec<u8>) -> Result<(), ServiceError> {
-        match self.ask(Service::Reply { token, message }) {
-            Some(Answer::Done(result)) => result.map_err(ServiceError::from),
+        self.ask_done(Service::Reply { token, message })
+    }
+
+    fn hosts(&self) -> Result<Vec<String>, ServiceError> {
+        match self.ask(Service::Hosts) {
+            Some(Answer::Hosts(result)) => result.map_err(ServiceError::from),
             _ => Err(LOST),
         }
+    }
+
+    fn register_global(&self) -> Result<(), ServiceError> {
+        self.ask_done(Service::RegisterGlobal)
+    }
+
+    fn monitor(&self, to: &str) -> Result<u64, ServiceError> {
+        match self.ask(Service::Monitor { to: to.to_owned() }) {
+            Some(Answer::Monitor(result)) => result.map_err(ServiceError::from),
+            _ => Err(LOST),
+        }
+    }
+
+    fn monitor_hosts(&self, on: bool) -> Result<(), ServiceError> {
+        self.ask_done(Service::MonitorHosts { on })
     }
 }
 
