@@ -1,7 +1,9 @@
 //! Files and directories owned by a live process, and the removal of those whose owner
 //! died: the private copies of loaded libraries (`<root>/run/libraries/<pid>/`, one
 //! directory per host or worker process), the staging directories of `graft build`
-//! (`releases/.assembling-*`) and the temporary files of the release record.
+//! (`releases/.assembling-*`), the temporary files of the release record, and — for a
+//! process without a root — its copies and worker sockets under this user's private part
+//! of the temporary directory (`$TMPDIR/graft-<uid>/{plugins,socket}-<pid>`).
 //!
 //! Ownership is an exclusive `flock` that the owner takes on the entry itself (the
 //! directory or the file) right after creating it and holds for as long as it uses the
@@ -104,6 +106,42 @@ pub fn private_directories(root: &Path, components: &[&str]) -> Result<PathBuf, 
         directory = open_directory_at(&directory, component, &path)?;
     }
     Ok(path)
+}
+
+/// This user's private part of the system temporary directory, `$TMPDIR/graft-<uid>`
+/// (0700), created if need be; `None` when it cannot be made or is not private: a symbolic
+/// link, or a directory that another user owns or that others may enter.
+fn private_temporary() -> Option<PathBuf> {
+    let temporary = std::env::temp_dir();
+    let uid = rustix::process::geteuid().as_raw();
+    let name = format!("graft-{uid}");
+    let parent = rustix::fs::open(
+        &temporary,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    match rustix::fs::mkdirat(&parent, name.as_str(), Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(_) => return None,
+    }
+    let path = temporary.join(&name);
+    let directory = open_directory_at(&parent, &name, &path).ok()?;
+    let stat = rustix::fs::fstat(&directory).ok()?;
+    (stat.st_uid == uid && stat.st_mode & 0o077 == 0).then_some(path)
+}
+
+/// A fresh directory of this process, `$TMPDIR/graft-<uid>/<kind>-<pid>`, for a process
+/// without a root (a worker started without `--libraries`, a test, a tool), after removing
+/// the `<kind>-*` directories there whose owner died: so a killed process's library
+/// copies or socket are removed by the next one instead of filling the disk. `None` when
+/// this user's part of the temporary directory is not private (see `private_temporary`):
+/// the caller then makes a plain temporary directory.
+pub fn temporary_for_this_process(kind: &str) -> Option<OwnedDirectory> {
+    let parent = private_temporary()?;
+    let prefix = format!("{kind}-");
+    remove_abandoned(&parent, |name| name.starts_with(&prefix));
+    OwnedDirectory::create(&parent, &format!("{kind}-{}", std::process::id())).ok()
 }
 
 /// Opens the directory `name` in `parent` without following a symbolic link.
@@ -360,6 +398,35 @@ mod tests {
         let path = owned.path().to_owned();
         drop(owned);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_temporary_directory_of_a_process_is_private_and_a_dead_ones_is_swept() {
+        let first = temporary_for_this_process("ownership-test").expect("a private part");
+        let parent = first.path().parent().unwrap().to_owned();
+        let mode = fs::metadata(&parent).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert!(
+            parent
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("graft-")
+        );
+        // A second one of this process takes another name; an abandoned one is swept by
+        // the next creation, a live one is not.
+        let second = temporary_for_this_process("ownership-test").unwrap();
+        assert_ne!(first.path(), second.path());
+        let abandoned = second.path().to_owned();
+        fs::write(abandoned.join("copy.so"), b"bytes").unwrap();
+        second.abandon();
+        let third = temporary_for_this_process("ownership-test").unwrap();
+        assert!(first.path().exists());
+        assert!(third.path().exists());
+        assert!(
+            !abandoned.join("copy.so").exists(),
+            "the abandoned directory was swept"
+        );
     }
 
     #[test]

@@ -375,8 +375,9 @@ pub struct UnloadReport {
 enum CopyDirectory {
     /// A `graft-plugins-*` directory under a chosen parent (tests, tools).
     Temporary(tempfile::TempDir),
-    /// This process's own directory under a root's `run/libraries`, locked while it lives
-    /// so that the next host removes it if this process dies ([`crate::ownership`]).
+    /// This process's own directory under a root's `run/libraries` (or under this user's
+    /// part of the temporary directory), locked while it lives so that the next host (or
+    /// loader) removes it if this process dies ([`crate::ownership`]).
     Owned(crate::ownership::OwnedDirectory),
 }
 
@@ -624,9 +625,14 @@ fn copy_stem(path: &Path) -> String {
 }
 
 impl Loader {
-    /// A loader with its private directory under the system temporary directory.
+    /// A loader with its private directory under the system temporary directory:
+    /// `$TMPDIR/graft-<uid>/plugins-<pid>` (locked while this process lives, so the next
+    /// loader removes it if this process dies), else a `graft-plugins-*` directory there.
     pub fn new() -> std::io::Result<Loader> {
-        Loader::in_directory(&std::env::temp_dir())
+        match crate::ownership::temporary_for_this_process("plugins") {
+            Some(directory) => Ok(Loader::with_directory(CopyDirectory::Owned(directory))),
+            None => Loader::in_directory(&std::env::temp_dir()),
+        }
     }
 
     /// A loader with its private (0700) directory created under `parent`.

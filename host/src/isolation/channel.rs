@@ -391,8 +391,8 @@ const MAX_SOCKET_PATH: usize = 107;
 
 /// Where a worker's socket lives: under the root beside the library copies
 /// (`run/libraries/<host pid>-socket/`, locked by the host, so the next host removes it if
-/// this one dies), or — when that path would be too long for a socket — a temporary
-/// directory.
+/// this one dies), or — without a root, or when that path would be too long for a socket —
+/// `$TMPDIR/graft-<uid>/socket-<pid>` (locked the same way), else a temporary directory.
 enum SocketDirectory {
     Owned(crate::ownership::OwnedDirectory),
     Temporary(tempfile::TempDir),
@@ -482,7 +482,9 @@ impl Process {
             socket: socket.to_owned(),
             message: error.to_string(),
         };
-        let directory = match libraries.and_then(SocketDirectory::under_root) {
+        let directory = match libraries.and_then(SocketDirectory::under_root).or_else(|| {
+            crate::ownership::temporary_for_this_process("socket").map(SocketDirectory::Owned)
+        }) {
             Some(directory) => directory,
             None => {
                 let directory = tempfile::Builder::new()
