@@ -224,9 +224,19 @@ fn a_graceful_stop_of_the_owner_hands_the_singleton_over() {
     assert_eq!(runs[1].0, new);
 }
 
-#[test]
-fn a_partitioned_owner_stops_its_copy_before_another_host_starts_one() {
-    let server = NatsServer::start();
+/// Two members: `a` behind a TCP forwarder (started alone first, so it owns the
+/// singleton) and `b` connected directly, both settled.
+struct Partition {
+    forwarder: TcpForwarder,
+    _directory: tempfile::TempDir,
+    log: PathBuf,
+    a: Member,
+    b: Member,
+    /// `a`'s pid: the writer.
+    owner: u32,
+}
+
+fn partition_ready(server: &NatsServer) -> Partition {
     let port: u16 = server
         .url()
         .rsplit(':')
@@ -239,9 +249,30 @@ fn a_partitioned_owner_stops_its_copy_before_another_host_starts_one() {
     let a = start_member(&forwarder.url(), &log, "a");
     let owner = current_writer(&log, 0);
     assert_eq!(owner, a.host.child.id());
-    let _b = start_member(&server.url(), &log, "b");
+    let b = start_member(&server.url(), &log, "b");
     let settled = read_log(&log).len();
     wait_for("more ticks", || read_log(&log).len() >= settled + 10);
+    Partition {
+        forwarder,
+        _directory: directory,
+        log,
+        a,
+        b,
+        owner,
+    }
+}
+
+#[test]
+fn a_partitioned_owner_stops_its_copy_before_another_host_starts_one() {
+    let server = NatsServer::start();
+    let Partition {
+        forwarder,
+        _directory,
+        log,
+        a: _a,
+        b: _b,
+        owner,
+    } = partition_ready(&server);
 
     let cut = Instant::now();
     forwarder.cut();
@@ -270,21 +301,14 @@ fn a_partitioned_owner_stops_its_copy_before_another_host_starts_one() {
 #[test]
 fn an_owner_cut_off_while_the_server_loses_its_store_stops_before_a_new_owner_starts() {
     let mut server = NatsServer::start();
-    let port: u16 = server
-        .url()
-        .rsplit(':')
-        .next()
-        .and_then(|port| port.parse().ok())
-        .expect("a port in the server's url");
-    let forwarder = TcpForwarder::start(port);
-    let directory = tempfile::tempdir().unwrap();
-    let log = log_path(&directory);
-    let a = start_member(&forwarder.url(), &log, "a");
-    let owner = current_writer(&log, 0);
-    assert_eq!(owner, a.host.child.id());
-    let b = start_member(&server.url(), &log, "b");
-    let settled = read_log(&log).len();
-    wait_for("more ticks", || read_log(&log).len() >= settled + 10);
+    let Partition {
+        forwarder,
+        _directory,
+        log,
+        a: _a,
+        b,
+        owner,
+    } = partition_ready(&server);
 
     // A is cut off, and the server restarts without its store: the lease A held is gone
     // with the bucket, so B can take a fresh one at once — and must still not start its

@@ -39,11 +39,15 @@ fn release(version: &str, kv_version: &str, placement: &str) -> String {
     text
 }
 
+/// `graft status --json` on `root` (null if it printed no JSON).
+fn status(root: &Path) -> Value {
+    let output = run_graft(root, &["status", "--json"]);
+    serde_json::from_str(&stdout_text(&output)).unwrap_or_default()
+}
+
 /// `kv`'s mailbox length on `root`, from `graft status --json`.
 fn kv_mailbox(root: &Path) -> u64 {
-    let output = run_graft(root, &["status", "--json"]);
-    let status: Value = serde_json::from_str(&stdout_text(&output)).unwrap_or_default();
-    status["tree"]["children"]
+    status(root)["tree"]["children"]
         .as_array()
         .and_then(|children| children.iter().find(|child| child["id"] == "kv"))
         .and_then(|kv| kv["mailbox"].as_u64())
@@ -146,11 +150,7 @@ fn a_singleton_upgraded_by_its_owner_keeps_its_state_and_callers_on_other_hosts(
         "calls failed during the upgrade: {failures:?}"
     );
     // A runs kv 1.1.0 with the state from before; B's standby never started one.
-    let status: Value = serde_json::from_str(&stdout_text(&run_graft(
-        root_a.path(),
-        &["status", "--json"],
-    )))
-    .unwrap();
+    let status = status(root_a.path());
     assert_eq!(status["release"], "1.1.0", "{status}");
     assert_eq!(
         call(root_b.path(), "kv", r#"{"Get": "before"}"#).unwrap(),
@@ -215,11 +215,7 @@ fn an_install_that_removes_a_singleton_hands_it_to_a_host_that_still_has_it() {
     );
     // A, without a kv of its own now, reaches B's copy by the global name.
     await_reply(root_a.path(), "kv", r#"{"Get": "owner"}"#, r#""b""#);
-    let status: Value = serde_json::from_str(&stdout_text(&run_graft(
-        root_a.path(),
-        &["status", "--json"],
-    )))
-    .unwrap();
+    let status = status(root_a.path());
     assert_eq!(status["release"], "1.1.0", "{status}");
     let ids: Vec<&str> = status["tree"]["children"]
         .as_array()
