@@ -224,6 +224,21 @@ fn a_graceful_stop_of_the_owner_hands_the_singleton_over() {
     assert_eq!(runs[1].0, new);
 }
 
+/// Two runs in the log: the first owner's ends with its `terminate` (its fence stopped it),
+/// strictly before the second owner's first line.
+fn assert_stopped_before_the_next_started(log: &Path) -> Vec<(u32, Line, Line)> {
+    let runs = assert_one_writer_at_a_time(log, 2);
+    assert_eq!(
+        runs[0].2.event, "terminate",
+        "the old owner stopped its copy: {runs:?}"
+    );
+    assert!(
+        runs[1].1.ms > runs[0].2.ms,
+        "the old owner's last line precedes the new owner's first: {runs:?}"
+    );
+    runs
+}
+
 /// Two members: `a` behind a TCP forwarder (started alone first, so it owns the
 /// singleton) and `b` connected directly, both settled.
 struct Partition {
@@ -278,15 +293,7 @@ fn a_partitioned_owner_stops_its_copy_before_another_host_starts_one() {
     forwarder.cut();
     let (new, took) = await_new_writer(&log, owner, cut);
     println!("singleton take-over after its owner was cut from NATS: {took:?}");
-    let runs = assert_one_writer_at_a_time(&log, 2);
-    assert_eq!(
-        runs[0].2.event, "terminate",
-        "the partitioned owner stopped its copy"
-    );
-    assert!(
-        runs[1].1.ms > runs[0].2.ms,
-        "the old owner's last line precedes the new owner's first"
-    );
+    let runs = assert_stopped_before_the_next_started(&log);
 
     forwarder.heal();
     // Healed: a standby now; the new owner keeps writing alone.
@@ -328,15 +335,7 @@ fn an_owner_cut_off_while_the_server_loses_its_store_stops_before_a_new_owner_st
     );
     let (new, took) = await_new_writer(&log, owner, cut);
     println!("singleton take-over after its owner was cut off and the store lost: {took:?}");
-    let runs = assert_one_writer_at_a_time(&log, 2);
-    assert_eq!(
-        runs[0].2.event, "terminate",
-        "the cut-off owner stopped its copy"
-    );
-    assert!(
-        runs[1].1.ms > runs[0].2.ms,
-        "the old owner's last line precedes the new owner's first"
-    );
+    let runs = assert_stopped_before_the_next_started(&log);
     assert_eq!(runs[1].0, new);
     let before = read_log(&log).len();
     wait_for("the new owner's ticks", || {
