@@ -293,7 +293,7 @@ fn a_partitioned_owner_stops_its_copy_before_another_host_starts_one() {
     forwarder.cut();
     let (new, took) = await_new_writer(&log, owner, cut);
     println!("singleton take-over after its owner was cut from NATS: {took:?}");
-    let runs = assert_stopped_before_the_next_started(&log);
+    assert_stopped_before_the_next_started(&log);
 
     forwarder.heal();
     // Healed: a standby now; the new owner keeps writing alone.
