@@ -7,7 +7,17 @@
 //! - call round trip p50/p99: host A → `echo@host-b` (NATS, both hosts' transports) vs a
 //!   local call of the same actor on host B vs a bare tokio oneshot round trip;
 //! - cast throughput A → B (every cast received and counted by the actor) vs local casts
-//!   to the same actor.
+//!   to the same actor;
+//! - the same two figures for a peer, `ractor_cluster` (the distributed side of the
+//!   `ractor` crate that `runtime.rs` compares against locally): two nodes on loopback TCP
+//!   (no broker between them), measured the same way (same number of calls and warm-up,
+//!   same request bytes, same number of casts, each counted at B) by
+//!   `benches/ractor-cluster-peer`, a package of its own that this bench builds (`cargo
+//!   build --release`, into `<target>/ractor-cluster-peer`) and runs after Graft's figures.
+//!   It stays out of `graft`'s dependencies: ractor_cluster needs ractor's `cluster`
+//!   feature, which cargo would otherwise turn on for `runtime.rs`'s local ractor peer too
+//!   (measured: its calls 40% slower, its idle actors 50% bigger). Printed beside Graft's
+//!   with ratios; skipped, saying why, if it cannot be built.
 //!
 //! Prints ratios and a `summary:` block. The targets are informational ("met" when a
 //! remote call's p50 stays under 1 ms and remote casts reach 100 000/s on this machine);
@@ -22,6 +32,7 @@ use graft::plugin::{CallbackError, HostServices, Outputs, PluginIdentity};
 use graft::runtime::{ActorOptions, Behaviour, NativeFactory, Runtime, Started};
 use graft_plugin::{StopReason, codec};
 use nats::{NatsServer, nats_server_binary};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -166,6 +177,88 @@ async fn cast_rate(counter: &AtomicU64, mut cast: impl FnMut() -> bool) -> f64 {
     CASTS as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The ractor_cluster peer's figures: call p50, call p99, casts per second.
+struct Peer {
+    p50: Duration,
+    p99: Duration,
+    rate: f64,
+}
+
+/// Builds `benches/ractor-cluster-peer` (before anything is measured); its binary, or why
+/// not.
+fn build_ractor_cluster_peer() -> Result<PathBuf, String> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("benches")
+        .join("ractor-cluster-peer")
+        .join("Cargo.toml");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        })
+        .join("ractor-cluster-peer");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let built = std::process::Command::new(cargo)
+        .args(["build", "--release", "--quiet", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .map_err(|error| format!("running cargo: {error}"))?;
+    if !built.success() {
+        return Err(format!("building {} failed ({built})", manifest.display()));
+    }
+    Ok(target.join("release").join("ractor-cluster-peer"))
+}
+
+/// Runs the peer built by [`build_ractor_cluster_peer`] with this bench's numbers and
+/// request.
+fn run_ractor_cluster_peer(peer: &std::path::Path, request: &[u8]) -> Result<Peer, String> {
+    let payload: String = request.iter().map(|byte| format!("{byte:02x}")).collect();
+    let output = std::process::Command::new(peer)
+        .args([CALLS.to_string(), CASTS.to_string(), payload])
+        .output()
+        .map_err(|error| format!("running the peer: {error}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let field = |name: &str| -> Option<f64> {
+        stdout
+            .split_whitespace()
+            .find_map(|part| part.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|value| value.parse().ok())
+    };
+    match (
+        field("call_p50_ns"),
+        field("call_p99_ns"),
+        field("casts_per_second"),
+    ) {
+        (Some(p50), Some(p99), Some(rate)) => Ok(Peer {
+            p50: Duration::from_nanos(p50 as u64),
+            p99: Duration::from_nanos(p99 as u64),
+            rate,
+        }),
+        _ => Err(format!(
+            "the peer printed no figures ({}): {stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )),
+    }
+}
+
+/// Polls `condition` until it holds; panics with `what` after [`TIMEOUT`].
+async fn wait_for<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + TIMEOUT;
+    while !condition().await {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn main() {
     let Some(binary) = nats_server_binary() else {
         println!(
@@ -173,6 +266,7 @@ fn main() {
         );
         return;
     };
+    let peer = build_ractor_cluster_peer();
     let server = NatsServer::start(&binary);
     let url = server.url();
     let tokio = tokio::runtime::Builder::new_multi_thread()
@@ -198,6 +292,13 @@ fn main() {
             .await
             .expect("spawning echo");
         let request = codec::encode("ping").unwrap();
+        // Host A learns that host B is up from B's heartbeats: until then a call to
+        // echo@host-b fails with HostDown. Nothing is timed before a call gets through.
+        wait_for("host A to reach echo@host-b", || {
+            let (request, host_a) = (request.clone(), host_a.clone());
+            async move { host_a.call("echo@host-b", request, TIMEOUT).await.is_ok() }
+        })
+        .await;
 
         let (remote_p50, remote_p99) = round_trips(|| {
             let request = request.clone();
@@ -272,6 +373,29 @@ fn main() {
             "summary: target remote casts >= 100000/s: {}",
             if remote_rate >= 100_000.0 { "met" } else { "NOT met" }
         );
+        match peer.and_then(|peer| run_ractor_cluster_peer(&peer, &request)) {
+            Ok(peer) => {
+                println!(
+                    "ractor_cluster (two nodes on loopback TCP): call round trip p50 {} p99 {}; casts A→B {:.0}/s",
+                    micros(peer.p50),
+                    micros(peer.p99),
+                    peer.rate
+                );
+                println!(
+                    "summary: graft / ractor_cluster: call p50 {:.2}x ({} vs {}), p99 {:.2}x ({} vs {}), cast rate {:.2}x ({:.0}/s vs {:.0}/s) [times: lower is better for graft; rate: higher is]",
+                    ratio(remote_p50, peer.p50),
+                    micros(remote_p50),
+                    micros(peer.p50),
+                    ratio(remote_p99, peer.p99),
+                    micros(remote_p99),
+                    micros(peer.p99),
+                    remote_rate / peer.rate,
+                    remote_rate,
+                    peer.rate
+                );
+            }
+            Err(why) => println!("summary: ractor_cluster peer skipped: {why}"),
+        }
         cluster_a.leave().await;
         cluster_b.leave().await;
     });
