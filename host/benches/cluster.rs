@@ -5,7 +5,8 @@
 //!
 //! Measures, in the same run:
 //! - call round trip p50/p99: host A → `echo@host-b` (NATS, both hosts' transports) vs a
-//!   local call of the same actor on host B vs a bare tokio oneshot round trip;
+//!   local call of the same actor on host B vs a bare NATS request/reply between two
+//!   clients of the same server (the transport's floor) vs a bare tokio oneshot round trip;
 //! - cast throughput A → B (every cast received and counted by the actor) vs local casts
 //!   to the same actor;
 //! - the same two figures for a peer, `ractor_cluster` (the distributed side of the
@@ -316,6 +317,33 @@ fn main() {
             }
         })
         .await;
+        // The transport's own floor: a bare NATS request/reply between two clients of the
+        // same server (A → server → B → server → A), what every remote call crosses.
+        let nats_b = async_nats::connect(&url).await.expect("a bare NATS client");
+        let mut requests = nats_b
+            .subscribe("bench.bare-echo")
+            .await
+            .expect("subscribing");
+        let bare_echo = tokio::spawn(async move {
+            use futures_util::StreamExt;
+            while let Some(message) = requests.next().await {
+                if let Some(reply) = message.reply {
+                    let _ = nats_b.publish(reply, message.payload).await;
+                }
+            }
+        });
+        let nats_a = async_nats::connect(&url).await.expect("a bare NATS client");
+        let (bare_p50, bare_p99) = round_trips(|| {
+            let (nats_a, request) = (nats_a.clone(), request.clone());
+            async move {
+                nats_a
+                    .request("bench.bare-echo", request.into())
+                    .await
+                    .expect("a bare NATS request");
+            }
+        })
+        .await;
+        bare_echo.abort();
         let (oneshot_p50, oneshot_p99) = round_trips(|| async {
             let (sender, receiver) = tokio::sync::oneshot::channel::<Vec<u8>>();
             tokio::spawn(async move { sender.send(Vec::new()) });
@@ -344,6 +372,11 @@ fn main() {
             micros(oneshot_p99)
         );
         println!(
+            "bare NATS request/reply between two clients: p50 {} p99 {}",
+            micros(bare_p50),
+            micros(bare_p99)
+        );
+        println!(
             "casts ({CASTS}, all received and counted): remote A→B {:.0}/s, local {:.0}/s",
             remote_rate, local_rate
         );
@@ -358,6 +391,14 @@ fn main() {
             micros(oneshot_p50),
             micros(remote_p99),
             ratio(remote_p99, local_p99)
+        );
+        println!(
+            "summary: remote call p50 {} = {:.1}x a bare NATS request/reply ({}, the transport's floor); p99 {:.1}x ({})",
+            micros(remote_p50),
+            ratio(remote_p50, bare_p50),
+            micros(bare_p50),
+            ratio(remote_p99, bare_p99),
+            micros(bare_p99)
         );
         println!(
             "summary: remote casts {:.0}/s = {:.2}x local ({:.0}/s)",
