@@ -104,7 +104,13 @@ fn free_port() -> u16 {
 }
 
 /// A node listening on a free loopback port.
-async fn node(name: &str) -> (ActorRef<NodeServerMessage>, tokio::task::JoinHandle<()>, u16) {
+async fn node(
+    name: &str,
+) -> (
+    ActorRef<NodeServerMessage>,
+    tokio::task::JoinHandle<()>,
+    u16,
+) {
     let port = free_port();
     let server = NodeServer::new(
         port,
@@ -191,7 +197,11 @@ fn main() {
                 .get_children()
                 .into_iter()
                 .find(|child| !child.get_id().is_local() && child.get_id().pid() == echo_pid);
-            async move { remote.filter(|_| in_group).map(ActorRef::<EchoMessage>::from) }
+            async move {
+                remote
+                    .filter(|_| in_group)
+                    .map(ActorRef::<EchoMessage>::from)
+            }
         })
         .await;
 
