@@ -108,15 +108,14 @@ pub fn private_directories(root: &Path, components: &[&str]) -> Result<PathBuf, 
     Ok(path)
 }
 
-/// This user's private part of the system temporary directory, `$TMPDIR/graft-<uid>`
+/// This user's private part of the temporary directory `temporary`, `graft-<uid>`
 /// (0700), created if need be; `None` when it cannot be made or is not private: a symbolic
 /// link, or a directory that another user owns or that others may enter.
-fn private_temporary() -> Option<PathBuf> {
-    let temporary = std::env::temp_dir();
+fn private_temporary(temporary: &Path) -> Option<PathBuf> {
     let uid = rustix::process::geteuid().as_raw();
     let name = format!("graft-{uid}");
     let parent = rustix::fs::open(
-        &temporary,
+        temporary,
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )
@@ -135,10 +134,11 @@ fn private_temporary() -> Option<PathBuf> {
 /// without a root (a worker started without `--libraries`, a test, a tool), after removing
 /// the `<kind>-*` directories there whose owner died: so a killed process's library
 /// copies or socket are removed by the next one instead of filling the disk. `None` when
-/// this user's part of the temporary directory is not private (see `private_temporary`):
+/// this user's part of the temporary directory is not private (a link, another user's, or
+/// open to others):
 /// the caller then makes a plain temporary directory.
 pub fn temporary_for_this_process(kind: &str) -> Option<OwnedDirectory> {
-    let parent = private_temporary()?;
+    let parent = private_temporary(&std::env::temp_dir())?;
     let prefix = format!("{kind}-");
     remove_abandoned(&parent, |name| name.starts_with(&prefix));
     OwnedDirectory::create(&parent, &format!("{kind}-{}", std::process::id())).ok()
@@ -398,6 +398,38 @@ mod tests {
         let path = owned.path().to_owned();
         drop(owned);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_part_of_the_temporary_directory_that_is_not_private_is_not_used() {
+        use std::os::unix::fs::symlink;
+        let name = format!("graft-{}", rustix::process::geteuid().as_raw());
+        // Made here: private.
+        let fresh = tempfile::tempdir().unwrap();
+        assert_eq!(
+            private_temporary(fresh.path()),
+            Some(fresh.path().join(&name))
+        );
+        // Others may enter it (as if another user had made it first, world-writable).
+        let open = tempfile::tempdir().unwrap();
+        fs::create_dir(open.path().join(&name)).unwrap();
+        fs::set_permissions(open.path().join(&name), fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(private_temporary(open.path()), None);
+        // A symbolic link to a private directory elsewhere.
+        let linked = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        fs::set_permissions(elsewhere.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        symlink(elsewhere.path(), linked.path().join(&name)).unwrap();
+        assert_eq!(private_temporary(linked.path()), None);
+        // Another user's, private to them (only root can make one here for a test).
+        if rustix::process::geteuid().is_root() {
+            let theirs = tempfile::tempdir().unwrap();
+            fs::create_dir(theirs.path().join(&name)).unwrap();
+            fs::set_permissions(theirs.path().join(&name), fs::Permissions::from_mode(0o700))
+                .unwrap();
+            std::os::unix::fs::chown(theirs.path().join(&name), Some(65534), Some(65534)).unwrap();
+            assert_eq!(private_temporary(theirs.path()), None);
+        }
     }
 
     #[test]
