@@ -60,12 +60,15 @@
 //! - Run without `--bench` (as `cargo test --benches` does), it runs one round of each: a
 //!   smoke test, not a measurement.
 
+#[path = "support/host.rs"]
+mod host;
 #[path = "support/nats.rs"]
 mod nats;
 
 use graft::control::protocol::ReleaseEntry;
 use graft::control::{ControlClient, Request};
 use graft::release::assemble::assemble;
+use host::start_fleet_host;
 use nats::{NatsServer, eventually, nats_server_binary};
 use semver::Version;
 use serde_json::{Value, json};
@@ -222,23 +225,7 @@ impl Host {
         let root = tempfile::tempdir().expect("creating a host root");
         assemble_into(manifest, root.path());
         let name = host_name(index);
-        let log = root.path().join("host.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_graft"))
-            .env("GRAFT_ROOT", root.path())
-            .env("RUST_LOG", "warn")
-            .args([
-                "start",
-                "--fleet",
-                url,
-                "--group",
-                GROUP,
-                "--host-name",
-                &name,
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("creating the host log"))
-            .spawn()
-            .expect("starting a host");
+        let child = start_fleet_host(root.path(), url, GROUP, &name);
         let host = Host { name, root, child };
         let socket = graft::control::socket_path(host.root.path());
         assert!(
@@ -248,7 +235,7 @@ impl Host {
             .is_ok()),
             "{} did not start: {}",
             host.name,
-            std::fs::read_to_string(&log).unwrap_or_default()
+            std::fs::read_to_string(host.root.path().join("host.log")).unwrap_or_default()
         );
         host
     }

@@ -19,14 +19,17 @@
 //!
 //! Run without `--bench` (as `cargo test --benches` does), it runs one round: a smoke test.
 
+#[path = "support/host.rs"]
+mod host;
 #[path = "support/nats.rs"]
 mod nats;
 
 use graft::cluster::{LEASE_TTL, STANDBY_POLL};
 use graft::release::assemble::assemble;
+use host::start_fleet_host;
 use nats::{NatsServer, eventually, nats_server_binary};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// How long anything may take before the bench gives up.
@@ -69,22 +72,7 @@ impl Host {
         .expect("writing the manifest");
         assemble(&manifest, workspace(), root.path(), true)
             .unwrap_or_else(|error| panic!("assembling: {error}"));
-        let child = Command::new(env!("CARGO_BIN_EXE_graft"))
-            .env("GRAFT_ROOT", root.path())
-            .env("RUST_LOG", "warn")
-            .args([
-                "start",
-                "--fleet",
-                url,
-                "--group",
-                group,
-                "--host-name",
-                name,
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(root.path().join("host.log")).expect("a host log"))
-            .spawn()
-            .expect("starting a host");
+        let child = start_fleet_host(root.path(), url, group, name);
         let host = Host { root, child };
         let socket = graft::control::socket_path(host.root.path());
         assert!(
